@@ -1,0 +1,162 @@
+"""The Python API: :func:`simulate` trains a model under a device model and records the run.
+
+``simulate(rule="ftp", device="mcu-int8", ...)`` (or ``simulate(SimulateConfig(...))``) validates every input
+before work starts, trains on the chosen backend, writes ``RUN_DIR/run.json`` and ``weights.npz``
+atomically, and returns a :class:`SimulateResult`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .data import DATASETS, load_dataset
+from .device import DeviceProfile, load_device
+from .errors import ConfigError
+from .models.mlp import ACTIVATIONS, init_weights, parse_model_spec
+from .rules import BACKENDS, RULES, rule_config
+from .rules.base import ERRORS
+from .runs import SCHEMA_VERSION, package_versions, prepare_run_dir, save_weights, write_json_atomic
+
+__all__ = ["SimulateConfig", "SimulateResult", "simulate", "default_run_dir"]
+
+
+@dataclass(frozen=True)
+class SimulateConfig:
+    """Everything a run needs. ``backend=None`` picks torch for float devices and numba otherwise;
+    ``lr=None`` / ``activation=None`` take the rule's defaults; ``limit`` caps the number of training (and test) samples; ``schedule`` is the Numba path's
+    ``stream`` (no stored activations, 3 passes) or ``store`` (2 passes, pass-1 activations kept)."""
+
+    rule: str = "ftp"
+    device: str = "loihi-like"
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    model: str = "784-256-256-10"
+    activation: str | None = None
+    error: str = "ce"
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float | None = None
+    seed: int = 0
+    limit: int | None = None
+    out: str | None = None
+    backend: str | None = None
+    schedule: str = "stream"
+    torch_device: str = "cpu"
+    rule_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SimulateResult:
+    """accuracy: final test accuracy in [0, 1]; history: per-epoch metrics; run_dir: where run.json lives;
+    memory: peak device bytes by category (Numba path) and the capacity; record: the whole run.json."""
+
+    accuracy: float
+    history: list[dict]
+    run_dir: Path
+    memory: dict
+    record: dict
+
+
+def default_run_dir(config: SimulateConfig) -> Path:
+    """``runs/<rule>-<device>-<timestamp>`` under the current directory."""
+    device = Path(config.device).stem
+    return Path("runs") / f"{config.rule}-{device}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _validate(config: SimulateConfig) -> tuple[SimulateConfig, DeviceProfile, tuple[int, ...], object, str]:
+    """Check every field; return the config with defaults filled in, the device, dims, rule config, backend."""
+    if config.rule not in RULES:
+        raise ConfigError(f"unknown rule {config.rule!r}; choose one of {', '.join(sorted(RULES))}")
+    if config.data_dir is None and config.dataset not in DATASETS:
+        raise ConfigError(f"unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)} or --data-dir")
+    if config.activation is not None and config.activation not in ACTIVATIONS:
+        raise ConfigError(f"unknown activation {config.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+    if config.error not in ERRORS:
+        raise ConfigError(f"unknown error {config.error!r}; choose one of {', '.join(ERRORS)}")
+    if config.schedule not in ("stream", "store"):
+        raise ConfigError(f"unknown schedule {config.schedule!r}; choose stream or store")
+    for name in ("epochs", "batch_size"):
+        if not isinstance(getattr(config, name), int) or getattr(config, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer")
+    if config.limit is not None and config.limit < 1:
+        raise ConfigError("--limit must be a positive number of samples")
+    lr = RULES[config.rule].default_lr if config.lr is None else config.lr
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"--lr must be a finite number > 0, got {lr}")
+    dims = parse_model_spec(config.model)
+    device = load_device(config.device)
+    backend = config.backend or ("torch" if device.is_float else "numba")
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "torch" and not device.is_float:
+        raise ConfigError(f"--backend torch runs float devices only; {device.id} is {device.arithmetic.value}: "
+                          f"use --backend numba")
+    rcfg = rule_config(config.rule, **config.rule_options)
+    filled = dataclasses.replace(config, lr=float(lr), backend=backend,
+                                 activation=config.activation or RULES[config.rule].default_activation)
+    return filled, device, dims, rcfg, backend
+
+
+def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], None] | None = None,
+             on_start: Callable[[int], None] | None = None, **overrides) -> SimulateResult:
+    """Train ``config.model`` with ``config.rule`` on ``config.device``; see the module docstring.
+
+    ``on_start(total_samples)`` and ``on_batch(n_samples)`` let a caller show progress.
+    """
+    config = dataclasses.replace(config or SimulateConfig(), **overrides)
+    config, device, dims, rcfg, backend = _validate(config)
+    lr = config.lr
+    data = load_dataset(config.dataset if config.data_dir is None else None, config.data_dir).limited(config.limit)
+    if dims[0] != data.n_features or dims[-1] < data.n_classes:
+        raise ConfigError(f"--model {config.model} does not fit {data.name}: it needs {data.n_features} inputs "
+                          f"and at least {data.n_classes} outputs (e.g. {data.n_features}-256-{data.n_classes})")
+    run_dir = prepare_run_dir(config.out or default_run_dir(config))
+    weights = init_weights(dims, seed=config.seed)
+    if on_start is not None:
+        on_start(len(data.x_train) * config.epochs)
+    started = time.perf_counter()
+    if backend == "torch":
+        from .engine.torch_loop import train_torch
+
+        final, history = train_torch(weights, data, config.rule, rcfg, activation=config.activation,
+                                     error=config.error, lr=lr, epochs=config.epochs,
+                                     batch_size=config.batch_size, seed=config.seed,
+                                     device=config.torch_device, on_batch=on_batch)
+        stored = {f"W{l}": w for l, w in enumerate(final)}
+        memory: dict = {}
+    else:
+        from .engine.stream import train_stream
+
+        outcome = train_stream(weights, data, config.rule, rcfg, device, activation=config.activation,
+                               error=config.error, lr=lr, epochs=config.epochs, batch_size=config.batch_size,
+                               seed=config.seed, schedule=config.schedule, on_batch=on_batch)
+        history, stored, memory = outcome.history, outcome.stored, outcome.memory
+    seconds = time.perf_counter() - started
+    accuracy = history[-1]["test_accuracy"]
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "status": "complete",
+        "config": {**{k: v for k, v in dataclasses.asdict(config).items() if k != "rule_options"},
+                   "dims": list(dims),
+                   "rule_options": {k: v for k, v in dataclasses.asdict(rcfg).items()
+                                    if isinstance(v, (int, float, str, bool))}},
+        "device": {"id": device.id, "name": device.name, "path": device.path,
+                   "arithmetic": device.arithmetic.value},
+        "dataset": {"name": data.name, "n_train": int(len(data.x_train)), "n_test": int(len(data.x_test))},
+        "history": history,
+        "final": {"test_accuracy": accuracy, "seconds": seconds,
+                  "samples_per_s": len(data.x_train) * config.epochs / max(seconds, 1e-9)},
+        "memory": memory,
+        "energy": None,
+        "seed": config.seed,
+        "versions": package_versions(),
+    }
+    save_weights(run_dir / "weights.npz", {k: np.asarray(v) for k, v in stored.items()})
+    write_json_atomic(run_dir / "run.json", record)
+    return SimulateResult(accuracy, history, run_dir, memory, record)

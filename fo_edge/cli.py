@@ -1,0 +1,162 @@
+"""The ``fo-edge`` command line: a thin layer over :mod:`fo_edge.api`.
+
+Every user error (a :class:`FoEdgeError` or a click usage error) becomes one line on stderr and exit code 2;
+``--debug`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from . import api
+from .data import DATASETS
+from .device import list_devices, load_device
+from .errors import FoEdgeError
+from .models.mlp import ACTIVATIONS
+from .rules import BACKENDS, RULES
+
+__all__ = ["main", "cli"]
+
+
+def _parse_rule_options(pairs: tuple[str, ...]) -> dict:
+    options = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise click.UsageError(f"--rule-option {pair!r} must look like KEY=VALUE (e.g. ortho_every=10)")
+        for cast in (int, float):
+            try:
+                options[key] = cast(raw)
+                break
+            except ValueError:
+                continue
+        else:
+            options[key] = raw
+    return options
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _summary_table(result: api.SimulateResult) -> str:
+    rec = result.record
+    mem = result.memory
+    rows = [("rule", rec["config"]["rule"]), ("device", rec["device"]["id"]),
+            ("backend", rec["config"]["backend"]), ("dataset", rec["dataset"]["name"]),
+            ("test accuracy", f"{100 * result.accuracy:.2f} %"),
+            ("time", f"{rec['final']['seconds']:.1f} s"),
+            ("samples/s", f"{rec['final']['samples_per_s']:.0f}")]
+    if mem:
+        rows.append(("peak device memory", f"{_human_bytes(mem['peak_bytes'])} of "
+                     f"{_human_bytes(mem['capacity_bytes'])} ({100 * mem['peak_bytes'] / mem['capacity_bytes']:.1f} %)"))
+    else:
+        rows.append(("peak device memory", "not accounted on the torch path (use --backend numba)"))
+    rows.append(("energy / training sample", "not yet accounted"))
+    rows.append(("run directory", str(result.run_dir)))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """fo-edge: can this network be trained on that device without backpropagation, and at what cost?"""
+    ctx.obj = {"debug": debug}
+
+
+@cli.command()
+@click.option("--rule", type=click.Choice(sorted(RULES)), default="ftp", show_default=True)
+@click.option("--device", default="loihi-like", show_default=True, help="Device id (see `fo-edge devices`) or a .toml path.")
+@click.option("--dataset", type=click.Choice(DATASETS), default="mnist", show_default=True)
+@click.option("--data-dir", type=click.Path(), default=None, help="A directory of IDX files instead of --dataset.")
+@click.option("--model", default="784-256-256-10", show_default=True, help="Widths, e.g. 784-256x12-10.")
+@click.option("--activation", type=click.Choice(ACTIVATIONS), default=None, help="Default: the rule's (see `fo-edge rules`).")
+@click.option("--error", type=click.Choice(["ce", "mse"]), default="ce", show_default=True)
+@click.option("--epochs", type=int, default=1, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--lr", type=float, default=None, help="Learning rate (default: the rule's).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--limit", type=int, default=None, help="Use only the first N training (and test) samples.")
+@click.option("--out", type=click.Path(), default=None, help="Run directory (default runs/<rule>-<device>-<time>).")
+@click.option("--backend", type=click.Choice(BACKENDS), default=None, help="Default: torch for float devices, numba otherwise.")
+@click.option("--schedule", type=click.Choice(["stream", "store"]), default="stream", show_default=True)
+@click.option("--torch-device", default="cpu", show_default=True, help="cpu or cuda (torch backend).")
+@click.option("--rule-option", "-o", multiple=True, help="Rule option KEY=VALUE, e.g. -o ortho_every=10.")
+@click.option("--json", "as_json", is_flag=True, help="Print run.json to stdout instead of the table.")
+def simulate(rule, device, dataset, data_dir, model, activation, error, epochs, batch_size, lr, seed, limit,
+             out, backend, schedule, torch_device, rule_option, as_json) -> None:
+    """Train a model with a learning rule under a device model; print accuracy, energy and memory."""
+    from tqdm import tqdm
+
+    config = api.SimulateConfig(rule=rule, device=device, dataset=dataset, data_dir=data_dir, model=model,
+                                activation=activation, error=error, epochs=epochs, batch_size=batch_size, lr=lr,
+                                seed=seed, limit=limit, out=out, backend=backend, schedule=schedule,
+                                torch_device=torch_device, rule_options=_parse_rule_options(rule_option))
+    bar: list = []
+
+    def on_start(total: int) -> None:
+        bar.append(tqdm(total=total, unit="sample", desc=f"{rule} on {device}", disable=as_json, file=sys.stderr))
+
+    try:
+        result = api.simulate(config, on_start=on_start, on_batch=lambda n: bar[0].update(n))
+    finally:
+        if bar:
+            bar[0].close()
+    click.echo(json.dumps(result.record, indent=2) if as_json else _summary_table(result))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+def devices(as_json: bool) -> None:
+    """List the bundled device profiles."""
+    profiles = [load_device(name) for name in list_devices()]
+    if as_json:
+        click.echo(json.dumps([{"id": p.id, "name": p.name, "arithmetic": p.arithmetic.value,
+                                "sram_bytes": p.capacity.sram_bytes} for p in profiles], indent=2))
+        return
+    for p in profiles:
+        click.echo(f"{p.id:<16} {p.arithmetic.value:<7} {p.name}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+def rules(as_json: bool) -> None:
+    """List the learning rules."""
+    if as_json:
+        click.echo(json.dumps([{"id": r.name, "summary": r.summary, "paper": r.paper,
+                                "forward_only": r.forward_only, "default_lr": r.default_lr,
+                                "default_activation": r.default_activation} for r in RULES.values()], indent=2))
+        return
+    for r in RULES.values():
+        kind = "forward-only" if r.forward_only else "backward"
+        click.echo(f"{r.name:<7} {kind:<12} lr {r.default_lr:<5} {r.default_activation:<5} {r.summary} ({r.paper})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the click group, turning user errors into one line and exit code 2."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="fo-edge", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("fo-edge: aborted", err=True)
+        sys.exit(130)
+    except click.UsageError as exc:
+        if debug:
+            raise
+        click.echo(f"fo-edge: error: {exc.format_message()}", err=True)
+        sys.exit(2)
+    except FoEdgeError as exc:
+        if debug:
+            raise
+        click.echo(f"fo-edge: error: {exc}", err=True)
+        sys.exit(2)

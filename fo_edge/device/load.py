@@ -1,0 +1,161 @@
+"""The one reader of device profile files (``devices/<id>.toml``, or a user's path).
+
+Every number in a profile is a table ``{ value = ..., source = "..." }``: the source is data, so reports can
+print it and tests can require it. Unknown keys are refused with a "did you mean", and every problem is one
+:class:`DeviceProfileError` naming the file, the key and what was expected.
+"""
+from __future__ import annotations
+
+import difflib
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..errors import DeviceProfileError
+from .spec import AnalogParams, Arithmetic, Capacity, DeviceProfile, NumberFormat, Overflow, Rounding
+
+__all__ = ["load_device", "list_devices", "parse_device"]
+
+_TOP = {"id": str, "name": str, "arithmetic": Arithmetic, "forward_rounding": Rounding,
+        "update_rounding": Rounding, "accumulator_overflow": Overflow,
+        "formats": dict, "capacity": dict, "energy": dict, "analog": dict}
+_REQUIRED_TOP = ("id", "name", "arithmetic", "forward_rounding", "update_rounding", "accumulator_overflow",
+                 "formats", "capacity", "energy")
+# key -> (type, minimum, maximum)
+_FORMATS = {"weight_bits": (int, 1, 32), "weight_frac_bits": (int, 0, 62),
+            "activation_bits": (int, 1, 32), "activation_frac_bits": (int, 0, 62),
+            "error_bits": (int, 1, 32), "error_frac_bits": (int, 0, 62),
+            "accumulator_bits": (int, 8, 64)}
+_CAPACITY = {"sram_bytes": (int, 0, 2**50), "flash_bytes": (int, 0, 2**50)}
+_ENERGY_KEYS = ("mac_pj", "ac_pj", "sram_byte_pj", "dram_byte_pj", "flash_byte_pj", "weight_write_pj",
+                "synop_pj", "syn_update_pj", "neuron_active_pj", "neuron_inactive_pj", "spike_pj",
+                "adc_pj", "dac_pj", "pulse_pj", "cell_mac_pj", "static_mw")
+_ANALOG = {"levels": (int, 2, 1 << 20), "w_min": (float, -1e3, 1e3), "w_max": (float, -1e3, 1e3),
+           "asymmetry": (float, -0.99, 0.99), "c2c_noise": (float, 0.0, 10.0), "read_noise": (float, 0.0, 10.0),
+           "out_bound": (float, 1e-6, 1e6), "adc_bits": (int, 1, 32), "dac_bits": (int, 1, 32),
+           "max_pulses": (int, 1, 1 << 16)}
+
+
+def list_devices() -> list[str]:
+    """Ids of the bundled profiles, sorted."""
+    folder = resources.files("fo_edge") / "profiles"
+    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def load_device(name_or_path: str) -> DeviceProfile:
+    """A bundled profile by id (``loihi-like``) or a profile file by path (anything ending in .toml)."""
+    if name_or_path.endswith(".toml") or "/" in name_or_path:
+        path = Path(name_or_path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise DeviceProfileError(f"cannot read device file {path}: {exc.strerror or exc}") from None
+        return parse_device(text, str(path))
+    bundled = resources.files("fo_edge") / "profiles" / f"{name_or_path}.toml"
+    if not bundled.is_file():
+        raise DeviceProfileError(f"unknown device {name_or_path!r}; choose one of {', '.join(list_devices())} "
+                                 f"or pass a path to a .toml profile")
+    return parse_device(bundled.read_text(encoding="utf-8"), f"devices/{name_or_path}.toml")
+
+
+def _fail(origin: str, key: str, expected: str, got: Any = None) -> DeviceProfileError:
+    got_text = "" if got is None else f", got {got!r}"
+    return DeviceProfileError(f"{origin}: {key}: expected {expected}{got_text}")
+
+
+def _unknown(origin: str, section: str, keys, allowed) -> None:
+    for key in keys:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise DeviceProfileError(f"{origin}: {section}{key}: unknown key{hint}")
+
+
+def _number(origin: str, where: str, raw: Any, kind: type, lo: float, hi: float, sources: dict) -> int | float:
+    if not isinstance(raw, dict) or set(raw) != {"value", "source"}:
+        raise _fail(origin, where, '{ value = <number>, source = "<citation>" }', raw)
+    value, source = raw["value"], raw["source"]
+    if not isinstance(source, str) or not source.strip():
+        raise _fail(origin, where + ".source", "a non-empty citation string", source)
+    ok = isinstance(value, int) and not isinstance(value, bool) if kind is int else \
+        isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok:
+        raise _fail(origin, where + ".value", f"{'an integer' if kind is int else 'a number'}", value)
+    if not lo <= value <= hi:
+        raise _fail(origin, where + ".value", f"a value in [{lo}, {hi}]", value)
+    sources[where] = source
+    return kind(value)
+
+
+def _section(origin: str, data: dict, name: str, schema: dict, sources: dict, required=True) -> dict:
+    table = data.get(name, {})
+    _unknown(origin, f"[{name}] ", table, schema)
+    out = {}
+    for key, (kind, lo, hi) in schema.items():
+        if key not in table:
+            if required:
+                raise _fail(origin, f"[{name}] {key}", "this key (missing)")
+            continue
+        out[key] = _number(origin, f"{name}.{key}", table[key], kind, lo, hi, sources)
+    return out
+
+
+def _enum(origin: str, data: dict, key: str, kind: type):
+    raw = data[key]
+    try:
+        return kind(raw)
+    except ValueError:
+        raise _fail(origin, key, "one of " + ", ".join(repr(m.value) for m in kind), raw) from None
+
+
+def parse_device(text: str, origin: str = "<device>") -> DeviceProfile:
+    """Parse and validate TOML text into a :class:`DeviceProfile` (errors name ``origin``)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise DeviceProfileError(f"{origin}: not valid TOML: {exc}") from None
+    _unknown(origin, "", data, _TOP)
+    for key in _REQUIRED_TOP:
+        if key not in data:
+            raise _fail(origin, key, "this key (missing)")
+    for key in ("id", "name"):
+        if not isinstance(data[key], str) or not data[key].strip():
+            raise _fail(origin, key, "a non-empty string", data[key])
+    for key in ("formats", "capacity", "energy", "analog"):
+        if key in data and not isinstance(data[key], dict):
+            raise _fail(origin, key, "a table", data[key])
+    arithmetic = _enum(origin, data, "arithmetic", Arithmetic)
+    sources: dict[str, str] = {}
+    fmt = _section(origin, data, "formats", _FORMATS, sources)
+    for kind in ("weight", "activation", "error"):
+        if fmt[f"{kind}_frac_bits"] > 2 * fmt[f"{kind}_bits"]:
+            raise _fail(origin, f"[formats] {kind}_frac_bits", f"at most 2 x {kind}_bits",
+                        fmt[f"{kind}_frac_bits"])
+    cap = _section(origin, data, "capacity", _CAPACITY, sources)
+    energy = _section(origin, data, "energy", {k: (float, 0.0, 1e12) for k in _ENERGY_KEYS}, sources,
+                      required=False)
+    analog = None
+    if arithmetic is Arithmetic.ANALOG:
+        if "analog" not in data:
+            raise _fail(origin, "analog", "an [analog] table for arithmetic = 'analog'")
+        analog = AnalogParams(**_section(origin, data, "analog", _ANALOG, sources))
+        if analog.w_max <= analog.w_min:
+            raise _fail(origin, "[analog] w_max", "a value above w_min", analog.w_max)
+    elif "analog" in data:
+        raise _fail(origin, "analog", "no [analog] table unless arithmetic = 'analog'")
+    is_float = arithmetic is Arithmetic.FLOAT
+
+    def number_format(kind: str) -> NumberFormat:
+        return NumberFormat(fmt[f"{kind}_bits"], fmt[f"{kind}_frac_bits"], float_format=is_float)
+
+    if is_float and fmt["weight_bits"] != 32:
+        raise _fail(origin, "[formats] weight_bits", "32 for arithmetic = 'float'", fmt["weight_bits"])
+    return DeviceProfile(
+        id=data["id"], name=data["name"], arithmetic=arithmetic,
+        weight=number_format("weight"), activation=number_format("activation"), error=number_format("error"),
+        accumulator_bits=fmt["accumulator_bits"],
+        forward_rounding=_enum(origin, data, "forward_rounding", Rounding),
+        update_rounding=_enum(origin, data, "update_rounding", Rounding),
+        accumulator_overflow=_enum(origin, data, "accumulator_overflow", Overflow),
+        capacity=Capacity(**cap), energy_pj=energy, analog=analog, sources=sources, path=origin)

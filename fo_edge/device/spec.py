@@ -1,0 +1,125 @@
+"""Typed, frozen device profiles. Units are suffixes (``_bits``, ``_bytes``, ``_pj``); sources travel with numbers.
+
+A profile says how a device computes (``arithmetic``: float, fixed or analog), in which number formats,
+how it rounds and overflows, how much memory it has, and what each operation costs.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+__all__ = ["Arithmetic", "Rounding", "Overflow", "NumberFormat", "Capacity", "AnalogParams", "DeviceProfile"]
+
+
+class Arithmetic(enum.Enum):
+    FLOAT = "float"    # IEEE fp32 (the numerical reference)
+    FIXED = "fixed"    # integer mantissas with power-of-two (Q-format) scales
+    ANALOG = "analog"  # crossbar conductances with finite levels, pulsed updates, ADC/DAC
+
+
+class Rounding(enum.Enum):
+    NEAREST_EVEN = "nearest-even"
+    TOWARD_ZERO = "toward-zero"
+    STOCHASTIC = "stochastic"
+
+    @property
+    def code(self) -> int:
+        """The integer the Numba kernels take (kernels.fixed.ROUND_*)."""
+        return {"nearest-even": 0, "toward-zero": 1, "stochastic": 2}[self.value]
+
+
+class Overflow(enum.Enum):
+    SATURATE = "saturate"
+    WRAP = "wrap"
+
+
+@dataclass(frozen=True)
+class NumberFormat:
+    """A signed fixed-point format: value = mantissa * 2**-frac_bits, mantissa in [-2**(bits-1), 2**(bits-1)-1].
+
+    ``bits == 32 and float_format`` means IEEE fp32 (no quantisation).
+    """
+
+    bits: int
+    frac_bits: int = 0
+    float_format: bool = False
+
+    @property
+    def qmin(self) -> int:
+        return -(1 << (self.bits - 1))
+
+    @property
+    def qmax(self) -> int:
+        return (1 << (self.bits - 1)) - 1
+
+    @property
+    def bytes_per_value(self) -> int:
+        return 4 if self.float_format else (self.bits + 7) // 8
+
+    @property
+    def step(self) -> float:
+        """One LSB in real units (0.0 for float)."""
+        return 0.0 if self.float_format else 2.0 ** -self.frac_bits
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Memory available for training: ``sram_bytes`` (read-write; 0 = unlimited) and ``flash_bytes``
+    (read-only, for frozen tensors such as fixed random feedback matrices; 0 = none)."""
+
+    sram_bytes: int
+    flash_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class AnalogParams:
+    """Crossbar parameters (memristor-rram): conductance ``levels`` over [w_min, w_max]; a pulse moves one
+    level, up-steps scaled by (1 + asymmetry) and down-steps by (1 - asymmetry), with cycle-to-cycle noise
+    ``c2c_noise`` (relative); ``read_noise`` is Gaussian at each output, relative to ``out_bound``;
+    ``adc_bits`` / ``dac_bits`` quantise outputs / inputs; ``max_pulses`` per update (BL)."""
+
+    levels: int
+    w_min: float
+    w_max: float
+    asymmetry: float
+    c2c_noise: float
+    read_noise: float
+    out_bound: float
+    adc_bits: int
+    dac_bits: int
+    max_pulses: int
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """One device, as read from ``devices/<id>.toml``."""
+
+    id: str
+    name: str
+    arithmetic: Arithmetic
+    weight: NumberFormat
+    activation: NumberFormat
+    error: NumberFormat
+    accumulator_bits: int
+    forward_rounding: Rounding
+    update_rounding: Rounding
+    accumulator_overflow: Overflow
+    capacity: Capacity
+    energy_pj: dict[str, float]
+    analog: AnalogParams | None = None
+    sources: dict[str, str] = field(default_factory=dict)
+    path: str = ""
+
+    @property
+    def is_float(self) -> bool:
+        return self.arithmetic is Arithmetic.FLOAT
+
+    def as_kernel_args(self) -> dict[str, int | float]:
+        """Plain ints and floats for the Numba kernels (the analogue of Lava's ``as_bindings``)."""
+        return {
+            "w_bits": self.weight.bits, "w_frac": self.weight.frac_bits,
+            "a_bits": self.activation.bits, "a_frac": self.activation.frac_bits,
+            "e_bits": self.error.bits, "e_frac": self.error.frac_bits,
+            "acc_bits": self.accumulator_bits,
+            "fwd_round": self.forward_rounding.code, "upd_round": self.update_rounding.code,
+        }

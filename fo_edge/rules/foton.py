@@ -1,0 +1,88 @@
+"""FOTON: Forward-Only Training of Orthogonal Networks (arXiv 2512.20668, ECAI 2025).
+
+One step, weights ``W_l: (d_l, d_{l-1})`` kept (semi-)orthogonal:
+  1. clean pass: h_1..h_{L-1}, y; e = softmax(y/T) - t (CE) or y - t (MSE)            e: (B, d_L)
+  2. projection F = W_L W_{L-1} ... W_1                                                F: (d_L, d_0)
+  3. modulated input x_err = x - e F                                                   (B, d_0)
+  4. modulated pass: h^err_l = forward of x_err through the same weights
+  5. g_l = (h_l - h^err_l)^T h_{l-1} / B for l < L (h_{l-1} clean, h_0 = x);  g_L = e^T h_{L-1} / B
+  6. every ``ortho_every`` steps re-orthogonalise each W_l with Björck; every ``refresh_every`` steps
+     recompute F (a stale F is used in between).
+For linear layers with W_l W_l^T = I, h_l - h^err_l = e W_L ... W_{l+1} = BP's delta_l: g_l is BP's gradient.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ConfigError
+from ..models.mlp import activate_torch
+from .base import forward_torch, output_error_torch
+
+__all__ = ["FOTONConfig", "foton_update_torch", "projection_torch", "bjorck_torch"]
+
+
+@dataclass(frozen=True)
+class FOTONConfig:
+    """temperature: softmax T; ortho_every / bjorck_iters: Björck schedule (reference: 1 / 20);
+    refresh_every: steps between recomputing F (reference: 1); projection: a given (stale) F, or None to
+    compute it from the current weights."""
+
+    temperature: float = 1.0
+    ortho_every: int = 1
+    bjorck_iters: int = 20
+    refresh_every: int = 1
+    projection: object = None
+
+    def validate(self):
+        if not self.temperature > 0:
+            raise ConfigError("temperature must be > 0")
+        if self.ortho_every < 0 or self.refresh_every < 1 or self.bjorck_iters < 1:
+            raise ConfigError("ortho_every must be >= 0 (0 = never), refresh_every and bjorck_iters >= 1")
+
+
+def projection_torch(weights: list[torch.Tensor]) -> torch.Tensor:
+    """F = W_L ... W_1: (d_L, d_0), computed as a chain of forward products."""
+    proj = weights[0]
+    for w in weights[1:]:
+        proj = w @ proj
+    return proj
+
+
+def foton_update_torch(weights, x, target, *, activation, error, config: FOTONConfig):
+    """FOTON's per-layer updates for one batch (see the module docstring); nothing is changed."""
+    act = lambda a: activate_torch(a, activation)  # noqa: E731
+    pre, hs = forward_torch(weights, x, act)
+    e = output_error_torch(pre[-1], target, error, config.temperature)
+    proj = config.projection
+    proj = projection_torch(weights) if proj is None else torch.as_tensor(proj, dtype=x.dtype)
+    h_err = x - e @ proj
+    batch = x.shape[0]
+    grads = []
+    for l, w in enumerate(weights[:-1]):
+        h_err = act(h_err @ w.T)
+        grads.append((hs[l + 1] - h_err).T @ hs[l] / batch)
+    grads.append(e.T @ hs[-1] / batch)
+    return grads
+
+
+def bjorck_torch(w: torch.Tensor, iters: int = 20, power_iters: int = 10) -> torch.Tensor:
+    """Order-1 Björck orthonormalisation: W <- W (1.5 I - 0.5 W^T W), ``iters`` times.
+
+    W is first divided by a power-iteration estimate of ||W||_2 (times 1.01, and never scaled up) so that
+    the iteration converges. A wide W (d_out < d_in) is processed as W^T. Returns a new tensor.
+    """
+    wide = w.shape[0] < w.shape[1]
+    m = (w.T if wide else w).clone()
+    v = torch.ones(m.shape[1], dtype=m.dtype, device=m.device) / m.shape[1] ** 0.5
+    for _ in range(power_iters):
+        v = m.T @ (m @ v)
+        v = v / v.norm().clamp_min(1e-30)
+    sigma = (m @ v).norm() * 1.01
+    if sigma > 1:
+        m = m / sigma
+    eye = torch.eye(m.shape[1], dtype=m.dtype, device=m.device)
+    for _ in range(iters):
+        m = m @ (1.5 * eye - 0.5 * (m.T @ m))
+    return m.T.contiguous() if wide else m

@@ -1,0 +1,92 @@
+"""Run directories: the ``run.json`` schema, atomic writes, and weight checkpoints (npz, never pickle).
+
+A run directory holds ``run.json`` (config, per-epoch metrics, memory, package versions, seed) and
+``weights.npz`` (``W0 .. W{L-1}`` as stored on the device: float32, or integer mantissas with their
+``exp{l}`` power-of-two exponents).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import RunError
+
+__all__ = ["SCHEMA_VERSION", "prepare_run_dir", "write_json_atomic", "read_run", "save_weights",
+           "package_versions"]
+
+SCHEMA_VERSION = 1
+
+
+def prepare_run_dir(path: str | Path) -> Path:
+    """Create ``path`` if needed and prove it writable (a probe file), before any work starts."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RunError(f"--out {path} exists and is not a directory; choose another path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):
+            pass
+    except OSError as exc:
+        raise RunError(f"--out {path} is not writable ({exc.strerror or exc}); choose a writable directory") \
+            from None
+    return path
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temp file in the same directory, fsync, then rename over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise RunError(f"cannot write {path} ({exc.strerror or exc}); earlier results are untouched") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | Path, obj: dict) -> None:
+    """Serialise ``obj`` as indented JSON to ``path`` atomically."""
+    data = (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
+    _atomic_write(Path(path), lambda handle: handle.write(data))
+
+
+def save_weights(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """Save named arrays to an .npz file atomically (no pickled objects: only plain numeric arrays)."""
+    _atomic_write(Path(path), lambda handle: np.savez(handle, **arrays))
+
+
+def read_run(run_dir: str | Path) -> dict:
+    """Read and check a run's ``run.json``."""
+    path = Path(run_dir) / "run.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunError(f"{run_dir} is not a run directory (no run.json)") from None
+    except (OSError, ValueError) as exc:
+        raise RunError(f"{path} is unreadable or corrupt: {exc}") from None
+    if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
+        raise RunError(f"{path} has schema_version {data.get('schema_version') if isinstance(data, dict) else None},"
+                       f" this fo-edge reads {SCHEMA_VERSION}")
+    return data
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages a run depends on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("fo-edge", "torch", "numba", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out

@@ -1,0 +1,81 @@
+"""The fo-edge CLI end to end: a real short run through a subprocess, listings through click's runner, and
+bad input as one clear line with exit code 2, no traceback and no partial run.json."""
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from fo_edge.cli import cli, main
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "fo_edge", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_simulate_subprocess_writes_valid_run_json(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli("simulate", "--device", "gpu-fp32", "--rule", "foton", "--dataset", "digits",
+                   "--model", "64-32-10", "--epochs", "2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "test accuracy" in proc.stdout
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "complete" and record["config"]["rule"] == "foton"
+    assert len(record["history"]) == 2 and 0.0 <= record["final"]["test_accuracy"] <= 1.0
+    assert record["config"]["dims"] == [64, 32, 10] and record["versions"]["torch"].startswith("2.13")
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_simulate_json_flag(tmp_path):
+    proc = run_cli("simulate", "--device", "gpu-fp32", "--rule", "bp", "--dataset", "digits", "--model", "64-10",
+                   "--limit", "200", "--out", str(tmp_path / "r"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["dataset"]["n_train"] == 200
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--rule", "sgd"], "'bp', 'foton', 'ftp', 'pepita'"),
+    (["--device", "tpu-v9"], "choose one of fpga-fixed16, gpu-fp32"),
+    (["--dataset", "imagenet"], "'mnist', 'fashion-mnist', 'digits'"),
+    (["--model", "784-abc-10"], "malformed --model"),
+    (["--lr", "0"], "--lr must be a finite number > 0"),
+    (["--lr", "-1"], "--lr must be a finite number > 0"),
+    (["--epochs", "0"], "--epochs must be a positive integer"),
+    (["--model", "100-10"], "does not fit digits"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, args, needle):
+    out = tmp_path / "run"
+    proc = run_cli("simulate", "--device", "gpu-fp32", "--dataset", "digits", "--model", "64-10",
+                   "--out", str(out), *args)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert not (out / "run.json").exists()
+
+
+def test_unwritable_out_is_one_line_exit_2(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    proc = run_cli("simulate", "--device", "gpu-fp32", "--dataset", "digits", "--model", "64-10",
+                   "--out", str(blocker / "run"))
+    assert proc.returncode == 2 and "not writable" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_devices_and_rules_listings():
+    runner = CliRunner()
+    devices = runner.invoke(cli, ["devices"])
+    assert devices.exit_code == 0
+    for name in ("gpu-fp32", "mcu-int8", "loihi-like", "memristor-rram", "fpga-fixed16"):
+        assert name in devices.output
+    listed = json.loads(runner.invoke(cli, ["rules", "--json"]).output)
+    assert {r["id"] for r in listed} == {"bp", "pepita", "foton", "ftp"}
+    assert {r["id"]: r["forward_only"] for r in listed}["bp"] is False
+
+
+def test_main_turns_usage_errors_into_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["simulate", "--rule", "nope"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.startswith("fo-edge: error:")

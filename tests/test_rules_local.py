@@ -1,0 +1,80 @@
+"""PEPITA and FTP on tiny nets, against values worked out by hand from ALGORITHMS.md; BP against a closed form."""
+import numpy as np
+import pytest
+
+from fo_edge.errors import ConfigError
+from fo_edge.rules import compute_updates
+
+X = np.array([[1.0, 2.0]])
+T = np.array([[1.0, 0.0]])
+I2 = np.eye(2)
+
+
+def test_pepita_by_hand():
+    # y = x = [1, 2]; e = y - t = [0, 2]; x_mod = x + e F = [1, 2] + [0, 1] = [1, 3]
+    # h1 = [1, 2], h1_mod = [1, 3]; g1 = (h1 - h1_mod)^T x_mod = [0, -1]^T [1, 3]; g2 = e^T h1_mod = [0, 2]^T [1, 3]
+    g1, g2 = compute_updates("pepita", [I2, I2], X, T, activation="identity", error="mse", feedback=0.5 * I2)
+    np.testing.assert_array_equal(g1, [[0, 0], [-1, -3]])
+    np.testing.assert_array_equal(g2, [[0, 0], [2, 6]])
+
+
+def test_pepita_three_layers_uses_modulated_previous_activity():
+    # relu, W = I: h1_mod = x_mod = [1, 3], h2_mod = [1, 3]; g2 = (h2 - h2_mod)^T h1_mod = [0,-1]^T [1,3]
+    g1, g2, g3 = compute_updates("pepita", [I2, I2, I2], X, T, activation="relu", error="mse", feedback=0.5 * I2)
+    np.testing.assert_array_equal(g2, [[0, 0], [-1, -3]])
+    np.testing.assert_array_equal(g3, [[0, 0], [2, 6]])
+
+
+def test_ftp_by_hand():
+    # a1 = [1, 2], e = [0, 2]; tau1 = relu(a1 - e G^T) = relu([1, 2] - [0, 1]) = [1, 1]
+    # delta1 = (h1 - tau1) * relu'(a1) = [0, 1]; g1 = delta1^T x = [[0, 0], [1, 2]]
+    # tau2 = relu(tau1 W2^T) = [1, 1]; h2 = [1, 2]; delta2 = [0, 1]; g2 = delta2^T h1 = [[0, 0], [1, 2]]
+    # g3 = e^T h2 = [[0, 0], [2, 4]]
+    g1, g2, g3 = compute_updates("ftp", [I2, I2, I2], X, T, activation="relu", error="mse", feedback=0.5 * I2)
+    np.testing.assert_array_equal(g1, [[0, 0], [1, 2]])
+    np.testing.assert_array_equal(g2, [[0, 0], [1, 2]])
+    np.testing.assert_array_equal(g3, [[0, 0], [2, 4]])
+
+
+def test_ftp_label_target_by_hand():
+    # tau1 = relu(a1 + t G^T) = relu([1, 2] + [0.5, 0]) = [1.5, 2]; delta1 = [-0.5, 0]; g1 = [[-0.5, -1], [0, 0]]
+    g1, _ = compute_updates("ftp", [I2, I2], X, T, activation="relu", error="mse", feedback=0.5 * I2,
+                            target_mode="label")
+    np.testing.assert_array_equal(g1, [[-0.5, -1.0], [0, 0]])
+
+
+def test_bp_closed_form_two_layer_relu():
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.standard_normal((5, 4)), rng.standard_normal((3, 5))
+    x, t = rng.standard_normal((7, 4)), np.eye(3)[rng.integers(0, 3, 7)]
+    a1 = x @ w1.T
+    h1 = np.maximum(a1, 0)
+    y = h1 @ w2.T
+    p = np.exp(y - y.max(1, keepdims=True))
+    e = p / p.sum(1, keepdims=True) - t
+    g2 = e.T @ h1 / 7
+    g1 = ((e @ w2) * (a1 > 0)).T @ x / 7
+    b1, b2 = compute_updates("bp", [w1, w2], x, t, activation="relu", error="ce")
+    np.testing.assert_allclose(b1, g1, atol=1e-10)
+    np.testing.assert_allclose(b2, g2, atol=1e-10)
+
+
+def test_seeded_feedback_is_reproducible(small_batch):
+    weights, x, t = small_batch
+    for rule in ("pepita", "ftp"):
+        a = compute_updates(rule, weights, x, t, seed=7)
+        b = compute_updates(rule, weights, x, t, seed=7)
+        c = compute_updates(rule, weights, x, t, seed=8)
+        assert all(np.array_equal(p, q) for p, q in zip(a, b))
+        assert not np.array_equal(a[0], c[0])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"rule": "nope"}, "unknown rule"),
+    ({"rule": "foton", "ortho_evry": 3}, "did you mean 'ortho_every'"),
+    ({"rule": "ftp", "target_mode": "x"}, "unknown FTP target_mode"),
+    ({"rule": "pepita", "feedback": np.zeros((3, 3))}, "must have shape"),
+])
+def test_bad_rule_options_are_config_errors(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        compute_updates(kwargs.pop("rule"), [I2, I2], X, T, **kwargs)
