@@ -1,0 +1,135 @@
+"""Number formats, rounding and saturation: the small pieces every device kernel is built from.
+
+Fixed-point values are integer mantissas ``q`` with a power-of-two scale: ``value = q / 2**frac``. Division by
+a power of two ``d`` rounds by ``mode``: ``ROUND_NEAREST_EVEN`` (ties to even), ``ROUND_TOWARD_ZERO``
+(truncate the magnitude, as Loihi's decays do) or ``ROUND_STOCHASTIC`` (round up with probability equal to
+the remainder, from an explicit RNG state: unbiased and reproducible). Saturation clips to [lo, hi] and counts
+the clipped values in ``counters[slot]`` (Lava's BitCheck idea: overflow observed, not silent). Affine
+(scale, zero-point) formats are here too, for int8 tensors described TFLite-style.
+
+The scalar helpers are written with ``//``, ``*`` and comparisons only, so one kernel body compiles for int64
+mantissas (the device) and for float64 values (the float reference), where quantisation is skipped.
+"""
+import numpy as np
+from numba import njit
+
+from .rng import next_u53
+
+__all__ = ["ROUND_NEAREST_EVEN", "ROUND_TOWARD_ZERO", "ROUND_STOCHASTIC", "round_div", "saturate",
+           "wrap", "quantize_array", "quantize_affine", "dequantize_affine", "affine_params", "fixed_multiplier"]
+
+ROUND_NEAREST_EVEN = 0
+ROUND_TOWARD_ZERO = 1
+ROUND_STOCHASTIC = 2
+
+
+@njit(cache=True, inline="always")
+def round_div(x, d, mode, state):
+    """x / d rounded to an integer by ``mode`` (x: int64, d: a positive int64, usually a power of two)."""
+    q = x // d  # floor
+    rem = x - q * d  # 0 <= rem < d
+    if rem == 0:
+        return q
+    if mode == ROUND_NEAREST_EVEN:
+        twice = 2 * rem
+        if twice > d or (twice == d and q % 2 != 0):
+            return q + 1
+        return q
+    if mode == ROUND_TOWARD_ZERO:
+        return q + 1 if x < 0 else q
+    # stochastic: up with probability rem / d
+    return q + 1 if next_u53(state) % d < rem else q
+
+
+@njit(cache=True, inline="always")
+def saturate(x, lo, hi, counters, slot):
+    """clip(x, lo, hi); each clipped value adds 1 to counters[slot]."""
+    if x > hi:
+        counters[slot] += 1
+        return hi
+    if x < lo:
+        counters[slot] += 1
+        return lo
+    return x
+
+
+@njit(cache=True, inline="always")
+def wrap(x, lo, hi, counters, slot):
+    """Two's-complement wrap-around of x into [lo, hi] (hi - lo + 1 a power of two); counts wraps."""
+    if x > hi or x < lo:
+        counters[slot] += 1
+        span = hi - lo + 1
+        return (x - lo) % span + lo
+    return x
+
+
+@njit(cache=True)
+def quantize_array(x, scale, lo, hi, mode, state, out, counters, slot):
+    """out = saturate(round(x * scale)) elementwise; x: float64 (N,), scale a power of two, out int64 (N,).
+
+    Nearest-even uses numpy's rint; stochastic adds a uniform draw in [0, 1) before flooring.
+    """
+    for i in range(x.size):
+        v = x.flat[i] * scale
+        if mode == ROUND_NEAREST_EVEN:
+            r = np.rint(v)
+        elif mode == ROUND_TOWARD_ZERO:
+            r = np.trunc(v)
+        else:
+            r = np.floor(v + next_u53(state) / 9007199254740992.0)
+        if r > hi:
+            counters[slot] += 1
+            r = hi
+        elif r < lo:
+            counters[slot] += 1
+            r = lo
+        out.flat[i] = np.int64(r)
+    return out
+
+
+def affine_params(x_min: float, x_max: float, bits: int = 8, symmetric: bool = True) -> tuple[float, int]:
+    """(scale, zero_point) for a signed ``bits``-bit affine format covering [x_min, x_max] (TFLite rules).
+
+    Symmetric: zero_point 0 and range [-(2**(bits-1) - 1), 2**(bits-1) - 1]; asymmetric: the full range with
+    a zero_point that represents 0.0 exactly.
+    """
+    qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    x_min, x_max = min(x_min, 0.0), max(x_max, 0.0)
+    if symmetric:
+        bound = max(abs(x_min), abs(x_max)) or 1.0
+        return bound / qmax, 0
+    span = (x_max - x_min) or 1.0
+    scale = span / (qmax - qmin)
+    return scale, int(np.clip(round(qmin - x_min / scale), qmin, qmax))
+
+
+@njit(cache=True)
+def quantize_affine(x, scale, zero_point, qmin, qmax):
+    """q = clip(rint(x / scale) + zero_point, qmin, qmax) as int64."""
+    out = np.empty(x.shape, dtype=np.int64)
+    for i in range(x.size):
+        q = np.rint(x.flat[i] / scale) + zero_point
+        out.flat[i] = np.int64(min(max(q, qmin), qmax))
+    return out
+
+
+@njit(cache=True)
+def dequantize_affine(q, scale, zero_point):
+    """x = (q - zero_point) * scale as float64."""
+    out = np.empty(q.shape, dtype=np.float64)
+    for i in range(q.size):
+        out.flat[i] = (q.flat[i] - zero_point) * scale
+    return out
+
+
+def fixed_multiplier(factor: float, bits: int = 12) -> tuple[int, int]:
+    """(M, k) with factor ~= M / 2**k and 2**(bits-1) <= M < 2**bits (the requantisation multiplier of
+    integer-only inference, Jacob et al. 2018); factor 0 gives (0, 0)."""
+    if factor <= 0:
+        return 0, 0
+    mantissa, exponent = np.frexp(factor)  # factor = mantissa * 2**exponent, 0.5 <= mantissa < 1
+    m = int(round(mantissa * (1 << bits)))
+    k = bits - int(exponent)
+    if m == 1 << bits:
+        m, k = m >> 1, k - 1
+    return m, k

@@ -1,0 +1,84 @@
+"""Orthogonalisation and FOTON's projection on the flat weight store.
+
+``bjorck_`` re-orthogonalises one layer in place (order-1 Björck, W <- W (1.5 I - 0.5 W^T W), after a
+power-iteration spectral-norm scaling, as ``rules.foton.bjorck_torch``); on integer devices it works on
+the dequantised values at float64 and writes back with the given rounding. ``projection_rows_`` computes
+F = W_L ... W_1 one row at a time (row k = e_k^T W_L ... W_1, the unit error pushed down through the
+transposed weights), so it needs two vectors of the widest layer as workspace, not a d x d_0 matrix.
+"""
+import numpy as np
+from numba import njit
+
+from .fixed import round_div, saturate
+
+__all__ = ["bjorck_", "projection_rows_"]
+
+
+@njit(cache=True)
+def bjorck_(w, off, d_out, d_in, w_one, iters, quantized, w_lo, w_hi, mode, rng, C, sat_slot):
+    """Re-orthogonalise layer W: (d_out, d_in) stored at w[off:] in place. Returns the Gram workspace size
+    (values) it used: min(d_out, d_in)**2."""
+    wide = d_out < d_in
+    rows, cols = (d_in, d_out) if wide else (d_out, d_in)  # work on the tall orientation m: (rows, cols)
+    m = np.empty((rows, cols))
+    for i in range(d_out):
+        for j in range(d_in):
+            v = w[off + i * d_in + j] / w_one
+            if wide:
+                m[j, i] = v
+            else:
+                m[i, j] = v
+    v = np.ones(cols) / np.sqrt(cols)
+    for _ in range(10):
+        v = m.T @ (m @ v)
+        v /= max(np.linalg.norm(v), 1e-30)
+    sigma = np.linalg.norm(m @ v) * 1.01
+    if sigma > 1.0:
+        m /= sigma
+    eye = np.eye(cols)
+    for _ in range(iters):
+        m = m @ (1.5 * eye - 0.5 * (m.T @ m))
+    for i in range(d_out):
+        for j in range(d_in):
+            v_ij = m[j, i] if wide else m[i, j]
+            k = off + i * d_in + j
+            if quantized:
+                # v_ij * w_one rounded by `mode`: scale by 2**20 first so the rounding sees the fraction
+                fine = np.int64(np.floor(v_ij * w_one * 1048576.0))
+                w[k] = saturate(round_div(fine, 1048576, mode, rng), w_lo, w_hi, C, sat_slot)
+            else:
+                w[k] = v_ij
+    return cols * cols
+
+
+@njit(cache=True)
+def projection_rows_(w, dims, offs, w_one, p_one, quantized, p_lo, p_hi, mode, rng, out, work_a, work_b, C,
+                     sat_slot):
+    """out = F = W_L ... W_1: (d_L, d_0) in the projection format (scale p_one), row by row.
+
+    work_a, work_b: 1-D buffers of at least max(dims) values (the only workspace).
+    """
+    n_layers = dims.size - 1
+    d_last = dims[n_layers]
+    for k in range(d_last):
+        # r = row k of W_L, in the projection format
+        d_in = dims[n_layers - 1]
+        base = offs[n_layers - 1] + k * d_in
+        for j in range(d_in):
+            if quantized:
+                work_a[j] = round_div(w[base + j] * p_one, w_one[n_layers - 1], mode, rng)
+            else:
+                work_a[j] = w[base + j]
+        cur, nxt = work_a, work_b
+        for l in range(n_layers - 2, -1, -1):  # r <- r W_l
+            d_out, d_in = dims[l + 1], dims[l]
+            for j in range(d_in):
+                acc = cur[0] * 0
+                for i in range(d_out):
+                    acc += cur[i] * w[offs[l] + i * d_in + j]
+                if quantized:
+                    acc = saturate(round_div(acc, w_one[l], mode, rng), p_lo, p_hi, C, sat_slot)
+                nxt[j] = acc
+            cur, nxt = nxt, cur
+        for j in range(dims[0]):
+            out[k, j] = cur[j]

@@ -1,0 +1,32 @@
+"""A seeded xorshift64* generator whose state is passed in explicitly (a ``(1,) uint64`` array).
+
+Numba kernels draw from it for stochastic rounding, so that a run with the same seed is bit-identical on
+every machine, and a checkpoint can store the state.
+"""
+import numpy as np
+from numba import njit
+
+__all__ = ["new_state", "next_u53", "uniform"]
+
+
+def new_state(seed: int) -> np.ndarray:
+    """A ``(1,) uint64`` state from ``seed`` (never zero, as xorshift requires)."""
+    mixed = (int(seed) * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) % (1 << 64)
+    return np.array([mixed or 1], dtype=np.uint64)
+
+
+@njit(cache=True, inline="always")
+def next_u53(state):
+    """Advance the state; return a uniform integer in [0, 2**53) as int64."""
+    x = state[0]
+    x ^= x >> np.uint64(12)
+    x ^= x << np.uint64(25)
+    x ^= x >> np.uint64(27)
+    state[0] = x
+    return np.int64((x * np.uint64(0x2545F4914F6CDD1D)) >> np.uint64(11))
+
+
+@njit(cache=True)
+def uniform(state):
+    """A uniform float64 in [0, 1)."""
+    return next_u53(state) / 9007199254740992.0

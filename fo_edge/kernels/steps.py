@@ -1,0 +1,209 @@
+"""Fused training steps on the flat weight store: forward-only rules streamed layer by layer, and BP.
+
+Forward-only schedule (ALGORITHMS.md, "Streaming schedule"):
+  pass 1 runs layer by layer keeping only the current activation (``stream``) or every clean activation
+  (``store``), and ends with the output error e; then the clean and the modulated/target passes run in
+  lockstep: at layer l both h_l and h^mod_l exist, W_l's update is applied at once, and layer l-1's
+  activations are dropped. Working set: 6 buffers of (B, max_l d_l) plus e and x_mod, whatever the depth.
+BP stores every clean activation, then runs the backward pass, updating each W_l as soon as delta_{l-1}
+has been formed from the old W_l.
+
+All arrays are preallocated by the caller (from the device memory arena); these kernels allocate nothing.
+Mantissas are int64 (integer devices) or float64 (float reference); ``Params`` carries the formats.
+"""
+from collections import namedtuple
+
+import numpy as np
+from numba import njit
+
+from .activations import activate, activate_grad
+from .fixed import saturate
+from .linear import SAT_ACT, SAT_ERR, layer_forward_, outer_update_, project_
+
+__all__ = ["Params", "COUNTERS", "RULE_CODES", "forward_only_step_", "bp_step_", "output_error_", "predict_"]
+
+#: counter slots shared by every kernel (see linear.py)
+COUNTERS = ("saturation_events_activation", "saturation_events_weight", "overflow_wraps", "updates_lost",
+            "weight_writes", "saturation_events_error", "macs_forward", "macs_update", "macs_effective")
+RULE_CODES = {"foton": 0, "pepita": 1, "ftp": 2}
+CE, MSE = 0, 1
+
+Params = namedtuple("Params", [
+    "quantized",            # bool: integer device (True) or float reference (False)
+    "a_one", "a_lo", "a_hi",  # activation format: scale 2**frac (1.0 for float) and mantissa bounds
+    "e_one", "e_lo", "e_hi",  # error format
+    "w_lo", "w_hi",           # weight mantissa bounds
+    "acc_lo", "acc_hi",       # accumulator bounds (wrap-around)
+    "fwd_round", "upd_round",  # rounding codes (fixed.ROUND_*)
+    "act", "err", "temperature",
+    "collect",              # bool: write gradient estimates to g_out instead of updating the weights
+    "ftp_label",            # bool: FTP target from the label (t G^T) instead of the error (-e G^T)
+])
+
+
+def _view(buf, batch, d):
+    return buf[:batch * d].reshape((batch, d))
+
+
+view = njit(cache=True, inline="always")(_view)
+
+
+@njit(cache=True)
+def output_error_(y, t, P, e, C):
+    """e = softmax(y / T) - t (CE) or y - t (MSE), quantised to the error format; y: (B, K) activation
+    mantissas, t: (B, K) float one-hot."""
+    batch, k_dim = y.shape
+    probs = np.empty(k_dim)
+    for b in range(batch):
+        if P.err == CE:
+            top = -np.inf
+            for k in range(k_dim):
+                probs[k] = y[b, k] / P.a_one / P.temperature
+                top = max(top, probs[k])
+            total = 0.0
+            for k in range(k_dim):
+                probs[k] = np.exp(probs[k] - top)
+                total += probs[k]
+            for k in range(k_dim):
+                probs[k] = probs[k] / total - t[b, k]
+        else:
+            for k in range(k_dim):
+                probs[k] = y[b, k] / P.a_one - t[b, k]
+        for k in range(k_dim):
+            if P.quantized:
+                e[b, k] = saturate(np.rint(probs[k] * P.e_one), P.e_lo, P.e_hi, C, SAT_ERR)
+            else:
+                e[b, k] = probs[k]
+
+
+@njit(cache=True)
+def _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, store, store_mode, C, rng):
+    """Clean pass; returns y: (B, d_L) (a view of buf_tmp). Keeps h_l in ``store`` when store_mode."""
+    batch = x.shape[0]
+    n_layers = dims.size - 1
+    src = x
+    soff = 0
+    for l in range(n_layers):
+        d_in, d_out = dims[l], dims[l + 1]
+        pre = view(buf_pre, batch, d_out)
+        if l == n_layers - 1:
+            dst = view(buf_tmp, batch, d_out)
+        elif store_mode:
+            dst = store[soff:soff + batch * d_out].reshape((batch, d_out))
+            soff += batch * d_out
+        else:
+            dst = view(buf_c0 if l % 2 == 0 else buf_c1, batch, d_out)
+        layer_forward_(src, w, offs[l], d_out, d_in, w_one[l], l == n_layers - 1, P, pre, dst, C, rng)
+        src = dst
+    return src
+
+
+@njit(cache=True)
+def forward_only_step_(rule, store_mode, w, dims, offs, w_one, upd_mul, upd_div, g_scale, x, t, tq, proj,
+                       proj_div, P, buf_c0, buf_c1, buf_m0, buf_m1, buf_pre, buf_tmp, store, e, xm, C, rng,
+                       g_out):
+    """One FOTON (rule 0), PEPITA (1) or FTP (2) step on a batch; see the module docstring.
+
+    x: (B, d_0) input mantissas; t: (B, d_L) float one-hot; tq: t in the error format (FTP label targets);
+    proj: FOTON/PEPITA F (d_L, d_0) or FTP G^T (d_L, d_1), scale such that src @ proj / proj_div is in the
+    activation format; upd_mul / upd_div / g_scale: per-layer update scaling (see linear.outer_update_).
+    """
+    batch = x.shape[0]
+    n_layers = dims.size - 1
+    y = _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, store, store_mode, C, rng)
+    output_error_(y, t, P, e, C)
+    if rule == 0:
+        project_(x, e, proj, -1, proj_div, P, xm, C, rng)  # x_err = x - e F
+    elif rule == 1:
+        project_(x, e, proj, 1, proj_div, P, xm, C, rng)  # x_mod = x + e F
+    hc = x
+    hm = xm
+    soff = 0
+    for l in range(n_layers - 1):
+        d_in, d_out = dims[l], dims[l + 1]
+        pre = view(buf_pre, batch, d_out)
+        delta = view(buf_tmp, batch, d_out)
+        m_next = view(buf_m0 if l % 2 == 0 else buf_m1, batch, d_out)
+        if store_mode:
+            c_next = store[soff:soff + batch * d_out].reshape((batch, d_out))
+            soff += batch * d_out
+        else:
+            c_next = view(buf_c0 if l % 2 == 0 else buf_c1, batch, d_out)
+        if not store_mode or (rule == 2 and l == 0):
+            layer_forward_(hc, w, offs[l], d_out, d_in, w_one[l], False, P, pre, c_next, C, rng)
+        if rule == 2 and l == 0:
+            # FTP: tau_1 = sigma(a_1 - e G^T) (or sigma(a_1 + t G^T)); pre holds a_1
+            if P.ftp_label:
+                project_(pre, tq, proj, 1, proj_div, P, delta, C, rng)
+            else:
+                project_(pre, e, proj, -1, proj_div, P, delta, C, rng)
+            for b in range(batch):
+                for i in range(d_out):
+                    m_next[b, i] = activate(delta[b, i], P.act, P.a_one, P.quantized)
+        else:
+            layer_forward_(hm, w, offs[l], d_out, d_in, w_one[l], False, P, pre, m_next, C, rng)
+        for b in range(batch):
+            for i in range(d_out):
+                diff = c_next[b, i] - m_next[b, i]
+                if rule == 2:  # (h - tau) * sigma'(a), sigma' from h (exact for relu, tanh, identity)
+                    grad = activate_grad(c_next[b, i], c_next[b, i], P.act, P.a_one, P.quantized, rng)
+                    if P.quantized:
+                        diff = (diff * grad) // P.a_one
+                    else:
+                        diff = diff * grad
+                if P.quantized:
+                    diff = saturate(diff, P.a_lo, P.a_hi, C, SAT_ACT)
+                delta[b, i] = diff
+        hin = hm if rule == 1 else hc
+        if l == 0 and rule == 1:
+            hin = xm
+        outer_update_(w, offs[l], d_out, d_in, delta, hin, upd_mul[l], upd_div[l], g_scale[l], P, C, rng, g_out)
+        hc = c_next
+        hm = m_next
+    last = n_layers - 1
+    hin = hm if rule == 1 else hc
+    outer_update_(w, offs[last], dims[last + 1], dims[last], e, hin, upd_mul[last], upd_div[last],
+                  g_scale[last], P, C, rng, g_out)
+
+
+@njit(cache=True)
+def bp_step_(w, dims, offs, w_one, upd_mul, upd_div, g_scale, x, t, P, buf_c0, buf_c1, buf_m0, buf_m1,
+             buf_pre, buf_tmp, store, e, C, rng, g_out):
+    """One BP step: pass 1 stores h_1..h_{L-1} in ``store`` (B x sum d_l); then for l = L..1,
+    delta_{l-1} = (delta_l W_l) * sigma'(a_{l-1}) is formed (error format) before W_l is updated."""
+    batch = x.shape[0]
+    n_layers = dims.size - 1
+    y = _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, store, True, C, rng)
+    output_error_(y, t, P, e, C)
+    starts = np.zeros(n_layers, dtype=np.int64)  # store offset of h_l (l >= 1)
+    for l in range(1, n_layers):
+        starts[l] = starts[l - 1] + (batch * dims[l - 1] if l > 1 else 0)
+    delta = e
+    for l in range(n_layers - 1, -1, -1):
+        d_in, d_out = dims[l], dims[l + 1]
+        hin = x if l == 0 else store[starts[l]:starts[l] + batch * d_in].reshape((batch, d_in))
+        if l > 0:
+            prev = view(buf_m0 if l % 2 == 0 else buf_m1, batch, d_in)
+            for b in range(batch):
+                for j in range(d_in):
+                    acc = delta[b, 0] * 0
+                    for i in range(d_out):
+                        acc += delta[b, i] * w[offs[l] + i * d_in + j]
+                    grad = activate_grad(hin[b, j], hin[b, j], P.act, P.a_one, P.quantized, rng)
+                    if P.quantized:
+                        acc = (acc // w_one[l]) * grad // P.a_one
+                        acc = saturate(acc, P.e_lo, P.e_hi, C, SAT_ERR)
+                    else:
+                        acc = acc * grad
+                    prev[b, j] = acc
+        outer_update_(w, offs[l], d_out, d_in, delta, hin, upd_mul[l], upd_div[l], g_scale[l], P, C, rng, g_out)
+        if l > 0:
+            delta = prev
+
+
+@njit(cache=True)
+def predict_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, C, rng, labels):
+    """Inference: labels[b] = argmax of the output for each row of x (B, d_0)."""
+    y = _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, buf_c0[:0], False, C, rng)
+    for b in range(x.shape[0]):
+        labels[b] = np.argmax(y[b])

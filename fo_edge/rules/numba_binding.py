@@ -1,0 +1,316 @@
+"""The rules' binding to the Numba kernels: a network on a device (flat quantised weight store), the kernel
+parameters derived from a device profile, the step buffers (allocated from the memory arena), and one step.
+
+Weights are stored as integer mantissas with a shared power-of-two exponent per layer, calibrated once from
+the initial weights so that max|W_l| leaves ``weight_frac_bits`` bits of headroom (Lava's
+``optimize_weight_bits`` idea; the power-of-two case of a per-tensor int8 scale). Activations, errors and
+projections use the profile's formats. The float profile runs the same kernels on float64 values.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..accounting.memory import MemoryArena
+from ..device.spec import DeviceProfile, NumberFormat
+from ..errors import ConfigError
+from ..kernels.activations import ACTIVATION_CODES
+from ..kernels.fixed import fixed_multiplier, quantize_array
+from ..kernels.orth import bjorck_, projection_rows_
+from ..kernels.rng import new_state
+from ..kernels.steps import COUNTERS, RULE_CODES, Params, bp_step_, forward_only_step_, predict_
+from .foton import FOTONConfig
+from .ftp import ftp_feedback
+from .pepita import pepita_feedback
+
+__all__ = ["DeviceNet", "to_device", "from_device", "make_params", "StepBuffers", "allocate_buffers",
+           "run_step", "compute_updates_numba", "quantize_input", "refresh_projection", "orthogonalize",
+           "predict", "projection_format", "FLOAT64"]
+
+#: the float reference as a kernel profile (float64 values, no quantisation)
+FLOAT64 = NumberFormat(64, 0, float_format=True)
+
+
+def projection_format(profile: DeviceProfile) -> NumberFormat:
+    """Format of projection matrices (F, G^T): twice the weight width (at most 32 bits), range +-2."""
+    if profile.is_float:
+        return profile.weight
+    bits = min(2 * profile.weight.bits, 32)
+    return NumberFormat(bits, bits - 2)
+
+
+@dataclass
+class DeviceNet:
+    """w: flat mantissas (int64, or float64 for float devices); dims: (L+1,) int64; offs: (L+1,) int64 layer
+    offsets into w; w_frac: (L,) per-layer exponents; w_one: (L,) 2**w_frac in w's dtype."""
+
+    w: np.ndarray
+    dims: np.ndarray
+    offs: np.ndarray
+    w_frac: np.ndarray
+    w_one: np.ndarray
+    quantized: bool
+
+    @property
+    def n_layers(self) -> int:
+        return self.dims.size - 1
+
+
+def _calibrate(w: np.ndarray, fmt: NumberFormat) -> int:
+    peak = float(np.abs(w).max()) or 1.0
+    return max(0, int(math.floor(math.log2(fmt.qmax / peak))) - fmt.frac_bits)
+
+
+def to_device(weights: list[np.ndarray], profile: DeviceProfile, arena: MemoryArena | None = None) -> DeviceNet:
+    """Quantise float weights ``W_l: (d_l, d_{l-1})`` into the device's flat weight store."""
+    dims = np.array([weights[0].shape[1]] + [w.shape[0] for w in weights], dtype=np.int64)
+    offs = np.zeros(len(dims), dtype=np.int64)
+    offs[1:] = np.cumsum([w.size for w in weights])
+    quantized = not profile.is_float
+    dtype = np.int64 if quantized else np.float64
+    shape = (int(offs[-1]),)
+    flat = arena.alloc("weights", shape, dtype, "weights", profile.weight.bytes_per_value) if arena \
+        else np.zeros(shape, dtype=dtype)
+    fracs = np.array([_calibrate(w, profile.weight) if quantized else 0 for w in weights], dtype=np.int64)
+    counters = np.zeros(len(COUNTERS), dtype=np.int64)
+    rng = new_state(0)
+    for l, w in enumerate(weights):
+        chunk = flat[offs[l]:offs[l + 1]]
+        if quantized:
+            quantize_array(np.ascontiguousarray(w, dtype=np.float64).ravel(), float(2 ** int(fracs[l])),
+                           profile.weight.qmin, profile.weight.qmax, 0, rng, chunk, counters, 1)
+        else:
+            chunk[:] = np.asarray(w, dtype=np.float64).ravel()
+    one = (2 ** fracs).astype(np.int64) if quantized else np.ones(len(weights))
+    return DeviceNet(flat, dims, offs, fracs, one, quantized)
+
+
+def from_device(net: DeviceNet) -> list[np.ndarray]:
+    """The real-valued weights ``W_l: (d_l, d_{l-1})`` float64 (mantissa / 2**w_frac)."""
+    out = []
+    for l in range(net.n_layers):
+        chunk = net.w[net.offs[l]:net.offs[l + 1]].astype(np.float64) / float(net.w_one[l])
+        out.append(chunk.reshape(int(net.dims[l + 1]), int(net.dims[l])))
+    return out
+
+
+def make_params(profile: DeviceProfile, activation: str, error: str, temperature: float = 1.0,
+                collect: bool = False, ftp_label: bool = False) -> Params:
+    """Kernel parameters for ``profile`` (float profiles give float64 values and infinite bounds)."""
+    act, err = ACTIVATION_CODES[activation], {"ce": 0, "mse": 1}[error]
+    if profile.is_float:
+        inf = np.inf
+        return Params(False, 1.0, -inf, inf, 1.0, -inf, inf, -inf, inf, -inf, inf, 0, 0, act, err,
+                      float(temperature), collect, ftp_label)
+    a, e, w = profile.activation, profile.error, profile.weight
+    acc = profile.accumulator_bits
+    i64 = np.int64
+    return Params(True, i64(1 << a.frac_bits), i64(a.qmin), i64(a.qmax), i64(1 << e.frac_bits), i64(e.qmin),
+                  i64(e.qmax), i64(w.qmin), i64(w.qmax), i64(-(1 << (acc - 1))), i64((1 << (acc - 1)) - 1),
+                  profile.forward_rounding.code, profile.update_rounding.code, act, err, float(temperature),
+                  collect, ftp_label)
+
+
+def update_scales(net: DeviceNet, profile: DeviceProfile, rule: str, lr: float, batch: int):
+    """Per-layer (mul, div, g_scale) so that the weight step is round(g * mul / div) in weight LSBs, i.e.
+    lr / B times the real gradient, and g * g_scale is the real batch-averaged gradient estimate."""
+    n = net.n_layers
+    if not net.quantized:
+        return np.full(n, lr / batch), np.ones(n), np.full(n, 1.0 / batch)
+    a_frac, e_frac = profile.activation.frac_bits, profile.error.frac_bits
+    mul, div, g_scale = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), np.zeros(n)
+    for l in range(n):
+        d_frac = e_frac if (l == n - 1 or rule == "bp") else a_frac
+        m, k = fixed_multiplier(lr / batch * 2.0 ** (int(net.w_frac[l]) - d_frac - a_frac))
+        if k < 0:
+            m, k = m << -k, 0
+        mul[l], div[l] = m, 1 << min(k, 62)
+        g_scale[l] = 2.0 ** -(d_frac + a_frac) / batch
+    return mul, div, g_scale
+
+
+@dataclass
+class StepBuffers:
+    """Preallocated device buffers for one step (flat activation buffers of batch x widest layer)."""
+
+    x: np.ndarray
+    c0: np.ndarray
+    c1: np.ndarray
+    m0: np.ndarray
+    m1: np.ndarray
+    pre: np.ndarray
+    tmp: np.ndarray
+    store: np.ndarray
+    e: np.ndarray
+    xm: np.ndarray
+    proj: np.ndarray
+    proj_work: np.ndarray
+
+
+def allocate_buffers(arena: MemoryArena, profile: DeviceProfile, dims, batch: int, rule: str,
+                     schedule: str, ortho: bool) -> StepBuffers:
+    """Allocate what ``rule`` needs under ``schedule`` from ``arena`` (raising DeviceMemoryError early).
+
+    stream: 6 x (B, max d_l) activation buffers; store (and BP): also B x sum_{0<l<L} d_l stored activations.
+    FOTON: F (d_L, d_0) in SRAM plus its row workspace, and the Björck Gram workspace; PEPITA's F and FTP's
+    G^T are fixed, so they go to Flash where the device has it.
+    """
+    dims = [int(d) for d in dims]
+    dtype = np.float64 if profile.is_float else np.int64
+    a_b, e_b = profile.activation.bytes_per_value, profile.error.bytes_per_value
+    p_fmt = projection_format(profile)
+    width = max(dims[1:])
+    hidden = sum(dims[1:-1])
+    bp = rule == "bp"
+    stores = bp or schedule == "store"
+
+    def act(name, count, category="activations"):
+        return arena.alloc(name, (count,), dtype, category, a_b)
+
+    x = arena.alloc("input", (batch, dims[0]), dtype, "input", a_b)
+    pre, tmp = act("pre_activation", batch * width), act("scratch", batch * width)
+    if bp:
+        c0 = c1 = pre[:0]
+        m0 = arena.alloc("delta_a", (batch * width,), dtype, "errors", e_b)
+        m1 = arena.alloc("delta_b", (batch * width,), dtype, "errors", e_b)
+    else:
+        c0, c1 = (act("clean_a", batch * width), act("clean_b", batch * width)) if not stores else (pre[:0], pre[:0])
+        m0, m1 = act("modulated_a", batch * width), act("modulated_b", batch * width)
+    store = act("stored_activations", batch * hidden, "stored_activations") if stores else pre[:0]
+    e = arena.alloc("output_error", (batch, dims[-1]), dtype, "errors", e_b)
+    if rule in ("foton", "pepita"):
+        xm = arena.alloc("modulated_input", (batch, dims[0]), dtype, "activations", a_b)
+    else:
+        xm = np.zeros((0, dims[0]), dtype=dtype)
+    proj = np.zeros((0, 0), dtype=dtype)
+    proj_work = np.zeros(0, dtype=dtype)
+    if rule == "foton":
+        proj = arena.alloc("projection_F", (dims[-1], dims[0]), dtype, "projection", p_fmt.bytes_per_value)
+        proj_work = arena.alloc("projection_workspace", (2 * max(dims),), dtype, "workspace", p_fmt.bytes_per_value)
+        if ortho:
+            gram = max(min(a, b) ** 2 for a, b in zip(dims[:-1], dims[1:]))
+            arena.alloc("orthogonalize_workspace", (gram,), np.int8, "workspace", 4)
+    elif rule == "pepita":
+        proj = arena.alloc("feedback_F", (dims[-1], dims[0]), dtype, "projection", p_fmt.bytes_per_value, "flash")
+    elif rule == "ftp":
+        proj = arena.alloc("feedback_G", (dims[-1], dims[1]), dtype, "projection", p_fmt.bytes_per_value, "flash")
+    return StepBuffers(x, c0, c1, m0, m1, pre, tmp, store, e, xm, proj, proj_work)
+
+
+def fill_fixed_projection(bufs: StepBuffers, profile: DeviceProfile, rule: str, dims, config) -> None:
+    """Write PEPITA's F or FTP's G^T (from the rule's seed, as on the torch path) in the projection format."""
+    if rule == "pepita":
+        matrix = pepita_feedback(tuple(int(d) for d in dims), config)
+    elif rule == "ftp":
+        matrix = ftp_feedback(tuple(int(d) for d in dims), config).T
+    else:
+        return
+    _store_projection(bufs.proj, matrix, profile)
+
+
+def _store_projection(out: np.ndarray, matrix: np.ndarray, profile: DeviceProfile) -> None:
+    if profile.is_float:
+        out[:] = matrix
+        return
+    fmt = projection_format(profile)
+    quantize_array(np.ascontiguousarray(matrix, dtype=np.float64).ravel(), float(2 ** fmt.frac_bits), fmt.qmin,
+                   fmt.qmax, 0, new_state(0), out.reshape(-1), np.zeros(len(COUNTERS), dtype=np.int64), 0)
+
+
+def refresh_projection(net: DeviceNet, bufs: StepBuffers, profile: DeviceProfile, counters, rng) -> None:
+    """FOTON: F = W_L ... W_1 recomputed in place (row by row) in the projection format."""
+    fmt = projection_format(profile)
+    p_one = np.int64(1 << fmt.frac_bits) if net.quantized else 1.0
+    lo, hi = (np.int64(fmt.qmin), np.int64(fmt.qmax)) if net.quantized else (-np.inf, np.inf)
+    half = bufs.proj_work.size // 2
+    projection_rows_(net.w, net.dims, net.offs, net.w_one, p_one, net.quantized, lo, hi,
+                     profile.forward_rounding.code, rng, bufs.proj, bufs.proj_work[:half], bufs.proj_work[half:],
+                     counters, 0)
+
+
+def orthogonalize(net: DeviceNet, profile: DeviceProfile, iters: int, counters, rng) -> None:
+    """Björck on every layer, in place."""
+    lo, hi = (np.int64(profile.weight.qmin), np.int64(profile.weight.qmax)) if net.quantized else (-np.inf, np.inf)
+    for l in range(net.n_layers):
+        bjorck_(net.w, net.offs[l], net.dims[l + 1], net.dims[l], net.w_one[l], iters, net.quantized, lo, hi,
+                profile.update_rounding.code, rng, counters, 1)
+
+
+def quantize_input(x: np.ndarray, profile: DeviceProfile, out: np.ndarray, counters, rng) -> np.ndarray:
+    """x: (n, d_0) float in [0, 1] -> out[:n] in the activation format (nearest-even)."""
+    n = x.shape[0]
+    view = out[:n]
+    if profile.is_float:
+        view[:] = x
+    else:
+        a = profile.activation
+        quantize_array(np.ascontiguousarray(x, dtype=np.float64).ravel(), float(2 ** a.frac_bits), a.qmin, a.qmax,
+                       0, rng, view.reshape(-1), counters, 0)
+    return view
+
+
+def _proj_div(profile: DeviceProfile):
+    if profile.is_float:
+        return 1.0
+    p = projection_format(profile)
+    return np.int64(1 << (profile.error.frac_bits + p.frac_bits - profile.activation.frac_bits))
+
+
+def run_step(rule: str, net: DeviceNet, bufs: StepBuffers, profile: DeviceProfile, params: Params, x_dev, t,
+             lr: float, schedule: str, counters, rng, g_out=None) -> None:
+    """One training step of ``rule`` on a batch already in the device format (x_dev: (n, d_0))."""
+    n = x_dev.shape[0]
+    mul, div, g_scale = update_scales(net, profile, rule, lr, n)
+    g_out = np.zeros(0) if g_out is None else g_out
+    t = np.ascontiguousarray(t, dtype=np.float64)
+    if rule == "bp":
+        bp_step_(net.w, net.dims, net.offs, net.w_one, mul, div, g_scale, x_dev, t, params, bufs.c0, bufs.c1,
+                 bufs.m0, bufs.m1, bufs.pre, bufs.tmp, bufs.store, bufs.e[:n], counters, rng, g_out)
+        return
+    tq = np.rint(t * float(params.e_one)).astype(net.w.dtype)
+    forward_only_step_(RULE_CODES[rule], schedule == "store", net.w, net.dims, net.offs, net.w_one, mul, div,
+                       g_scale, x_dev, t, tq, bufs.proj, _proj_div(profile), params, bufs.c0, bufs.c1, bufs.m0,
+                       bufs.m1, bufs.pre, bufs.tmp, bufs.store, bufs.e[:n], bufs.xm[:n], counters, rng, g_out)
+
+
+def predict(net: DeviceNet, bufs: StepBuffers, profile: DeviceProfile, params: Params, x: np.ndarray,
+            counters, rng) -> np.ndarray:
+    """Labels (N,) for float inputs x: (N, d_0), in chunks of the step's batch size."""
+    batch = bufs.x.shape[0]
+    labels = np.zeros(len(x), dtype=np.int64)
+    for start in range(0, len(x), batch):
+        x_dev = quantize_input(x[start:start + batch], profile, bufs.x, counters, rng)
+        predict_(net.w, net.dims, net.offs, net.w_one, x_dev, params, bufs.pre, bufs.tmp, bufs.m0, bufs.m1,
+                 counters, rng, labels[start:start + batch])
+    return labels
+
+
+def compute_updates_numba(rule: str, config, weights: list[np.ndarray], x: np.ndarray, target: np.ndarray,
+                          activation: str, error: str) -> list[np.ndarray]:
+    """``compute_updates(..., backend="numba")``: the streaming kernels in float64, collecting g_l."""
+    from ..device.spec import Arithmetic, Capacity, DeviceProfile, Overflow, Rounding
+
+    profile = DeviceProfile("float64", "float64 reference", Arithmetic.FLOAT, FLOAT64, FLOAT64, FLOAT64, 64,
+                            Rounding.NEAREST_EVEN, Rounding.NEAREST_EVEN, Overflow.SATURATE, Capacity(2**62), {})
+    net = to_device([np.asarray(w, dtype=np.float64) for w in weights], profile)
+    if x.ndim != 2 or x.shape[1] != net.dims[0] or target.shape != (x.shape[0], net.dims[-1]):
+        raise ConfigError(f"x must be (B, {net.dims[0]}) and target (B, {net.dims[-1]})")
+    arena = MemoryArena(2**62)
+    bufs = allocate_buffers(arena, profile, net.dims, x.shape[0], rule, "stream", ortho=False)
+    fill_fixed_projection(bufs, profile, rule, net.dims, config)
+    counters = np.zeros(len(COUNTERS), dtype=np.int64)
+    rng = new_state(0)
+    if rule == "foton":
+        if config.projection is None:
+            refresh_projection(net, bufs, profile, counters, rng)
+        else:
+            bufs.proj[:] = np.asarray(config.projection, dtype=np.float64)
+    params = make_params(profile, activation, error, getattr(config, "temperature", 1.0), collect=True,
+                         ftp_label=getattr(config, "target_mode", "error") == "label")
+    x_dev = quantize_input(np.asarray(x, dtype=np.float64), profile, bufs.x, counters, rng)
+    g_out = np.zeros(net.w.size)
+    run_step(rule, net, bufs, profile, params, x_dev, target, 1.0, "stream", counters, rng, g_out)
+    return [g_out[net.offs[l]:net.offs[l + 1]].reshape(int(net.dims[l + 1]), int(net.dims[l]))
+            for l in range(net.n_layers)]
