@@ -130,13 +130,14 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
                                      device=config.torch_device, on_batch=on_batch)
         stored = {f"W{l}": w for l, w in enumerate(final)}
         memory: dict = {}
+        counters: dict = {}
     else:
         from .engine.stream import train_stream
 
         outcome = train_stream(weights, data, config.rule, rcfg, device, activation=config.activation,
                                error=config.error, lr=lr, epochs=config.epochs, batch_size=config.batch_size,
                                seed=config.seed, schedule=config.schedule, on_batch=on_batch)
-        history, stored, memory = outcome.history, outcome.stored, outcome.memory
+        history, stored, memory, counters = outcome.history, outcome.stored, outcome.memory, outcome.counters
     seconds = time.perf_counter() - started
     accuracy = history[-1]["test_accuracy"]
     record = {
@@ -153,6 +154,7 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
         "final": {"test_accuracy": accuracy, "seconds": seconds,
                   "samples_per_s": len(data.x_train) * config.epochs / max(seconds, 1e-9)},
         "memory": memory,
+        "counters": counters,
         "energy": None,
         "seed": config.seed,
         "versions": package_versions(),

@@ -14,6 +14,7 @@ from . import api
 from .data import DATASETS
 from .device import list_devices, load_device
 from .errors import FoEdgeError
+from .accounting.memory import format_bytes
 from .models.mlp import ACTIVATIONS
 from .rules import BACKENDS, RULES
 
@@ -37,14 +38,6 @@ def _parse_rule_options(pairs: tuple[str, ...]) -> dict:
     return options
 
 
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
-
-
 def _summary_table(result: api.SimulateResult) -> str:
     rec = result.record
     mem = result.memory
@@ -54,10 +47,16 @@ def _summary_table(result: api.SimulateResult) -> str:
             ("time", f"{rec['final']['seconds']:.1f} s"),
             ("samples/s", f"{rec['final']['samples_per_s']:.0f}")]
     if mem:
-        rows.append(("peak device memory", f"{_human_bytes(mem['peak_bytes'])} of "
-                     f"{_human_bytes(mem['capacity_bytes'])} ({100 * mem['peak_bytes'] / mem['capacity_bytes']:.1f} %)"))
+        rows.append(("peak device memory", f"{format_bytes(mem['peak_bytes'])} of "
+                     f"{format_bytes(mem['capacity_bytes'])} ({100 * mem['peak_bytes'] / mem['capacity_bytes']:.1f} %)"))
     else:
         rows.append(("peak device memory", "not accounted on the torch path (use --backend numba)"))
+    counters = rec.get("counters") or {}
+    if counters:
+        rows.append(("saturations (act/weight)", f"{counters['saturation_events_activation']} / "
+                     f"{counters['saturation_events_weight']}"))
+        rows.append(("updates lost to rounding", f"{counters['updates_lost']} of "
+                     f"{counters['updates_lost'] + counters['weight_writes']} nonzero updates"))
     rows.append(("energy / training sample", "not yet accounted"))
     rows.append(("run directory", str(result.run_dir)))
     width = max(len(k) for k, _ in rows)

@@ -22,3 +22,9 @@ def small_batch():
     x = data.x_train[:8].astype(np.float64)
     t = np.eye(10)[data.y_train[:8]]
     return weights, x, t
+
+from hypothesis import settings  # noqa: E402
+
+# Numba compiles on first call; a deadline would flag that, not the property under test.
+settings.register_profile("fo-edge", deadline=None, max_examples=60)
+settings.load_profile("fo-edge")

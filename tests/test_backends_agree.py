@@ -1,0 +1,66 @@
+"""The Numba kernels against the PyTorch reference: float updates to 1e-5 for every rule, and the integer
+forward layer against an integer matmul done by torch with the same rounding."""
+import numpy as np
+import pytest
+import torch
+
+from fo_edge.device import load_device
+from fo_edge.kernels.rng import new_state
+from fo_edge.kernels.steps import COUNTERS
+from fo_edge.models import init_weights
+from fo_edge.rules import compute_updates
+from fo_edge.rules.numba_binding import make_params, to_device
+from fo_edge.kernels.linear import layer_forward_
+
+
+@pytest.mark.parametrize("rule", ["bp", "foton", "pepita", "ftp"])
+@pytest.mark.parametrize("activation", ["relu", "tanh", "identity"])
+@pytest.mark.parametrize("error", ["ce", "mse"])
+def test_numba_float_updates_equal_torch(rule, activation, error, small_batch):
+    weights, x, t = small_batch
+    ref = compute_updates(rule, weights, x, t, activation=activation, error=error, seed=5) \
+        if rule in ("pepita", "ftp") else compute_updates(rule, weights, x, t, activation=activation, error=error)
+    kwargs = {"seed": 5} if rule in ("pepita", "ftp") else {}
+    out = compute_updates(rule, weights, x, t, activation=activation, error=error, backend="numba", **kwargs)
+    for g_ref, g_nb in zip(ref, out):
+        assert g_nb.shape == g_ref.shape
+        np.testing.assert_allclose(g_nb, g_ref, atol=1e-5, rtol=0)
+
+
+def test_numba_float32_inputs_agree_with_torch_float32(small_batch):
+    weights, x, t = small_batch
+    w32 = [w.astype(np.float32) for w in weights]
+    ref = compute_updates("foton", w32, x.astype(np.float32), t.astype(np.float32))
+    out = compute_updates("foton", w32, x.astype(np.float32), t.astype(np.float32), backend="numba")
+    for a, b in zip(ref, out):
+        np.testing.assert_allclose(b, a, atol=1e-5)
+
+
+def test_ftp_label_target_agrees(small_batch):
+    weights, x, t = small_batch
+    ref = compute_updates("ftp", weights, x, t, target_mode="label")
+    out = compute_updates("ftp", weights, x, t, target_mode="label", backend="numba")
+    for a, b in zip(ref, out):
+        np.testing.assert_allclose(b, a, atol=1e-5)
+
+
+def test_integer_forward_layer_equals_torch_integer_matmul():
+    """mcu-int8: pre = saturate(round_half_even((h @ W^T) / 2**w_frac)); torch int64 matmul + the same rounding."""
+    profile = load_device("mcu-int8")
+    weights = init_weights((64, 32), seed=2)
+    net = to_device(weights, profile)
+    rng = np.random.default_rng(0)
+    h = rng.integers(-128, 128, size=(16, 64)).astype(np.int64)
+    params = make_params(profile, "relu", "ce")
+    pre = np.zeros((16, 32), dtype=np.int64)
+    out = np.zeros((16, 32), dtype=np.int64)
+    counters = np.zeros(len(COUNTERS), dtype=np.int64)
+    layer_forward_(h, net.w, 0, 32, 64, net.w_one[0], False, params, pre, out, counters, new_state(0))
+    w_int = torch.tensor(net.w.reshape(32, 64))
+    acc = torch.tensor(h) @ w_int.T  # exact int64
+    scaled = torch.round(acc.double() / float(net.w_one[0]))  # torch.round is half-to-even
+    expected = scaled.clamp(-128, 127).to(torch.int64).numpy()
+    np.testing.assert_array_equal(pre, expected)
+    np.testing.assert_array_equal(out, np.maximum(expected, 0))
+    assert counters[COUNTERS.index("saturation_events_activation")] == int(((scaled < -128) | (scaled > 127)).sum())
+    assert counters[COUNTERS.index("macs_forward")] == 16 * 32 * 64
