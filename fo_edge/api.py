@@ -91,6 +91,9 @@ def _validate(config: SimulateConfig) -> tuple[SimulateConfig, DeviceProfile, tu
         raise ConfigError(f"--lr must be a finite number > 0, got {lr}")
     dims = parse_model_spec(config.model)
     device = load_device(config.device)
+    if device.analog is not None:
+        raise ConfigError(f"device {device.id} is an analog crossbar; its pulsed-update, noise and ADC model is not "
+                          f"implemented yet, so it cannot be simulated (choose a float or fixed-point device)")
     backend = config.backend or ("torch" if device.is_float else "numba")
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")

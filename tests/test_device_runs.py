@@ -35,13 +35,19 @@ def test_integer_runs_are_bit_identical_for_the_same_seed(tmp_path, device, rule
     assert not np.array_equal(np.load(c.run_dir / "weights.npz")["W0"], wa["W0"])
 
 
-@pytest.mark.parametrize("device", list_devices())
-def test_every_profile_trains_digits_end_to_end(tmp_path, device):
+@pytest.mark.parametrize("device", [d for d in list_devices() if load_device(d).analog is None])
+def test_every_digital_profile_trains_digits_end_to_end(tmp_path, device):
     result = _run(tmp_path, device, rule="ftp", device=device, epochs=3, lr=0.1)
     assert result.accuracy > 0.8, (device, result.history)
     memory = result.record["memory"]
     assert 0 < memory["peak_bytes"] <= memory["capacity_bytes"]
     assert set(memory["peak_by_category"]) >= {"weights", "activations", "input", "errors"}
+
+
+def test_analog_profile_is_refused_until_its_model_exists(tmp_path):
+    with pytest.raises(fo_edge.ConfigError, match="analog crossbar"):
+        _run(tmp_path, "rram", rule="ftp", device="memristor-rram")
+    assert not (tmp_path / "rram").exists()
 
 
 def test_bp_refused_where_forward_only_rules_fit():
