@@ -269,7 +269,9 @@ def run_step(rule: str, net: DeviceNet, bufs: StepBuffers, profile: DeviceProfil
         bp_step_(net.w, net.dims, net.offs, net.w_one, mul, div, g_scale, x_dev, t, params, bufs.c0, bufs.c1,
                  bufs.m0, bufs.m1, bufs.pre, bufs.tmp, bufs.store, bufs.e[:n], counters, rng, g_out)
         return
-    tq = np.rint(t * float(params.e_one)).astype(net.w.dtype)
+    # only FTP's label targets read t in the error format; other steps get an empty array (no per-step work)
+    tq = np.rint(t * float(params.e_one)).astype(net.w.dtype) if params.ftp_label else \
+        np.zeros((0, t.shape[1]), dtype=net.w.dtype)
     forward_only_step_(RULE_CODES[rule], schedule == "store", net.w, net.dims, net.offs, net.w_one, mul, div,
                        g_scale, x_dev, t, tq, bufs.proj, _proj_div(profile), params, bufs.c0, bufs.c1, bufs.m0,
                        bufs.m1, bufs.pre, bufs.tmp, bufs.store, bufs.e[:n], bufs.xm[:n], counters, rng, g_out)
