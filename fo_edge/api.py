@@ -15,6 +15,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .accounting.counters import counters_array
+from .accounting.energy import energy_record
 from .data import DATASETS, load_dataset
 from .device import DeviceProfile, load_device
 from .errors import ConfigError
@@ -91,9 +93,6 @@ def _validate(config: SimulateConfig) -> tuple[SimulateConfig, DeviceProfile, tu
         raise ConfigError(f"--lr must be a finite number > 0, got {lr}")
     dims = parse_model_spec(config.model)
     device = load_device(config.device)
-    if device.analog is not None:
-        raise ConfigError(f"device {device.id} is an analog crossbar; its pulsed-update, noise and ADC model is not "
-                          f"implemented yet, so it cannot be simulated (choose a float or fixed-point device)")
     backend = config.backend or ("torch" if device.is_float else "numba")
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -134,6 +133,7 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
         stored = {f"W{l}": w for l, w in enumerate(final)}
         memory: dict = {}
         counters: dict = {}
+        energy: dict | None = None
     else:
         from .engine.stream import train_stream
 
@@ -141,6 +141,9 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
                                error=config.error, lr=lr, epochs=config.epochs, batch_size=config.batch_size,
                                seed=config.seed, schedule=config.schedule, on_batch=on_batch)
         history, stored, memory, counters = outcome.history, outcome.stored, outcome.memory, outcome.counters
+        energy = energy_record(counters_array(counters), device.energy_pj,
+                               training_samples=counters["training_samples"],
+                               inference_samples=counters["inference_samples"], layers=counters["layers"])
     seconds = time.perf_counter() - started
     accuracy = history[-1]["test_accuracy"]
     record = {
@@ -151,14 +154,16 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
                    "rule_options": {k: v for k, v in dataclasses.asdict(rcfg).items()
                                     if isinstance(v, (int, float, str, bool))}},
         "device": {"id": device.id, "name": device.name, "path": device.path,
-                   "arithmetic": device.arithmetic.value},
+                   "arithmetic": device.arithmetic.value, "energy_pj": dict(device.energy_pj),
+                   "capacity": {"sram_bytes": device.capacity.sram_bytes,
+                                "flash_bytes": device.capacity.flash_bytes}},
         "dataset": {"name": data.name, "n_train": int(len(data.x_train)), "n_test": int(len(data.x_test))},
         "history": history,
         "final": {"test_accuracy": accuracy, "seconds": seconds,
                   "samples_per_s": len(data.x_train) * config.epochs / max(seconds, 1e-9)},
         "memory": memory,
         "counters": counters,
-        "energy": None,
+        "energy": energy,
         "seed": config.seed,
         "versions": package_versions(),
     }

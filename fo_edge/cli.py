@@ -14,6 +14,7 @@ from . import api
 from .data import DATASETS
 from .device import list_devices, load_device
 from .errors import FoEdgeError
+from .accounting.energy import format_energy
 from .accounting.memory import format_bytes
 from .models.mlp import ACTIVATIONS
 from .rules import BACKENDS, RULES
@@ -51,13 +52,19 @@ def _summary_table(result: api.SimulateResult) -> str:
                      f"{format_bytes(mem['capacity_bytes'])} ({100 * mem['peak_bytes'] / mem['capacity_bytes']:.1f} %)"))
     else:
         rows.append(("peak device memory", "not accounted on the torch path (use --backend numba)"))
-    counters = rec.get("counters") or {}
-    if counters:
-        rows.append(("saturations (act/weight)", f"{counters['saturation_events_activation']} / "
-                     f"{counters['saturation_events_weight']}"))
-        rows.append(("updates lost to rounding", f"{counters['updates_lost']} of "
-                     f"{counters['updates_lost'] + counters['weight_writes']} nonzero updates"))
-    rows.append(("energy / training sample", "not yet accounted"))
+    totals = (rec.get("counters") or {}).get("totals")
+    if totals:
+        rows.append(("saturation events", str(totals["saturation_events"])))
+        rows.append(("updates lost to rounding", f"{totals['updates_lost']} of "
+                     f"{totals['updates_lost'] + totals['weight_writes']} nonzero updates"))
+    energy = rec.get("energy")
+    if energy:
+        for name, mode in energy["modes"].items():
+            label = "" if len(energy["modes"]) == 1 else f" ({name} mode)"
+            rows.append((f"energy / training sample{label}", format_energy(mode["per_training_sample_pj"])))
+            rows.append((f"energy / inference sample{label}", format_energy(mode["per_inference_sample_pj"])))
+    else:
+        rows.append(("energy", "counted on the numba path only (use --backend numba)"))
     rows.append(("run directory", str(result.run_dir)))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -6,7 +6,7 @@ import torch
 
 from fo_edge.device import load_device
 from fo_edge.kernels.rng import new_state
-from fo_edge.kernels.steps import COUNTERS
+from fo_edge.kernels.counters import COUNTERS
 from fo_edge.models import init_weights
 from fo_edge.rules import compute_updates
 from fo_edge.rules.numba_binding import make_params, to_device
@@ -62,5 +62,5 @@ def test_integer_forward_layer_equals_torch_integer_matmul():
     expected = scaled.clamp(-128, 127).to(torch.int64).numpy()
     np.testing.assert_array_equal(pre, expected)
     np.testing.assert_array_equal(out, np.maximum(expected, 0))
-    assert counters[COUNTERS.index("saturation_events_activation")] == int(((scaled < -128) | (scaled > 127)).sum())
-    assert counters[COUNTERS.index("macs_forward")] == 16 * 32 * 64
+    assert counters[COUNTERS.index("saturation_events")] == int(((scaled < -128) | (scaled > 127)).sum())
+    assert counters[COUNTERS.index("macs_dense")] == 16 * 32 * 64

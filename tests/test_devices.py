@@ -54,7 +54,7 @@ GOOD = (resources.files("fo_edge") / "profiles" / "mcu-int8.toml").read_text()
     (lambda s: s.replace("weight_bits = {", "wieght_bits = {"), "did you mean 'weight_bits'"),
     (lambda s: s.replace("value = 8, source = \"DEVICES.md 7.2: int8 weights", "value = \"8\", source = \"x"),
      "weight_bits.value: expected an integer"),
-    (lambda s: s.replace("value = 80.0", "value = -80.0"), "energy.mac_pj.value: expected a value in"),
+    (lambda s: s.replace("value = 80.0", "value = -80.0"), "energy.system_mac_pj.value: expected a value in"),
     (lambda s: s.replace("value = 8, source = \"DEVICES.md 7.2: int8 weights", "value = 0, source = \"x"),
      "formats.weight_bits.value: expected a value in [1, 32], got 0"),
     (lambda s: s.replace('arithmetic = "fixed"', 'arithmetic = "quantum"'), "arithmetic: expected one of"),
@@ -81,7 +81,7 @@ def test_user_profile_by_path_and_cli_error(tmp_path):
                            "digits", "--model", "64-10", "--out", str(tmp_path / "r")],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and "energy.mac_pj" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "energy.system_mac_pj" in proc.stderr
     missing = subprocess.run([sys.executable, "-m", "fo_edge", "simulate", "--device", str(tmp_path / "nope.toml")],
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "cannot read device file" in missing.stderr

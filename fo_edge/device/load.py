@@ -28,7 +28,7 @@ _FORMATS = {"weight_bits": (int, 1, 32), "weight_frac_bits": (int, 0, 62),
             "error_bits": (int, 1, 32), "error_frac_bits": (int, 0, 62),
             "accumulator_bits": (int, 8, 64)}
 _CAPACITY = {"sram_bytes": (int, 0, 2**50), "flash_bytes": (int, 0, 2**50)}
-_ENERGY_KEYS = ("mac_pj", "ac_pj", "sram_byte_pj", "dram_byte_pj", "flash_byte_pj", "weight_write_pj",
+_ENERGY_KEYS = ("mac_pj", "system_mac_pj", "ac_pj", "sram_byte_pj", "dram_byte_pj", "flash_byte_pj", "weight_write_pj",
                 "synop_pj", "syn_update_pj", "neuron_active_pj", "neuron_inactive_pj", "spike_pj",
                 "adc_pj", "dac_pj", "pulse_pj", "cell_mac_pj", "static_mw")
 _ANALOG = {"levels": (int, 2, 1 << 20), "w_min": (float, -1e3, 1e3), "w_max": (float, -1e3, 1e3),
@@ -140,8 +140,9 @@ def parse_device(text: str, origin: str = "<device>") -> DeviceProfile:
         if "analog" not in data:
             raise _fail(origin, "analog", "an [analog] table for arithmetic = 'analog'")
         analog = AnalogParams(**_section(origin, data, "analog", _ANALOG, sources))
-        if analog.w_max <= analog.w_min:
-            raise _fail(origin, "[analog] w_max", "a value above w_min", analog.w_max)
+        if not analog.w_min < 0.0 < analog.w_max:
+            raise _fail(origin, "[analog] w_min/w_max", "w_min < 0 < w_max (soft bounds on a differential pair)",
+                        (analog.w_min, analog.w_max))
     elif "analog" in data:
         raise _fail(origin, "analog", "no [analog] table unless arithmetic = 'analog'")
     is_float = arithmetic is Arithmetic.FLOAT

@@ -16,7 +16,8 @@ from ..accounting.memory import MemoryArena
 from ..data import Dataset
 from ..device.spec import DeviceProfile
 from ..kernels.rng import new_state
-from ..kernels.steps import COUNTERS
+from ..accounting.counters import counters_record
+from ..kernels.counters import FORWARD, new_counters
 from ..rules.foton import FOTONConfig
 from ..rules.numba_binding import (allocate_buffers, fill_fixed_projection, make_params, orthogonalize,
                                    predict, quantize_input, refresh_projection, run_step, to_device)
@@ -28,12 +29,12 @@ __all__ = ["StreamOutcome", "train_stream", "plan_memory"]
 @dataclass
 class StreamOutcome:
     """history: per-epoch metrics; stored: arrays for weights.npz (mantissas W{l} and exponents exp{l});
-    memory: the arena's report; counters: totals by name."""
+    memory: the arena's report; counters: per phase and layer (accounting.counters.counters_record)."""
 
     history: list[dict]
     stored: dict[str, np.ndarray]
     memory: dict
-    counters: dict[str, int]
+    counters: dict
 
 
 def plan_memory(dims, profile: DeviceProfile, rule: str, batch_size: int, schedule: str = "stream",
@@ -60,7 +61,9 @@ def train_stream(weights: list[np.ndarray], data: Dataset, rule: str, config, pr
     fill_fixed_projection(bufs, profile, rule, net.dims, config)
     params = make_params(profile, activation, error, getattr(config, "temperature", 1.0),
                          ftp_label=getattr(config, "target_mode", "error") == "label")
-    counters = np.zeros(len(COUNTERS), dtype=np.int64)
+    counters = new_counters(net.n_layers)
+    io = counters[FORWARD, net.n_layers]
+    trained = inferred = 0
     rng = new_state(seed)
     eye = np.eye(int(net.dims[-1]))
     step, history = 0, []
@@ -69,23 +72,29 @@ def train_stream(weights: list[np.ndarray], data: Dataset, rule: str, config, pr
         order = epoch_order(len(data.x_train), seed, epoch)
         for begin in range(0, len(order), batch_size):
             idx = order[begin:begin + batch_size]
-            x_dev = quantize_input(data.x_train[idx], profile, bufs.x, counters, rng)
+            x_dev = quantize_input(data.x_train[idx], profile, bufs.x, io, rng)
             if is_foton and step % config.refresh_every == 0:
                 refresh_projection(net, bufs, profile, counters, rng)
             run_step(rule, net, bufs, profile, params, x_dev, eye[data.y_train[idx]], lr, schedule, counters, rng)
             step += 1
+            trained += len(idx)
             if ortho and step % config.ortho_every == 0:
                 orthogonalize(net, profile, config.bjorck_iters, counters, rng)
             if on_batch is not None:
                 on_batch(len(idx))
         seconds = time.perf_counter() - start
         labels = predict(net, bufs, profile, params, data.x_test, counters, rng)
+        inferred += len(labels)
         history.append({"epoch": epoch + 1, "steps": step,
                         "test_accuracy": float((labels == data.y_test).mean()),
                         "seconds": seconds, "samples_per_s": len(order) / max(seconds, 1e-9)})
     stored = {}
     for l in range(net.n_layers):
         chunk = net.w[net.offs[l]:net.offs[l + 1]].reshape(int(net.dims[l + 1]), int(net.dims[l]))
-        stored[f"W{l}"] = chunk.astype(np.float32) if not net.quantized else chunk.astype(np.int32)
-        stored[f"exp{l}"] = np.array(-int(net.w_frac[l]), dtype=np.int32)
-    return StreamOutcome(history, stored, arena.report(), {n: int(c) for n, c in zip(COUNTERS, counters)})
+        if net.quantized:
+            stored[f"W{l}"] = chunk.astype(np.int32)
+            stored[f"exp{l}"] = np.array(-int(net.w_frac[l]), dtype=np.int32)
+        else:  # float, or analog conductances as the real weights they encode
+            stored[f"W{l}"] = (chunk / float(net.w_one[l])).astype(np.float32)
+    record = counters_record(counters, training_samples=trained, inference_samples=inferred)
+    return StreamOutcome(history, stored, arena.report(), record)

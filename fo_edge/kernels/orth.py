@@ -5,18 +5,22 @@ power-iteration spectral-norm scaling, as ``rules.foton.bjorck_torch``); on inte
 the dequantised values at float64 and writes back with the given rounding. ``projection_rows_`` computes
 F = W_L ... W_1 one row at a time (row k = e_k^T W_L ... W_1, the unit error pushed down through the
 transposed weights), so it needs two vectors of the widest layer as workspace, not a d x d_0 matrix.
+``P`` is :class:`fo_edge.kernels.steps.Params`; ``C`` one counter row (kernels.counters).
 """
 import numpy as np
 from numba import njit
 
+from .analog import pulse_update_
+from .counters import MACS_DENSE, SATURATION, SRAM_READ, SRAM_WRITE, WEIGHT_WRITES
 from .fixed import round_div, saturate
 
 __all__ = ["bjorck_", "projection_rows_"]
 
 
 @njit(cache=True)
-def bjorck_(w, off, d_out, d_in, w_one, iters, quantized, w_lo, w_hi, mode, rng, C, sat_slot):
-    """Re-orthogonalise layer W: (d_out, d_in) stored at w[off:] in place. Returns the Gram workspace size
+def bjorck_(w, off, d_out, d_in, w_one, iters, P, rng, C):
+    """Re-orthogonalise layer W: (d_out, d_in) stored at w[off:] in place; integer devices write back with the
+    update rounding, analog devices reprogram each conductance with pulses. Returns the Gram workspace size
     (values) it used: min(d_out, d_in)**2."""
     wide = d_out < d_in
     rows, cols = (d_in, d_out) if wide else (d_out, d_in)  # work on the tall orientation m: (rows, cols)
@@ -42,24 +46,33 @@ def bjorck_(w, off, d_out, d_in, w_one, iters, quantized, w_lo, w_hi, mode, rng,
         for j in range(d_in):
             v_ij = m[j, i] if wide else m[i, j]
             k = off + i * d_in + j
-            if quantized:
-                # v_ij * w_one rounded by `mode`: scale by 2**20 first so the rounding sees the fraction
+            if P.analog:
+                pulse_update_(w, k, v_ij * w_one - w[k], P, C, rng)
+                continue
+            if P.quantized:
+                # v_ij * w_one rounded by the update rounding: scale by 2**20 first so it sees the fraction
                 fine = np.int64(np.floor(v_ij * w_one * 1048576.0))
-                w[k] = saturate(round_div(fine, 1048576, mode, rng), w_lo, w_hi, C, sat_slot)
+                new = saturate(round_div(fine, 1048576, P.upd_round, rng), P.w_lo, P.w_hi, C, SATURATION)
             else:
-                w[k] = v_ij
+                new = v_ij * w_one
+            if new != w[k]:
+                C[WEIGHT_WRITES] += 1
+                w[k] = new
+    C[MACS_DENSE] += 20 * rows * cols + iters * 2 * rows * cols * cols
+    C[SRAM_READ] += d_out * d_in * P.w_bytes
+    C[SRAM_WRITE] += d_out * d_in * P.w_bytes
     return cols * cols
 
 
 @njit(cache=True)
-def projection_rows_(w, dims, offs, w_one, p_one, quantized, p_lo, p_hi, mode, rng, out, work_a, work_b, C,
-                     sat_slot):
+def projection_rows_(w, dims, offs, w_one, p_one, p_lo, p_hi, P, rng, out, work_a, work_b, C):
     """out = F = W_L ... W_1: (d_L, d_0) in the projection format (scale p_one), row by row.
 
     work_a, work_b: 1-D buffers of at least max(dims) values (the only workspace).
     """
     n_layers = dims.size - 1
     d_last = dims[n_layers]
+    quantized, mode = P.quantized, P.fwd_round
     for k in range(d_last):
         # r = row k of W_L, in the projection format
         d_in = dims[n_layers - 1]
@@ -68,7 +81,7 @@ def projection_rows_(w, dims, offs, w_one, p_one, quantized, p_lo, p_hi, mode, r
             if quantized:
                 work_a[j] = round_div(w[base + j] * p_one, w_one[n_layers - 1], mode, rng)
             else:
-                work_a[j] = w[base + j]
+                work_a[j] = w[base + j] / w_one[n_layers - 1]
         cur, nxt = work_a, work_b
         for l in range(n_layers - 2, -1, -1):  # r <- r W_l
             d_out, d_in = dims[l + 1], dims[l]
@@ -77,8 +90,16 @@ def projection_rows_(w, dims, offs, w_one, p_one, quantized, p_lo, p_hi, mode, r
                 for i in range(d_out):
                     acc += cur[i] * w[offs[l] + i * d_in + j]
                 if quantized:
-                    acc = saturate(round_div(acc, w_one[l], mode, rng), p_lo, p_hi, C, sat_slot)
+                    acc = saturate(round_div(acc, w_one[l], mode, rng), p_lo, p_hi, C, SATURATION)
+                else:
+                    acc = acc / w_one[l]
                 nxt[j] = acc
             cur, nxt = nxt, cur
         for j in range(dims[0]):
             out[k, j] = cur[j]
+    macs = 0
+    for l in range(n_layers - 1):
+        macs += dims[l] * dims[l + 1]
+    C[MACS_DENSE] += d_last * macs
+    C[SRAM_READ] += d_last * (macs + dims[n_layers - 1]) * P.w_bytes
+    C[SRAM_WRITE] += d_last * dims[0] * P.p_bytes

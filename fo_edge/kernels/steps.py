@@ -17,14 +17,13 @@ import numpy as np
 from numba import njit
 
 from .activations import activate, activate_grad
+from .counters import (BACKWARD, FORWARD, INFERENCE, MACS_DENSE, MACS_EFF, MODULATED, RECOMPUTE, SATURATION,
+                       SRAM_READ, SRAM_WRITE, SYN_EVENTS, UPDATE)
 from .fixed import saturate
-from .linear import SAT_ACT, SAT_ERR, layer_forward_, outer_update_, project_
+from .linear import layer_forward_, outer_update_, project_
 
-__all__ = ["Params", "COUNTERS", "RULE_CODES", "forward_only_step_", "bp_step_", "output_error_", "predict_"]
+__all__ = ["Params", "RULE_CODES", "forward_only_step_", "bp_step_", "output_error_", "predict_"]
 
-#: counter slots shared by every kernel (see linear.py)
-COUNTERS = ("saturation_events_activation", "saturation_events_weight", "overflow_wraps", "updates_lost",
-            "weight_writes", "saturation_events_error", "macs_forward", "macs_update", "macs_effective")
 RULE_CODES = {"foton": 0, "pepita": 1, "ftp": 2}
 CE, MSE = 0, 1
 
@@ -38,6 +37,11 @@ Params = namedtuple("Params", [
     "act", "err", "temperature",
     "collect",              # bool: write gradient estimates to g_out instead of updating the weights
     "ftp_label",            # bool: FTP target from the label (t G^T) instead of the error (-e G^T)
+    "w_bytes", "a_bytes", "e_bytes", "p_bytes",  # bytes per stored weight / activation / error / projection value
+    "proj_flash",           # bool: the projection matrix is read from Flash
+    "analog",               # bool: crossbar device (kernels.analog); the rest are its parameters
+    "dac_half", "adc_half",  # DAC / ADC codes per sign: 2**(bits-1) - 1
+    "read_noise", "out_bound", "dw_min", "asymmetry", "c2c_noise", "g_min", "g_max", "max_pulses",
 ])
 
 
@@ -54,6 +58,8 @@ def output_error_(y, t, P, e, C):
     mantissas, t: (B, K) float one-hot."""
     batch, k_dim = y.shape
     probs = np.empty(k_dim)
+    C[SRAM_READ] += batch * k_dim * P.a_bytes
+    C[SRAM_WRITE] += batch * k_dim * P.e_bytes
     for b in range(batch):
         if P.err == CE:
             top = -np.inf
@@ -71,14 +77,15 @@ def output_error_(y, t, P, e, C):
                 probs[k] = y[b, k] / P.a_one - t[b, k]
         for k in range(k_dim):
             if P.quantized:
-                e[b, k] = saturate(np.rint(probs[k] * P.e_one), P.e_lo, P.e_hi, C, SAT_ERR)
+                e[b, k] = saturate(np.rint(probs[k] * P.e_one), P.e_lo, P.e_hi, C, SATURATION)
             else:
                 e[b, k] = probs[k]
 
 
 @njit(cache=True)
-def _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, store, store_mode, C, rng):
-    """Clean pass; returns y: (B, d_L) (a view of buf_tmp). Keeps h_l in ``store`` when store_mode."""
+def _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, store, store_mode, C, phase, rng):
+    """Clean pass; returns y: (B, d_L) (a view of buf_tmp). Keeps h_l in ``store`` when store_mode; counts
+    into C[phase, l]."""
     batch = x.shape[0]
     n_layers = dims.size - 1
     src = x
@@ -93,7 +100,7 @@ def _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, store,
             soff += batch * d_out
         else:
             dst = view(buf_c0 if l % 2 == 0 else buf_c1, batch, d_out)
-        layer_forward_(src, w, offs[l], d_out, d_in, w_one[l], l == n_layers - 1, P, pre, dst, C, rng)
+        layer_forward_(src, w, offs[l], d_out, d_in, w_one[l], l == n_layers - 1, P, pre, dst, C[phase, l], rng)
         src = dst
     return src
 
@@ -107,15 +114,16 @@ def forward_only_step_(rule, store_mode, w, dims, offs, w_one, upd_mul, upd_div,
     x: (B, d_0) input mantissas; t: (B, d_L) float one-hot; tq: t in the error format (FTP label targets);
     proj: FOTON/PEPITA F (d_L, d_0) or FTP G^T (d_L, d_1), scale such that src @ proj / proj_div is in the
     activation format; upd_mul / upd_div / g_scale: per-layer update scaling (see linear.outer_update_).
+    C: (phases, L + 1, counters), see kernels.counters.
     """
     batch = x.shape[0]
     n_layers = dims.size - 1
-    y = _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, store, store_mode, C, rng)
-    output_error_(y, t, P, e, C)
+    y = _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, store, store_mode, C, FORWARD, rng)
+    output_error_(y, t, P, e, C[FORWARD, n_layers])
     if rule == 0:
-        project_(x, e, proj, -1, proj_div, P, xm, C, rng)  # x_err = x - e F
+        project_(x, e, proj, -1, proj_div, P, xm, C[MODULATED, 0], rng)  # x_err = x - e F
     elif rule == 1:
-        project_(x, e, proj, 1, proj_div, P, xm, C, rng)  # x_mod = x + e F
+        project_(x, e, proj, 1, proj_div, P, xm, C[MODULATED, 0], rng)  # x_mod = x + e F
     hc = x
     hm = xm
     soff = 0
@@ -130,18 +138,18 @@ def forward_only_step_(rule, store_mode, w, dims, offs, w_one, upd_mul, upd_div,
         else:
             c_next = view(buf_c0 if l % 2 == 0 else buf_c1, batch, d_out)
         if not store_mode or (rule == 2 and l == 0):
-            layer_forward_(hc, w, offs[l], d_out, d_in, w_one[l], False, P, pre, c_next, C, rng)
+            layer_forward_(hc, w, offs[l], d_out, d_in, w_one[l], False, P, pre, c_next, C[RECOMPUTE, l], rng)
         if rule == 2 and l == 0:
             # FTP: tau_1 = sigma(a_1 - e G^T) (or sigma(a_1 + t G^T)); pre holds a_1
             if P.ftp_label:
-                project_(pre, tq, proj, 1, proj_div, P, delta, C, rng)
+                project_(pre, tq, proj, 1, proj_div, P, delta, C[MODULATED, 0], rng)
             else:
-                project_(pre, e, proj, -1, proj_div, P, delta, C, rng)
+                project_(pre, e, proj, -1, proj_div, P, delta, C[MODULATED, 0], rng)
             for b in range(batch):
                 for i in range(d_out):
                     m_next[b, i] = activate(delta[b, i], P.act, P.a_one, P.quantized)
         else:
-            layer_forward_(hm, w, offs[l], d_out, d_in, w_one[l], False, P, pre, m_next, C, rng)
+            layer_forward_(hm, w, offs[l], d_out, d_in, w_one[l], False, P, pre, m_next, C[MODULATED, l], rng)
         for b in range(batch):
             for i in range(d_out):
                 diff = c_next[b, i] - m_next[b, i]
@@ -152,18 +160,19 @@ def forward_only_step_(rule, store_mode, w, dims, offs, w_one, upd_mul, upd_div,
                     else:
                         diff = diff * grad
                 if P.quantized:
-                    diff = saturate(diff, P.a_lo, P.a_hi, C, SAT_ACT)
+                    diff = saturate(diff, P.a_lo, P.a_hi, C[UPDATE, l], SATURATION)
                 delta[b, i] = diff
         hin = hm if rule == 1 else hc
         if l == 0 and rule == 1:
             hin = xm
-        outer_update_(w, offs[l], d_out, d_in, delta, hin, upd_mul[l], upd_div[l], g_scale[l], P, C, rng, g_out)
+        outer_update_(w, offs[l], d_out, d_in, delta, hin, upd_mul[l], upd_div[l], g_scale[l], P, C[UPDATE, l],
+                      rng, g_out)
         hc = c_next
         hm = m_next
     last = n_layers - 1
     hin = hm if rule == 1 else hc
     outer_update_(w, offs[last], dims[last + 1], dims[last], e, hin, upd_mul[last], upd_div[last],
-                  g_scale[last], P, C, rng, g_out)
+                  g_scale[last], P, C[UPDATE, last], rng, g_out)
 
 
 @njit(cache=True)
@@ -173,8 +182,8 @@ def bp_step_(w, dims, offs, w_one, upd_mul, upd_div, g_scale, x, t, P, buf_c0, b
     delta_{l-1} = (delta_l W_l) * sigma'(a_{l-1}) is formed (error format) before W_l is updated."""
     batch = x.shape[0]
     n_layers = dims.size - 1
-    y = _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, store, True, C, rng)
-    output_error_(y, t, P, e, C)
+    y = _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, store, True, C, FORWARD, rng)
+    output_error_(y, t, P, e, C[FORWARD, n_layers])
     starts = np.zeros(n_layers, dtype=np.int64)  # store offset of h_l (l >= 1)
     for l in range(1, n_layers):
         starts[l] = starts[l - 1] + (batch * dims[l - 1] if l > 1 else 0)
@@ -184,26 +193,38 @@ def bp_step_(w, dims, offs, w_one, upd_mul, upd_div, g_scale, x, t, P, buf_c0, b
         hin = x if l == 0 else store[starts[l]:starts[l] + batch * d_in].reshape((batch, d_in))
         if l > 0:
             prev = view(buf_m0 if l % 2 == 0 else buf_m1, batch, d_in)
+            cb = C[BACKWARD, l]
+            effective = 0
             for b in range(batch):
                 for j in range(d_in):
                     acc = delta[b, 0] * 0
                     for i in range(d_out):
-                        acc += delta[b, i] * w[offs[l] + i * d_in + j]
+                        wv = w[offs[l] + i * d_in + j]
+                        if delta[b, i] != 0 and wv != 0:
+                            acc += delta[b, i] * wv
+                            effective += 1
                     grad = activate_grad(hin[b, j], hin[b, j], P.act, P.a_one, P.quantized, rng)
                     if P.quantized:
                         acc = (acc // w_one[l]) * grad // P.a_one
-                        acc = saturate(acc, P.e_lo, P.e_hi, C, SAT_ERR)
+                        acc = saturate(acc, P.e_lo, P.e_hi, cb, SATURATION)
                     else:
-                        acc = acc * grad
+                        acc = acc / w_one[l] * grad
                     prev[b, j] = acc
-        outer_update_(w, offs[l], d_out, d_in, delta, hin, upd_mul[l], upd_div[l], g_scale[l], P, C, rng, g_out)
+            cb[MACS_DENSE] += batch * d_in * d_out
+            cb[MACS_EFF] += effective
+            cb[SYN_EVENTS] += effective
+            cb[SRAM_READ] += batch * (d_in * d_out * P.w_bytes + d_out * P.e_bytes + d_in * P.a_bytes)
+            cb[SRAM_WRITE] += batch * d_in * P.e_bytes
+        outer_update_(w, offs[l], d_out, d_in, delta, hin, upd_mul[l], upd_div[l], g_scale[l], P, C[UPDATE, l],
+                      rng, g_out)
         if l > 0:
             delta = prev
 
 
 @njit(cache=True)
 def predict_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, C, rng, labels):
-    """Inference: labels[b] = argmax of the output for each row of x (B, d_0)."""
-    y = _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, buf_c0[:0], False, C, rng)
+    """Inference: labels[b] = argmax of the output for each row of x (B, d_0); counts into C[INFERENCE]."""
+    y = _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, buf_c0[:0], False, C, INFERENCE,
+                rng)
     for b in range(x.shape[0]):
         labels[b] = np.argmax(y[b])

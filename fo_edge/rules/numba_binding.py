@@ -5,6 +5,9 @@ Weights are stored as integer mantissas with a shared power-of-two exponent per 
 the initial weights so that max|W_l| leaves ``weight_frac_bits`` bits of headroom (Lava's
 ``optimize_weight_bits`` idea; the power-of-two case of a per-tensor int8 scale). Activations, errors and
 projections use the profile's formats. The float profile runs the same kernels on float64 values.
+Analog profiles store conductances on the profile's level grid, with a per-layer digital scale chosen so that
+max|W_l| maps to g_max / 2**weight_frac_bits (aihwkit's weight_scaling_omega idea); their periphery (errors,
+projections, activations) computes in float64, the crossbar effects live in kernels.analog.
 """
 from __future__ import annotations
 
@@ -17,10 +20,11 @@ from ..accounting.memory import MemoryArena
 from ..device.spec import DeviceProfile, NumberFormat
 from ..errors import ConfigError
 from ..kernels.activations import ACTIVATION_CODES
+from ..kernels.counters import COUNTERS, FORWARD, INFERENCE, ORTHOGONALIZE, REFRESH, SATURATION, new_counters
 from ..kernels.fixed import fixed_multiplier, quantize_array
 from ..kernels.orth import bjorck_, projection_rows_
 from ..kernels.rng import new_state
-from ..kernels.steps import COUNTERS, RULE_CODES, Params, bp_step_, forward_only_step_, predict_
+from ..kernels.steps import RULE_CODES, Params, bp_step_, forward_only_step_, predict_
 from .foton import FOTONConfig
 from .ftp import ftp_feedback
 from .pepita import pepita_feedback
@@ -37,6 +41,8 @@ def projection_format(profile: DeviceProfile) -> NumberFormat:
     """Format of projection matrices (F, G^T): twice the weight width (at most 32 bits), range +-2."""
     if profile.is_float:
         return profile.weight
+    if profile.analog is not None:  # the digital periphery holds projections in fp32
+        return NumberFormat(32, 0, float_format=True)
     bits = min(2 * profile.weight.bits, 32)
     return NumberFormat(bits, bits - 2)
 
@@ -44,7 +50,8 @@ def projection_format(profile: DeviceProfile) -> NumberFormat:
 @dataclass
 class DeviceNet:
     """w: flat mantissas (int64, or float64 for float devices); dims: (L+1,) int64; offs: (L+1,) int64 layer
-    offsets into w; w_frac: (L,) per-layer exponents; w_one: (L,) 2**w_frac in w's dtype."""
+    offsets into w; w_frac: (L,) per-layer exponents; w_one: (L,) 2**w_frac in w's dtype (analog: the float
+    digital scale, real W = g / w_one)."""
 
     w: np.ndarray
     dims: np.ndarray
@@ -68,23 +75,39 @@ def to_device(weights: list[np.ndarray], profile: DeviceProfile, arena: MemoryAr
     dims = np.array([weights[0].shape[1]] + [w.shape[0] for w in weights], dtype=np.int64)
     offs = np.zeros(len(dims), dtype=np.int64)
     offs[1:] = np.cumsum([w.size for w in weights])
-    quantized = not profile.is_float
+    analog = profile.analog
+    quantized = not profile.is_float and analog is None
     dtype = np.int64 if quantized else np.float64
     shape = (int(offs[-1]),)
     flat = arena.alloc("weights", shape, dtype, "weights", profile.weight.bytes_per_value) if arena \
         else np.zeros(shape, dtype=dtype)
     fracs = np.array([_calibrate(w, profile.weight) if quantized else 0 for w in weights], dtype=np.int64)
+    if analog is not None:
+        return _to_crossbar(weights, profile, flat, dims, offs)
     counters = np.zeros(len(COUNTERS), dtype=np.int64)
     rng = new_state(0)
     for l, w in enumerate(weights):
         chunk = flat[offs[l]:offs[l + 1]]
         if quantized:
             quantize_array(np.ascontiguousarray(w, dtype=np.float64).ravel(), float(2 ** int(fracs[l])),
-                           profile.weight.qmin, profile.weight.qmax, 0, rng, chunk, counters, 1)
+                           profile.weight.qmin, profile.weight.qmax, 0, rng, chunk, counters, SATURATION)
         else:
             chunk[:] = np.asarray(w, dtype=np.float64).ravel()
     one = (2 ** fracs).astype(np.int64) if quantized else np.ones(len(weights))
     return DeviceNet(flat, dims, offs, fracs, one, quantized)
+
+
+def _to_crossbar(weights, profile: DeviceProfile, flat, dims, offs) -> DeviceNet:
+    """Program each layer's conductances to the nearest level: g = W * w_one, w_one = g_max / (2**h max|W|)."""
+    a = profile.analog
+    dw_min = (a.w_max - a.w_min) / (a.levels - 1)
+    ones = np.zeros(len(weights))
+    for l, w in enumerate(weights):
+        peak = float(np.abs(w).max()) or 1.0
+        ones[l] = a.w_max / (peak * 2 ** profile.weight.frac_bits)
+        g = np.asarray(w, dtype=np.float64).ravel() * ones[l]
+        flat[offs[l]:offs[l + 1]] = np.clip(a.w_min + np.rint((g - a.w_min) / dw_min) * dw_min, a.w_min, a.w_max)
+    return DeviceNet(flat, dims, offs, np.zeros(len(weights), dtype=np.int64), ones, False)
 
 
 def from_device(net: DeviceNet) -> list[np.ndarray]:
@@ -98,27 +121,36 @@ def from_device(net: DeviceNet) -> list[np.ndarray]:
 
 def make_params(profile: DeviceProfile, activation: str, error: str, temperature: float = 1.0,
                 collect: bool = False, ftp_label: bool = False) -> Params:
-    """Kernel parameters for ``profile`` (float profiles give float64 values and infinite bounds)."""
+    """Kernel parameters for ``profile`` (float and analog profiles give float64 values and infinite bounds)."""
     act, err = ACTIVATION_CODES[activation], {"ce": 0, "mse": 1}[error]
-    if profile.is_float:
+    a, e, w = profile.activation, profile.error, profile.weight
+    sizes = (w.bytes_per_value, a.bytes_per_value, e.bytes_per_value, projection_format(profile).bytes_per_value,
+             profile.capacity.flash_bytes > 0)
+    if profile.analog is not None:
+        an = profile.analog
+        crossbar = (True, (1 << (an.dac_bits - 1)) - 1, (1 << (an.adc_bits - 1)) - 1, an.read_noise, an.out_bound,
+                    (an.w_max - an.w_min) / (an.levels - 1), an.asymmetry, an.c2c_noise, an.w_min, an.w_max,
+                    an.max_pulses)
+    else:
+        crossbar = (False, 1, 1, 0.0, 1.0, 1.0, 0.0, 0.0, -1.0, 1.0, 1)
+    if profile.is_float or profile.analog is not None:
         inf = np.inf
         return Params(False, 1.0, -inf, inf, 1.0, -inf, inf, -inf, inf, -inf, inf, 0, 0, act, err,
-                      float(temperature), collect, ftp_label)
-    a, e, w = profile.activation, profile.error, profile.weight
+                      float(temperature), collect, ftp_label, *sizes, *crossbar)
     acc = profile.accumulator_bits
     i64 = np.int64
     return Params(True, i64(1 << a.frac_bits), i64(a.qmin), i64(a.qmax), i64(1 << e.frac_bits), i64(e.qmin),
                   i64(e.qmax), i64(w.qmin), i64(w.qmax), i64(-(1 << (acc - 1))), i64((1 << (acc - 1)) - 1),
                   profile.forward_rounding.code, profile.update_rounding.code, act, err, float(temperature),
-                  collect, ftp_label)
+                  collect, ftp_label, *sizes, *crossbar)
 
 
 def update_scales(net: DeviceNet, profile: DeviceProfile, rule: str, lr: float, batch: int):
     """Per-layer (mul, div, g_scale) so that the weight step is round(g * mul / div) in weight LSBs, i.e.
     lr / B times the real gradient, and g * g_scale is the real batch-averaged gradient estimate."""
     n = net.n_layers
-    if not net.quantized:
-        return np.full(n, lr / batch), np.ones(n), np.full(n, 1.0 / batch)
+    if not net.quantized:  # float: W -= g lr / B; analog: the conductance step is that times w_one
+        return lr / batch * np.asarray(net.w_one, dtype=np.float64), np.ones(n), np.full(n, 1.0 / batch)
     a_frac, e_frac = profile.activation.frac_bits, profile.error.frac_bits
     mul, div, g_scale = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), np.zeros(n)
     for l in range(n):
@@ -158,7 +190,7 @@ def allocate_buffers(arena: MemoryArena, profile: DeviceProfile, dims, batch: in
     G^T are fixed, so they go to Flash where the device has it.
     """
     dims = [int(d) for d in dims]
-    dtype = np.float64 if profile.is_float else np.int64
+    dtype = np.float64 if profile.is_float or profile.analog is not None else np.int64
     a_b, e_b = profile.activation.bytes_per_value, profile.error.bytes_per_value
     p_fmt = projection_format(profile)
     width = max(dims[1:])
@@ -211,48 +243,49 @@ def fill_fixed_projection(bufs: StepBuffers, profile: DeviceProfile, rule: str, 
 
 
 def _store_projection(out: np.ndarray, matrix: np.ndarray, profile: DeviceProfile) -> None:
-    if profile.is_float:
+    if out.dtype == np.float64:
         out[:] = matrix
         return
     fmt = projection_format(profile)
     quantize_array(np.ascontiguousarray(matrix, dtype=np.float64).ravel(), float(2 ** fmt.frac_bits), fmt.qmin,
-                   fmt.qmax, 0, new_state(0), out.reshape(-1), np.zeros(len(COUNTERS), dtype=np.int64), 0)
+                   fmt.qmax, 0, new_state(0), out.reshape(-1), np.zeros(1, dtype=np.int64), 0)
 
 
 def refresh_projection(net: DeviceNet, bufs: StepBuffers, profile: DeviceProfile, counters, rng) -> None:
-    """FOTON: F = W_L ... W_1 recomputed in place (row by row) in the projection format."""
+    """FOTON: F = W_L ... W_1 recomputed in place (row by row) in the projection format; counters: (phases,
+    L + 1, names), charged to the feedback_refresh phase."""
     fmt = projection_format(profile)
     p_one = np.int64(1 << fmt.frac_bits) if net.quantized else 1.0
     lo, hi = (np.int64(fmt.qmin), np.int64(fmt.qmax)) if net.quantized else (-np.inf, np.inf)
     half = bufs.proj_work.size // 2
-    projection_rows_(net.w, net.dims, net.offs, net.w_one, p_one, net.quantized, lo, hi,
-                     profile.forward_rounding.code, rng, bufs.proj, bufs.proj_work[:half], bufs.proj_work[half:],
-                     counters, 0)
+    params = make_params(profile, "identity", "mse")
+    projection_rows_(net.w, net.dims, net.offs, net.w_one, p_one, lo, hi, params, rng, bufs.proj,
+                     bufs.proj_work[:half], bufs.proj_work[half:], counters[REFRESH, net.n_layers])
 
 
 def orthogonalize(net: DeviceNet, profile: DeviceProfile, iters: int, counters, rng) -> None:
-    """Björck on every layer, in place."""
-    lo, hi = (np.int64(profile.weight.qmin), np.int64(profile.weight.qmax)) if net.quantized else (-np.inf, np.inf)
+    """Björck on every layer, in place (counted in the orthogonalize phase)."""
+    params = make_params(profile, "identity", "mse")
     for l in range(net.n_layers):
-        bjorck_(net.w, net.offs[l], net.dims[l + 1], net.dims[l], net.w_one[l], iters, net.quantized, lo, hi,
-                profile.update_rounding.code, rng, counters, 1)
+        bjorck_(net.w, net.offs[l], net.dims[l + 1], net.dims[l], net.w_one[l], iters, params, rng,
+                counters[ORTHOGONALIZE, l])
 
 
 def quantize_input(x: np.ndarray, profile: DeviceProfile, out: np.ndarray, counters, rng) -> np.ndarray:
-    """x: (n, d_0) float in [0, 1] -> out[:n] in the activation format (nearest-even)."""
+    """x: (n, d_0) float in [0, 1] -> out[:n] in the activation format (nearest-even); counters: one row."""
     n = x.shape[0]
     view = out[:n]
-    if profile.is_float:
+    if out.dtype == np.float64:
         view[:] = x
     else:
         a = profile.activation
         quantize_array(np.ascontiguousarray(x, dtype=np.float64).ravel(), float(2 ** a.frac_bits), a.qmin, a.qmax,
-                       0, rng, view.reshape(-1), counters, 0)
+                       0, rng, view.reshape(-1), counters, SATURATION)
     return view
 
 
 def _proj_div(profile: DeviceProfile):
-    if profile.is_float:
+    if profile.is_float or profile.analog is not None:
         return 1.0
     p = projection_format(profile)
     return np.int64(1 << (profile.error.frac_bits + p.frac_bits - profile.activation.frac_bits))
@@ -260,7 +293,8 @@ def _proj_div(profile: DeviceProfile):
 
 def run_step(rule: str, net: DeviceNet, bufs: StepBuffers, profile: DeviceProfile, params: Params, x_dev, t,
              lr: float, schedule: str, counters, rng, g_out=None) -> None:
-    """One training step of ``rule`` on a batch already in the device format (x_dev: (n, d_0))."""
+    """One training step of ``rule`` on a batch already in the device format (x_dev: (n, d_0)); counters:
+    (phases, L + 1, names) from kernels.counters.new_counters."""
     n = x_dev.shape[0]
     mul, div, g_scale = update_scales(net, profile, rule, lr, n)
     g_out = np.zeros(0) if g_out is None else g_out
@@ -283,7 +317,7 @@ def predict(net: DeviceNet, bufs: StepBuffers, profile: DeviceProfile, params: P
     batch = bufs.x.shape[0]
     labels = np.zeros(len(x), dtype=np.int64)
     for start in range(0, len(x), batch):
-        x_dev = quantize_input(x[start:start + batch], profile, bufs.x, counters, rng)
+        x_dev = quantize_input(x[start:start + batch], profile, bufs.x, counters[INFERENCE, net.n_layers], rng)
         predict_(net.w, net.dims, net.offs, net.w_one, x_dev, params, bufs.pre, bufs.tmp, bufs.m0, bufs.m1,
                  counters, rng, labels[start:start + batch])
     return labels
@@ -302,7 +336,7 @@ def compute_updates_numba(rule: str, config, weights: list[np.ndarray], x: np.nd
     arena = MemoryArena(2**62)
     bufs = allocate_buffers(arena, profile, net.dims, x.shape[0], rule, "stream", ortho=False)
     fill_fixed_projection(bufs, profile, rule, net.dims, config)
-    counters = np.zeros(len(COUNTERS), dtype=np.int64)
+    counters = new_counters(net.n_layers)
     rng = new_state(0)
     if rule == "foton":
         if config.projection is None:
@@ -311,7 +345,7 @@ def compute_updates_numba(rule: str, config, weights: list[np.ndarray], x: np.nd
             bufs.proj[:] = np.asarray(config.projection, dtype=np.float64)
     params = make_params(profile, activation, error, getattr(config, "temperature", 1.0), collect=True,
                          ftp_label=getattr(config, "target_mode", "error") == "label")
-    x_dev = quantize_input(np.asarray(x, dtype=np.float64), profile, bufs.x, counters, rng)
+    x_dev = quantize_input(np.asarray(x, dtype=np.float64), profile, bufs.x, counters[FORWARD, net.n_layers], rng)
     g_out = np.zeros(net.w.size)
     run_step(rule, net, bufs, profile, params, x_dev, target, 1.0, "stream", counters, rng, g_out)
     return [g_out[net.offs[l]:net.offs[l + 1]].reshape(int(net.dims[l + 1]), int(net.dims[l]))

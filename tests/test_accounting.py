@@ -1,0 +1,97 @@
+"""Counters and energy on a toy net, counted by hand (NeuroBench style): one step of each rule on 4-3-2 with a
+batch of 2, then energy = counters x unit costs in each mode."""
+import numpy as np
+import pytest
+
+from fo_edge.accounting.counters import counters_array, counters_record
+from fo_edge.accounting.energy import energy_record, format_energy
+from fo_edge.accounting.memory import MemoryArena
+from fo_edge.device import load_device
+from fo_edge.kernels.counters import COUNTERS, PHASES, new_counters
+from fo_edge.kernels.rng import new_state
+from fo_edge.models import init_weights
+from fo_edge.rules import rule_config
+from fo_edge.rules.numba_binding import (allocate_buffers, fill_fixed_projection, make_params, quantize_input,
+                                         refresh_projection, run_step, to_device)
+
+DIMS, B = (4, 3, 2), 2
+# MACs per phase for one step, counted by hand: layer sizes 12 (4x3) and 6 (3x2), K = 2 outputs
+EXPECTED_MACS = {
+    "bp": {"forward": B * 18, "backward": B * 6, "update": B * 18},
+    "ftp": {"forward": B * 18, "recompute": B * 12, "modulated_forward": B * 3 * 2, "update": B * 18},
+    "pepita": {"forward": B * 18, "recompute": B * 12, "modulated_forward": B * 4 * 2 + B * 12,
+               "update": B * 18},
+    "foton": {"forward": B * 18, "recompute": B * 12, "modulated_forward": B * 4 * 2 + B * 12,
+              "update": B * 18},
+}
+
+
+def _one_step(rule, device="mcu-int8"):
+    profile = load_device(device)
+    config = rule_config(rule)
+    net = to_device(init_weights(DIMS, seed=0), profile, MemoryArena(2**40, 2**40))
+    bufs = allocate_buffers(MemoryArena(2**40, 2**40), profile, net.dims, B, rule, "stream", ortho=False)
+    fill_fixed_projection(bufs, profile, rule, net.dims, config)
+    counters, rng = new_counters(net.n_layers), new_state(0)
+    if rule == "foton":
+        refresh_projection(net, bufs, profile, np.zeros_like(counters), rng)
+    params = make_params(profile, "relu", "ce")
+    x = quantize_input(np.random.default_rng(0).uniform(0, 1, (B, 4)), profile, bufs.x, counters[0, -1], rng)
+    run_step(rule, net, bufs, profile, params, x, np.eye(2)[[0, 1]], 0.1, "stream", counters, rng)
+    return profile, counters
+
+
+@pytest.mark.parametrize("rule", sorted(EXPECTED_MACS))
+def test_macs_per_phase_match_the_hand_count(rule):
+    _, counters = _one_step(rule)
+    macs = counters[:, :, COUNTERS.index("macs_dense")].sum(axis=1)
+    got = {phase: int(m) for phase, m in zip(PHASES, macs) if m}
+    assert got == EXPECTED_MACS[rule]
+    assert counters[PHASES.index("update"), :, COUNTERS.index("synaptic_updates")].tolist() == [12, 6, 0]
+
+
+def test_bytes_follow_the_stated_traffic_model():
+    profile, counters = _one_step("ftp")
+    fwd = counters[PHASES.index("forward")]
+    read, write = COUNTERS.index("sram_read_bytes"), COUNTERS.index("sram_write_bytes")
+    # int8 everywhere: layer 1 reads 12 weights + 4 inputs per sample and writes 3 outputs per sample
+    assert fwd[0, read] == B * (12 + 4) and fwd[0, write] == B * 3
+    # FTP's G (2 x 3, 16-bit projection format) sits in Flash on the MCU
+    mod = counters[PHASES.index("modulated_forward"), 0]
+    assert mod[COUNTERS.index("flash_read_bytes")] == B * 3 * 2 * 2
+
+
+def test_energy_is_counters_times_unit_costs_in_each_mode():
+    profile, counters = _one_step("ftp")
+    record = counters_record(counters, training_samples=B, inference_samples=0)
+    values = counters_array(record)
+    np.testing.assert_array_equal(values, counters)
+    energy = energy_record(values, profile.energy_pj, training_samples=B, inference_samples=0,
+                           layers=record["layers"])
+    totals = record["totals"]
+    system = energy["modes"]["system"]
+    assert energy["primary"] == "system"
+    assert system["total_pj"] == pytest.approx(80.0 * totals["macs_dense"])
+    op = energy["modes"]["op"]
+    by_hand = (0.3 * totals["macs_dense"] + 1.25 * (totals["sram_read_bytes"] + totals["sram_write_bytes"])
+               + 2.5 * totals["flash_read_bytes"])
+    assert op["total_pj"] == pytest.approx(by_hand)
+    assert op["per_training_sample_pj"] == pytest.approx(by_hand / B)
+    assert op["per_inference_sample_pj"] is None
+    assert sum(op["by_phase_pj"].values()) == pytest.approx(op["total_pj"])
+
+
+def test_event_driven_device_charges_events_not_macs():
+    profile, counters = _one_step("ftp", "loihi-like")
+    record = counters_record(counters, training_samples=B, inference_samples=0)
+    energy = energy_record(counters, profile.energy_pj, training_samples=B, inference_samples=0,
+                           layers=record["layers"])
+    op = energy["modes"]["op"]
+    assert "macs_dense" not in op["by_counter_pj"] and op["by_counter_pj"]["synaptic_events"] > 0
+    assert energy["not_charged"]  # static power is named, not guessed
+
+
+def test_format_energy_picks_units():
+    assert format_energy(512.0) == "512 pJ"
+    assert format_energy(1.5e6) == "1.5 µJ"
+    assert format_energy(None) == "n/a"
