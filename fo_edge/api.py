@@ -25,7 +25,7 @@ from .rules import BACKENDS, RULES, rule_config
 from .rules.base import ERRORS
 from .runs import SCHEMA_VERSION, package_versions, prepare_run_dir, save_weights, write_json_atomic
 
-__all__ = ["SimulateConfig", "SimulateResult", "simulate", "default_run_dir"]
+__all__ = ["SimulateConfig", "SimulateResult", "simulate", "default_run_dir", "energy_report"]
 
 
 @dataclass(frozen=True)
@@ -170,3 +170,19 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
     save_weights(run_dir / "weights.npz", {k: np.asarray(v) for k, v in stored.items()})
     write_json_atomic(run_dir / "run.json", record)
     return SimulateResult(accuracy, history, run_dir, memory, record)
+
+
+def energy_report(run_dirs, *, by_layer: bool = False, mode: str | None = None, plot: str | None = None) -> list[dict]:
+    """Rows comparing runs (or, with ``by_layer``, one row per run and layer); writes ``plot`` (PNG) if given.
+    ``mode``: None (each run's primary energy mode), ``op`` or ``system``."""
+    from . import report
+
+    if mode not in (None, "op", "system"):
+        raise ConfigError(f"unknown energy mode {mode!r}; choose op or system")
+    runs = report.load_runs(run_dirs)
+    rows = report.comparison_rows(runs, mode)
+    if plot is not None:
+        if not str(plot).lower().endswith(".png"):
+            raise ConfigError(f"--plot {plot}: give a .png file name")
+        report.plot_runs(rows, plot)
+    return report.layer_rows(runs, mode) if by_layer else rows

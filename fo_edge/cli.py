@@ -119,6 +119,25 @@ def simulate(rule, device, dataset, data_dir, model, activation, error, epochs, 
     click.echo(json.dumps(result.record, indent=2) if as_json else _summary_table(result))
 
 
+@cli.command("energy-report")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json", "csv"]), default="table",
+              show_default=True)
+@click.option("--by-layer", is_flag=True, help="One row per run and layer (training energy and MACs).")
+@click.option("--mode", type=click.Choice(["op", "system"]), default=None,
+              help="Energy mode (default: each run's primary; system exists for devices with a measured pJ/MAC).")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Also write a PNG: energy by phase per run, and memory vs depth when depths differ.")
+def energy_report(run_dirs, fmt, by_layer, mode, plot) -> None:
+    """Compare runs: accuracy, energy per training and inference sample by phase, peak memory vs capacity."""
+    from .report import render
+
+    rows = api.energy_report(list(run_dirs), by_layer=by_layer, mode=mode, plot=plot)
+    click.echo(render(rows, fmt))
+    if plot:
+        click.echo(f"plot written to {plot}", err=True)
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
 def devices(as_json: bool) -> None:

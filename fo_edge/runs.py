@@ -15,10 +15,11 @@ import numpy as np
 
 from .errors import RunError
 
-__all__ = ["SCHEMA_VERSION", "prepare_run_dir", "write_json_atomic", "read_run", "save_weights",
-           "package_versions"]
+__all__ = ["SCHEMA_VERSION", "prepare_run_dir", "write_json_atomic", "write_file_atomic", "read_run",
+           "save_weights", "package_versions"]
 
-SCHEMA_VERSION = 1
+#: 2: counters per phase and layer, energy record, device energy table and capacity
+SCHEMA_VERSION = 2
 
 
 def prepare_run_dir(path: str | Path) -> Path:
@@ -34,6 +35,11 @@ def prepare_run_dir(path: str | Path) -> Path:
         raise RunError(f"--out {path} is not writable ({exc.strerror or exc}); choose a writable directory") \
             from None
     return path
+
+
+def write_file_atomic(path: str | Path, write) -> None:
+    """Call ``write(binary_handle)`` on a temp file beside ``path``, then rename it over ``path``."""
+    _atomic_write(Path(path), write)
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -74,8 +80,12 @@ def read_run(run_dir: str | Path) -> dict:
     except (OSError, ValueError) as exc:
         raise RunError(f"{path} is unreadable or corrupt: {exc}") from None
     if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
-        raise RunError(f"{path} has schema_version {data.get('schema_version') if isinstance(data, dict) else None},"
-                       f" this fo-edge reads {SCHEMA_VERSION}")
+        found = data.get("schema_version") if isinstance(data, dict) else None
+        raise RunError(f"{path} has schema_version {found}, this fo-edge reads {SCHEMA_VERSION}: re-run it with "
+                       f"this version")
+    for key in ("config", "device", "final", "memory", "counters"):
+        if not isinstance(data.get(key), dict):
+            raise RunError(f"{path} is corrupt: {key!r} is missing or not an object")
     return data
 
 
