@@ -8,6 +8,7 @@ Weights of every layer live in one flat array ``w`` (as in one SRAM region); lay
 :mod:`fo_edge.kernels.counters`); ``rng`` the (1,) uint64 RNG state. Analog devices (``P.analog``) route the
 matrix-vector product and the update through :mod:`fo_edge.kernels.analog`.
 """
+import numpy as np
 from numba import njit
 
 from .activations import activate
@@ -17,6 +18,35 @@ from .counters import (FLASH_READ, LOST, MACS_DENSE, MACS_EFF, NEURON_ACTIVE, NE
 from .fixed import round_div, saturate, wrap
 
 __all__ = ["layer_forward_", "project_", "outer_update_"]
+
+
+@njit(cache=True)
+def exact_matmul(a, b):
+    """a @ b^T as float64 through BLAS: a: (B, K), b: (N, K) -> (B, N).
+
+    For integer mantissas this is exact as long as every partial sum stays below 2**53 in magnitude (checked
+    for the device's formats by ``rules.numba_binding.check_exact``), so it equals the device's integer
+    accumulation bit for bit, in any summation order; the accumulator wrap is applied to the exact sum
+    (two's-complement arithmetic is modular, so wrapping at the end equals wrapping at every addition).
+    """
+    return np.dot(a.astype(np.float64), b.astype(np.float64).T)
+
+
+@njit(cache=True)
+def effective_macs(hin, w, off, d_out, d_in):
+    """sum_b sum_ij [hin[b, j] != 0][W[i, j] != 0], as sum_ij [W[i, j] != 0] * (nonzero inputs in column j)."""
+    count = np.zeros(d_in, dtype=np.int64)  # simulator bookkeeping for the counter, not device memory
+    for b in range(hin.shape[0]):
+        for j in range(d_in):
+            if hin[b, j] != 0:
+                count[j] += 1
+    total = 0
+    for i in range(d_out):
+        base = off + i * d_in
+        for j in range(d_in):
+            if w[base + j] != 0:
+                total += count[j]
+    return total
 
 
 @njit(cache=True)
@@ -32,30 +62,27 @@ def layer_forward_(hin, w, off, d_out, d_in, w_one, linear, P, pre, h, C, rng):
         analog_forward_(hin, w, off, d_out, d_in, w_one, linear, P, pre, h, C, rng)
         return
     batch = hin.shape[0]
-    effective = 0
+    sums = exact_matmul(hin, w[off:off + d_out * d_in].reshape((d_out, d_in)))
     for b in range(batch):
         for i in range(d_out):
-            acc = hin[b, 0] * 0
-            base = off + i * d_in
-            for j in range(d_in):
-                x = hin[b, j]
-                if x != 0:
-                    wv = w[base + j]
-                    if wv != 0:
-                        acc += x * wv
-                        effective += 1
             if P.quantized:
-                acc = wrap(acc, P.acc_lo, P.acc_hi, C, WRAPS)
+                acc = wrap(np.int64(sums[b, i]), P.acc_lo, P.acc_hi, C, WRAPS)
                 acc = saturate(round_div(acc, w_one, P.fwd_round, rng), P.a_lo, P.a_hi, C, SATURATION)
+                pre[b, i] = acc
+                out = activate(acc, P.act, P.a_one, True)
+                h[b, i] = out
             else:
-                acc = acc / w_one
-            pre[b, i] = acc
-            out = acc if linear else activate(acc, P.act, P.a_one, P.quantized)
-            h[b, i] = out
+                real = sums[b, i] / w_one
+                pre[b, i] = real
+                out = real if linear else activate(real, P.act, 1.0, False)
+                h[b, i] = out
+            if linear:
+                h[b, i] = pre[b, i]
             if out != 0:
                 C[NEURON_ACTIVE] += 1
             else:
                 C[NEURON_INACTIVE] += 1
+    effective = effective_macs(hin, w, off, d_out, d_in)
     C[MACS_DENSE] += batch * d_out * d_in
     C[MACS_EFF] += effective
     C[SYN_EVENTS] += effective
@@ -101,21 +128,24 @@ def project_(base, src, mat, sign, div, P, out, C, rng):
 
 @njit(cache=True)
 def outer_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, P, C, rng, g_out):
-    """W_l <- W_l - round(mul * (delta^T hin) / div), in place, one weight at a time (no gradient buffer).
+    """W_l <- W_l - round(mul * (delta^T hin) / div), in place, one weight at a time.
 
-    delta: (B, d_out), hin: (B, d_in). Device: the integer sum g = sum_b delta[b, i] hin[b, j] is scaled by
-    the fixed-point multiplier mul / div (= lr / B in weight LSBs) with the update rounding, and the new
+    delta: (B, d_out), hin: (B, d_in). The device forms g row by row (accounted as one accumulator row); the
+    simulator computes all of g exactly with ``exact_matmul``. Device: the integer sum
+    g = sum_b delta[b, i] hin[b, j] is scaled by the fixed-point multiplier mul / div (= lr / B in weight LSBs) with the update rounding, and the new
     weight saturates to the weight format; updates that round to 0 are counted as lost. Float: W -= g * mul.
     Analog: the conductance step -g * mul is applied as pulses. With P.collect, nothing changes and
     g_out[off + i * d_in + j] = g * g_scale (the real, batch-averaged gradient estimate).
     """
     batch = delta.shape[0]
+    grads = exact_matmul(np.ascontiguousarray(delta.T), np.ascontiguousarray(hin.T))  # (d_out, d_in)
     for i in range(d_out):
         for j in range(d_in):
-            g = delta[0, i] * 0
-            for b in range(batch):
-                g += delta[b, i] * hin[b, j]
             k = off + i * d_in + j
+            if P.quantized:
+                g = np.int64(grads[i, j])
+            else:
+                g = grads[i, j]
             if P.collect:
                 g_out[k] = g * g_scale
             elif P.analog:

@@ -20,7 +20,7 @@ from .activations import activate, activate_grad
 from .counters import (BACKWARD, FORWARD, INFERENCE, MACS_DENSE, MACS_EFF, MODULATED, RECOMPUTE, SATURATION,
                        SRAM_READ, SRAM_WRITE, SYN_EVENTS, UPDATE)
 from .fixed import saturate
-from .linear import layer_forward_, outer_update_, project_
+from .linear import effective_macs, exact_matmul, layer_forward_, outer_update_, project_
 
 __all__ = ["Params", "RULE_CODES", "forward_only_step_", "bp_step_", "output_error_", "predict_"]
 
@@ -194,22 +194,17 @@ def bp_step_(w, dims, offs, w_one, upd_mul, upd_div, g_scale, x, t, P, buf_c0, b
         if l > 0:
             prev = view(buf_m0 if l % 2 == 0 else buf_m1, batch, d_in)
             cb = C[BACKWARD, l]
-            effective = 0
+            back = exact_matmul(delta, np.ascontiguousarray(w[offs[l]:offs[l] + d_out * d_in].reshape((d_out, d_in)).T))
             for b in range(batch):
                 for j in range(d_in):
-                    acc = delta[b, 0] * 0
-                    for i in range(d_out):
-                        wv = w[offs[l] + i * d_in + j]
-                        if delta[b, i] != 0 and wv != 0:
-                            acc += delta[b, i] * wv
-                            effective += 1
                     grad = activate_grad(hin[b, j], hin[b, j], P.act, P.a_one, P.quantized, rng)
                     if P.quantized:
-                        acc = (acc // w_one[l]) * grad // P.a_one
-                        acc = saturate(acc, P.e_lo, P.e_hi, cb, SATURATION)
+                        acc = (np.int64(back[b, j]) // w_one[l]) * grad // P.a_one
+                        prev[b, j] = saturate(acc, P.e_lo, P.e_hi, cb, SATURATION)
                     else:
-                        acc = acc / w_one[l] * grad
-                    prev[b, j] = acc
+                        prev[b, j] = back[b, j] / w_one[l] * grad
+            effective = effective_macs(delta, np.ascontiguousarray(
+                w[offs[l]:offs[l] + d_out * d_in].reshape((d_out, d_in)).T).ravel(), 0, d_in, d_out)
             cb[MACS_DENSE] += batch * d_in * d_out
             cb[MACS_EFF] += effective
             cb[SYN_EVENTS] += effective

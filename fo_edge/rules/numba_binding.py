@@ -30,7 +30,7 @@ from .ftp import ftp_feedback
 from .pepita import pepita_feedback
 
 __all__ = ["DeviceNet", "to_device", "from_device", "make_params", "StepBuffers", "allocate_buffers",
-           "run_step", "compute_updates_numba", "quantize_input", "refresh_projection", "orthogonalize",
+           "run_step", "compute_updates_numba", "check_exact", "quantize_input", "refresh_projection", "orthogonalize",
            "predict", "projection_format", "FLOAT64"]
 
 #: the float reference as a kernel profile (float64 values, no quantisation)
@@ -181,6 +181,20 @@ class StepBuffers:
     proj_work: np.ndarray
 
 
+def check_exact(profile: DeviceProfile, dims, batch: int) -> None:
+    """Refuse formats so wide that the simulator's float64 matrix products (kernels.linear.exact_matmul) could
+    round: every integer sum of n products of a- and b-bit mantissas must stay below 2**53."""
+    if profile.is_float or profile.analog is not None:
+        return
+    a, e, w = profile.activation.bits, profile.error.bits, profile.weight.bits
+    p = projection_format(profile).bits
+    widest = max(max(dims), batch)
+    need = max(a, e) + max(a, w, p) - 2 + math.ceil(math.log2(widest))
+    if need > 53:
+        raise ConfigError(f"device {profile.id}: formats too wide for exact simulation ({need} bits of products "
+                          f"per sum, at most 53); narrow activation/error/weight bits or the model")
+
+
 def allocate_buffers(arena: MemoryArena, profile: DeviceProfile, dims, batch: int, rule: str,
                      schedule: str, ortho: bool) -> StepBuffers:
     """Allocate what ``rule`` needs under ``schedule`` from ``arena`` (raising DeviceMemoryError early).
@@ -190,6 +204,7 @@ def allocate_buffers(arena: MemoryArena, profile: DeviceProfile, dims, batch: in
     G^T are fixed, so they go to Flash where the device has it.
     """
     dims = [int(d) for d in dims]
+    check_exact(profile, dims, batch)
     dtype = np.float64 if profile.is_float or profile.analog is not None else np.int64
     a_b, e_b = profile.activation.bytes_per_value, profile.error.bytes_per_value
     p_fmt = projection_format(profile)
@@ -202,6 +217,8 @@ def allocate_buffers(arena: MemoryArena, profile: DeviceProfile, dims, batch: in
         return arena.alloc(name, (count,), dtype, category, a_b)
 
     x = arena.alloc("input", (batch, dims[0]), dtype, "input", a_b)
+    # the update accumulates one row of g = delta^T h (accumulator width) before writing it to W_l
+    arena.alloc("update_row", (max(dims),), np.int8, "workspace", max(4, (profile.accumulator_bits + 7) // 8))
     pre, tmp = act("pre_activation", batch * width), act("scratch", batch * width)
     if bp:
         c0 = c1 = pre[:0]

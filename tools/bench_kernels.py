@@ -1,0 +1,90 @@
+"""Training-step throughput (samples/s) of one rule: PyTorch fp32 path vs Numba fp32 vs Numba mcu-int8.
+
+    python tools/bench_kernels.py --rule ftp --model 784-256-256-10 --batches 1,8,32,128
+
+Each cell times ``--seconds`` worth of steps (at least 3) on real MNIST batches after a warm-up step
+(JIT compilation excluded): the torch path is the rule's update plus ``W -= lr g`` in float32 on the CPU with
+torch's default threads; the Numba paths are the streaming fused step (``run_step``) including the input
+quantisation, on one thread. Prints a Markdown table with the ratio Numba int8 / PyTorch.
+"""
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from fo_edge.accounting.memory import MemoryArena
+from fo_edge.data import load_dataset
+from fo_edge.device import load_device
+from fo_edge.kernels.counters import new_counters
+from fo_edge.kernels.rng import new_state
+from fo_edge.models import init_weights, parse_model_spec
+from fo_edge.rules import RULES, rule_config
+from fo_edge.rules.numba_binding import (allocate_buffers, fill_fixed_projection, make_params, quantize_input,
+                                         run_step, to_device)
+
+
+def _timed(step, seconds: float) -> float:
+    """Seconds per call of ``step`` (warm-up call excluded)."""
+    step()
+    calls, start = 0, time.perf_counter()
+    while calls < 3 or time.perf_counter() - start < seconds:
+        step()
+        calls += 1
+    return (time.perf_counter() - start) / calls
+
+
+def torch_step(rule, weights, x, t, lr, activation):
+    spec, config = RULES[rule], rule_config(rule)
+    ws = [torch.tensor(w) for w in weights]
+    xt, tt = torch.tensor(x), torch.tensor(t, dtype=torch.float32)
+
+    def step():
+        grads = spec.update_torch(ws, xt, tt, activation=activation, error="ce", config=config)
+        for w, g in zip(ws, grads):
+            w.sub_(lr * g)
+    return step
+
+
+def numba_step(rule, device, weights, x, t, lr, activation):
+    profile = load_device(device)
+    config = rule_config(rule)
+    net = to_device(weights, profile)
+    bufs = allocate_buffers(MemoryArena(2**40, 2**40), profile, net.dims, len(x), rule, "stream", ortho=False)
+    fill_fixed_projection(bufs, profile, rule, net.dims, config)
+    params = make_params(profile, activation, "ce")
+    counters, rng = new_counters(net.n_layers), new_state(0)
+
+    def step():
+        x_dev = quantize_input(x, profile, bufs.x, counters[0, -1], rng)
+        run_step(rule, net, bufs, profile, params, x_dev, t, lr, "stream", counters, rng)
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rule", default="ftp", choices=["ftp", "pepita", "foton", "bp"])
+    parser.add_argument("--model", default="784-256-256-10")
+    parser.add_argument("--batches", default="1,8,32,128")
+    parser.add_argument("--seconds", type=float, default=2.0)
+    args = parser.parse_args()
+    data = load_dataset("mnist")
+    dims = parse_model_spec(args.model)
+    weights = init_weights(dims, seed=0)
+    activation, lr = RULES[args.rule].default_activation, RULES[args.rule].default_lr
+    print(f"command: python tools/bench_kernels.py --rule {args.rule} --model {args.model} --batches "
+          f"{args.batches} --seconds {args.seconds}  (torch threads: {torch.get_num_threads()})\n")
+    print("| batch | PyTorch fp32 samples/s | Numba fp32 samples/s | Numba mcu-int8 samples/s | int8 / PyTorch |")
+    print("|---|---|---|---|---|")
+    for batch in (int(b) for b in args.batches.split(",")):
+        x = np.ascontiguousarray(data.x_train[:batch])
+        t = np.eye(dims[-1])[data.y_train[:batch]]
+        rates = [batch / _timed(torch_step(args.rule, weights, x, t, lr, activation), args.seconds),
+                 batch / _timed(numba_step(args.rule, "gpu-fp32", weights, x, t, lr, activation), args.seconds),
+                 batch / _timed(numba_step(args.rule, "mcu-int8", weights, x, t, lr, activation), args.seconds)]
+        print(f"| {batch} | {rates[0]:.0f} | {rates[1]:.0f} | {rates[2]:.0f} | {rates[2] / rates[0]:.2f}x |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
