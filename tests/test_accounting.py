@@ -95,3 +95,66 @@ def test_format_energy_picks_units():
     assert format_energy(512.0) == "512 pJ"
     assert format_energy(1.5e6) == "1.5 µJ"
     assert format_energy(None) == "n/a"
+
+
+def test_effective_macs_drop_exactly_the_planted_zeros():
+    from fo_edge.kernels.linear import layer_forward_
+
+    profile = load_device("mcu-int8")
+    net = to_device([np.full((5, 8), 0.5)], profile)  # every weight nonzero
+    x = np.ones((3, 8), dtype=np.int64)
+    x[0, [1, 4]] = 0
+    x[2, :] = 0  # 2 + 8 planted zeros of 24 inputs
+    row = np.zeros(len(COUNTERS), dtype=np.int64)
+    out = np.zeros((3, 5), dtype=np.int64)
+    layer_forward_(x, net.w, 0, 5, 8, net.w_one[0], False, make_params(profile, "relu", "ce"), out, out.copy(),
+                   row, new_state(0))
+    assert row[COUNTERS.index("macs_dense")] == 3 * 5 * 8
+    assert row[COUNTERS.index("macs_effective")] == 5 * (24 - 10)
+    assert row[COUNTERS.index("synaptic_events")] == 5 * (24 - 10)
+
+
+TOY = """
+id = "toy"
+name = "hand-written toy profile"
+arithmetic = "fixed"
+forward_rounding = "nearest-even"
+update_rounding = "nearest-even"
+accumulator_overflow = "saturate"
+[formats]
+weight_bits = { value = 8, source = "toy" }
+weight_frac_bits = { value = 1, source = "toy" }
+activation_bits = { value = 8, source = "toy" }
+activation_frac_bits = { value = 4, source = "toy" }
+error_bits = { value = 8, source = "toy" }
+error_frac_bits = { value = 7, source = "toy" }
+accumulator_bits = { value = 32, source = "toy" }
+[capacity]
+sram_bytes = { value = 1000000, source = "toy" }
+flash_bytes = { value = 0, source = "toy" }
+[energy]
+mac_pj = { value = 2.0, source = "toy" }
+sram_byte_pj = { value = 0.5, source = "toy" }
+adc_pj = { value = 7.0, source = "toy" }
+"""
+
+
+def test_energy_of_a_hand_written_toy_profile():
+    from fo_edge.device import parse_device
+
+    profile = parse_device(TOY, "toy.toml")
+    values = new_counters(1)
+    values[PHASES.index("forward"), 0, COUNTERS.index("macs_dense")] = 100
+    values[PHASES.index("update"), 0, COUNTERS.index("sram_read_bytes")] = 40
+    values[PHASES.index("update"), 1, COUNTERS.index("sram_write_bytes")] = 20
+    values[PHASES.index("inference"), 0, COUNTERS.index("adc_conversions")] = 3
+    values[PHASES.index("forward"), 0, COUNTERS.index("spikes")] = 999  # no spike_pj: not charged
+    energy = energy_record(values, profile.energy_pj, training_samples=10, inference_samples=3,
+                           layers=["layer_1", "network"])
+    assert list(energy["modes"]) == ["op"]
+    op = energy["modes"]["op"]
+    assert op["training_pj"] == 100 * 2.0 + 60 * 0.5
+    assert op["per_training_sample_pj"] == (100 * 2.0 + 60 * 0.5) / 10
+    assert op["per_inference_sample_pj"] == 7.0
+    assert op["by_layer_pj"] == {"layer_1": 220.0, "network": 10.0}
+    assert op["by_phase_pj"]["update"] == 30.0

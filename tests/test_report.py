@@ -66,7 +66,10 @@ def test_by_layer_rows_sum_to_the_training_energy(runs):
 def test_plot_is_written_as_png(runs, tmp_path):
     target = tmp_path / "energy.png"
     assert _invoke(*runs.values(), "--plot", target).exit_code == 0
-    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = target.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (width, height) == (1560, 540)  # two panels (the runs differ in depth), 13 x 4.5 in at 120 dpi
 
 
 @pytest.mark.parametrize("damage, message", [

@@ -1,0 +1,53 @@
+"""MNIST accuracy of a rule on an integer device beside its fp32 self (same seed, model, epochs, data order).
+
+    python tools/bench_device_accuracy.py --rules ftp,foton --device mcu-int8 --epochs 1
+
+Both columns are Numba-path runs of ``fo_edge.simulate`` (fp32 = the ``gpu-fp32`` profile), so the only
+difference is the arithmetic. Updates on the integer device use stochastic rounding (the profile's
+``update_rounding``). The default model, 784-128-128-10, fits the MCU's 256 KB with its step buffers
+(784-256-256-10 needs 262.5 KiB for its int8 weights alone). With lr / B of about 1e-3 nearly every
+per-weight step is below one weight LSB (2**-8 .. 2**-10 of the layer's range), so nearest rounding would drop them all, while stochastic rounding keeps
+them unbiased in expectation (Gupta et al. 2015); the ``updates lost`` column counts those that still rounded
+to zero. FOTON uses the bench_accuracy.py options (T = 0.25, Björck every 10 steps, 5 iterations).
+"""
+import argparse
+
+import fo_edge
+from fo_edge.errors import DeviceMemoryError
+
+OPTIONS = {"foton": {"temperature": 0.25, "ortho_every": 10, "bjorck_iters": 5}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rules", default="ftp,foton")
+    parser.add_argument("--device", default="mcu-int8")
+    parser.add_argument("--model", default="784-128-128-10")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args()
+    print(f"command: python tools/bench_device_accuracy.py --rules {args.rules} --device {args.device} --model "
+          f"{args.model} --epochs {args.epochs} --batch-size {args.batch_size}\n")
+    print(f"| rule | fp32 % | {args.device} % | difference pp | updates lost | saturation events |")
+    print("|---|---|---|---|---|---|")
+    for rule in args.rules.split(","):
+        accuracy = {}
+        try:
+            for device in ("gpu-fp32", args.device):
+                result = fo_edge.simulate(rule=rule, device=device, model=args.model, epochs=args.epochs,
+                                          batch_size=args.batch_size, backend="numba",
+                                          out=f"runs/bench-device-accuracy/{rule}-{device}",
+                                          rule_options=OPTIONS.get(rule, {}))
+                accuracy[device] = 100 * result.accuracy
+                totals = result.record["counters"]["totals"]
+        except DeviceMemoryError as exc:
+            print(f"| {rule} | | does not fit: {str(exc).split('[')[0].strip()} | | | |", flush=True)
+            continue
+        lost = totals["updates_lost"] / max(totals["updates_lost"] + totals["weight_writes"], 1)
+        print(f"| {rule} | {accuracy['gpu-fp32']:.2f} | {accuracy[args.device]:.2f} | "
+              f"{accuracy[args.device] - accuracy['gpu-fp32']:+.2f} | {100 * lost:.0f} % of nonzero | "
+              f"{totals['saturation_events']} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
