@@ -2,7 +2,7 @@
 
 ``bjorck_`` re-orthogonalises one layer in place (order-1 Björck, W <- W (1.5 I - 0.5 W^T W), after a
 power-iteration spectral-norm scaling, as ``rules.foton.bjorck_torch``); on integer devices it works on
-the dequantised values at float64 and writes back with the given rounding. ``projection_rows_`` computes
+the dequantised values at float64 and writes back with the forward rounding. ``projection_rows_`` computes
 F = W_L ... W_1 one row at a time (row k = e_k^T W_L ... W_1, the unit error pushed down through the
 transposed weights), so it needs two vectors of the widest layer as workspace, not a d x d_0 matrix.
 ``P`` is :class:`fo_edge.kernels.steps.Params`; ``C`` one counter row (kernels.counters).
@@ -20,7 +20,8 @@ __all__ = ["bjorck_", "projection_rows_"]
 @njit(cache=True)
 def bjorck_(w, off, d_out, d_in, w_one, iters, P, rng, C):
     """Re-orthogonalise layer W: (d_out, d_in) stored at w[off:] in place; integer devices write back with the
-    update rounding, analog devices reprogram each conductance with pulses. Returns the Gram workspace size
+    forward (nearest) rounding, so an already-orthogonal quantised W comes back unchanged rather than taking a
+    stochastic random walk; analog devices reprogram each conductance with pulses. Returns the Gram workspace size
     (values) it used: min(d_out, d_in)**2."""
     wide = d_out < d_in
     rows, cols = (d_in, d_out) if wide else (d_out, d_in)  # work on the tall orientation m: (rows, cols)
@@ -50,9 +51,9 @@ def bjorck_(w, off, d_out, d_in, w_one, iters, P, rng, C):
                 pulse_update_(w, k, v_ij * w_one - w[k], P, C, rng)
                 continue
             if P.quantized:
-                # v_ij * w_one rounded by the update rounding: scale by 2**20 first so it sees the fraction
+                # v_ij * w_one rounded by the forward rounding: scale by 2**20 first so it sees the fraction
                 fine = np.int64(np.floor(v_ij * w_one * 1048576.0))
-                new = saturate(round_div(fine, 1048576, P.upd_round, rng), P.w_lo, P.w_hi, C, SATURATION)
+                new = saturate(round_div(fine, 1048576, P.fwd_round, rng), P.w_lo, P.w_hi, C, SATURATION)
             else:
                 new = v_ij * w_one
             if new != w[k]:
