@@ -1,6 +1,7 @@
 """Device runs on the Numba path: bit-exact determinism with integer profiles, every profile trains end to
 end, and the memory refusal/fit pair (BP refused where FOTON and FTP fit and train)."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,3 +101,13 @@ def test_deep_foton_and_ftp_train_on_mcu_while_bp_is_refused_by_the_cli(tmp_path
         record = json.loads((tmp_path / rule / "run.json").read_text())
         assert record["memory"]["peak_bytes"] <= 262144
         assert record["counters"]["totals"]["weight_writes"] > 0
+
+
+def test_formats_too_wide_for_exact_simulation_are_refused(tmp_path):
+    text = (Path(__file__).parents[1] / "devices" / "fpga-fixed16.toml").read_text()
+    wide = text.replace("activation_bits = { value = 16", "activation_bits = { value = 30")
+    assert wide != text
+    path = tmp_path / "wide.toml"
+    path.write_text(wide)
+    with pytest.raises(fo_edge.ConfigError, match="too wide for exact simulation"):
+        _run(tmp_path, "wide", rule="ftp", device=str(path))

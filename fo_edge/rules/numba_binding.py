@@ -188,11 +188,18 @@ def check_exact(profile: DeviceProfile, dims, batch: int) -> None:
         return
     a, e, w = profile.activation.bits, profile.error.bits, profile.weight.bits
     p = projection_format(profile).bits
-    widest = max(max(dims), batch)
-    need = max(a, e) + max(a, w, p) - 2 + math.ceil(math.log2(widest))
+
+    def log2(n: int) -> int:
+        return math.ceil(math.log2(max(int(n), 2)))
+
+    sums = {"forward": a + w - 2 + log2(max(dims[:-1])),          # h (a bits) x W, over d_in terms
+            "backward": e + w - 2 + log2(max(dims[1:])),          # delta (e bits) x W, over d_out terms
+            "update": max(a, e) + a - 2 + log2(batch),           # delta x h over the batch
+            "projection": e + p - 2 + log2(dims[-1])}             # e x F or G, over the outputs
+    name, need = max(sums.items(), key=lambda item: item[1])
     if need > 53:
-        raise ConfigError(f"device {profile.id}: formats too wide for exact simulation ({need} bits of products "
-                          f"per sum, at most 53); narrow activation/error/weight bits or the model")
+        raise ConfigError(f"device {profile.id}: formats too wide for exact simulation (the {name} sums need "
+                          f"{need} bits, at most 53); narrow the activation/error/weight bits, the model or the batch")
 
 
 def allocate_buffers(arena: MemoryArena, profile: DeviceProfile, dims, batch: int, rule: str,
