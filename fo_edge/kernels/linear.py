@@ -139,32 +139,39 @@ def outer_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, P, C, rng,
     """
     batch = delta.shape[0]
     grads = exact_matmul(np.ascontiguousarray(delta.T), np.ascontiguousarray(hin.T))  # (d_out, d_in)
+    writes = lost = clipped = 0  # local tallies (C may alias nothing, but the compiler cannot know that)
     for i in range(d_out):
         for j in range(d_in):
             k = off + i * d_in + j
-            if P.quantized:
-                g = np.int64(grads[i, j])
-            else:
-                g = grads[i, j]
             if P.collect:
-                g_out[k] = g * g_scale
+                g_out[k] = grads[i, j] * g_scale
             elif P.analog:
-                pulse_update_(w, k, -g * mul, P, C, rng)
+                pulse_update_(w, k, -grads[i, j] * mul, P, C, rng)
             elif P.quantized:
+                g = np.int64(grads[i, j])
                 step = round_div(g * mul, div, P.upd_round, rng)
                 if step == 0:
                     if g != 0:
-                        C[LOST] += 1
+                        lost += 1
                     continue
-                new = saturate(w[k] - step, P.w_lo, P.w_hi, C, SATURATION)
+                new = w[k] - step
+                if new > P.w_hi:
+                    new = P.w_hi
+                    clipped += 1
+                elif new < P.w_lo:
+                    new = P.w_lo
+                    clipped += 1
                 if new != w[k]:
-                    C[WEIGHT_WRITES] += 1
+                    writes += 1
                     w[k] = new
             else:
-                new = w[k] - g * mul
+                new = w[k] - grads[i, j] * mul
                 if new != w[k]:
-                    C[WEIGHT_WRITES] += 1
+                    writes += 1
                     w[k] = new
+    C[WEIGHT_WRITES] += writes
+    C[LOST] += lost
+    C[SATURATION] += clipped
     C[MACS_DENSE] += batch * d_out * d_in
     C[SYN_UPDATES] += d_out * d_in
     if not P.analog:
