@@ -34,7 +34,8 @@ def test_pulse_count_is_an_unbiased_stochastic_rounding(steps, seed):
     fired = [pulse_update_(np.zeros(1), 0, steps * P.dw_min, P, C, rng) for _ in range(2000)]
     assert abs(np.mean(fired) - abs(steps)) < 0.06
     assert C[WRITE_PULSES] == sum(fired)
-    assert C[LOST] == sum(1 for f in fired if f == 0) if steps != 0 else C[LOST] == 0
+    nonzero = steps * P.dw_min != 0  # a denormal step can underflow to no update at all
+    assert C[LOST] == (sum(1 for f in fired if f == 0) if nonzero else 0)
 
 
 def test_pulses_respect_bounds_soft_bounds_and_the_pulse_cap():
