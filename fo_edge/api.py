@@ -18,14 +18,16 @@ import numpy as np
 from .accounting.counters import counters_array
 from .accounting.energy import energy_record
 from .data import DATASETS, load_dataset
-from .device import DeviceProfile, load_device
+from .device import DeviceProfile, device_text, load_device
 from .errors import ConfigError
 from .models.mlp import ACTIVATIONS, init_weights, parse_model_spec
 from .rules import BACKENDS, RULES, rule_config
 from .rules.base import ERRORS
-from .runs import SCHEMA_VERSION, package_versions, prepare_run_dir, save_weights, write_json_atomic
+from .runs import (SCHEMA_VERSION, package_versions, prepare_run_dir, save_weights, write_file_atomic,
+                   write_json_atomic)
 
-__all__ = ["SimulateConfig", "SimulateResult", "simulate", "default_run_dir", "energy_report"]
+__all__ = ["SimulateConfig", "SimulateResult", "simulate", "default_run_dir", "energy_report", "export_model",
+           "DemoResult", "demo", "DEMO_MODEL"]
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,8 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
         "versions": package_versions(),
     }
     save_weights(run_dir / "weights.npz", {k: np.asarray(v) for k, v in stored.items()})
+    device_toml = device_text(config.device)[0].encode()
+    write_file_atomic(run_dir / "device.toml", lambda handle: handle.write(device_toml))
     write_json_atomic(run_dir / "run.json", record)
     return SimulateResult(accuracy, history, run_dir, memory, record)
 
@@ -186,3 +190,35 @@ def energy_report(run_dirs, *, by_layer: bool = False, mode: str | None = None, 
             raise ConfigError(f"--plot {plot}: give a .png file name")
         report.plot_runs(rows, plot)
     return report.layer_rows(runs, mode) if by_layer else rows
+
+
+def export_model(run_dir, out, *, int8: bool = False) -> dict:
+    """ONNX export of a run, verified in onnxruntime (see :mod:`fo_edge.export`); returns the report."""
+    from .export import export_onnx
+
+    return export_onnx(run_dir, out, int8=int8)
+
+
+DEMO_MODEL = "784-128-128-10"
+
+
+@dataclass
+class DemoResult:
+    """The demo's training run and its two verified exports."""
+
+    run: SimulateResult
+    exports: list[dict]
+
+
+def demo(out: str | None = None, *, steps: int = 300, batch_size: int = 32,
+         on_batch: Callable[[int], None] | None = None, on_start: Callable[[int], None] | None = None) -> DemoResult:
+    """FTP from scratch on mcu-int8 for ``steps`` steps of MNIST, then int8 and fp32 ONNX exports, each verified
+    in onnxruntime. The test set is capped at ``steps * batch_size`` samples (as ``--limit`` does)."""
+    if not isinstance(steps, int) or steps < 1:
+        raise ConfigError("--steps must be a positive integer")
+    run_dir = Path(out) if out else Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    run = simulate(rule="ftp", device="mcu-int8", model=DEMO_MODEL, batch_size=batch_size, epochs=1,
+                   limit=steps * batch_size, out=str(run_dir), on_batch=on_batch, on_start=on_start)
+    exports = [export_model(run.run_dir, run.run_dir / "model-int8.onnx", int8=True),
+               export_model(run.run_dir, run.run_dir / "model-fp32.onnx")]
+    return DemoResult(run, exports)

@@ -138,6 +138,60 @@ def energy_report(run_dirs, fmt, by_layer, mode, plot) -> None:
         click.echo(f"plot written to {plot}", err=True)
 
 
+def _export_line(report: dict) -> str:
+    if report["kind"] == "int8":
+        detail = (f"predictions identical to the {report['device']} device on "
+                  f"{100 * report['prediction_agreement']:.2f} % of {report['test_samples']} test samples (need "
+                  f"{100 * report['min_agreement']:.1f} %), max logit difference {report['max_logit_diff']:g} "
+                  f"(allowed {report['logit_tolerance']:g})")
+    else:
+        detail = (f"max |logit difference| vs PyTorch {report['max_abs_diff']:.2e} (allowed "
+                  f"{report['tolerance']:g}) on {report['test_samples']} test samples")
+    verdict = "verified" if report["passed"] else "FAILED verification"
+    return (f"{report['kind']} ONNX {report['model']} ({report['bytes'] / 1024:.1f} KiB) {verdict} in onnxruntime: "
+            f"{detail}; accuracy {100 * report['onnx_accuracy']:.2f} %")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The .onnx file to write.")
+@click.option("--int8", is_flag=True, help="Integer graph with the device's scales (8-bit devices, e.g. mcu-int8).")
+def export(run_dir, out, int8) -> None:
+    """Export a trained run to ONNX and verify it in onnxruntime on the run's test set."""
+    report = api.export_model(run_dir, out, int8=int8)
+    click.echo(_export_line(report))
+    click.echo(f"report: {out}.verify.json")
+    if not report["passed"]:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--steps", type=int, default=300, show_default=True, help="Training steps (batch 32).")
+@click.option("--out", type=click.Path(), default=None, help="Run directory (default runs/demo-<time>).")
+def demo(steps, out) -> None:
+    """On-device training demo: FTP on a simulated int8 MCU, its costs, and a verified ONNX export."""
+    from tqdm import tqdm
+
+    click.echo(f"fo-edge demo: train a {api.DEMO_MODEL} MLP on MNIST from scratch with FTP, a forward-only rule "
+               f"(no backward pass, no stored activations), on a simulated Cortex-M7 MCU: int8 weights and "
+               f"activations, stochastic-rounded updates, 256 KB of SRAM. {steps} steps of 32 samples.")
+    bar: list = []
+
+    def on_start(total: int) -> None:
+        bar.append(tqdm(total=total, unit="sample", desc="training on mcu-int8", file=sys.stderr))
+
+    try:
+        result = api.demo(out, steps=steps, on_start=on_start, on_batch=lambda n: bar[0].update(n))
+    finally:
+        if bar:
+            bar[0].close()
+    click.echo(_summary_table(result.run))
+    for report in result.exports:
+        click.echo(_export_line(report))
+    if not all(r["passed"] for r in result.exports):
+        sys.exit(1)
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
 def devices(as_json: bool) -> None:

@@ -1,8 +1,9 @@
 """Run directories: the ``run.json`` schema, atomic writes, and weight checkpoints (npz, never pickle).
 
-A run directory holds ``run.json`` (config, per-epoch metrics, memory, package versions, seed) and
-``weights.npz`` (``W0 .. W{L-1}`` as stored on the device: float32, or integer mantissas with their
-``exp{l}`` power-of-two exponents).
+A run directory holds ``run.json`` (config, per-epoch metrics, memory, counters, energy, package versions,
+seed), ``weights.npz`` (``W0 .. W{L-1}`` as stored on the device: float32, or integer mantissas with their
+``exp{l}`` power-of-two exponents) and ``device.toml`` (the profile the run used, byte for byte: its formats
+and rounding are the quantisation parameters of the mantissas). Checkpoints are read with pickles refused.
 """
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ import numpy as np
 from .errors import RunError
 
 __all__ = ["SCHEMA_VERSION", "prepare_run_dir", "write_json_atomic", "write_file_atomic", "read_run",
-           "save_weights", "package_versions"]
+           "save_weights", "load_weights", "package_versions", "MAX_CHECKPOINT_BYTES"]
+
+#: refuse checkpoints larger than this before reading them (4 GiB)
+MAX_CHECKPOINT_BYTES = 4 << 30
 
 #: 2: counters per phase and layer, energy record, device energy table and capacity
 SCHEMA_VERSION = 2
@@ -68,6 +72,46 @@ def write_json_atomic(path: str | Path, obj: dict) -> None:
 def save_weights(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
     """Save named arrays to an .npz file atomically (no pickled objects: only plain numeric arrays)."""
     _atomic_write(Path(path), lambda handle: np.savez(handle, **arrays))
+
+
+def load_weights(run_dir: str | Path, dims: list[int]) -> dict[str, np.ndarray]:
+    """The arrays of ``RUN_DIR/weights.npz``, checked against ``dims`` (W{l}: (d_{l+1}, d_l) float32 or int32,
+    exp{l}: int32 scalars). Pickled objects, truncated or foreign files and wrong shapes raise RunError."""
+    import zipfile
+
+    path = Path(run_dir) / "weights.npz"
+    try:
+        size = path.stat().st_size
+    except OSError:
+        raise RunError(f"{run_dir} has no weights.npz; re-run the simulation") from None
+    if size > MAX_CHECKPOINT_BYTES:
+        raise RunError(f"{path} is {size} bytes, larger than any fo-edge checkpoint; refusing to read it")
+    out: dict[str, np.ndarray] = {}
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            names = list(archive.files)
+            for name in names:
+                out[name] = archive[name]
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise RunError(f"{path} contains pickled objects; fo-edge never loads pickles") from None
+        raise RunError(f"{path} is not a valid checkpoint ({exc})") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise RunError(f"{path} is truncated or not an npz checkpoint ({exc})") from None
+    n = len(dims) - 1
+    for l in range(n):
+        w = out.get(f"W{l}")
+        shape = (int(dims[l + 1]), int(dims[l]))
+        if w is None or w.shape != shape or w.dtype not in (np.float32, np.int32):
+            got = None if w is None else f"{w.dtype} {w.shape}"
+            raise RunError(f"{path}: W{l} should be float32 or int32 of shape {shape}, got {got}")
+        exp = out.get(f"exp{l}")
+        if exp is not None and (exp.shape != () or exp.dtype != np.int32):
+            raise RunError(f"{path}: exp{l} should be an int32 scalar")
+    extra = set(out) - {f"W{l}" for l in range(n)} - {f"exp{l}" for l in range(n)}
+    if extra:
+        raise RunError(f"{path}: unexpected arrays {sorted(extra)}")
+    return out
 
 
 def read_run(run_dir: str | Path) -> dict:

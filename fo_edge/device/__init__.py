@@ -1,6 +1,6 @@
 """Device profiles: typed specs (``spec``) and their one loader (``load``)."""
-from .load import list_devices, load_device, parse_device
+from .load import device_text, list_devices, load_device, parse_device
 from .spec import AnalogParams, Arithmetic, Capacity, DeviceProfile, NumberFormat, Overflow, Rounding
 
-__all__ = ["list_devices", "load_device", "parse_device", "AnalogParams", "Arithmetic", "Capacity",
+__all__ = ["device_text", "list_devices", "load_device", "parse_device", "AnalogParams", "Arithmetic", "Capacity",
            "DeviceProfile", "NumberFormat", "Overflow", "Rounding"]

@@ -15,7 +15,7 @@ from typing import Any
 from ..errors import DeviceProfileError
 from .spec import AnalogParams, Arithmetic, Capacity, DeviceProfile, NumberFormat, Overflow, Rounding
 
-__all__ = ["load_device", "list_devices", "parse_device"]
+__all__ = ["load_device", "list_devices", "parse_device", "device_text"]
 
 _TOP = {"id": str, "name": str, "arithmetic": Arithmetic, "forward_rounding": Rounding,
         "update_rounding": Rounding, "accumulator_overflow": Overflow,
@@ -43,20 +43,25 @@ def list_devices() -> list[str]:
     return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
-def load_device(name_or_path: str) -> DeviceProfile:
-    """A bundled profile by id (``loihi-like``) or a profile file by path (anything ending in .toml)."""
+def device_text(name_or_path: str) -> tuple[str, str]:
+    """(TOML text, origin) of a bundled profile by id or of a profile file by path."""
     if name_or_path.endswith(".toml") or "/" in name_or_path:
         path = Path(name_or_path)
         try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise DeviceProfileError(f"cannot read device file {path}: {exc.strerror or exc}") from None
-        return parse_device(text, str(path))
+            return path.read_text(encoding="utf-8"), str(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DeviceProfileError(f"cannot read device file {path}: {getattr(exc, 'strerror', None) or exc}") \
+                from None
     bundled = resources.files("fo_edge") / "profiles" / f"{name_or_path}.toml"
     if not bundled.is_file():
         raise DeviceProfileError(f"unknown device {name_or_path!r}; choose one of {', '.join(list_devices())} "
                                  f"or pass a path to a .toml profile")
-    return parse_device(bundled.read_text(encoding="utf-8"), f"devices/{name_or_path}.toml")
+    return bundled.read_text(encoding="utf-8"), f"devices/{name_or_path}.toml"
+
+
+def load_device(name_or_path: str) -> DeviceProfile:
+    """A bundled profile by id (``loihi-like``) or a profile file by path (anything ending in .toml)."""
+    return parse_device(*device_text(name_or_path))
 
 
 def _fail(origin: str, key: str, expected: str, got: Any = None) -> DeviceProfileError:

@@ -217,9 +217,13 @@ def bp_step_(w, dims, offs, w_one, upd_mul, upd_div, g_scale, x, t, P, buf_c0, b
 
 
 @njit(cache=True)
-def predict_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, C, rng, labels):
-    """Inference: labels[b] = argmax of the output for each row of x (B, d_0); counts into C[INFERENCE]."""
+def predict_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, C, rng, labels, logits):
+    """Inference: labels[b] = argmax of the output for each row of x (B, d_0); the outputs (activation
+    mantissas) go to logits (B, d_L) when it has B rows; counts into C[INFERENCE]."""
     y = _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, buf_c0[:0], False, C, INFERENCE,
                 rng)
     for b in range(x.shape[0]):
         labels[b] = np.argmax(y[b])
+        if logits.shape[0] > 0:
+            for k in range(y.shape[1]):
+                logits[b, k] = y[b, k]

@@ -29,7 +29,7 @@ from .foton import FOTONConfig
 from .ftp import ftp_feedback
 from .pepita import pepita_feedback
 
-__all__ = ["DeviceNet", "to_device", "from_device", "make_params", "StepBuffers", "allocate_buffers",
+__all__ = ["DeviceNet", "to_device", "from_device", "from_stored", "make_params", "StepBuffers", "allocate_buffers",
            "run_step", "compute_updates_numba", "check_exact", "quantize_input", "refresh_projection", "orthogonalize",
            "predict", "projection_format", "FLOAT64"]
 
@@ -108,6 +108,24 @@ def _to_crossbar(weights, profile: DeviceProfile, flat, dims, offs) -> DeviceNet
         g = np.asarray(w, dtype=np.float64).ravel() * ones[l]
         flat[offs[l]:offs[l + 1]] = np.clip(a.w_min + np.rint((g - a.w_min) / dw_min) * dw_min, a.w_min, a.w_max)
     return DeviceNet(flat, dims, offs, np.zeros(len(weights), dtype=np.int64), ones, False)
+
+
+def from_stored(stored: dict[str, np.ndarray], profile: DeviceProfile) -> DeviceNet:
+    """The DeviceNet of a checkpoint as ``engine.stream`` stores it (W{l} mantissas int32 with exp{l} = -frac,
+    or float32 real weights for float and analog profiles)."""
+    n = sum(1 for k in stored if k.startswith("W"))
+    mats = [stored[f"W{l}"] for l in range(n)]
+    dims = np.array([mats[0].shape[1]] + [m.shape[0] for m in mats], dtype=np.int64)
+    offs = np.zeros(n + 1, dtype=np.int64)
+    offs[1:] = np.cumsum([m.size for m in mats])
+    if profile.is_float or profile.analog is not None:
+        if profile.analog is not None:
+            return to_device([m.astype(np.float64) for m in mats], profile)
+        flat = np.concatenate([m.astype(np.float64).ravel() for m in mats])
+        return DeviceNet(flat, dims, offs, np.zeros(n, dtype=np.int64), np.ones(n), False)
+    fracs = np.array([-int(stored[f"exp{l}"]) for l in range(n)], dtype=np.int64)
+    flat = np.concatenate([m.astype(np.int64).ravel() for m in mats])
+    return DeviceNet(flat, dims, offs, fracs, (2 ** fracs).astype(np.int64), True)
 
 
 def from_device(net: DeviceNet) -> list[np.ndarray]:
@@ -336,14 +354,19 @@ def run_step(rule: str, net: DeviceNet, bufs: StepBuffers, profile: DeviceProfil
 
 
 def predict(net: DeviceNet, bufs: StepBuffers, profile: DeviceProfile, params: Params, x: np.ndarray,
-            counters, rng) -> np.ndarray:
-    """Labels (N,) for float inputs x: (N, d_0), in chunks of the step's batch size."""
+            counters, rng, logits: np.ndarray | None = None) -> np.ndarray:
+    """Labels (N,) for float inputs x: (N, d_0), in chunks of the step's batch size; with ``logits`` (N, d_L)
+    float64, also the outputs in real units."""
     batch = bufs.x.shape[0]
     labels = np.zeros(len(x), dtype=np.int64)
+    raw = np.zeros((0, int(net.dims[-1])), dtype=net.w.dtype) if logits is None else \
+        np.zeros((len(x), int(net.dims[-1])), dtype=net.w.dtype)
     for start in range(0, len(x), batch):
         x_dev = quantize_input(x[start:start + batch], profile, bufs.x, counters[INFERENCE, net.n_layers], rng)
         predict_(net.w, net.dims, net.offs, net.w_one, x_dev, params, bufs.pre, bufs.tmp, bufs.m0, bufs.m1,
-                 counters, rng, labels[start:start + batch])
+                 counters, rng, labels[start:start + batch], raw[start:start + batch])
+    if logits is not None:
+        logits[:] = raw / float(params.a_one)
     return labels
 
 
