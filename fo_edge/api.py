@@ -19,12 +19,12 @@ from .accounting.counters import counters_array
 from .accounting.energy import energy_record
 from .data import DATASETS, load_dataset
 from .device import DeviceProfile, device_text, load_device
-from .errors import ConfigError
+from .errors import ConfigError, RunError
 from .models.mlp import ACTIVATIONS, init_weights, parse_model_spec
 from .rules import BACKENDS, RULES, rule_config
 from .rules.base import ERRORS
-from .runs import (SCHEMA_VERSION, package_versions, prepare_run_dir, save_weights, write_file_atomic,
-                   write_json_atomic)
+from .runs import (SCHEMA_VERSION, load_checkpoint, package_versions, prepare_run_dir, read_run, save_checkpoint,
+                   save_weights, write_file_atomic, write_json_atomic)
 
 __all__ = ["SimulateConfig", "SimulateResult", "simulate", "default_run_dir", "energy_report", "export_model",
            "DemoResult", "demo", "DEMO_MODEL"]
@@ -52,6 +52,10 @@ class SimulateConfig:
     backend: str | None = None
     schedule: str = "stream"
     torch_device: str = "cpu"
+    checkpoint_every: int = 500
+    on_unhealthy: str = "stop"
+    saturation_limit: float = 0.5
+    stall_steps: int = 500
     rule_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -88,6 +92,14 @@ def _validate(config: SimulateConfig) -> tuple[SimulateConfig, DeviceProfile, tu
     for name in ("epochs", "batch_size"):
         if not isinstance(getattr(config, name), int) or getattr(config, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer")
+    if not isinstance(config.checkpoint_every, int) or config.checkpoint_every < 0:
+        raise ConfigError("--checkpoint-every must be a number of steps >= 0 (0: no checkpoints)")
+    if config.on_unhealthy not in ("stop", "warn"):
+        raise ConfigError(f"--on-unhealthy must be stop or warn, got {config.on_unhealthy!r}")
+    if not 0 < config.saturation_limit <= 1:
+        raise ConfigError(f"--saturation-limit must be a fraction in (0, 1], got {config.saturation_limit}")
+    if not isinstance(config.stall_steps, int) or config.stall_steps < 1:
+        raise ConfigError("--stall-steps must be a positive number of steps")
     if config.limit is not None and config.limit < 1:
         raise ConfigError("--limit must be a positive number of samples")
     lr = RULES[config.rule].default_lr if config.lr is None else config.lr
@@ -107,24 +119,75 @@ def _validate(config: SimulateConfig) -> tuple[SimulateConfig, DeviceProfile, tu
     return filled, device, dims, rcfg, backend
 
 
+def _record(config: SimulateConfig, dims, rcfg, device: DeviceProfile, data, status: str) -> dict:
+    """The run.json skeleton: everything known before training (a killed run leaves at least this)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "status": status,
+        "config": {**{k: v for k, v in dataclasses.asdict(config).items() if k != "rule_options"},
+                   "dims": list(dims),
+                   "rule_options": {k: v for k, v in dataclasses.asdict(rcfg).items()
+                                    if isinstance(v, (int, float, str, bool))}},
+        "device": {"id": device.id, "name": device.name, "path": device.path,
+                   "arithmetic": device.arithmetic.value, "energy_pj": dict(device.energy_pj),
+                   "capacity": {"sram_bytes": device.capacity.sram_bytes,
+                                "flash_bytes": device.capacity.flash_bytes}},
+        "dataset": {"name": data.name, "n_train": int(len(data.x_train)), "n_test": int(len(data.x_test))},
+        "history": [], "final": {}, "memory": {}, "counters": {}, "energy": None, "warnings": [],
+        "seed": config.seed, "versions": package_versions(),
+    }
+
+
+def _resume_config(run_dir) -> tuple[SimulateConfig, dict | None]:
+    """The config of an unfinished run and its last checkpoint (None if it was killed before the first)."""
+    record = read_run(run_dir)
+    if record.get("status") == "complete":
+        raise ConfigError(f"--resume {run_dir}: the run is already complete")
+    saved = dict(record["config"])
+    options = saved.pop("rule_options", {})
+    saved.pop("dims", None)
+    names = {f.name for f in dataclasses.fields(SimulateConfig)}
+    config = SimulateConfig(**{k: v for k, v in saved.items() if k in names}, rule_options=options)
+    if config.backend == "torch":
+        raise ConfigError(f"--resume {run_dir}: torch-path runs keep no checkpoints; resume works on the numba path")
+    return dataclasses.replace(config, out=str(run_dir)), load_checkpoint(run_dir)
+
+
 def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], None] | None = None,
-             on_start: Callable[[int], None] | None = None, **overrides) -> SimulateResult:
+             on_start: Callable[[int], None] | None = None, resume: str | Path | None = None,
+             **overrides) -> SimulateResult:
     """Train ``config.model`` with ``config.rule`` on ``config.device``; see the module docstring.
 
-    ``on_start(total_samples)`` and ``on_batch(n_samples)`` let a caller show progress.
+    ``on_start(total_samples)`` and ``on_batch(n_samples)`` let a caller show progress. ``resume=RUN_DIR``
+    continues an interrupted numba-path run from its last checkpoint (same config, bit-identical weights).
     """
-    config = dataclasses.replace(config or SimulateConfig(), **overrides)
+    checkpoint = None
+    if resume is not None:
+        config, checkpoint = _resume_config(resume)
+    else:
+        config = dataclasses.replace(config or SimulateConfig(), **overrides)
     config, device, dims, rcfg, backend = _validate(config)
     lr = config.lr
     data = load_dataset(config.dataset if config.data_dir is None else None, config.data_dir).limited(config.limit)
     if dims[0] != data.n_features or dims[-1] < data.n_classes:
         raise ConfigError(f"--model {config.model} does not fit {data.name}: it needs {data.n_features} inputs "
                           f"and at least {data.n_classes} outputs (e.g. {data.n_features}-256-{data.n_classes})")
+    if backend == "numba":  # refuse a model that cannot fit before anything is written
+        from .engine.stream import plan_memory
+
+        plan_memory(dims, device, config.rule, config.batch_size, config.schedule,
+                    ortho=getattr(rcfg, "ortho_every", 0) > 0)
     run_dir = prepare_run_dir(config.out or default_run_dir(config))
+    record = _record(config, dims, rcfg, device, data, "running")
+    device_toml = device_text(config.device)[0].encode()
+    write_file_atomic(run_dir / "device.toml", lambda handle: handle.write(device_toml))
+    if checkpoint is None:
+        write_json_atomic(run_dir / "run.json", record)
     weights = init_weights(dims, seed=config.seed)
     if on_start is not None:
         on_start(len(data.x_train) * config.epochs)
     started = time.perf_counter()
+    stopped = None
     if backend == "torch":
         from .engine.torch_loop import train_torch
 
@@ -136,43 +199,38 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
         memory: dict = {}
         counters: dict = {}
         energy: dict | None = None
+        warnings: list[str] = []
     else:
-        from .engine.stream import train_stream
+        from .engine.health import HealthConfig
+        from .engine.stream import StreamStopped, train_stream
 
-        outcome = train_stream(weights, data, config.rule, rcfg, device, activation=config.activation,
-                               error=config.error, lr=lr, epochs=config.epochs, batch_size=config.batch_size,
-                               seed=config.seed, schedule=config.schedule, on_batch=on_batch)
+        health = HealthConfig(config.on_unhealthy, config.saturation_limit, config.stall_steps)
+        try:
+            outcome = train_stream(weights, data, config.rule, rcfg, device, activation=config.activation,
+                                   error=config.error, lr=lr, epochs=config.epochs, batch_size=config.batch_size,
+                                   seed=config.seed, schedule=config.schedule, on_batch=on_batch, health=health,
+                                   checkpoint_every=config.checkpoint_every,
+                                   on_checkpoint=lambda state: save_checkpoint(run_dir, state), resume=checkpoint)
+        except StreamStopped as stop:
+            outcome, stopped = stop.outcome, stop.error
         history, stored, memory, counters = outcome.history, outcome.stored, outcome.memory, outcome.counters
+        warnings = outcome.warnings
         energy = energy_record(counters_array(counters), device.energy_pj,
                                training_samples=counters["training_samples"],
                                inference_samples=counters["inference_samples"], layers=counters["layers"])
     seconds = time.perf_counter() - started
-    accuracy = history[-1]["test_accuracy"]
-    record = {
-        "schema_version": SCHEMA_VERSION,
-        "status": "complete",
-        "config": {**{k: v for k, v in dataclasses.asdict(config).items() if k != "rule_options"},
-                   "dims": list(dims),
-                   "rule_options": {k: v for k, v in dataclasses.asdict(rcfg).items()
-                                    if isinstance(v, (int, float, str, bool))}},
-        "device": {"id": device.id, "name": device.name, "path": device.path,
-                   "arithmetic": device.arithmetic.value, "energy_pj": dict(device.energy_pj),
-                   "capacity": {"sram_bytes": device.capacity.sram_bytes,
-                                "flash_bytes": device.capacity.flash_bytes}},
-        "dataset": {"name": data.name, "n_train": int(len(data.x_train)), "n_test": int(len(data.x_test))},
-        "history": history,
-        "final": {"test_accuracy": accuracy, "seconds": seconds,
-                  "samples_per_s": len(data.x_train) * config.epochs / max(seconds, 1e-9)},
-        "memory": memory,
-        "counters": counters,
-        "energy": energy,
-        "seed": config.seed,
-        "versions": package_versions(),
-    }
+    accuracy = history[-1]["test_accuracy"] if history and stopped is None else None
+    record.update(status="complete" if stopped is None else "stopped", history=history, memory=memory,
+                  counters=counters, energy=energy, warnings=warnings,
+                  final={"test_accuracy": accuracy, "seconds": seconds,
+                         "samples_per_s": counters.get("training_samples", len(data.x_train) * config.epochs)
+                         / max(seconds, 1e-9)})
+    if stopped is not None:
+        record["stop"] = {"kind": stopped.kind, "layer": stopped.layer, "step": stopped.step, "message": str(stopped)}
     save_weights(run_dir / "weights.npz", {k: np.asarray(v) for k, v in stored.items()})
-    device_toml = device_text(config.device)[0].encode()
-    write_file_atomic(run_dir / "device.toml", lambda handle: handle.write(device_toml))
     write_json_atomic(run_dir / "run.json", record)
+    if stopped is not None:
+        raise RunError(f"{stopped}; the partial run is recorded in {run_dir}")
     return SimulateResult(accuracy, history, run_dir, memory, record)
 
 

@@ -57,6 +57,8 @@ def _summary_table(result: api.SimulateResult) -> str:
         rows.append(("saturation events", str(totals["saturation_events"])))
         rows.append(("updates lost to rounding", f"{totals['updates_lost']} of "
                      f"{totals['updates_lost'] + totals['weight_writes']} nonzero updates"))
+    for warning in rec.get("warnings") or []:
+        rows.append(("warning", warning))
     energy = rec.get("energy")
     if energy:
         for name, mode in energy["modes"].items():
@@ -96,23 +98,36 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--schedule", type=click.Choice(["stream", "store"]), default="stream", show_default=True)
 @click.option("--torch-device", default="cpu", show_default=True, help="cpu or cuda (torch backend).")
 @click.option("--rule-option", "-o", multiple=True, help="Rule option KEY=VALUE, e.g. -o ortho_every=10.")
+@click.option("--checkpoint-every", type=int, default=500, show_default=True,
+              help="Steps between checkpoints (numba path; 0: none).")
+@click.option("--resume", type=click.Path(), default=None,
+              help="Continue an interrupted run directory from its last checkpoint (other options are ignored).")
+@click.option("--on-unhealthy", type=click.Choice(["stop", "warn"]), default="stop", show_default=True,
+              help="What NaN/Inf, exploding weights, saturation storms or stalled updates do.")
+@click.option("--saturation-limit", type=float, default=0.5, show_default=True,
+              help="A layer's clipped fraction per step that counts as a saturation storm.")
+@click.option("--stall-steps", type=int, default=500, show_default=True,
+              help="Consecutive steps of all-lost updates that count as stalled learning.")
 @click.option("--json", "as_json", is_flag=True, help="Print run.json to stdout instead of the table.")
 def simulate(rule, device, dataset, data_dir, model, activation, error, epochs, batch_size, lr, seed, limit,
-             out, backend, schedule, torch_device, rule_option, as_json) -> None:
+             out, backend, schedule, torch_device, rule_option, checkpoint_every, resume, on_unhealthy,
+             saturation_limit, stall_steps, as_json) -> None:
     """Train a model with a learning rule under a device model; print accuracy, energy and memory."""
     from tqdm import tqdm
 
     config = api.SimulateConfig(rule=rule, device=device, dataset=dataset, data_dir=data_dir, model=model,
                                 activation=activation, error=error, epochs=epochs, batch_size=batch_size, lr=lr,
                                 seed=seed, limit=limit, out=out, backend=backend, schedule=schedule,
-                                torch_device=torch_device, rule_options=_parse_rule_options(rule_option))
+                                torch_device=torch_device, checkpoint_every=checkpoint_every,
+                                on_unhealthy=on_unhealthy, saturation_limit=saturation_limit,
+                                stall_steps=stall_steps, rule_options=_parse_rule_options(rule_option))
     bar: list = []
 
     def on_start(total: int) -> None:
         bar.append(tqdm(total=total, unit="sample", desc=f"{rule} on {device}", disable=as_json, file=sys.stderr))
 
     try:
-        result = api.simulate(config, on_start=on_start, on_batch=lambda n: bar[0].update(n))
+        result = api.simulate(config, on_start=on_start, on_batch=lambda n: bar[0].update(n), resume=resume)
     finally:
         if bar:
             bar[0].close()

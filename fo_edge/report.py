@@ -48,7 +48,8 @@ def comparison_rows(runs: list[tuple[str, dict]], mode: str | None = None) -> li
         cfg, mem = rec["config"], rec["memory"]
         mode_name, energy = _mode(rec, mode)
         row = {"run": label, "rule": cfg["rule"], "device": rec["device"]["id"], "model": cfg["model"],
-               "depth": len(cfg["dims"]) - 1, "test_accuracy": rec["final"]["test_accuracy"],
+               "depth": len(cfg["dims"]) - 1, "status": rec.get("status"),
+               "test_accuracy": rec["final"].get("test_accuracy"),
                "energy_mode": mode_name,
                "train_pj_per_sample": energy["per_training_sample_pj"] if energy else None,
                "inference_pj_per_sample": energy["per_inference_sample_pj"] if energy else None}

@@ -17,7 +17,8 @@ import numpy as np
 from .errors import RunError
 
 __all__ = ["SCHEMA_VERSION", "prepare_run_dir", "write_json_atomic", "write_file_atomic", "read_run",
-           "save_weights", "load_weights", "package_versions", "MAX_CHECKPOINT_BYTES"]
+           "save_weights", "load_weights", "save_checkpoint", "load_checkpoint", "package_versions",
+           "MAX_CHECKPOINT_BYTES", "CHECKPOINT_KEYS"]
 
 #: refuse checkpoints larger than this before reading them (4 GiB)
 MAX_CHECKPOINT_BYTES = 4 << 30
@@ -112,6 +113,37 @@ def load_weights(run_dir: str | Path, dims: list[int]) -> dict[str, np.ndarray]:
     if extra:
         raise RunError(f"{path}: unexpected arrays {sorted(extra)}")
     return out
+
+
+#: arrays a training checkpoint holds (engine.stream's state)
+CHECKPOINT_KEYS = ("w", "rng", "counters", "proj", "position", "history")
+
+
+def save_checkpoint(run_dir: str | Path, state: dict[str, np.ndarray]) -> None:
+    """Write ``RUN_DIR/checkpoint.npz`` atomically (plain arrays only; the history is a JSON string)."""
+    save_weights(Path(run_dir) / "checkpoint.npz", state)
+
+
+def load_checkpoint(run_dir: str | Path) -> dict[str, np.ndarray] | None:
+    """The arrays of ``RUN_DIR/checkpoint.npz`` (None if there is none); pickles and damage raise RunError."""
+    import zipfile
+
+    path = Path(run_dir) / "checkpoint.npz"
+    if not path.exists():
+        return None
+    if path.stat().st_size > MAX_CHECKPOINT_BYTES:
+        raise RunError(f"{path} is larger than any fo-edge checkpoint; refusing to read it")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            state = {name: archive[name] for name in archive.files}
+    except ValueError as exc:
+        raise RunError(f"{path} is not a valid checkpoint ({exc})") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise RunError(f"{path} is truncated or not an npz checkpoint ({exc})") from None
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if missing or state["position"].shape != (5,):
+        raise RunError(f"{path} is not a training checkpoint (missing {missing or 'a valid position'})")
+    return state
 
 
 def read_run(run_dir: str | Path) -> dict:

@@ -6,8 +6,9 @@ before the first step, so a model that cannot fit is refused before any work, wi
 """
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -15,15 +16,17 @@ import numpy as np
 from ..accounting.memory import MemoryArena
 from ..data import Dataset
 from ..device.spec import DeviceProfile
+from ..errors import RunError
 from ..kernels.rng import new_state
 from ..accounting.counters import counters_record
 from ..kernels.counters import FORWARD, new_counters
 from ..rules.foton import FOTONConfig
 from ..rules.numba_binding import (allocate_buffers, fill_fixed_projection, make_params, orthogonalize,
                                    predict, quantize_input, refresh_projection, run_step, to_device)
+from .health import HealthConfig, HealthMonitor, NumericHealthError
 from .torch_loop import epoch_order
 
-__all__ = ["StreamOutcome", "train_stream", "plan_memory"]
+__all__ = ["StreamOutcome", "StreamStopped", "train_stream", "plan_memory"]
 
 
 @dataclass
@@ -35,6 +38,15 @@ class StreamOutcome:
     stored: dict[str, np.ndarray]
     memory: dict
     counters: dict
+    warnings: list[str] = field(default_factory=list)
+
+
+class StreamStopped(Exception):
+    """A run stopped early (numeric health): ``error`` says why, ``outcome`` holds what was done."""
+
+    def __init__(self, error: Exception, outcome: StreamOutcome):
+        super().__init__(str(error))
+        self.error, self.outcome = error, outcome
 
 
 def plan_memory(dims, profile: DeviceProfile, rule: str, batch_size: int, schedule: str = "stream",
@@ -49,10 +61,36 @@ def plan_memory(dims, profile: DeviceProfile, rule: str, batch_size: int, schedu
     return arena
 
 
+def _stored(net) -> dict[str, np.ndarray]:
+    stored = {}
+    for l in range(net.n_layers):
+        chunk = net.w[net.offs[l]:net.offs[l + 1]].reshape(int(net.dims[l + 1]), int(net.dims[l]))
+        if net.quantized:
+            stored[f"W{l}"] = chunk.astype(np.int32)
+            stored[f"exp{l}"] = np.array(-int(net.w_frac[l]), dtype=np.int32)
+        else:  # float, or analog conductances as the real weights they encode
+            stored[f"W{l}"] = (chunk / float(net.w_one[l])).astype(np.float32)
+    return stored
+
+
+def _real_views(net) -> list:
+    """Per-layer real weights for the health check (None for integer stores, which saturate instead)."""
+    if net.quantized:
+        return [None] * net.n_layers
+    return [net.w[net.offs[l]:net.offs[l + 1]] / float(net.w_one[l]) for l in range(net.n_layers)]
+
+
 def train_stream(weights: list[np.ndarray], data: Dataset, rule: str, config, profile: DeviceProfile, *,
                  activation: str, error: str, lr: float, epochs: int, batch_size: int, seed: int,
-                 schedule: str = "stream", on_batch: Callable[[int], None] | None = None) -> StreamOutcome:
-    """Train on the device model; see the module docstring."""
+                 schedule: str = "stream", on_batch: Callable[[int], None] | None = None,
+                 health: HealthConfig | None = None, checkpoint_every: int = 0,
+                 on_checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None) -> StreamOutcome:
+    """Train on the device model; see the module docstring.
+
+    Every ``checkpoint_every`` steps (and after each epoch's evaluation) ``on_checkpoint(state)`` gets the full
+    state as arrays (weights, RNG, counters, FOTON's F, position, history); ``resume=state`` continues from
+    one, bit-identically. A numeric-health stop raises :class:`StreamStopped` carrying the partial outcome.
+    """
     arena = MemoryArena(profile.capacity.sram_bytes, profile.capacity.flash_bytes)
     net = to_device(weights, profile, arena)
     is_foton = isinstance(config, FOTONConfig)
@@ -63,14 +101,26 @@ def train_stream(weights: list[np.ndarray], data: Dataset, rule: str, config, pr
                          ftp_label=getattr(config, "target_mode", "error") == "label")
     counters = new_counters(net.n_layers)
     io = counters[FORWARD, net.n_layers]
-    trained = inferred = 0
     rng = new_state(seed)
     eye = np.eye(int(net.dims[-1]))
-    step, history = 0, []
-    for epoch in range(epochs):
+    first_epoch, first_begin, step, trained, inferred, history = 0, 0, 0, 0, 0, []
+    if resume is not None:
+        first_epoch, first_begin, step, trained, inferred, history = _restore(resume, net, bufs, counters, rng)
+    monitor = HealthMonitor(health, net.n_layers) if health is not None else None
+
+    def state(epoch: int, begin: int) -> dict:
+        return {"w": net.w.copy(), "rng": rng.copy(), "counters": counters.copy(), "proj": bufs.proj.copy(),
+                "position": np.array([epoch, begin, step, trained, inferred], dtype=np.int64),
+                "history": np.array(json.dumps(history))}
+
+    def outcome(warnings: list[str]) -> StreamOutcome:
+        record = counters_record(counters, training_samples=trained, inference_samples=inferred)
+        return StreamOutcome(history, _stored(net), arena.report(), record, warnings)
+
+    for epoch in range(first_epoch, epochs):
         start = time.perf_counter()
         order = epoch_order(len(data.x_train), seed, epoch)
-        for begin in range(0, len(order), batch_size):
+        for begin in range(first_begin if epoch == first_epoch else 0, len(order), batch_size):
             idx = order[begin:begin + batch_size]
             x_dev = quantize_input(data.x_train[idx], profile, bufs.x, io, rng)
             if is_foton and step % config.refresh_every == 0:
@@ -80,21 +130,34 @@ def train_stream(weights: list[np.ndarray], data: Dataset, rule: str, config, pr
             trained += len(idx)
             if ortho and step % config.ortho_every == 0:
                 orthogonalize(net, profile, config.bjorck_iters, counters, rng)
+            if monitor is not None:
+                try:
+                    monitor.check(step, counters, _real_views(net))
+                except NumericHealthError as exc:
+                    raise StreamStopped(exc, outcome(monitor.warnings)) from None
             if on_batch is not None:
                 on_batch(len(idx))
+            if on_checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
+                on_checkpoint(state(epoch, begin + batch_size))
         seconds = time.perf_counter() - start
         labels = predict(net, bufs, profile, params, data.x_test, counters, rng)
         inferred += len(labels)
         history.append({"epoch": epoch + 1, "steps": step,
                         "test_accuracy": float((labels == data.y_test).mean()),
                         "seconds": seconds, "samples_per_s": len(order) / max(seconds, 1e-9)})
-    stored = {}
-    for l in range(net.n_layers):
-        chunk = net.w[net.offs[l]:net.offs[l + 1]].reshape(int(net.dims[l + 1]), int(net.dims[l]))
-        if net.quantized:
-            stored[f"W{l}"] = chunk.astype(np.int32)
-            stored[f"exp{l}"] = np.array(-int(net.w_frac[l]), dtype=np.int32)
-        else:  # float, or analog conductances as the real weights they encode
-            stored[f"W{l}"] = (chunk / float(net.w_one[l])).astype(np.float32)
-    record = counters_record(counters, training_samples=trained, inference_samples=inferred)
-    return StreamOutcome(history, stored, arena.report(), record)
+        if on_checkpoint is not None and checkpoint_every:
+            on_checkpoint(state(epoch + 1, 0))
+    return outcome(monitor.warnings if monitor is not None else [])
+
+
+def _restore(resume: dict, net, bufs, counters, rng):
+    """Copy a checkpoint's arrays into the live buffers (shapes checked); returns the loop position."""
+    for name, target in (("w", net.w), ("rng", rng), ("counters", counters), ("proj", bufs.proj)):
+        source = resume.get(name)
+        if source is None or source.shape != target.shape or source.dtype != target.dtype:
+            raise RunError(f"checkpoint does not match this run: {name} is "
+                           f"{None if source is None else (source.dtype, source.shape)}, expected "
+                           f"{(target.dtype, target.shape)}")
+        target[...] = source
+    epoch, begin, step, trained, inferred = (int(v) for v in resume["position"])
+    return epoch, begin, step, trained, inferred, json.loads(str(resume["history"]))

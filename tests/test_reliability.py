@@ -1,0 +1,143 @@
+"""Reliability: fuzzed inputs give clean errors, a killed run resumes bit-identically, a diverging run stops
+naming the layer and step and stays reportable, and a full disk loses no earlier results."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import fo_edge
+from fo_edge.device import parse_device
+from fo_edge.device.spec import DeviceProfile
+from fo_edge.errors import ConfigError, DeviceProfileError, RunError
+from fo_edge.models import parse_model_spec
+from fo_edge.runs import load_checkpoint, read_run
+
+PROFILE = (Path(__file__).parents[1] / "devices" / "mcu-int8.toml").read_text()
+LINES = PROFILE.splitlines()
+
+toml_values = st.one_of(
+    st.integers(-2**70, 2**70).map(str), st.floats(allow_nan=True).map(repr),
+    st.sampled_from(["inf", "-inf", "nan", "true", "[]", "[1, 2]", '""', '"x"', "{}"]),
+    st.text(max_size=12).map(json.dumps),
+    st.tuples(st.integers(-5, 70), st.text(max_size=8)).map(lambda p: f'{{ value = {p[0]}, source = {json.dumps(p[1])} }}'),
+)
+
+
+@given(st.integers(0, len(LINES) - 1), st.sampled_from(["keep", "drop", "value"]), toml_values)
+def test_mutated_profiles_are_a_clean_error_or_a_profile(line, action, value):
+    lines = list(LINES)
+    if action == "drop":
+        del lines[line]
+    elif action == "value" and "=" in lines[line]:
+        key = lines[line].split("=", 1)[0]
+        lines[line] = f"{key}= {value}"
+    try:
+        profile = parse_device("\n".join(lines), "fuzz.toml")
+    except DeviceProfileError as exc:
+        assert str(exc).startswith("fuzz.toml") and "\n" not in str(exc)
+    else:
+        assert isinstance(profile, DeviceProfile)
+
+
+@given(st.text(alphabet="0123456789x-+ ,.eE", max_size=30))
+def test_model_spec_fuzz_is_a_clean_error_or_positive_widths(spec):
+    try:
+        dims = parse_model_spec(spec)
+    except ConfigError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert len(dims) >= 2 and all(isinstance(d, int) and d >= 1 for d in dims)
+
+
+def _cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "fo_edge", *args], capture_output=True, text=True, **kw)
+
+
+RESUMABLE = ["simulate", "--rule", "ftp", "--device", "mcu-int8", "--model", "784-64-10", "--limit", "16000",
+             "--epochs", "2", "--checkpoint-every", "40"]
+
+
+def test_a_killed_run_resumes_bit_identically(tmp_path):
+    full = _cli(*RESUMABLE, "--out", str(tmp_path / "full"), timeout=600)
+    assert full.returncode == 0, full.stderr
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "fo_edge", *RESUMABLE, "--out", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoint.npz").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert read_run(killed)["status"] == "running"  # it really died mid-run
+    position = load_checkpoint(killed)["position"]
+    assert 0 < position[2] < 1000  # a step inside the run
+    resumed = _cli("simulate", "--resume", str(killed), timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = np.load(tmp_path / "full" / "weights.npz"), np.load(killed / "weights.npz")
+    assert sorted(a.files) == sorted(b.files)
+    for key in a.files:
+        np.testing.assert_array_equal(a[key], b[key])
+    ra, rb = read_run(tmp_path / "full"), read_run(killed)
+    assert rb["status"] == "complete" and ra["counters"] == rb["counters"]
+    assert [h["test_accuracy"] for h in ra["history"]] == [h["test_accuracy"] for h in rb["history"]]
+
+
+def test_resume_refuses_complete_runs(tmp_path):
+    fo_edge.simulate(rule="ftp", device="mcu-int8", dataset="digits", model="64-16-10", limit=64,
+                     out=str(tmp_path / "done"))
+    with pytest.raises(ConfigError, match="already complete"):
+        fo_edge.simulate(resume=tmp_path / "done")
+
+
+@pytest.mark.parametrize("device, lr, kind", [("gpu-fp32", 1e30, "non-finite|exploding"),
+                                              ("mcu-int8", 1e4, "saturation storm")])
+def test_a_diverging_run_stops_naming_layer_and_step(tmp_path, device, lr, kind):
+    out = tmp_path / "div"
+    proc = _cli("simulate", "--rule", "bp", "--device", device, "--backend", "numba", "--dataset", "digits",
+                "--model", "64-32-10", "--lr", str(lr), "--out", str(out), timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "numeric health: layer" in line and "at step" in line and "partial run is recorded" in line
+    record = read_run(out)
+    assert record["status"] == "stopped" and record["stop"]["layer"] >= 1 and record["stop"]["step"] >= 1
+    assert any(k in record["stop"]["message"] for k in kind.split("|"))
+    report = _cli("energy-report", str(out), "--format", "json", timeout=120)
+    assert report.returncode == 0 and json.loads(report.stdout)[0]["status"] == "stopped"
+
+
+def test_warn_mode_records_and_continues(tmp_path):
+    result = fo_edge.simulate(rule="bp", device="mcu-int8", dataset="digits", model="64-32-10", lr=1e4,
+                              on_unhealthy="warn", out=str(tmp_path / "warn"))
+    assert result.record["status"] == "complete"
+    assert any("saturation storm" in w for w in result.record["warnings"])
+
+
+def test_a_full_disk_loses_no_earlier_results(tmp_path, monkeypatch):
+    import fo_edge.runs as runs
+
+    real_fsync, calls = os.fsync, {"n": 0}
+
+    def fsync(fd):
+        calls["n"] += 1
+        if calls["n"] > 4:  # run.json, device.toml, then two checkpoints succeed; the disk is then full
+            raise OSError(28, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(runs.os, "fsync", fsync)
+    out = tmp_path / "full-disk"
+    with pytest.raises(RunError, match="No space left on device.*earlier results are untouched"):
+        fo_edge.simulate(rule="ftp", device="mcu-int8", dataset="digits", model="64-16-10", epochs=3,
+                         checkpoint_every=10, out=str(out))
+    monkeypatch.undo()
+    assert read_run(out)["status"] == "running"
+    state = load_checkpoint(out)
+    assert state["position"][2] == 20  # the last checkpoint that fit, intact
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # no half-written temp files left
