@@ -66,9 +66,18 @@ class Dataset:
 
 
 def _read_bytes(path: Path) -> bytes:
+    """The file's bytes (decompressed for .gz), refusing more than the IDX size limit before allocating it."""
+    limit = _MAX_IDX_BYTES + 4096  # data plus the largest IDX header
     try:
-        raw = path.read_bytes()
-        return gzip.decompress(raw) if path.name.endswith(".gz") else raw
+        if path.stat().st_size > limit:
+            raise DataError(f"{path} is larger than the {_MAX_IDX_BYTES >> 30} GiB IDX limit")
+        if not path.name.endswith(".gz"):
+            return path.read_bytes()
+        with gzip.open(path, "rb") as handle:
+            data = handle.read(limit + 1)  # a decompression bomb stops here
+        if len(data) > limit:
+            raise DataError(f"{path} decompresses to more than the {_MAX_IDX_BYTES >> 30} GiB IDX limit")
+        return data
     except FileNotFoundError:
         raise DataError(f"dataset file not found: {path}") from None
     except (OSError, EOFError, gzip.BadGzipFile) as exc:

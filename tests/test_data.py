@@ -84,3 +84,14 @@ def test_fashion_mnist_reads_from_debian_package_or_says_how_to_install():
     else:
         with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
             load_dataset("fashion-mnist")
+
+
+def test_decompression_bombs_are_refused_before_allocating(tmp_path, monkeypatch):
+
+    import fo_edge.data as data
+
+    monkeypatch.setattr(data, "_MAX_IDX_BYTES", 1000)
+    bomb = tmp_path / "train-images-idx3-ubyte.gz"
+    bomb.write_bytes(gzip.compress(b"\0" * 200_000))
+    with pytest.raises(DataError, match="decompresses to more than"):
+        data.read_idx(bomb)
