@@ -87,7 +87,6 @@ def test_fashion_mnist_reads_from_debian_package_or_says_how_to_install():
 
 
 def test_decompression_bombs_are_refused_before_allocating(tmp_path, monkeypatch):
-
     import fo_edge.data as data
 
     monkeypatch.setattr(data, "_MAX_IDX_BYTES", 1000)
