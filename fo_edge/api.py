@@ -19,6 +19,7 @@ from .accounting.counters import counters_array
 from .accounting.energy import energy_record
 from .data import DATASETS, load_dataset
 from .device import DeviceProfile, device_text, load_device
+from .engine.health import HealthConfig, TrainingStopped
 from .errors import ConfigError, RunError
 from .models.mlp import ACTIVATIONS, init_weights, parse_model_spec
 from .rules import BACKENDS, RULES, rule_config
@@ -34,7 +35,9 @@ __all__ = ["SimulateConfig", "SimulateResult", "simulate", "default_run_dir", "e
 class SimulateConfig:
     """Everything a run needs. ``backend=None`` picks torch for float devices and numba otherwise;
     ``lr=None`` / ``activation=None`` take the rule's defaults; ``limit`` caps the number of training (and test) samples; ``schedule`` is the Numba path's
-    ``stream`` (no stored activations, 3 passes) or ``store`` (2 passes, pass-1 activations kept)."""
+    ``stream`` (no stored activations, 3 passes) or ``store`` (2 passes, pass-1 activations kept);
+    ``checkpoint_every`` steps between checkpoints (0: none); ``on_unhealthy`` "stop" or "warn", with
+    ``saturation_limit`` and ``stall_steps`` the health thresholds (engine.health)."""
 
     rule: str = "ftp"
     device: str = "loihi-like"
@@ -148,8 +151,6 @@ def _resume_config(run_dir) -> tuple[SimulateConfig, dict | None]:
     saved.pop("dims", None)
     names = {f.name for f in dataclasses.fields(SimulateConfig)}
     config = SimulateConfig(**{k: v for k, v in saved.items() if k in names}, rule_options=options)
-    if config.backend == "torch":
-        raise ConfigError(f"--resume {run_dir}: torch-path runs keep no checkpoints; resume works on the numba path")
     return dataclasses.replace(config, out=str(run_dir)), load_checkpoint(run_dir)
 
 
@@ -159,7 +160,8 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
     """Train ``config.model`` with ``config.rule`` on ``config.device``; see the module docstring.
 
     ``on_start(total_samples)`` and ``on_batch(n_samples)`` let a caller show progress. ``resume=RUN_DIR``
-    continues an interrupted numba-path run from its last checkpoint (same config, bit-identical weights).
+    continues an interrupted run from its last checkpoint (same config; bit-identical weights on the numba
+    path, and on the torch path for the same device and thread count).
     """
     checkpoint = None
     if resume is not None:
@@ -188,30 +190,32 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
         on_start(len(data.x_train) * config.epochs)
     started = time.perf_counter()
     stopped = None
+    health = HealthConfig(config.on_unhealthy, config.saturation_limit, config.stall_steps)
+    checkpointing = dict(health=health, checkpoint_every=config.checkpoint_every,
+                         on_checkpoint=lambda state: save_checkpoint(run_dir, state), resume=checkpoint)
     if backend == "torch":
         from .engine.torch_loop import train_torch
 
-        final, history = train_torch(weights, data, config.rule, rcfg, activation=config.activation,
-                                     error=config.error, lr=lr, epochs=config.epochs,
-                                     batch_size=config.batch_size, seed=config.seed,
-                                     device=config.torch_device, on_batch=on_batch)
+        try:
+            final, history = train_torch(weights, data, config.rule, rcfg, activation=config.activation,
+                                         error=config.error, lr=lr, epochs=config.epochs,
+                                         batch_size=config.batch_size, seed=config.seed,
+                                         device=config.torch_device, on_batch=on_batch, **checkpointing)
+        except TrainingStopped as stop:
+            (final, history), stopped = stop.outcome, stop.error
         stored = {f"W{l}": w for l, w in enumerate(final)}
         memory: dict = {}
         counters: dict = {}
         energy: dict | None = None
         warnings: list[str] = []
     else:
-        from .engine.health import HealthConfig
-        from .engine.stream import StreamStopped, train_stream
+        from .engine.stream import train_stream
 
-        health = HealthConfig(config.on_unhealthy, config.saturation_limit, config.stall_steps)
         try:
             outcome = train_stream(weights, data, config.rule, rcfg, device, activation=config.activation,
                                    error=config.error, lr=lr, epochs=config.epochs, batch_size=config.batch_size,
-                                   seed=config.seed, schedule=config.schedule, on_batch=on_batch, health=health,
-                                   checkpoint_every=config.checkpoint_every,
-                                   on_checkpoint=lambda state: save_checkpoint(run_dir, state), resume=checkpoint)
-        except StreamStopped as stop:
+                                   seed=config.seed, schedule=config.schedule, on_batch=on_batch, **checkpointing)
+        except TrainingStopped as stop:
             outcome, stopped = stop.outcome, stop.error
         history, stored, memory, counters = outcome.history, outcome.stored, outcome.memory, outcome.counters
         warnings = outcome.warnings

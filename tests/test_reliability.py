@@ -141,3 +141,31 @@ def test_a_full_disk_loses_no_earlier_results(tmp_path, monkeypatch):
     state = load_checkpoint(out)
     assert state["position"][2] == 20  # the last checkpoint that fit, intact
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # no half-written temp files left
+
+
+@pytest.mark.parametrize("rule", ["ftp", "foton"])
+def test_torch_path_resumes_from_a_checkpoint_to_the_same_weights(digits, rule):
+    from fo_edge.engine.torch_loop import train_torch
+    from fo_edge.models import init_weights
+    from fo_edge.rules import rule_config
+
+    config = rule_config(rule, **({"refresh_every": 7, "ortho_every": 5} if rule == "foton" else {}))
+    common = dict(activation="tanh", error="ce", lr=0.05, epochs=2, batch_size=32, seed=1)
+    weights = init_weights((64, 32, 10), seed=0)
+    states = []
+    full, history = train_torch(weights, digits, rule, config, checkpoint_every=10, on_checkpoint=states.append,
+                                **common)
+    middle = states[len(states) // 3]  # a mid-epoch checkpoint
+    assert 0 < middle["position"][1] < len(digits.x_train)
+    resumed, history_b = train_torch(weights, digits, rule, config, resume=middle, **common)
+    for a, b in zip(full, resumed):
+        np.testing.assert_array_equal(a, b)
+    assert [h["test_accuracy"] for h in history] == [h["test_accuracy"] for h in history_b]
+
+
+def test_torch_path_divergence_stops_and_records(tmp_path):
+    with pytest.raises(RunError, match="numeric health: layer .* at step 1"):
+        fo_edge.simulate(rule="bp", device="gpu-fp32", dataset="digits", model="64-32-10", lr=1e30,
+                         out=str(tmp_path / "t"))
+    record = read_run(tmp_path / "t")
+    assert record["status"] == "stopped" and record["config"]["backend"] == "torch"

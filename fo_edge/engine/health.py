@@ -16,7 +16,7 @@ from ..errors import RunError
 from ..kernels.counters import (INFERENCE, LOST, NEURON_ACTIVE, NEURON_INACTIVE, SATURATION, SYN_UPDATES,
                                 WEIGHT_WRITES)
 
-__all__ = ["HealthConfig", "HealthMonitor", "NumericHealthError"]
+__all__ = ["HealthConfig", "HealthMonitor", "NumericHealthError", "TrainingStopped"]
 
 
 class NumericHealthError(RunError):
@@ -25,6 +25,15 @@ class NumericHealthError(RunError):
     def __init__(self, message: str, layer: int, step: int, kind: str):
         super().__init__(message)
         self.layer, self.step, self.kind = layer, step, kind
+
+
+class TrainingStopped(Exception):
+    """A training loop stopped early: ``error`` (a NumericHealthError) says why, ``outcome`` holds what was done
+    (the loop's usual return value)."""
+
+    def __init__(self, error: NumericHealthError, outcome):
+        super().__init__(str(error))
+        self.error, self.outcome = error, outcome
 
 
 @dataclass(frozen=True)
@@ -54,8 +63,9 @@ class HealthMonitor:
         if not any(w.startswith(f"[{kind}]") for w in self.warnings):
             self.warnings.append(f"[{kind}] {message}")
 
-    def check(self, step: int, counters: np.ndarray, weights: list[np.ndarray]) -> None:
-        """weights: per-layer real-valued views (float) or None for integer stores (which cannot overflow)."""
+    def check(self, step: int, counters: np.ndarray | None, weights: list) -> None:
+        """weights: per-layer real-valued arrays (float) or None for integer stores (which cannot overflow);
+        counters: the cumulative (phases, L + 1, names) array, or None where there are none (torch path)."""
         for l, w in enumerate(weights):
             if w is None:
                 continue
@@ -65,6 +75,8 @@ class HealthMonitor:
             if peak > self.config.max_weight:
                 self._flag("exploding", l, step, f"max |W| = {peak:.3g} exceeds {self.config.max_weight:g}: the "
                            f"weights are exploding (lower --lr)")
+        if counters is None:
+            return
         training = counters[:INFERENCE, :self.n_layers].sum(axis=0)  # (L, names)
         delta = training if self._previous is None else training - self._previous
         self._previous = training.copy()

@@ -23,7 +23,7 @@ from ..kernels.counters import FORWARD, new_counters
 from ..rules.foton import FOTONConfig
 from ..rules.numba_binding import (allocate_buffers, fill_fixed_projection, make_params, orthogonalize,
                                    predict, quantize_input, refresh_projection, run_step, to_device)
-from .health import HealthConfig, HealthMonitor, NumericHealthError
+from .health import HealthConfig, HealthMonitor, NumericHealthError, TrainingStopped
 from .torch_loop import epoch_order
 
 __all__ = ["StreamOutcome", "StreamStopped", "train_stream", "plan_memory"]
@@ -41,12 +41,7 @@ class StreamOutcome:
     warnings: list[str] = field(default_factory=list)
 
 
-class StreamStopped(Exception):
-    """A run stopped early (numeric health): ``error`` says why, ``outcome`` holds what was done."""
-
-    def __init__(self, error: Exception, outcome: StreamOutcome):
-        super().__init__(str(error))
-        self.error, self.outcome = error, outcome
+StreamStopped = TrainingStopped  # what train_stream raises, with a StreamOutcome
 
 
 def plan_memory(dims, profile: DeviceProfile, rule: str, batch_size: int, schedule: str = "stream",
