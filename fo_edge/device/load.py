@@ -15,7 +15,7 @@ from typing import Any
 from ..errors import DeviceProfileError
 from .spec import AnalogParams, Arithmetic, Capacity, DeviceProfile, NumberFormat, Overflow, Rounding
 
-__all__ = ["load_device", "list_devices", "parse_device", "device_text"]
+__all__ = ["load_device", "list_devices", "parse_device", "device_text", "FORMAT_KEYS"]
 
 _TOP = {"id": str, "name": str, "arithmetic": Arithmetic, "forward_rounding": Rounding,
         "update_rounding": Rounding, "accumulator_overflow": Overflow,
@@ -27,6 +27,8 @@ _FORMATS = {"weight_bits": (int, 1, 32), "weight_frac_bits": (int, 0, 62),
             "activation_bits": (int, 1, 32), "activation_frac_bits": (int, 0, 62),
             "error_bits": (int, 1, 32), "error_frac_bits": (int, 0, 62),
             "accumulator_bits": (int, 8, 64)}
+#: the [formats] keys a profile has (sweeps override them)
+FORMAT_KEYS = tuple(_FORMATS)
 _CAPACITY = {"sram_bytes": (int, 0, 2**50), "flash_bytes": (int, 0, 2**50)}
 _ENERGY_KEYS = ("mac_pj", "system_mac_pj", "ac_pj", "sram_byte_pj", "dram_byte_pj", "flash_byte_pj", "weight_write_pj",
                 "synop_pj", "syn_update_pj", "neuron_active_pj", "neuron_inactive_pj", "spike_pj",
