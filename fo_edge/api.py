@@ -28,7 +28,7 @@ from .runs import (SCHEMA_VERSION, load_checkpoint, package_versions, prepare_ru
                    save_weights, write_file_atomic, write_json_atomic)
 
 __all__ = ["SimulateConfig", "SimulateResult", "simulate", "default_run_dir", "energy_report", "export_model",
-           "DemoResult", "demo", "DEMO_MODEL"]
+           "DemoResult", "demo", "DEMO_MODEL", "diagnose"]
 
 
 @dataclass(frozen=True)
@@ -284,3 +284,16 @@ def demo(out: str | None = None, *, steps: int = 300, batch_size: int = 32,
     exports = [export_model(run.run_dir, run.run_dir / "model-int8.onnx", int8=True),
                export_model(run.run_dir, run.run_dir / "model-fp32.onnx")]
     return DemoResult(run, exports)
+
+
+def diagnose(run_dir=None, *, plot: str | None = None, **fresh) -> dict:
+    """Per-layer cosine with BP and orthogonality drift (see :mod:`fo_edge.diagnose`): of a saved run when
+    ``run_dir`` is given, else of a fresh short run (``fresh``: rule, model, dataset, steps, every, ...)."""
+    from . import diagnose as diagnostics
+
+    if plot is not None and not str(plot).lower().endswith(".png"):
+        raise ConfigError(f"--plot {plot}: give a .png file name")
+    result = diagnostics.diagnose_run(run_dir) if run_dir is not None else diagnostics.diagnose_fresh(**fresh)
+    if plot is not None:
+        diagnostics.plot_diagnostics(result, plot)
+    return result

@@ -251,6 +251,40 @@ def sweep(spec, out, executor, workers, ray_address) -> None:
 
 
 @cli.command()
+@click.argument("run_dir", required=False, type=click.Path())
+@click.option("--rule", type=click.Choice(sorted(RULES)), default="foton", show_default=True)
+@click.option("--model", default="784-256x4-10", show_default=True)
+@click.option("--dataset", type=click.Choice(DATASETS), default="mnist", show_default=True)
+@click.option("--steps", type=int, default=200, show_default=True, help="Training steps of the fresh run.")
+@click.option("--every", type=int, default=20, show_default=True, help="Steps between samples.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--lr", type=float, default=None)
+@click.option("--activation", type=click.Choice(ACTIVATIONS), default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--rule-option", "-o", multiple=True, help="Rule option KEY=VALUE.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="PNG of both over steps and layers.")
+@click.option("--json", "as_json", is_flag=True)
+def diagnose(run_dir, rule, model, dataset, steps, every, batch_size, lr, activation, seed, rule_option, plot,
+             as_json) -> None:
+    """Per-layer cosine between a rule's update and BP's gradient, and orthogonality drift |W^T W - I|_F, for
+    a saved RUN_DIR or a fresh short run."""
+    result = api.diagnose(run_dir, plot=plot, rule=rule, model=model, dataset=dataset, steps=steps, every=every,
+                          batch_size=batch_size, lr=lr, activation=activation, seed=seed,
+                          rule_options=_parse_rule_options(rule_option))
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"{result['rule']} on {result['model']} ({result['dataset']}, {result['activation']}; "
+               f"{result['source']}), sampled at steps {result['step'][0]}..{result['step'][-1]}")
+    click.echo("layer  cosine with BP (first -> last)  drift |W^T W - I|_F (first -> last)")
+    for l in range(result["layers"]):
+        click.echo(f"{l + 1:<5}  {result['cosine'][0][l]:+.3f} -> {result['cosine'][-1][l]:+.3f}"
+                   f"{'':14}{result['drift'][0][l]:.3g} -> {result['drift'][-1][l]:.3g}")
+    if plot:
+        click.echo(f"plot written to {plot}")
+
+
+@cli.command()
 @click.option("--json", "as_json", is_flag=True)
 def devices(as_json: bool) -> None:
     """List the bundled device profiles."""

@@ -17,56 +17,19 @@ import contextlib
 import io
 import logging
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .device import DeviceProfile, parse_device
+from .device import DeviceProfile
 from .device.spec import Overflow, Rounding
-from .errors import ConfigError, RunError
-from .runs import load_weights, read_run, write_file_atomic, write_json_atomic
+from .errors import ConfigError
+from .runs import TrainedRun, load_trained, real_weights, write_file_atomic, write_json_atomic
 
-__all__ = ["TrainedRun", "load_trained", "real_weights", "export_onnx", "FP32_ATOL", "MIN_AGREEMENT"]
+__all__ = ["export_onnx", "FP32_ATOL", "MIN_AGREEMENT"]
 
 FP32_ATOL = 1e-5
 MIN_AGREEMENT = 0.999
-
-
-@dataclass
-class TrainedRun:
-    """A run directory read back: its record, the device it ran on, the stored arrays and the model."""
-
-    path: Path
-    record: dict
-    profile: DeviceProfile
-    stored: dict[str, np.ndarray]
-    dims: list[int]
-    activation: str
-
-
-def load_trained(run_dir: str | Path) -> TrainedRun:
-    """Read run.json, device.toml and weights.npz of ``run_dir`` (each checked; errors are RunError)."""
-    path = Path(run_dir)
-    record = read_run(path)
-    try:
-        text = (path / "device.toml").read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        raise RunError(f"{path} has no readable device.toml; re-run the simulation with this fo-edge") from None
-    profile = parse_device(text, str(path / "device.toml"))
-    dims = [int(d) for d in record["config"]["dims"]]
-    return TrainedRun(path, record, profile, load_weights(path, dims), dims, record["config"]["activation"])
-
-
-def real_weights(run: TrainedRun) -> list[np.ndarray]:
-    """W_l: (d_{l+1}, d_l) float32 real values (mantissa x 2**exp for integer runs)."""
-    out = []
-    for l in range(len(run.dims) - 1):
-        w = run.stored[f"W{l}"].astype(np.float64)
-        if f"exp{l}" in run.stored:
-            w = w * 2.0 ** int(run.stored[f"exp{l}"])
-        out.append(w.astype(np.float32))
-    return out
 
 
 def _fp32_model_bytes(weights: list[np.ndarray], activation: str) -> bytes:

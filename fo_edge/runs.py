@@ -10,15 +10,17 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .device import DeviceProfile, parse_device
 from .errors import RunError
 
 __all__ = ["SCHEMA_VERSION", "prepare_run_dir", "write_json_atomic", "write_file_atomic", "read_run",
            "save_weights", "load_weights", "save_checkpoint", "load_checkpoint", "package_versions",
-           "MAX_CHECKPOINT_BYTES", "CHECKPOINT_KEYS"]
+           "MAX_CHECKPOINT_BYTES", "CHECKPOINT_KEYS", "TrainedRun", "load_trained", "real_weights"]
 
 #: refuse checkpoints larger than this before reading them (4 GiB)
 MAX_CHECKPOINT_BYTES = 4 << 30
@@ -163,6 +165,42 @@ def read_run(run_dir: str | Path) -> dict:
         if not isinstance(data.get(key), dict):
             raise RunError(f"{path} is corrupt: {key!r} is missing or not an object")
     return data
+
+
+@dataclass
+class TrainedRun:
+    """A run directory read back: its record, the device it ran on, the stored arrays and the model."""
+
+    path: Path
+    record: dict
+    profile: DeviceProfile
+    stored: dict[str, np.ndarray]
+    dims: list[int]
+    activation: str
+
+
+def load_trained(run_dir: str | Path) -> TrainedRun:
+    """Read run.json, device.toml and weights.npz of ``run_dir`` (each checked; errors are RunError)."""
+    path = Path(run_dir)
+    record = read_run(path)
+    try:
+        text = (path / "device.toml").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        raise RunError(f"{path} has no readable device.toml; re-run the simulation with this fo-edge") from None
+    profile = parse_device(text, str(path / "device.toml"))
+    dims = [int(d) for d in record["config"]["dims"]]
+    return TrainedRun(path, record, profile, load_weights(path, dims), dims, record["config"]["activation"])
+
+
+def real_weights(run: TrainedRun) -> list[np.ndarray]:
+    """W_l: (d_{l+1}, d_l) float32 real values (mantissa x 2**exp for integer runs)."""
+    out = []
+    for l in range(len(run.dims) - 1):
+        w = run.stored[f"W{l}"].astype(np.float64)
+        if f"exp{l}" in run.stored:
+            w = w * 2.0 ** int(run.stored[f"exp{l}"])
+        out.append(w.astype(np.float32))
+    return out
 
 
 def package_versions() -> dict[str, str]:

@@ -45,13 +45,14 @@ def train_torch(weights: list[np.ndarray], data: Dataset, rule: str, config, *, 
                 on_batch: Callable[[int], None] | None = None,
                 on_epoch: Callable[[dict], None] | None = None, health: HealthConfig | None = None,
                 checkpoint_every: int = 0, on_checkpoint: Callable[[dict], None] | None = None,
-                resume: dict | None = None) -> tuple[list[np.ndarray], list[dict]]:
+                resume: dict | None = None, on_step: Callable | None = None) -> tuple[list[np.ndarray], list[dict]]:
     """Train in float32 on ``device``; returns the final weights (numpy float32) and per-epoch metrics.
 
     Checkpoints and ``resume`` use the stream engine's state keys (``w`` flat float32, ``proj`` FOTON's F,
     ``position``, ``history``; ``rng`` and ``counters`` are empty: this path draws no random numbers and counts
     nothing). ``health`` checks non-finite and exploding weights after every step; a stop raises
-    :class:`TrainingStopped` carrying (weights, history).
+    :class:`TrainingStopped` carrying (weights, history). ``on_step(step, ws, x, t, config)`` sees each batch
+    before its update (diagnostics).
     """
     spec = RULES[rule]
     dev = torch.device(device)
@@ -82,6 +83,8 @@ def train_torch(weights: list[np.ndarray], data: Dataset, rule: str, config, *, 
             x, t = x_tr[idx], eye[y_tr[idx]]
             if is_foton and step % config.refresh_every == 0:
                 config = dataclasses.replace(config, projection=projection_torch(ws))
+            if on_step is not None:
+                on_step(step, ws, x, t, config)
             grads = spec.update_torch(ws, x, t, activation=activation, error=error, config=config)
             for w, g in zip(ws, grads):
                 w.sub_(lr * g)
