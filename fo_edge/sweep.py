@@ -132,8 +132,9 @@ def run_point(point: Point, out: str) -> dict:
         result = api.simulate(api.SimulateConfig(**settings, out=str(run_dir)))
         return {"point": point.name, "status": "complete", "accuracy": result.accuracy,
                 "seconds": time.time() - started}
-    except (FoEdgeError, TypeError, ValueError) as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    except Exception as exc:  # the worker boundary: any failure is this point's record, never the sweep's end
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        message = text if isinstance(exc, FoEdgeError) else f"{type(exc).__name__}: {text}"
         return {"point": point.name, "status": "failed", "error": message, "seconds": time.time() - started}
 
 
