@@ -17,7 +17,10 @@ from .counters import (FLASH_READ, LOST, MACS_DENSE, MACS_EFF, NEURON_ACTIVE, NE
                        SRAM_READ, SRAM_WRITE, SYN_EVENTS, SYN_UPDATES, WEIGHT_WRITES, WRAPS)
 from .fixed import round_div, saturate, wrap
 
-__all__ = ["layer_forward_", "project_", "outer_update_"]
+__all__ = ["layer_forward_", "project_", "outer_update_", "exact_matmul", "effective_macs", "SMALL_BATCH"]
+
+#: below this many rows the kernels sum directly instead of going through BLAS
+SMALL_BATCH = 4
 
 
 @njit(cache=True)
@@ -62,7 +65,17 @@ def layer_forward_(hin, w, off, d_out, d_in, w_one, linear, P, pre, h, C, rng):
         analog_forward_(hin, w, off, d_out, d_in, w_one, linear, P, pre, h, C, rng)
         return
     batch = hin.shape[0]
-    sums = exact_matmul(hin, w[off:off + d_out * d_in].reshape((d_out, d_in)))
+    if batch >= SMALL_BATCH:
+        sums = exact_matmul(hin, w[off:off + d_out * d_in].reshape((d_out, d_in)))
+    else:  # a few rows: direct integer sums beat converting W for BLAS
+        sums = np.empty((batch, d_out))
+        for b in range(batch):
+            for i in range(d_out):
+                acc = hin[b, 0] * 0
+                base = off + i * d_in
+                for j in range(d_in):
+                    acc += hin[b, j] * w[base + j]
+                sums[b, i] = acc
     for b in range(batch):
         for i in range(d_out):
             if P.quantized:
@@ -138,7 +151,16 @@ def outer_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, P, C, rng,
     g_out[off + i * d_in + j] = g * g_scale (the real, batch-averaged gradient estimate).
     """
     batch = delta.shape[0]
-    grads = exact_matmul(np.ascontiguousarray(delta.T), np.ascontiguousarray(hin.T))  # (d_out, d_in)
+    if batch >= SMALL_BATCH:
+        grads = exact_matmul(np.ascontiguousarray(delta.T), np.ascontiguousarray(hin.T))  # (d_out, d_in)
+    else:  # a few rows: the outer products directly
+        grads = np.zeros((d_out, d_in))
+        for b in range(batch):
+            for i in range(d_out):
+                d = delta[b, i]
+                if d != 0:
+                    for j in range(d_in):
+                        grads[i, j] += d * hin[b, j]
     writes = lost = clipped = 0  # local tallies (C may alias nothing, but the compiler cannot know that)
     for i in range(d_out):
         for j in range(d_in):
