@@ -6,6 +6,8 @@ Each row is a ``fo_edge.simulate`` run on the float PyTorch path: 784-W x (D-1)-
 steps of batch 32 from the same orthogonal init, tested on as many test samples (``limit`` caps both).
 FOTON uses T = 0.25 and 5 Björck iterations every ``interval`` steps (the FOTON paper's ablation says deep
 nets collapse when re-orthogonalisation is rarer than about every 50 steps); the others use their defaults.
+``--refresh-intervals`` adds FOTON rows with Björck every 10 steps and F = W_L ... W_1 recomputed only every
+k steps (the paper: accuracy falls as the refresh gets rarer), and ``--others no`` leaves out PEPITA/FTP/BP.
 Chance is 10 %.
 """
 import argparse
@@ -22,21 +24,30 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--dataset", default="mnist")
     parser.add_argument("--out", default="runs/foton-depth")
+    parser.add_argument("--refresh-intervals", default="", help="e.g. 1,10,50,200")
+    parser.add_argument("--others", choices=["yes", "no"], default="yes")
     args = parser.parse_args()
-    print(f"command: python tools/foton_depth.py --depths {args.depths} --intervals {args.intervals} --width "
-          f"{args.width} --steps {args.steps} --dataset {args.dataset}\n")
-    print("| depth | rule | Björck every | test accuracy % | seconds |\n|---|---|---|---|---|")
+    refresh = args.refresh_intervals or "''"
+    intervals = args.intervals or "''"
+    print(f"command: python tools/foton_depth.py --depths {args.depths} --intervals {intervals} --width "
+          f"{args.width} --steps {args.steps} --dataset {args.dataset} --refresh-intervals {refresh} "
+          f"--others {args.others}\n")
+    print("| depth | rule | Björck every | F refresh every | test accuracy % | seconds |\n|---|---|---|---|---|---|")
     for depth in (int(d) for d in args.depths.split(",")):
         model = f"784-{args.width}x{depth - 1}-10"
-        runs = [("foton", int(k), {"temperature": 0.25, "bjorck_iters": 5, "ortho_every": int(k)})
-                for k in args.intervals.split(",")]
-        runs += [("pepita", None, {}), ("ftp", None, {}), ("bp", None, {})]
-        for rule, interval, options in runs:
+        base = {"temperature": 0.25, "bjorck_iters": 5}
+        runs = [("foton", {**base, "ortho_every": int(k)}) for k in args.intervals.split(",") if k]
+        runs += [("foton", {**base, "ortho_every": 10, "refresh_every": int(k)})
+                 for k in args.refresh_intervals.split(",") if k]
+        if args.others == "yes":
+            runs += [("pepita", {}), ("ftp", {}), ("bp", {})]
+        for rule, options in runs:
+            interval, refresh = options.get("ortho_every"), options.get("refresh_every", 1 if options else None)
             start = time.perf_counter()
             result = fo_edge.simulate(rule=rule, device="gpu-fp32", model=model, activation="tanh",
                                       dataset=args.dataset, limit=args.steps * 32, rule_options=options,
-                                      out=f"{args.out}/{rule}-{depth}-{interval}", on_unhealthy="warn")
-            print(f"| {depth} | {rule} | {interval or ''} | {100 * result.accuracy:.2f} | "
+                                      out=f"{args.out}/{rule}-{depth}-{interval}-{refresh}", on_unhealthy="warn")
+            print(f"| {depth} | {rule} | {interval or ''} | {refresh or ''} | {100 * result.accuracy:.2f} | "
                   f"{time.perf_counter() - start:.0f} |", flush=True)
 
 
