@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,11 +78,22 @@ def save_weights(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
     _atomic_write(Path(path), lambda handle: np.savez(handle, **arrays))
 
 
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """All arrays of an .npz with pickles refused; damage or pickled objects raise RunError."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise RunError(f"{path} contains pickled objects; fo-edge never loads pickles") from None
+        raise RunError(f"{path} is not a valid checkpoint ({exc})") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise RunError(f"{path} is truncated or not an npz checkpoint ({exc})") from None
+
+
 def load_weights(run_dir: str | Path, dims: list[int]) -> dict[str, np.ndarray]:
     """The arrays of ``RUN_DIR/weights.npz``, checked against ``dims`` (W{l}: (d_{l+1}, d_l) float32 or int32,
     exp{l}: int32 scalars). Pickled objects, truncated or foreign files and wrong shapes raise RunError."""
-    import zipfile
-
     path = Path(run_dir) / "weights.npz"
     try:
         size = path.stat().st_size
@@ -89,18 +101,7 @@ def load_weights(run_dir: str | Path, dims: list[int]) -> dict[str, np.ndarray]:
         raise RunError(f"{run_dir} has no weights.npz; re-run the simulation") from None
     if size > MAX_CHECKPOINT_BYTES:
         raise RunError(f"{path} is {size} bytes, larger than any fo-edge checkpoint; refusing to read it")
-    out: dict[str, np.ndarray] = {}
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            names = list(archive.files)
-            for name in names:
-                out[name] = archive[name]
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise RunError(f"{path} contains pickled objects; fo-edge never loads pickles") from None
-        raise RunError(f"{path} is not a valid checkpoint ({exc})") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise RunError(f"{path} is truncated or not an npz checkpoint ({exc})") from None
+    out = _read_npz(path)
     n = len(dims) - 1
     for l in range(n):
         w = out.get(f"W{l}")
@@ -128,20 +129,12 @@ def save_checkpoint(run_dir: str | Path, state: dict[str, np.ndarray]) -> None:
 
 def load_checkpoint(run_dir: str | Path) -> dict[str, np.ndarray] | None:
     """The arrays of ``RUN_DIR/checkpoint.npz`` (None if there is none); pickles and damage raise RunError."""
-    import zipfile
-
     path = Path(run_dir) / "checkpoint.npz"
     if not path.exists():
         return None
     if path.stat().st_size > MAX_CHECKPOINT_BYTES:
         raise RunError(f"{path} is larger than any fo-edge checkpoint; refusing to read it")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            state = {name: archive[name] for name in archive.files}
-    except ValueError as exc:
-        raise RunError(f"{path} is not a valid checkpoint ({exc})") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise RunError(f"{path} is truncated or not an npz checkpoint ({exc})") from None
+    state = _read_npz(path)
     missing = [k for k in CHECKPOINT_KEYS if k not in state]
     if missing or state["position"].shape != (5,):
         raise RunError(f"{path} is not a training checkpoint (missing {missing or 'a valid position'})")

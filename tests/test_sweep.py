@@ -67,7 +67,7 @@ def test_spec_errors_are_one_line(tmp_path, extra, message):
 
 
 def test_the_same_sweep_on_a_local_ray_instance(tmp_path):
-    pytest.importorskip("ray")
+    pytest.importorskip("ray", reason="the Ray executor needs the extra: pip install -e '.[ray]' (CI installs it)")
     path = tmp_path / "spec.toml"
     path.write_text(SPEC.format(device='"mcu-int8"').replace('rule = ["ftp", "bp"]', 'rule = "ftp"'))
     record = run_sweep(path, tmp_path / "out", executor="ray", workers=2)

@@ -72,7 +72,8 @@ def _real_views(net) -> list:
     """Per-layer real weights for the health check (None for integer stores, which saturate instead)."""
     if net.quantized:
         return [None] * net.n_layers
-    return [net.w[net.offs[l]:net.offs[l + 1]] / float(net.w_one[l]) for l in range(net.n_layers)]
+    views = [net.w[net.offs[l]:net.offs[l + 1]] for l in range(net.n_layers)]
+    return [v if net.w_one[l] == 1 else v / float(net.w_one[l]) for l, v in enumerate(views)]
 
 
 def train_stream(weights: list[np.ndarray], data: Dataset, rule: str, config, profile: DeviceProfile, *,

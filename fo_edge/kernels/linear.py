@@ -19,7 +19,7 @@ from .fixed import round_div, saturate, wrap
 
 __all__ = ["layer_forward_", "project_", "outer_update_", "exact_matmul", "effective_macs", "SMALL_BATCH"]
 
-#: below this many rows the kernels sum directly instead of going through BLAS
+#: below this many rows (or inner terms) exact_matmul sums directly instead of going through BLAS
 SMALL_BATCH = 4
 
 
@@ -31,8 +31,29 @@ def exact_matmul(a, b):
     for the device's formats by ``rules.numba_binding.check_exact``), so it equals the device's integer
     accumulation bit for bit, in any summation order; the accumulator wrap is applied to the exact sum
     (two's-complement arithmetic is modular, so wrapping at the end equals wrapping at every addition).
+    Below SMALL_BATCH rows (a few samples) or SMALL_BATCH inner terms (an outer product over a few samples)
+    the sums are formed directly, which beats converting the operands for BLAS; zeros of ``a`` are skipped.
     """
-    return np.dot(a.astype(np.float64), b.astype(np.float64).T)
+    n, k_dim = a.shape
+    m = b.shape[0]
+    if n >= SMALL_BATCH and k_dim >= SMALL_BATCH:
+        return np.dot(a.astype(np.float64), b.astype(np.float64).T)
+    out = np.zeros((n, m))
+    if n < SMALL_BATCH:  # row . row, both contiguous in the inner index
+        for i in range(n):
+            for k in range(m):
+                acc = 0.0
+                for j in range(k_dim):
+                    acc += a[i, j] * b[k, j]
+                out[i, k] = acc
+        return out
+    for i in range(n):  # a sum of k_dim outer products
+        for j in range(k_dim):
+            aij = a[i, j]
+            if aij != 0:
+                for k in range(m):
+                    out[i, k] += aij * b[k, j]
+    return out
 
 
 @njit(cache=True)
@@ -65,17 +86,7 @@ def layer_forward_(hin, w, off, d_out, d_in, w_one, linear, P, pre, h, C, rng):
         analog_forward_(hin, w, off, d_out, d_in, w_one, linear, P, pre, h, C, rng)
         return
     batch = hin.shape[0]
-    if batch >= SMALL_BATCH:
-        sums = exact_matmul(hin, w[off:off + d_out * d_in].reshape((d_out, d_in)))
-    else:  # a few rows: direct integer sums beat converting W for BLAS
-        sums = np.empty((batch, d_out))
-        for b in range(batch):
-            for i in range(d_out):
-                acc = hin[b, 0] * 0
-                base = off + i * d_in
-                for j in range(d_in):
-                    acc += hin[b, j] * w[base + j]
-                sums[b, i] = acc
+    sums = exact_matmul(hin, w[off:off + d_out * d_in].reshape((d_out, d_in)))
     for b in range(batch):
         for i in range(d_out):
             if P.quantized:
@@ -151,16 +162,7 @@ def outer_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, P, C, rng,
     g_out[off + i * d_in + j] = g * g_scale (the real, batch-averaged gradient estimate).
     """
     batch = delta.shape[0]
-    if batch >= SMALL_BATCH:
-        grads = exact_matmul(np.ascontiguousarray(delta.T), np.ascontiguousarray(hin.T))  # (d_out, d_in)
-    else:  # a few rows: the outer products directly
-        grads = np.zeros((d_out, d_in))
-        for b in range(batch):
-            for i in range(d_out):
-                d = delta[b, i]
-                if d != 0:
-                    for j in range(d_in):
-                        grads[i, j] += d * hin[b, j]
+    grads = exact_matmul(np.ascontiguousarray(delta.T), np.ascontiguousarray(hin.T))  # (d_out, d_in)
     writes = lost = clipped = 0  # local tallies (C may alias nothing, but the compiler cannot know that)
     for i in range(d_out):
         for j in range(d_in):
