@@ -1,0 +1,172 @@
+"""Training orthogonal conv nets (models.conv): FOTON or BP, on the PyTorch path or the Numba device path.
+
+Per batch: the rule gives per-layer weight updates g_l (kernels for conv layers, the dense W last); the chain
+rule through the BCOP construction maps them to the parameters (models.conv.param_grads), the SGD step
+``theta <- theta - lr * g_theta`` is applied, and every ``ortho_every`` steps Björck re-orthonormalises every
+BCOP factor and the dense W. FOTON recomputes F every ``refresh_every`` steps (stale in between). On the
+Numba path the passes and the correlations run in the device's formats (rules.conv_binding); the parameters
+stay on the host in float64 and the kernels are rewritten into the device after every step.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..data import Dataset
+from ..device.spec import DeviceProfile
+from ..errors import ConfigError
+from ..kernels.counters import FORWARD, UPDATE, new_counters
+from ..kernels.rng import new_state
+from ..models.conv import ConvSpec, conv_forward_torch, init_conv_params, kernels_of, orthonormalize_params, \
+    param_grads
+from ..rules import bjorck_torch
+from ..rules.conv_binding import (ConvPasses, check_conv_exact, conv_predict, conv_to_device, foton_conv_step,
+                                  projection_buffer, refresh_conv_projection, store_kernels)
+from ..rules.foton import FOTONConfig
+from ..rules.foton_conv import bp_conv_update_torch, conv_projection_torch, foton_conv_update_torch
+from ..rules.numba_binding import make_params, quantize_input
+from .torch_loop import epoch_order
+
+__all__ = ["ConvTrainConfig", "ConvRun", "train_conv", "evaluate_conv_torch", "CONV_RULES"]
+
+CONV_RULES = ("foton", "bp")
+
+
+@dataclass(frozen=True)
+class ConvTrainConfig:
+    """rule: foton | bp; backend: torch | numba (FOTON only); ortho_every / bjorck_iters / refresh_every: the
+    Björck and F schedules (FOTON's reference: 1 / 20 / 1); lr: SGD step on the BCOP parameters."""
+
+    rule: str = "foton"
+    activation: str = "tanh"
+    error: str = "ce"
+    lr: float = 0.05
+    epochs: int = 1
+    batch_size: int = 32
+    seed: int = 0
+    backend: str = "torch"
+    ortho_every: int = 1
+    bjorck_iters: int = 20
+    refresh_every: int = 1
+    temperature: float = 1.0
+
+    def validate(self) -> None:
+        if self.rule not in CONV_RULES:
+            raise ConfigError(f"conv nets train with {' or '.join(CONV_RULES)}, not {self.rule!r}")
+        if self.backend not in ("torch", "numba"):
+            raise ConfigError(f"unknown backend {self.backend!r}; choose torch or numba")
+        if self.backend == "numba" and self.rule != "foton":
+            raise ConfigError("the Numba conv path runs FOTON (BP conv training is on the torch path)")
+        if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1 or self.refresh_every < 1 or self.ortho_every < 0:
+            raise ConfigError("lr must be > 0; epochs, batch_size, refresh_every >= 1; ortho_every >= 0")
+
+
+@dataclass
+class ConvRun:
+    """params: BCOP parameters and dense W (float64); history: per-epoch metrics; counters: the Numba path's
+    (phases, L + 1, names) counters, or None on the torch path."""
+
+    params: list
+    history: list
+    counters: np.ndarray | None
+
+    def kernels(self, spec: ConvSpec) -> list[torch.Tensor]:
+        return [k.detach() for k in kernels_of(spec, self.params)]
+
+
+def evaluate_conv_torch(spec: ConvSpec, kernels, x: np.ndarray, y: np.ndarray, activation: str,
+                        chunk: int = 2048) -> float:
+    """Top-1 accuracy of the conv net (float32) on x (N, d_0), y (N,)."""
+    ws = [k.float() for k in kernels]
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(x), chunk):
+            logits = conv_forward_torch(spec, ws, torch.as_tensor(x[start:start + chunk]), activation)
+            correct += int((logits.argmax(1).numpy() == y[start:start + chunk]).sum())
+    return correct / max(len(x), 1)
+
+
+def train_conv(spec: ConvSpec, data: Dataset, config: ConvTrainConfig, profile: DeviceProfile | None = None,
+               on_epoch: Callable[[dict], None] | None = None) -> ConvRun:
+    """Train the conv net on ``data`` (x: (N, C*H*W) in [0, 1]); see the module docstring."""
+    config.validate()
+    if config.backend == "numba" and profile is None:
+        raise ConfigError("the Numba conv path needs a device profile")
+    params = init_conv_params(spec, config.seed)
+    eye = np.eye(spec.n_classes)
+    device = _NumbaConv(spec, params, profile, config) if config.backend == "numba" else None
+    step, history, proj = 0, [], None
+    for epoch in range(config.epochs):
+        start = time.perf_counter()
+        order = epoch_order(len(data.x_train), config.seed, epoch)
+        for begin in range(0, len(order), config.batch_size):
+            idx = order[begin:begin + config.batch_size]
+            x, t = data.x_train[idx], eye[data.y_train[idx]]
+            refresh = config.rule == "foton" and step % config.refresh_every == 0
+            if device is not None:
+                grads = device.updates(x, t, refresh)
+            else:
+                kernels = [k.detach().float() for k in kernels_of(spec, params)]
+                grads, proj = _torch_updates(spec, kernels, x, t, config, proj, refresh)
+            pg = param_grads(spec, params, [torch.as_tensor(g, dtype=torch.float64) for g in grads])
+            params = [{k: v - config.lr * pg[l][k] for k, v in p.items()} for l, p in enumerate(params)]
+            step += 1
+            if config.ortho_every and step % config.ortho_every == 0:
+                params = orthonormalize_params(params, bjorck_torch, config.bjorck_iters)
+            if device is not None:
+                device.store(params)
+        seconds = time.perf_counter() - start
+        accuracy = device.accuracy(data.x_test, data.y_test) if device is not None else \
+            evaluate_conv_torch(spec, kernels_of(spec, params), data.x_test, data.y_test, config.activation)
+        record = {"epoch": epoch + 1, "steps": step, "test_accuracy": accuracy, "seconds": seconds,
+                  "samples_per_s": len(order) / max(seconds, 1e-9)}
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+    return ConvRun(params, history, device.counters if device is not None else None)
+
+
+def _torch_updates(spec, kernels, x, t, config: ConvTrainConfig, proj, refresh: bool):
+    xt, tt = torch.as_tensor(x), torch.as_tensor(t, dtype=torch.float32)
+    if config.rule == "bp":
+        return bp_conv_update_torch(spec, kernels, xt, tt, activation=config.activation, error=config.error,
+                                    temperature=config.temperature), proj
+    if refresh or proj is None:
+        proj = conv_projection_torch(spec, kernels)
+    rule_config = replace(FOTONConfig(), temperature=config.temperature, projection=proj)
+    return foton_conv_update_torch(spec, kernels, xt, tt, activation=config.activation, error=config.error,
+                                   config=rule_config), proj
+
+
+class _NumbaConv:
+    """The device side of a Numba conv run: weight store, pass workspace, F, counters and RNG."""
+
+    def __init__(self, spec: ConvSpec, params, profile: DeviceProfile, config: ConvTrainConfig):
+        check_conv_exact(spec, profile, config.batch_size)
+        self.spec, self.profile = spec, profile
+        self.net = conv_to_device(spec, [k.detach().numpy() for k in kernels_of(spec, params)], profile)
+        self.passes = ConvPasses(self.net, config.batch_size)
+        self.params = make_params(profile, config.activation, config.error, config.temperature, collect=True)
+        self.proj = projection_buffer(self.net, profile)
+        self.counters = new_counters(spec.n_layers)
+        self.rng = new_state(config.seed)
+        self.fracs = (0, 0) if profile.is_float else (profile.activation.frac_bits, profile.error.frac_bits)
+
+    def updates(self, x: np.ndarray, t: np.ndarray, refresh: bool) -> list[np.ndarray]:
+        if refresh:
+            refresh_conv_projection(self.net, self.proj, self.profile, self.counters)
+        x_dev = quantize_input(x, self.profile, self.passes.x, self.counters[FORWARD, self.spec.n_layers], self.rng)
+        return foton_conv_step(self.passes, self.profile, self.params, x_dev, t, self.proj, self.counters,
+                               self.rng, self.fracs)
+
+    def store(self, params) -> None:
+        kernels = [k.detach().numpy() for k in kernels_of(self.spec, params)]
+        store_kernels(self.net, kernels, self.profile, self.counters[UPDATE, self.spec.n_layers])
+
+    def accuracy(self, x: np.ndarray, y: np.ndarray) -> float:
+        labels = conv_predict(self.passes, self.profile, self.params, x, self.counters, self.rng)
+        return float(np.mean(labels == y)) if len(y) else 0.0
