@@ -6,7 +6,7 @@ the matrix convolution of an orthogonal 1 x 1 kernel H (c, c) with k - 1 orthogo
 
     block(P, R) = [[P R, P (I - R)], [(I - P) R, (I - P)(I - R)]],   P = Q_a Q_a^T, R = Q_b Q_b^T,
 
-where each Q (c, c/2) has orthonormal columns, so P and R are symmetric projectors. Every factor is a
+where each Q (c, max(1, c/2)) has orthonormal columns, so P and R are symmetric projectors. Every factor is a
 paraunitary matrix polynomial, so their product is too, and the circular convolution with the result is an
 orthogonal operator on (c, H, W) maps for any H, W. c_in < c keeps the first c_in input channels (an
 isometry); c_out < c keeps the first c_out output channels (a co-isometry, rows orthonormal).
@@ -119,7 +119,7 @@ def _block(p: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
 
 
 def bcop_kernel(h: torch.Tensor, qs: torch.Tensor, c_in: int, c_out: int) -> torch.Tensor:
-    """The BCOP kernel (c_out, c_in, k, k) from H: (c, c) and qs: (2(k-1), c, c/2) (module docstring).
+    """The BCOP kernel (c_out, c_in, k, k) from H: (c, c) and qs: (2(k-1), c, rank) (module docstring).
 
     Differentiable in H and qs; orthogonal when H is orthogonal and every Q has orthonormal columns.
     """
@@ -130,17 +130,17 @@ def bcop_kernel(h: torch.Tensor, qs: torch.Tensor, c_in: int, c_out: int) -> tor
 
 
 def init_conv_params(spec: ConvSpec, seed: int = 0, dtype=torch.float64) -> list[dict]:
-    """Seeded orthogonal BCOP parameters per conv layer ({"h": (c, c), "qs": (2(k-1), c, c/2)}) and the
+    """Seeded orthogonal BCOP parameters per conv layer ({"h": (c, c), "qs": (2(k-1), c, max(1, c//2))}) and the
     dense weight ({"w": (n_classes, dense_in)}, rows orthonormal)."""
     rng = np.random.default_rng(seed)
     params = []
     shapes = spec.layer_shapes()
     for (c_in, _, _), c_out in zip(shapes[:-1], spec.channels):
-        c = max(c_in, c_out, 2)
-        c += c % 2
+        c = max(c_in, c_out)
+        rank = max(1, c // 2)  # any projector rank gives an orthogonal block; BCOP uses c/2
         h = _orthonormal_columns(rng, c, c)
-        qs = np.stack([_orthonormal_columns(rng, c, c // 2) for _ in range(2 * (spec.kernel - 1))]) \
-            if spec.kernel > 1 else np.zeros((0, c, c // 2))
+        qs = np.stack([_orthonormal_columns(rng, c, rank) for _ in range(2 * (spec.kernel - 1))]) \
+            if spec.kernel > 1 else np.zeros((0, c, rank))
         params.append({"h": torch.tensor(h, dtype=dtype), "qs": torch.tensor(qs, dtype=dtype)})
     w = _orthonormal_columns(rng, spec.dense_in, spec.n_classes).T
     params.append({"w": torch.tensor(np.ascontiguousarray(w), dtype=dtype)})
