@@ -21,6 +21,7 @@ from .data import DATASETS, load_dataset
 from .device import DeviceProfile, device_text, load_device
 from .engine.health import HealthConfig, TrainingStopped
 from .errors import ConfigError, RunError
+from .models.conv import is_conv_spec
 from .models.mlp import ACTIVATIONS, init_weights, parse_model_spec
 from .rules import BACKENDS, RULES, rule_config
 from .rules.base import ERRORS
@@ -144,6 +145,8 @@ def _record(config: SimulateConfig, dims, rcfg, device: DeviceProfile, data, sta
 def _resume_config(run_dir) -> tuple[SimulateConfig, dict | None]:
     """The config of an unfinished run and its last checkpoint (None if it was killed before the first)."""
     record = read_run(run_dir)
+    if record["config"].get("conv"):
+        raise ConfigError(f"--resume {run_dir}: conv runs have no checkpoints yet; start the run again")
     if record.get("status") == "complete":
         raise ConfigError(f"--resume {run_dir}: the run is already complete")
     saved = dict(record["config"])
@@ -168,6 +171,8 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
         config, checkpoint = _resume_config(resume)
     else:
         config = dataclasses.replace(config or SimulateConfig(), **overrides)
+    if is_conv_spec(config.model):
+        return _simulate_conv(config, on_batch, on_start)
     config, device, dims, rcfg, backend = _validate(config)
     lr = config.lr
     data = load_dataset(config.dataset if config.data_dir is None else None, config.data_dir).limited(config.limit)
@@ -236,6 +241,32 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
     if stopped is not None:
         raise RunError(f"{stopped}; the partial run is recorded in {run_dir}")
     return SimulateResult(accuracy, history, run_dir, memory, record)
+
+
+def _simulate_conv(config: SimulateConfig, on_batch, on_start) -> SimulateResult:
+    """A conv model (``c16-c32-10``): FOTON or BP on an orthogonal BCOP conv net (see :mod:`fo_edge.conv_run`)."""
+    from .conv_run import conv_train_config, run_conv
+
+    device = load_device(config.device)
+    backend = config.backend or ("torch" if device.is_float else "numba")
+    if backend == "torch" and not device.is_float:
+        raise ConfigError(f"--backend torch runs float devices only; {device.id} is {device.arithmetic.value}: "
+                          f"use --backend numba")
+    if config.data_dir is None and config.dataset not in DATASETS:
+        raise ConfigError(f"unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)} or --data-dir")
+    train_config = conv_train_config(rule=config.rule, activation=config.activation, error=config.error,
+                                     lr=config.lr, epochs=config.epochs, batch_size=config.batch_size,
+                                     seed=config.seed, backend=backend, rule_options=dict(config.rule_options))
+    data = load_dataset(config.dataset if config.data_dir is None else None, config.data_dir).limited(config.limit)
+    from .models.conv import parse_conv_spec
+
+    parse_conv_spec(config.model, data.image_shape)  # refuse a bad spec before anything is written
+    run_dir = prepare_run_dir(config.out or default_run_dir(config))
+    if on_start is not None:
+        on_start(len(data.x_train) * config.epochs)
+    record = run_conv(config.model, train_config, data, device, device_text(config.device)[0].encode(), run_dir,
+                      on_batch=on_batch)
+    return SimulateResult(record["final"]["test_accuracy"], record["history"], run_dir, {}, record)
 
 
 def energy_report(run_dirs, *, by_layer: bool = False, mode: str | None = None, plot: str | None = None) -> list[dict]:

@@ -52,7 +52,7 @@ def _summary_table(result: api.SimulateResult) -> str:
         rows.append(("peak device memory", f"{format_bytes(mem['peak_bytes'])} of "
                      f"{format_bytes(mem['capacity_bytes'])} ({100 * mem['peak_bytes'] / mem['capacity_bytes']:.1f} %)"))
     else:
-        rows.append(("peak device memory", "not accounted on the torch path (use --backend numba)"))
+        rows.append(("peak device memory", rec.get("memory_note") or "not accounted on the torch path (use --backend numba)"))
     totals = (rec.get("counters") or {}).get("totals")
     if totals:
         rows.append(("saturation events", str(totals["saturation_events"])))
@@ -86,7 +86,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--device", default="loihi-like", show_default=True, help="Device id (see `fo-edge devices`) or a .toml path.")
 @click.option("--dataset", type=click.Choice(DATASETS), default="mnist", show_default=True)
 @click.option("--data-dir", type=click.Path(), default=None, help="A directory of IDX files instead of --dataset.")
-@click.option("--model", default="784-256-256-10", show_default=True, help="Widths, e.g. 784-256x12-10.")
+@click.option("--model", default="784-256-256-10", show_default=True, help="Widths, e.g. 784-256x12-10; or conv channels then classes, e.g. c16-c32-10 (FOTON/BP).")
 @click.option("--activation", type=click.Choice(ACTIVATIONS), default=None, help="Default: the rule's (see `fo-edge rules`).")
 @click.option("--error", type=click.Choice(["ce", "mse"]), default="ce", show_default=True)
 @click.option("--epochs", type=int, default=1, show_default=True)

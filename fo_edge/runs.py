@@ -176,6 +176,8 @@ def load_trained(run_dir: str | Path) -> TrainedRun:
     """Read run.json, device.toml and weights.npz of ``run_dir`` (each checked; errors are RunError)."""
     path = Path(run_dir)
     record = read_run(path)
+    if record["config"].get("conv"):
+        raise RunError(f"{path} is a conv-net run; export and diagnose handle MLP runs only for now")
     try:
         text = (path / "device.toml").read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):

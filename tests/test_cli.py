@@ -79,3 +79,21 @@ def test_main_turns_usage_errors_into_exit_2(capsys):
         main(["simulate", "--rule", "nope"])
     assert exc.value.code == 2
     assert capsys.readouterr().err.startswith("fo-edge: error:")
+
+
+def test_simulate_conv_model_end_to_end(tmp_path):
+    """A conv spec routes to the BCOP conv net: FOTON on the integer device, counters and energy recorded;
+    export refuses the conv run with one line."""
+    out = tmp_path / "conv"
+    proc = run_cli("simulate", "--device", "mcu-int8", "--rule", "foton", "--dataset", "digits", "--model", "c4-10",
+                   "--limit", "300", "-o", "temperature=0.25", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "not accounted for conv nets yet" in proc.stdout
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "complete" and record["config"]["conv"]["channels"] == [4]
+    assert record["config"]["dims"] == [64, 256, 10]
+    assert record["counters"]["totals"]["macs_dense"] > 0 and record["energy"]["modes"]
+    export = run_cli("export", str(out), "--out", str(tmp_path / "m.onnx"))
+    assert export.returncode == 2 and "conv-net run" in export.stderr and "Traceback" not in export.stderr
+    bad = run_cli("simulate", "--rule", "ftp", "--dataset", "digits", "--model", "c4-10", "--out", str(tmp_path / "b"))
+    assert bad.returncode == 2 and "MLP-only" in bad.stderr and not (tmp_path / "b").exists()

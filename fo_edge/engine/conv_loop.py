@@ -93,7 +93,8 @@ def evaluate_conv_torch(spec: ConvSpec, kernels, x: np.ndarray, y: np.ndarray, a
 
 
 def train_conv(spec: ConvSpec, data: Dataset, config: ConvTrainConfig, profile: DeviceProfile | None = None,
-               on_epoch: Callable[[dict], None] | None = None) -> ConvRun:
+               on_epoch: Callable[[dict], None] | None = None,
+               on_batch: Callable[[int], None] | None = None) -> ConvRun:
     """Train the conv net on ``data`` (x: (N, C*H*W) in [0, 1]); see the module docstring."""
     config.validate()
     if config.backend == "numba" and profile is None:
@@ -121,6 +122,8 @@ def train_conv(spec: ConvSpec, data: Dataset, config: ConvTrainConfig, profile: 
                 params = orthonormalize_params(params, bjorck_torch, config.bjorck_iters)
             if device is not None:
                 device.store(params)
+            if on_batch is not None:
+                on_batch(len(idx))
         seconds = time.perf_counter() - start
         accuracy = device.accuracy(data.x_test, data.y_test) if device is not None else \
             evaluate_conv_torch(spec, kernels_of(spec, params), data.x_test, data.y_test, config.activation)
