@@ -25,6 +25,7 @@ from .models.conv import is_conv_spec
 from .models.mlp import ACTIVATIONS, init_weights, parse_model_spec
 from .rules import BACKENDS, RULES, rule_config
 from .rules.base import ERRORS
+from .rules.spiking_binding import SPIKING_ACTIVATION, SPIKING_RULES
 from .runs import (SCHEMA_VERSION, load_checkpoint, package_versions, prepare_run_dir, read_run, save_checkpoint,
                    save_weights, write_file_atomic, write_json_atomic)
 
@@ -118,8 +119,15 @@ def _validate(config: SimulateConfig) -> tuple[SimulateConfig, DeviceProfile, tu
         raise ConfigError(f"--backend torch runs float devices only; {device.id} is {device.arithmetic.value}: "
                           f"use --backend numba")
     rcfg = rule_config(config.rule, **config.rule_options)
-    filled = dataclasses.replace(config, lr=float(lr), backend=backend,
-                                 activation=config.activation or RULES[config.rule].default_activation)
+    activation = config.activation or RULES[config.rule].default_activation
+    if device.spiking is not None and backend == "numba":
+        if config.rule not in SPIKING_RULES:
+            raise ConfigError(f"{device.id} trains spiking nets with forward-only rules ({', '.join(SPIKING_RULES)}); "
+                              f"{config.rule} needs a backward pass through the spike trains")
+        if config.activation is not None:
+            raise ConfigError(f"{device.id} is spiking: its neurons are CUBA-LIF, so --activation does not apply")
+        activation = SPIKING_ACTIVATION
+    filled = dataclasses.replace(config, lr=float(lr), backend=backend, activation=activation)
     return filled, device, dims, rcfg, backend
 
 

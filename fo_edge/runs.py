@@ -178,6 +178,8 @@ def load_trained(run_dir: str | Path) -> TrainedRun:
     record = read_run(path)
     if record["config"].get("conv"):
         raise RunError(f"{path} is a conv-net run; export and diagnose handle MLP runs only for now")
+    if record["config"].get("activation") == "loihi-cuba":
+        raise RunError(f"{path} is a spiking run; export and diagnose handle non-spiking MLP runs only for now")
     try:
         text = (path / "device.toml").read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DeviceProfileError
-from .spec import AnalogParams, Arithmetic, Capacity, DeviceProfile, NumberFormat, Overflow, Rounding
+from .spec import AnalogParams, Arithmetic, Capacity, DeviceProfile, NumberFormat, Overflow, Rounding, SpikingParams
 
-__all__ = ["load_device", "list_devices", "parse_device", "device_text", "FORMAT_KEYS"]
+__all__ = ["load_device", "list_devices", "parse_device", "device_text", "FORMAT_KEYS", "NEURONS"]
 
 _TOP = {"id": str, "name": str, "arithmetic": Arithmetic, "forward_rounding": Rounding,
         "update_rounding": Rounding, "accumulator_overflow": Overflow,
-        "formats": dict, "capacity": dict, "energy": dict, "analog": dict}
+        "formats": dict, "capacity": dict, "energy": dict, "analog": dict, "neuron": str, "spiking": dict}
 _REQUIRED_TOP = ("id", "name", "arithmetic", "forward_rounding", "update_rounding", "accumulator_overflow",
                  "formats", "capacity", "energy")
 # key -> (type, minimum, maximum)
@@ -37,6 +37,15 @@ _ANALOG = {"levels": (int, 2, 1 << 20), "w_min": (float, -1e3, 1e3), "w_max": (f
            "asymmetry": (float, -0.99, 0.99), "c2c_noise": (float, 0.0, 10.0), "read_noise": (float, 0.0, 10.0),
            "out_bound": (float, 1e-6, 1e6), "adc_bits": (int, 1, 32), "dac_bits": (int, 1, 32),
            "max_pulses": (int, 1, 1 << 16)}
+
+
+#: spiking neuron models (``neuron = ...``) and their [spiking] table
+NEURONS = ("loihi-cuba",)
+_SPIKING = {"du": (int, 0, 4095), "dv": (int, 0, 4095), "threshold": (float, 1e-6, 1e6),
+            "timesteps": (int, 1, 4096), "delay": (int, 0, 62), "neurons_per_core": (int, 1, 1 << 24),
+            "synapse_bytes_per_core": (int, 1, 1 << 40), "cores_per_chip": (int, 1, 1 << 20),
+            "synop_ns": (float, 0.0, 1e9), "neuron_active_ns": (float, 0.0, 1e9),
+            "neuron_inactive_ns": (float, 0.0, 1e9), "barrier_ns": (float, 0.0, 1e12)}
 
 
 def list_devices() -> list[str]:
@@ -129,7 +138,7 @@ def parse_device(text: str, origin: str = "<device>") -> DeviceProfile:
     for key in ("id", "name"):
         if not isinstance(data[key], str) or not data[key].strip():
             raise _fail(origin, key, "a non-empty string", data[key])
-    for key in ("formats", "capacity", "energy", "analog"):
+    for key in ("formats", "capacity", "energy", "analog", "spiking"):
         if key in data and not isinstance(data[key], dict):
             raise _fail(origin, key, "a table", data[key])
     arithmetic = _enum(origin, data, "arithmetic", Arithmetic)
@@ -152,6 +161,7 @@ def parse_device(text: str, origin: str = "<device>") -> DeviceProfile:
                         (analog.w_min, analog.w_max))
     elif "analog" in data:
         raise _fail(origin, "analog", "no [analog] table unless arithmetic = 'analog'")
+    spiking = _spiking(origin, data, arithmetic, sources)
     is_float = arithmetic is Arithmetic.FLOAT
 
     def number_format(kind: str) -> NumberFormat:
@@ -166,4 +176,20 @@ def parse_device(text: str, origin: str = "<device>") -> DeviceProfile:
         forward_rounding=_enum(origin, data, "forward_rounding", Rounding),
         update_rounding=_enum(origin, data, "update_rounding", Rounding),
         accumulator_overflow=_enum(origin, data, "accumulator_overflow", Overflow),
-        capacity=Capacity(**cap), energy_pj=energy, analog=analog, sources=sources, path=origin)
+        capacity=Capacity(**cap), energy_pj=energy, analog=analog, spiking=spiking, sources=sources,
+        path=origin)
+
+
+def _spiking(origin: str, data: dict, arithmetic: Arithmetic, sources: dict) -> SpikingParams | None:
+    """The [spiking] table of a profile with ``neuron = "loihi-cuba"`` (fixed arithmetic), else None."""
+    if "neuron" not in data:
+        if "spiking" in data:
+            raise _fail(origin, "spiking", "no [spiking] table without neuron = 'loihi-cuba'")
+        return None
+    if data["neuron"] not in NEURONS:
+        raise _fail(origin, "neuron", "one of " + ", ".join(repr(n) for n in NEURONS), data["neuron"])
+    if arithmetic is not Arithmetic.FIXED:
+        raise _fail(origin, "neuron", "arithmetic = 'fixed' for a loihi-cuba neuron", arithmetic.value)
+    if "spiking" not in data:
+        raise _fail(origin, "spiking", "a [spiking] table for neuron = 'loihi-cuba'")
+    return SpikingParams(**_section(origin, data, "spiking", _SPIKING, sources))

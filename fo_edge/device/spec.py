@@ -8,7 +8,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-__all__ = ["Arithmetic", "Rounding", "Overflow", "NumberFormat", "Capacity", "AnalogParams", "DeviceProfile"]
+__all__ = ["Arithmetic", "Rounding", "Overflow", "NumberFormat", "Capacity", "AnalogParams", "SpikingParams",
+           "DeviceProfile"]
 
 
 class Arithmetic(enum.Enum):
@@ -91,6 +92,27 @@ class AnalogParams:
 
 
 @dataclass(frozen=True)
+class SpikingParams:
+    """A spiking device's neurons and time model (``neuron = "loihi-cuba"``): 12-bit decays ``du``, ``dv``
+    (0..4095, Lava's scale of 4096), ``threshold`` in real units of the layer's input, ``timesteps`` per sample
+    presentation, synaptic ``delay`` in steps; packing (``neurons_per_core``, ``synapse_bytes_per_core``,
+    ``cores_per_chip``) and per-event times in ns with the per-timestep ``barrier_ns``."""
+
+    du: int
+    dv: int
+    threshold: float
+    timesteps: int
+    delay: int
+    neurons_per_core: int
+    synapse_bytes_per_core: int
+    cores_per_chip: int
+    synop_ns: float
+    neuron_active_ns: float
+    neuron_inactive_ns: float
+    barrier_ns: float
+
+
+@dataclass(frozen=True)
 class DeviceProfile:
     """One device, as read from ``devices/<id>.toml``."""
 
@@ -107,6 +129,7 @@ class DeviceProfile:
     capacity: Capacity
     energy_pj: dict[str, float]
     analog: AnalogParams | None = None
+    spiking: SpikingParams | None = None
     sources: dict[str, str] = field(default_factory=dict)
     path: str = ""
 

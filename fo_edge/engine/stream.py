@@ -23,6 +23,7 @@ from ..kernels.counters import FORWARD, new_counters
 from ..rules.foton import FOTONConfig
 from ..rules.numba_binding import (allocate_buffers, fill_fixed_projection, make_params, orthogonalize,
                                    predict, quantize_input, refresh_projection, run_step, to_device)
+from ..rules.spiking_binding import allocate_spiking, refresh_feedback, spiking_predict, spiking_step
 from .health import HealthConfig, HealthMonitor, NumericHealthError, TrainingStopped
 from .torch_loop import epoch_order
 
@@ -52,7 +53,10 @@ def plan_memory(dims, profile: DeviceProfile, rule: str, batch_size: int, schedu
     for w in weights:
         w.flat[0] = 1.0  # calibration needs a nonzero peak
     to_device(weights, profile, arena)
-    allocate_buffers(arena, profile, dims, batch_size, rule, schedule, ortho)
+    if profile.spiking is not None:
+        allocate_spiking(arena, profile, dims, batch_size, rule)
+    else:
+        allocate_buffers(arena, profile, dims, batch_size, rule, schedule, ortho)
     return arena
 
 
@@ -91,9 +95,14 @@ def train_stream(weights: list[np.ndarray], data: Dataset, rule: str, config, pr
     net = to_device(weights, profile, arena)
     is_foton = isinstance(config, FOTONConfig)
     ortho = is_foton and config.ortho_every > 0
-    bufs = allocate_buffers(arena, profile, net.dims, batch_size, rule, schedule, ortho)
-    fill_fixed_projection(bufs, profile, rule, net.dims, config)
-    params = make_params(profile, activation, error, getattr(config, "temperature", 1.0),
+    spiking = profile.spiking is not None
+    if spiking:
+        bufs = allocate_spiking(arena, profile, net.dims, batch_size, rule)
+        refresh_feedback(rule, config, net, bufs)
+    else:
+        bufs = allocate_buffers(arena, profile, net.dims, batch_size, rule, schedule, ortho)
+        fill_fixed_projection(bufs, profile, rule, net.dims, config)
+    params = make_params(profile, "identity" if spiking else activation, error, getattr(config, "temperature", 1.0),
                          ftp_label=getattr(config, "target_mode", "error") == "label")
     counters = new_counters(net.n_layers)
     io = counters[FORWARD, net.n_layers]
@@ -118,10 +127,17 @@ def train_stream(weights: list[np.ndarray], data: Dataset, rule: str, config, pr
         order = epoch_order(len(data.x_train), seed, epoch)
         for begin in range(first_begin if epoch == first_epoch else 0, len(order), batch_size):
             idx = order[begin:begin + batch_size]
-            x_dev = quantize_input(data.x_train[idx], profile, bufs.x, io, rng)
-            if is_foton and step % config.refresh_every == 0:
-                refresh_projection(net, bufs, profile, counters, rng)
-            run_step(rule, net, bufs, profile, params, x_dev, eye[data.y_train[idx]], lr, schedule, counters, rng)
+            if spiking:
+                if is_foton and step % config.refresh_every == 0:
+                    refresh_feedback(rule, config, net, bufs)
+                spiking_step(rule, config, net, bufs, profile, params, data.x_train[idx], eye[data.y_train[idx]],
+                             lr, error, counters, rng)
+            else:
+                x_dev = quantize_input(data.x_train[idx], profile, bufs.x, io, rng)
+                if is_foton and step % config.refresh_every == 0:
+                    refresh_projection(net, bufs, profile, counters, rng)
+                run_step(rule, net, bufs, profile, params, x_dev, eye[data.y_train[idx]], lr, schedule, counters,
+                         rng)
             step += 1
             trained += len(idx)
             if ortho and step % config.ortho_every == 0:
@@ -136,7 +152,8 @@ def train_stream(weights: list[np.ndarray], data: Dataset, rule: str, config, pr
             if on_checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
                 on_checkpoint(state(epoch, begin + batch_size))
         seconds = time.perf_counter() - start
-        labels = predict(net, bufs, profile, params, data.x_test, counters, rng)
+        labels = spiking_predict(net, bufs, profile, data.x_test, counters) if spiking else \
+            predict(net, bufs, profile, params, data.x_test, counters, rng)
         inferred += len(labels)
         history.append({"epoch": epoch + 1, "steps": step,
                         "test_accuracy": float((labels == data.y_test).mean()),

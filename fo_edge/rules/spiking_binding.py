@@ -1,0 +1,229 @@
+"""Forward-only rules on a spiking device (``neuron = "loihi-cuba"``): every forward pass is a rate-coded run of
+T timesteps on the bit-accurate CUBA-LIF model (kernels.spiking), activities are spike counts, and the weight
+updates are applied once per learning epoch (one batch of presentations) in the device's weight format.
+
+Weights are 8-bit mantissas + sign with a per-layer power-of-two scale 2**w_frac (rules.numba_binding.to_device,
+calibrated once); the per-layer scale is carried by the threshold, vth = threshold * 2**w_frac, so Lava's
+weight_exp stays 0 (kernels.lif supports any). A hidden layer's activity is its spike count c_l (0..T), the
+input's is its input spike count, and the output is a non-spiking integrator: logits = sum of its input over the
+presentation / (T 2**w_frac). With e = softmax(y / temp) - t (or y - t), each rule's second pass is:
+  ftp     layer 1 receives the constant extra input -e G^T (label mode: + t G^T) every timestep; targets are the
+          spike counts of that pass (no surrogate derivative: the rate difference itself is the local error)
+  pepita  the input rates become clip(x + e F, 0, 1)
+  foton   the input rates become clip(x - e F, 0, 1), F = W_L ... W_1 (refreshed every refresh_every steps from
+          the device's weights; Björck every ortho_every steps as on the non-spiking path)
+and the updates, formed from integer counts and rounded stochastically into the weights (the learning engine's
+widened register, DEVICES.md 1.6), are g_l = (c_l - c'_l)^T h_{l-1} / (T^2 B) with h_{l-1} the clean pass's counts
+(pepita: the modulated pass's), and g_L = e^T c_{L-1} / (T B).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..accounting.memory import MemoryArena
+from ..device.spec import DeviceProfile
+from ..errors import ConfigError
+from ..kernels.counters import FORWARD, INFERENCE, MODULATED, UPDATE
+from ..kernels.fixed import fixed_multiplier
+from ..kernels.linear import outer_update_
+from ..kernels.spiking import PHASE_ONE, spiking_pass_
+from ..kernels.steps import Params
+from .foton import FOTONConfig
+from .ftp import FTPConfig, ftp_feedback
+from .numba_binding import DeviceNet, from_device, make_params, orthogonalize
+from .pepita import PEPITAConfig, pepita_feedback
+
+__all__ = ["SPIKING_RULES", "SPIKING_ACTIVATION", "SpikingBuffers", "allocate_spiking", "spiking_forward", "spiking_step",
+           "spiking_predict", "layer_cores", "thresholds", "refresh_feedback", "foton_maintenance", "spiking_params"]
+
+SPIKING_RULES = ("ftp", "pepita", "foton")
+#: what run.json records as the activation of a spiking run (the neurons are the nonlinearity)
+SPIKING_ACTIVATION = "loihi-cuba"
+
+
+def thresholds(net: DeviceNet, profile: DeviceProfile) -> np.ndarray:
+    """vth_eff = round(threshold * 2**w_frac) << 6 per layer, checked against Lava's 17-bit vth field."""
+    vth = np.rint(profile.spiking.threshold * net.w_one.astype(np.float64)).astype(np.int64)
+    if int(vth.max()) >= 1 << 17 or int(vth.min()) < 1:
+        raise ConfigError(f"device {profile.id}: threshold x 2^weight_frac = {int(vth.max())} does not fit "
+                          "Loihi's 17-bit vth; lower weight_frac_bits or the threshold")
+    return vth << 6
+
+
+def layer_cores(dims, profile: DeviceProfile) -> list[int]:
+    """Cores per layer: enough for its neurons (neurons_per_core) and its synapses (synapse_bytes_per_core)."""
+    sp, w_bytes = profile.spiking, profile.weight.bytes_per_value
+    return [max(math.ceil(d_out / sp.neurons_per_core), math.ceil(d_in * d_out * w_bytes / sp.synapse_bytes_per_core))
+            for d_in, d_out in zip(dims[:-1], dims[1:])]
+
+
+@dataclass
+class SpikingBuffers:
+    """Per-neuron state for a batch (flat over layers 1..L), counts of both passes, the input phases."""
+
+    batch: int
+    phase: np.ndarray
+    spk: np.ndarray
+    u: np.ndarray
+    v: np.ndarray
+    pending: np.ndarray
+    a_buf: np.ndarray
+    counts: np.ndarray
+    counts_m: np.ndarray
+    in_counts: np.ndarray
+    in_counts_m: np.ndarray
+    out_acc: np.ndarray
+    e: np.ndarray
+    proj: np.ndarray
+    active: np.ndarray
+
+
+def allocate_spiking(arena: MemoryArena, profile: DeviceProfile, dims, batch: int, rule: str) -> SpikingBuffers:
+    """Everything a step needs, from ``arena`` (DeviceMemoryError with the breakdown when it cannot fit)."""
+    dims = [int(d) for d in dims]
+    neurons = batch * sum(dims[1:])
+    state = profile.activation.bytes_per_value  # 24-bit u, v and dendritic accumulators
+    count_bytes = 1 if profile.spiking.timesteps < 256 else 2
+    i64 = np.int64
+
+    def alloc(name, shape, category, nbytes):
+        return arena.alloc(name, shape, i64, category, nbytes)
+
+    bufs = SpikingBuffers(
+        batch=batch,
+        phase=alloc("input_phase", (batch, dims[0]), "input", 1),
+        spk=alloc("spikes", (neurons,), "neuron_state", 1),
+        u=alloc("current_u", (neurons,), "neuron_state", state),
+        v=alloc("voltage_v", (neurons,), "neuron_state", state),
+        pending=alloc("delayed_input", (neurons,), "neuron_state", state),
+        a_buf=alloc("dendrite_accumulator", (neurons,), "workspace", state),
+        counts=alloc("spike_counts", (batch, max(sum(dims[1:-1]), 1)), "activations", count_bytes),
+        counts_m=alloc("spike_counts_second_pass", (batch, max(sum(dims[1:-1]), 1)), "activations", count_bytes),
+        in_counts=alloc("input_counts", (batch, dims[0]), "activations", count_bytes),
+        in_counts_m=alloc("input_counts_second_pass", (batch, dims[0]), "activations", count_bytes),
+        out_acc=alloc("output_accumulator", (batch, dims[-1]), "activations", 4),
+        e=alloc("output_error", (batch, dims[-1]), "errors", profile.error.bytes_per_value),
+        proj=np.zeros((0, 0)), active=np.zeros(max(dims), dtype=i64))
+    if rule == "ftp":
+        bufs.proj = arena.alloc("feedback_G", (dims[1], dims[-1]), np.float64, "projection", 2)
+    elif rule in ("pepita", "foton"):
+        bufs.proj = arena.alloc("projection_F", (dims[-1], dims[0]), np.float64, "projection", 2)
+    return bufs
+
+
+def _nnz(net: DeviceNet) -> np.ndarray:
+    return np.concatenate([(m != 0).sum(axis=0) for m in _mats(net)]).astype(np.int64)
+
+
+def _mats(net: DeviceNet):
+    return [net.w[net.offs[l]:net.offs[l + 1]].reshape(int(net.dims[l + 1]), int(net.dims[l]))
+            for l in range(net.n_layers)]
+
+
+def spiking_forward(net: DeviceNet, bufs: SpikingBuffers, profile: DeviceProfile, x: np.ndarray, C, phase: int,
+                    inject: np.ndarray | None = None, second: bool = False) -> np.ndarray:
+    """One presentation of x (n, d_0) float in [0, 1]; returns the logits (n, d_L) float64. Spike counts land in
+    bufs.counts / in_counts (bufs.counts_m / in_counts_m when ``second``)."""
+    sp = profile.spiking
+    n = x.shape[0]
+    x_q = np.clip(np.rint(np.asarray(x, dtype=np.float64) * PHASE_ONE), 0, PHASE_ONE).astype(np.int64)
+    counts = (bufs.counts_m if second else bufs.counts)[:n]
+    in_counts = (bufs.in_counts_m if second else bufs.in_counts)[:n]
+    size = n * int(net.dims[1:].sum())
+    inj = np.zeros((0, 0), dtype=np.int64) if inject is None else inject
+    spiking_pass_(x_q, sp.timesteps, net.w, net.dims, net.offs, np.zeros(net.n_layers, dtype=np.int64),
+                  thresholds(net, profile), sp.du, sp.dv, sp.delay, inj, bufs.phase[:n], bufs.spk[:size],
+                  bufs.u[:size], bufs.v[:size], bufs.pending[:size], bufs.a_buf[:size], counts, in_counts,
+                  bufs.out_acc[:n], _nnz(net), bufs.active, C, phase)
+    return bufs.out_acc[:n] / (sp.timesteps * float(net.w_one[-1]))
+
+
+def _error(y: np.ndarray, t: np.ndarray, error: str, temperature: float) -> np.ndarray:
+    if error == "mse":
+        return y - t
+    z = y / temperature
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True) - t
+
+
+def _scale(value: float) -> tuple[int, int]:
+    m, k = fixed_multiplier(value)
+    if k < 0:
+        m, k = m << -k, 0
+    return np.int64(m), np.int64(1 << min(k, 62))
+
+
+def spiking_step(rule: str, config, net: DeviceNet, bufs: SpikingBuffers, profile: DeviceProfile, params: Params,
+                 x: np.ndarray, t: np.ndarray, lr: float, error: str, C, rng) -> None:
+    """One learning epoch of ``rule`` on a batch: clean run, second run, integer updates (module docstring)."""
+    n, T, L = x.shape[0], profile.spiking.timesteps, net.n_layers
+    dims = [int(d) for d in net.dims]
+    y = spiking_forward(net, bufs, profile, x, C, FORWARD)
+    e = _error(y, t, error, getattr(config, "temperature", 1.0))
+    e_one = float(1 << profile.error.frac_bits)
+    e_q = bufs.e[:n]
+    e_q[:] = np.clip(np.rint(e * e_one), profile.error.qmin, profile.error.qmax)
+    e_real = e_q / e_one
+    if rule == "ftp":
+        current = t @ bufs.proj.T if config.target_mode == "label" else -(e_real @ bufs.proj.T)
+        inject = np.rint(current * float(net.w_one[0])).astype(np.int64)
+        spiking_forward(net, bufs, profile, x, C, MODULATED, inject=inject, second=True)
+    else:
+        sign = 1.0 if rule == "pepita" else -1.0
+        spiking_forward(net, bufs, profile, np.clip(x + sign * (e_real @ bufs.proj), 0.0, 1.0), C, MODULATED,
+                        second=True)
+    hoff = np.concatenate([[0], np.cumsum(dims[1:-1])]).astype(np.int64)
+    g_out = np.zeros(0)
+    for l in range(L - 1):
+        delta = bufs.counts[:n, hoff[l]:hoff[l + 1]] - bufs.counts_m[:n, hoff[l]:hoff[l + 1]]
+        if l == 0:
+            hin = bufs.in_counts_m[:n] if rule == "pepita" else bufs.in_counts[:n]
+        else:
+            src = bufs.counts_m if rule == "pepita" else bufs.counts
+            hin = src[:n, hoff[l - 1]:hoff[l]]
+        mul, div = _scale(lr / n * float(net.w_one[l]) / T ** 2)
+        outer_update_(net.w, net.offs[l], dims[l + 1], dims[l], np.ascontiguousarray(delta),
+                      np.ascontiguousarray(hin), mul, div, 0.0, params, C[UPDATE, l], rng, g_out)
+    last = (bufs.counts_m if rule == "pepita" else bufs.counts)[:n, hoff[L - 2]:hoff[L - 1]] if L > 1 \
+        else bufs.in_counts[:n]
+    mul, div = _scale(lr / n * float(net.w_one[L - 1]) / (e_one * T))
+    outer_update_(net.w, net.offs[L - 1], dims[L], dims[L - 1], np.ascontiguousarray(e_q.astype(np.int64)),
+                  np.ascontiguousarray(last), mul, div, 0.0, params, C[UPDATE, L - 1], rng, g_out)
+
+
+def refresh_feedback(rule: str, config, net: DeviceNet, bufs: SpikingBuffers) -> None:
+    """Fill FTP's G (d_1, d_L), PEPITA's F (d_L, d_0), or FOTON's F = W_L ... W_1 from the device's weights."""
+    dims = tuple(int(d) for d in net.dims)
+    if rule == "ftp":
+        bufs.proj[:] = ftp_feedback(dims, config if isinstance(config, FTPConfig) else FTPConfig())
+    elif rule == "pepita":
+        bufs.proj[:] = pepita_feedback(dims, config if isinstance(config, PEPITAConfig) else PEPITAConfig())
+    else:
+        mats = from_device(net)
+        proj = mats[0]
+        for m in mats[1:]:
+            proj = m @ proj
+        bufs.proj[:] = proj
+
+
+def foton_maintenance(config: FOTONConfig, net: DeviceNet, profile: DeviceProfile, step: int, C, rng) -> None:
+    """Björck every ``ortho_every`` steps (counted in the orthogonalize phase)."""
+    if config.ortho_every and step % config.ortho_every == 0:
+        orthogonalize(net, profile, config.bjorck_iters, C, rng)
+
+
+def spiking_predict(net: DeviceNet, bufs: SpikingBuffers, profile: DeviceProfile, x: np.ndarray, C) -> np.ndarray:
+    """Labels (N,) by presentations of x (N, d_0) in chunks of the batch size (counted as inference)."""
+    labels = np.zeros(len(x), dtype=np.int64)
+    for start in range(0, len(x), bufs.batch):
+        labels[start:start + bufs.batch] = np.argmax(
+            spiking_forward(net, bufs, profile, x[start:start + bufs.batch], C, INFERENCE), axis=1)
+    return labels
+
+
+def spiking_params(profile: DeviceProfile, error: str) -> Params:
+    """Kernel parameters for the updates (weight bounds, stochastic update rounding, byte sizes)."""
+    return make_params(profile, "identity", error)
