@@ -115,12 +115,12 @@ def _validate(config: SimulateConfig) -> tuple[SimulateConfig, DeviceProfile, tu
     backend = config.backend or ("torch" if device.is_float else "numba")
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "torch" and not device.is_float:
+    if backend == "torch" and not device.is_float and device.spiking is None:
         raise ConfigError(f"--backend torch runs float devices only; {device.id} is {device.arithmetic.value}: "
                           f"use --backend numba")
     rcfg = rule_config(config.rule, **config.rule_options)
     activation = config.activation or RULES[config.rule].default_activation
-    if device.spiking is not None and backend == "numba":
+    if device.spiking is not None:
         if config.rule not in SPIKING_RULES:
             raise ConfigError(f"{device.id} trains spiking nets with forward-only rules ({', '.join(SPIKING_RULES)}); "
                               f"{config.rule} needs a backward pass through the spike trains")
@@ -206,7 +206,15 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
     health = HealthConfig(config.on_unhealthy, config.saturation_limit, config.stall_steps)
     checkpointing = dict(health=health, checkpoint_every=config.checkpoint_every,
                          on_checkpoint=lambda state: save_checkpoint(run_dir, state), resume=checkpoint)
-    if backend == "torch":
+    if backend == "torch" and device.spiking is not None:
+        from .engine.spiking_torch import train_spiking_torch
+
+        final, history = train_spiking_torch(weights, data, config.rule, rcfg, device, error=config.error, lr=lr,
+                                             epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
+                                             device=config.torch_device, on_batch=on_batch)
+        stored = {f"W{l}": w for l, w in enumerate(final)}
+        memory, counters, energy, warnings = {}, {}, None, []
+    elif backend == "torch":
         from .engine.torch_loop import train_torch
 
         try:
@@ -235,6 +243,8 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
         energy = energy_record(counters_array(counters), device.energy_pj,
                                training_samples=counters["training_samples"],
                                inference_samples=counters["inference_samples"], layers=counters["layers"])
+        if device.spiking is not None:
+            energy = _with_static(energy, counters, device, dims)
     seconds = time.perf_counter() - started
     accuracy = history[-1]["test_accuracy"] if history and stopped is None else None
     record.update(status="complete" if stopped is None else "stopped", history=history, memory=memory,
@@ -249,6 +259,19 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
     if stopped is not None:
         raise RunError(f"{stopped}; the partial run is recorded in {run_dir}")
     return SimulateResult(accuracy, history, run_dir, memory, record)
+
+
+def _with_static(energy: dict, counters: dict, device: DeviceProfile, dims) -> dict:
+    """Add the spiking time model's static energy (accounting.spiking_time) to an energy record."""
+    from .accounting.spiking_time import static_record
+    from .rules.spiking_binding import layer_cores
+
+    energy["static"] = static_record(counters_array(counters), layer_cores(dims, device), device.spiking,
+                                     device.energy_pj.get("static_mw", 0.0),
+                                     training_samples=counters["training_samples"],
+                                     inference_samples=counters["inference_samples"])
+    energy["not_charged"] = [n for n in energy["not_charged"] if not n.startswith("static_mw")]
+    return energy
 
 
 def _simulate_conv(config: SimulateConfig, on_batch, on_start) -> SimulateResult:

@@ -66,6 +66,10 @@ def _summary_table(result: api.SimulateResult) -> str:
             label = "" if len(energy["modes"]) == 1 else f" ({name} mode)"
             rows.append((f"energy / training sample{label}", format_energy(mode["per_training_sample_pj"])))
             rows.append((f"energy / inference sample{label}", format_energy(mode["per_inference_sample_pj"])))
+        static = energy.get("static")
+        if static:
+            rows.append(("static energy / training sample", f"{format_energy(static['per_training_sample_pj'])} "
+                         f"({static['cores_used']} cores, {1e3 * static['training_s']:.3g} ms device time)"))
     else:
         rows.append(("energy", "counted on the numba path only (use --backend numba)"))
     rows.append(("run directory", str(result.run_dir)))

@@ -107,6 +107,7 @@ class SpikingParams:
     synapse_bytes_per_core: int
     cores_per_chip: int
     synop_ns: float
+    syn_update_ns: float
     neuron_active_ns: float
     neuron_inactive_ns: float
     barrier_ns: float

@@ -1,0 +1,85 @@
+"""The float reference of spiking training (snnTorch, CPU or CUDA): the same rules and schedule as the
+device path (rules.spiking_binding), with float weights and exact (unrounded) updates.
+
+Per batch: clean run -> counts c_l, logits y, e; second run (FTP: inject -e G^T into layer 1; PEPITA / FOTON:
+input rates clip(x +- e F, 0, 1)); g_l = (c_l - c'_l)^T h_{l-1} / (T^2 B), g_L = e^T c_{L-1} / (T B); W -= lr g.
+FOTON refreshes F = W_L ... W_1 every ``refresh_every`` steps and runs Björck every ``ortho_every`` steps.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..data import Dataset
+from ..device.spec import DeviceProfile
+from ..models.spiking import SpikingMLP
+from ..rules import bjorck_torch, projection_torch
+from ..rules.foton import FOTONConfig
+from ..rules.ftp import FTPConfig, ftp_feedback
+from ..rules.pepita import pepita_feedback
+from .torch_loop import epoch_order
+
+__all__ = ["train_spiking_torch"]
+
+
+def _error(y: torch.Tensor, t: torch.Tensor, error: str, temperature: float) -> torch.Tensor:
+    return y - t if error == "mse" else torch.softmax(y / temperature, dim=1) - t
+
+
+def train_spiking_torch(weights: list[np.ndarray], data: Dataset, rule: str, config, profile: DeviceProfile, *,
+                        error: str, lr: float, epochs: int, batch_size: int, seed: int, device: str = "cpu",
+                        on_batch: Callable[[int], None] | None = None) -> tuple[list[np.ndarray], list[dict]]:
+    """Train; returns the final weights (float32 numpy) and per-epoch metrics."""
+    dev = torch.device(device)
+    ws = [torch.as_tensor(w, dtype=torch.float32, device=dev).clone() for w in weights]
+    net = SpikingMLP(ws, profile.spiking).to(dev)
+    dims = tuple([int(weights[0].shape[1])] + [int(w.shape[0]) for w in weights])
+    steps_t = profile.spiking.timesteps
+    temperature = getattr(config, "temperature", 1.0)
+    if rule == "ftp":
+        proj = torch.tensor(ftp_feedback(dims, config), dtype=torch.float32, device=dev)
+    elif rule == "pepita":
+        proj = torch.tensor(pepita_feedback(dims, config), dtype=torch.float32, device=dev)
+    is_foton = isinstance(config, FOTONConfig)
+    eye = torch.eye(dims[-1], device=dev)
+    x_tr, y_tr = torch.as_tensor(data.x_train, device=dev), torch.as_tensor(data.y_train, device=dev)
+    step, history = 0, []
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        order = torch.as_tensor(epoch_order(len(x_tr), seed, epoch), device=dev)
+        for begin in range(0, len(order), batch_size):
+            idx = order[begin:begin + batch_size]
+            x, t = x_tr[idx], eye[y_tr[idx]]
+            if is_foton and step % config.refresh_every == 0:
+                proj = projection_torch(ws)
+            y, counts, in_counts = net(x)
+            e = _error(y, t, error, temperature)
+            if rule == "ftp":
+                label = isinstance(config, FTPConfig) and config.target_mode == "label"
+                _, counts_m, in_m = net(x, inject=t @ proj.T if label else -(e @ proj.T))
+            else:
+                sign = 1.0 if rule == "pepita" else -1.0
+                _, counts_m, in_m = net(torch.clamp(x + sign * (e @ proj), 0.0, 1.0))
+            n = len(idx)
+            hins = [in_m if rule == "pepita" else in_counts] + [
+                (counts_m if rule == "pepita" else counts)[l] for l in range(len(ws) - 1)]
+            for l in range(len(ws) - 1):
+                ws[l].sub_(lr * (counts[l] - counts_m[l]).T @ hins[l] / (steps_t ** 2 * n))
+            ws[-1].sub_(lr * e.T @ hins[-1] / (steps_t * n))
+            step += 1
+            if is_foton and config.ortho_every and step % config.ortho_every == 0:
+                for l, w in enumerate(ws):
+                    w.copy_(bjorck_torch(w, config.bjorck_iters))
+            if on_batch is not None:
+                on_batch(n)
+        seconds = time.perf_counter() - start
+        correct = 0
+        for begin in range(0, len(data.x_test), 1024):
+            xb = torch.as_tensor(data.x_test[begin:begin + 1024], device=dev)
+            correct += int((net(xb)[0].argmax(1).cpu().numpy() == data.y_test[begin:begin + 1024]).sum())
+        history.append({"epoch": epoch + 1, "steps": step, "test_accuracy": correct / max(len(data.x_test), 1),
+                        "seconds": seconds, "samples_per_s": len(order) / max(seconds, 1e-9)})
+    return [w.cpu().numpy() for w in ws], history

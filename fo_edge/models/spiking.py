@@ -1,0 +1,61 @@
+"""The snnTorch reference of the loihi-like spiking MLP (``--backend torch`` on a spiking device).
+
+The same network as kernels.spiking, in float: inputs through the same deterministic 8-bit rate code, each
+hidden layer an ``nn.Linear`` (bias off) feeding a ``snntorch.Leaky`` neuron (beta = 1 - dv/4096, threshold, reset
+to zero: snnTorch's delayed zero reset spikes exactly when Lava's immediate one does), currents delivered one
+step late (Lava Dense's synaptic delay), and a non-spiking output integrator (logits = summed input / T). Runs
+on CPU or CUDA; nothing per timestep is kept, only the spike counts.
+"""
+from __future__ import annotations
+
+import snntorch as snn
+import torch
+
+from ..device.spec import SpikingParams
+
+__all__ = ["SpikingMLP", "PHASE_ONE"]
+
+PHASE_ONE = 256  # as kernels.spiking: 8-bit input intensities
+
+
+class SpikingMLP(torch.nn.Module):
+    """forward(x: (B, d_0) in [0, 1], inject=None) -> (logits (B, d_L), counts: list of (B, d_l) per hidden
+    layer, input counts (B, d_0)); ``inject`` (B, d_1) is added to layer 1's input every timestep."""
+
+    def __init__(self, weights: list[torch.Tensor], sp: SpikingParams):
+        super().__init__()
+        self.weights = weights  # shared with the training loop, updated in place
+        self.sp = sp
+        beta = 1.0 - sp.dv / 4096.0
+        self.neurons = torch.nn.ModuleList(
+            [snn.Leaky(beta=beta, threshold=sp.threshold, reset_mechanism="zero") for _ in weights[:-1]])
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, inject: torch.Tensor | None = None):
+        sp, ws = self.sp, self.weights
+        batch = x.shape[0]
+        x_q = torch.clamp(torch.round(x * PHASE_ONE), 0, PHASE_ONE)
+        phase = torch.zeros_like(x_q)
+        mems = [lif.init_leaky() for lif in self.neurons]
+        pending = [torch.zeros(batch, w.shape[0], dtype=x.dtype, device=x.device) for w in ws]
+        counts = [torch.zeros(batch, w.shape[0], dtype=x.dtype, device=x.device) for w in ws[:-1]]
+        in_counts = torch.zeros_like(x)
+        out = torch.zeros(batch, ws[-1].shape[0], dtype=x.dtype, device=x.device)
+        for _ in range(sp.timesteps):
+            phase = phase + x_q
+            spikes = (phase >= PHASE_ONE).to(x.dtype)
+            phase = phase - spikes * PHASE_ONE
+            in_counts += spikes
+            src = spikes
+            for l, w in enumerate(ws):
+                current = src @ w.T
+                if sp.delay > 0:
+                    current, pending[l] = pending[l], current
+                if l == 0 and inject is not None:
+                    current = current + inject
+                if l < len(ws) - 1:
+                    src, mems[l] = self.neurons[l](current, mems[l])
+                    counts[l] += src
+                else:
+                    out += current
+        return out / sp.timesteps, counts, in_counts
