@@ -47,10 +47,18 @@ def test_fp32_export_matches_pytorch(mcu_run):
 
 
 def test_int8_is_refused_for_devices_it_cannot_express(tmp_path):
+    fo_edge.simulate(rule="ftp", device="fpga-fixed16", dataset="digits", model="64-16-10", limit=100,
+                     out=str(tmp_path / "fpga"))
+    with pytest.raises(ConfigError, match="16/16 bits"):
+        export_onnx(tmp_path / "fpga", tmp_path / "x.onnx", int8=True)
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_spiking_runs_are_refused_in_one_line(tmp_path):
     fo_edge.simulate(rule="ftp", device="loihi-like", dataset="digits", model="64-16-10", limit=100,
                      out=str(tmp_path / "loihi"))
-    with pytest.raises(ConfigError, match="9/24 bits"):
-        export_onnx(tmp_path / "loihi", tmp_path / "x.onnx", int8=True)
+    with pytest.raises(RunError, match="spiking run"):
+        export_onnx(tmp_path / "loihi", tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
 
 
