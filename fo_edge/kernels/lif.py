@@ -103,29 +103,26 @@ def lif_float_step_(u, v, a_in, beta_u, beta_v, thr, reset_mode, spikes, C):
 
 
 @njit(cache=True)
-def dense_events_(spikes, w, off, d_out, d_in, weight_exp, nnz_col, active, out, C):
-    """out[b, i] = (sum over j with spikes[b, j] != 0 of W[i, j]) shifted by weight_exp (floor for < 0).
+def dense_events_(spikes, wt, weight_exp, nnz_col, out, C):
+    """out[b, :] = (sum over j with spikes[b, j] != 0 of W[:, j]) shifted by weight_exp (floor for < 0).
 
-    spikes: (B, d_in) 0/1; W: the flat store's layer (``w[off + i * d_in + j]``); nnz_col: (d_in,) nonzero
-    weights per column (events = spikes x nonzero fan-out, also counted as accumulate-only ops); active:
-    (d_in,) int64 workspace; out: int64 (B, d_out).
+    spikes: (B, d_in) 0/1; wt: (d_in, d_out) int32 (or int64) the weights indexed by input (Loihi keeps synapses as per-axon
+    fan-out lists, so a spike reads one contiguous row); nnz_col: (d_in,) nonzero weights per input (events =
+    spikes x nonzero fan-out, also counted as accumulate-only ops); out: int64 (B, d_out).
     """
     events = 0
+    d_in, d_out = wt.shape
+    acc = np.zeros(d_out, dtype=wt.dtype)  # the dendritic accumulator (int32 on the chip)
     for b in range(spikes.shape[0]):
-        n = 0
+        acc[:] = 0
         for j in range(d_in):
             if spikes[b, j] != 0:
-                active[n] = j
-                n += 1
                 events += nnz_col[j]
+                src = wt[j]
+                for i in range(d_out):
+                    acc[i] += src[i]
         for i in range(d_out):
-            base = off + i * d_in
-            acc = w[base] * 0
-            for k in range(n):
-                acc += w[base + active[k]]
-            if weight_exp >= 0:
-                out[b, i] = acc << weight_exp
-            else:
-                out[b, i] = acc >> -weight_exp
+            total = np.int64(acc[i])
+            out[b, i] = total << weight_exp if weight_exp >= 0 else total >> -weight_exp
     C[SYN_EVENTS] += events
     C[ACS_EFF] += events

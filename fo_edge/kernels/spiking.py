@@ -26,13 +26,13 @@ PHASE_ONE = 256  # input rate code: 8-bit intensities
 
 @njit(cache=True)
 def spiking_pass_(x_q, steps, w, dims, offs, wexp, vth_eff, du, dv, delay, inject, phase_buf, spk, u, v,
-                  pending, a_buf, counts, in_counts, out_acc, nnz, active, C, phase):
+                  pending, a_buf, counts, in_counts, out_acc, nnz, C, phase):
     """Run the net on x_q (B, d_0) int64 intensities in [0, 256] for ``steps`` timesteps.
 
     Flat per-neuron buffers cover layers 1..L at offsets ``noff`` derived from dims (B x d_l each): spk, u, v
     (hidden layers), pending, a_buf (all layers); counts (B, sum of hidden d_l) spike counts, in_counts
-    (B, d_0) input spike counts, out_acc (B, d_L). wexp, vth_eff: per layer; nnz: flat nonzero-per-column
-    counts (offsets as ``offs`` divided by d_out ... given per layer as noz_off = sum of earlier d_in).
+    (B, d_0) input spike counts, out_acc (B, d_L). wexp, vth_eff: per layer; nnz: the layers' nonzero-per-input
+    counts, concatenated (layer l's at sum of earlier d_in).
     """
     batch = x_q.shape[0]
     n_layers = dims.size - 1
@@ -54,6 +54,10 @@ def spiking_pass_(x_q, steps, w, dims, offs, wexp, vth_eff, du, dv, delay, injec
     in_counts[:] = 0
     out_acc[:] = 0
     s_in = np.zeros((batch, d0), dtype=np.int64)  # simulator view of this step's input spikes
+    wts = []  # each layer's weights indexed by input axon (Loihi's fan-out lists), for this presentation
+    for l in range(n_layers):
+        d_in, d_out = dims[l], dims[l + 1]
+        wts.append(np.ascontiguousarray(w[offs[l]:offs[l] + d_out * d_in].reshape((d_out, d_in)).T).astype(np.int32))
     for _ in range(steps):
         for b in range(batch):
             for j in range(d0):
@@ -70,7 +74,7 @@ def spiking_pass_(x_q, steps, w, dims, offs, wexp, vth_eff, du, dv, delay, injec
             d_in, d_out = dims[l], dims[l + 1]
             row = C[phase, l]
             a_new = a_buf[noff[l]:noff[l + 1]].reshape((batch, d_out))
-            dense_events_(src, w, offs[l], d_out, d_in, wexp[l], nnz[coff[l]:coff[l + 1]], active, a_new, row)
+            dense_events_(src, wts[l], wexp[l], nnz[coff[l]:coff[l + 1]], a_new, row)
             delivered = pending[noff[l]:noff[l + 1]].reshape((batch, d_out))
             if delay > 0:
                 for b in range(batch):

@@ -78,7 +78,6 @@ class SpikingBuffers:
     out_acc: np.ndarray
     e: np.ndarray
     proj: np.ndarray
-    active: np.ndarray
 
 
 def allocate_spiking(arena: MemoryArena, profile: DeviceProfile, dims, batch: int, rule: str) -> SpikingBuffers:
@@ -106,7 +105,7 @@ def allocate_spiking(arena: MemoryArena, profile: DeviceProfile, dims, batch: in
         in_counts_m=alloc("input_counts_second_pass", (batch, dims[0]), "activations", count_bytes),
         out_acc=alloc("output_accumulator", (batch, dims[-1]), "activations", 4),
         e=alloc("output_error", (batch, dims[-1]), "errors", profile.error.bytes_per_value),
-        proj=np.zeros((0, 0)), active=np.zeros(max(dims), dtype=i64))
+        proj=np.zeros((0, 0)))
     if rule == "ftp":
         bufs.proj = arena.alloc("feedback_G", (dims[1], dims[-1]), np.float64, "projection", 2)
     elif rule in ("pepita", "foton"):
@@ -137,7 +136,7 @@ def spiking_forward(net: DeviceNet, bufs: SpikingBuffers, profile: DeviceProfile
     spiking_pass_(x_q, sp.timesteps, net.w, net.dims, net.offs, np.zeros(net.n_layers, dtype=np.int64),
                   thresholds(net, profile), sp.du, sp.dv, sp.delay, inj, bufs.phase[:n], bufs.spk[:size],
                   bufs.u[:size], bufs.v[:size], bufs.pending[:size], bufs.a_buf[:size], counts, in_counts,
-                  bufs.out_acc[:n], _nnz(net), bufs.active, C, phase)
+                  bufs.out_acc[:n], _nnz(net), C, phase)
     return bufs.out_acc[:n] / (sp.timesteps * float(net.w_one[-1]))
 
 
