@@ -25,7 +25,7 @@ from .models.conv import is_conv_spec
 from .models.mlp import ACTIVATIONS, init_weights, parse_model_spec
 from .rules import BACKENDS, RULES, rule_config
 from .rules.base import ERRORS
-from .rules.spiking_binding import SPIKING_ACTIVATION, SPIKING_RULES
+from .rules.spiking_binding import SPIKING_ACTIVATION, SPIKING_DEFAULT_LR, SPIKING_RULES
 from .runs import (SCHEMA_VERSION, load_checkpoint, package_versions, prepare_run_dir, read_run, save_checkpoint,
                    save_weights, write_file_atomic, write_json_atomic)
 
@@ -127,6 +127,7 @@ def _validate(config: SimulateConfig) -> tuple[SimulateConfig, DeviceProfile, tu
         if config.activation is not None:
             raise ConfigError(f"{device.id} is spiking: its neurons are CUBA-LIF, so --activation does not apply")
         activation = SPIKING_ACTIVATION
+        lr = SPIKING_DEFAULT_LR[config.rule] if config.lr is None else lr
     filled = dataclasses.replace(config, lr=float(lr), backend=backend, activation=activation)
     return filled, device, dims, rcfg, backend
 
