@@ -97,3 +97,22 @@ def test_simulate_conv_model_end_to_end(tmp_path):
     assert export.returncode == 2 and "conv-net run" in export.stderr and "Traceback" not in export.stderr
     bad = run_cli("simulate", "--rule", "ftp", "--dataset", "digits", "--model", "c4-10", "--out", str(tmp_path / "b"))
     assert bad.returncode == 2 and "MLP-only" in bad.stderr and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_simulate_spiking_device_end_to_end(tmp_path, backend):
+    """loihi-like trains a spiking net on both paths; the device path charges static energy over its time model."""
+    out = tmp_path / backend
+    proc = run_cli("simulate", "--device", "loihi-like", "--rule", "ftp", "--dataset", "digits", "--model",
+                   "64-32-10", "--limit", "300", "--backend", backend, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((out / "run.json").read_text())
+    assert record["config"]["activation"] == "loihi-cuba" and record["config"]["lr"] == 0.1
+    if backend == "numba":
+        static = record["energy"]["static"]
+        assert static["cores_used"] >= 2 and static["training_s"] > 0 and static["per_training_sample_pj"] > 0
+        assert "static energy / training sample" in proc.stdout
+        assert record["counters"]["totals"]["spikes"] > 0
+    bad = run_cli("simulate", "--device", "loihi-like", "--rule", "bp", "--dataset", "digits", "--out",
+                  str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "backward pass through the spike trains" in bad.stderr
