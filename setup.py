@@ -24,6 +24,7 @@ setup(
         "click>=8.1",
         "tqdm>=4.66",
         "scikit-learn>=1.4",
+        "scipy>=1.11",
         "matplotlib>=3.8",
     ],
     extras_require={

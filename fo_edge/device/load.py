@@ -42,7 +42,7 @@ _ANALOG = {"levels": (int, 2, 1 << 20), "w_min": (float, -1e3, 1e3), "w_max": (f
 #: spiking neuron models (``neuron = ...``) and their [spiking] table
 NEURONS = ("loihi-cuba",)
 _SPIKING = {"du": (int, 0, 4095), "dv": (int, 0, 4095), "threshold": (float, 1e-6, 1e6),
-            "timesteps": (int, 1, 4096), "delay": (int, 0, 62), "neurons_per_core": (int, 1, 1 << 24),
+            "timesteps": (int, 1, 4096), "delay": (int, 0, 1), "neurons_per_core": (int, 1, 1 << 24),
             "synapse_bytes_per_core": (int, 1, 1 << 40), "cores_per_chip": (int, 1, 1 << 20),
             "synop_ns": (float, 0.0, 1e9), "syn_update_ns": (float, 0.0, 1e9), "neuron_active_ns": (float, 0.0, 1e9),
             "neuron_inactive_ns": (float, 0.0, 1e9), "barrier_ns": (float, 0.0, 1e12)}

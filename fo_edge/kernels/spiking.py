@@ -14,7 +14,7 @@ per timestep is stored. Counters go to C[phase, l] (layer l's synapses and neuro
 (timesteps).
 """
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from .counters import NEURON_ACTIVE, TIMESTEPS
 from .lif import dense_events_, lif_int_step_
@@ -24,20 +24,21 @@ __all__ = ["spiking_pass_", "PHASE_ONE"]
 PHASE_ONE = 256  # input rate code: 8-bit intensities
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def spiking_pass_(x_q, steps, w, dims, offs, wexp, vth_eff, du, dv, delay, inject, phase_buf, spk, u, v,
                   pending, a_buf, counts, in_counts, out_acc, nnz, C, phase):
     """Run the net on x_q (B, d_0) int64 intensities in [0, 256] for ``steps`` timesteps.
 
-    Flat per-neuron buffers cover layers 1..L at offsets ``noff`` derived from dims (B x d_l each): spk, u, v
-    (hidden layers), pending, a_buf (all layers); counts (B, sum of hidden d_l) spike counts, in_counts
-    (B, d_0) input spike counts, out_acc (B, d_L). wexp, vth_eff: per layer; nnz: the layers' nonzero-per-input
-    counts, concatenated (layer l's at sum of earlier d_in).
+    Flat per-neuron buffers cover layers 1..L, layer l's B x d_l block at the sum of the earlier layers'
+    blocks: spk, u, v (hidden layers), pending, a_buf (all layers); counts (B, sum of hidden d_l) spike
+    counts, in_counts (B, d_0) input spike counts, out_acc (B, d_L). wexp, vth_eff: per layer; nnz: the
+    layers' nonzero-per-input counts, concatenated (layer l's at the sum of earlier d_in); delay: 0 or 1.
+    Samples are independent presentations, simulated in parallel (each with its own counter rows, summed
+    at the end, so results do not depend on the thread count).
     """
     batch = x_q.shape[0]
     n_layers = dims.size - 1
     d0 = dims[0]
-    # offsets of each layer's neurons in the flat buffers, and of each layer's column counts in nnz
     noff = np.zeros(n_layers + 1, dtype=np.int64)
     coff = np.zeros(n_layers + 1, dtype=np.int64)
     hoff = np.zeros(n_layers + 1, dtype=np.int64)
@@ -45,21 +46,25 @@ def spiking_pass_(x_q, steps, w, dims, offs, wexp, vth_eff, du, dv, delay, injec
         noff[l + 1] = noff[l] + batch * dims[l + 1]
         coff[l + 1] = coff[l] + dims[l]
         hoff[l + 1] = hoff[l] + (dims[l + 1] if l < n_layers - 1 else 0)
-    phase_buf[:] = 0
-    spk[:] = 0
-    u[:] = 0
-    v[:] = 0
-    pending[:] = 0
-    counts[:] = 0
-    in_counts[:] = 0
-    out_acc[:] = 0
-    s_in = np.zeros((batch, d0), dtype=np.int64)  # simulator view of this step's input spikes
     wts = []  # each layer's weights indexed by input axon (Loihi's fan-out lists), for this presentation
     for l in range(n_layers):
         d_in, d_out = dims[l], dims[l + 1]
         wts.append(np.ascontiguousarray(w[offs[l]:offs[l] + d_out * d_in].reshape((d_out, d_in)).T).astype(np.int32))
-    for _ in range(steps):
-        for b in range(batch):
+    local = np.zeros((batch, n_layers, C.shape[2]), dtype=np.int64)
+    s_in = np.zeros((batch, d0), dtype=np.int64)  # simulator view of this step's input spikes
+    for b in prange(batch):
+        phase_buf[b, :] = 0
+        counts[b, :] = 0
+        in_counts[b, :] = 0
+        out_acc[b, :] = 0
+        for l in range(n_layers):
+            lo = noff[l] + b * dims[l + 1]
+            hi = lo + dims[l + 1]
+            spk[lo:hi] = 0
+            u[lo:hi] = 0
+            v[lo:hi] = 0
+            pending[lo:hi] = 0
+        for _ in range(steps):
             for j in range(d0):
                 ph = phase_buf[b, j] + x_q[b, j]
                 if ph >= 256:
@@ -69,38 +74,33 @@ def spiking_pass_(x_q, steps, w, dims, offs, wexp, vth_eff, du, dv, delay, injec
                 else:
                     s_in[b, j] = 0
                 phase_buf[b, j] = ph
-        src = s_in
+            src = s_in[b:b + 1]
+            for l in range(n_layers):
+                d_out = dims[l + 1]
+                row = local[b, l]
+                lo = noff[l] + b * d_out
+                arrive = a_buf[lo:lo + d_out].reshape((1, d_out))
+                dense_events_(src, wts[l], wexp[l], nnz[coff[l]:coff[l + 1]], arrive, row)
+                if delay > 0:  # deliver last step's accumulation, keep this step's for the next
+                    for i in range(d_out):
+                        a_old = pending[lo + i]
+                        pending[lo + i] = arrive[0, i]
+                        arrive[0, i] = a_old
+                if l == 0 and inject.shape[0] > 0:
+                    for i in range(d_out):
+                        arrive[0, i] += inject[b, i]
+                if l < n_layers - 1:
+                    s_out = spk[lo:lo + d_out]
+                    lif_int_step_(u[lo:lo + d_out], v[lo:lo + d_out], arrive[0], du, dv, vth_eff[l], 0, s_out, row)
+                    for i in range(d_out):
+                        counts[b, hoff[l] + i] += s_out[i]
+                    src = s_out.reshape((1, d_out))
+                else:
+                    for i in range(d_out):
+                        out_acc[b, i] += arrive[0, i]
+                    row[NEURON_ACTIVE] += d_out
+    for b in range(batch):
         for l in range(n_layers):
-            d_in, d_out = dims[l], dims[l + 1]
-            row = C[phase, l]
-            a_new = a_buf[noff[l]:noff[l + 1]].reshape((batch, d_out))
-            dense_events_(src, wts[l], wexp[l], nnz[coff[l]:coff[l + 1]], a_new, row)
-            delivered = pending[noff[l]:noff[l + 1]].reshape((batch, d_out))
-            if delay > 0:
-                for b in range(batch):
-                    for i in range(d_out):
-                        a_old = delivered[b, i]
-                        delivered[b, i] = a_new[b, i]
-                        a_new[b, i] = a_old  # a_new now holds what arrives this step
-                arrive = a_new
-            else:
-                arrive = a_new
-            if l == 0 and inject.shape[0] > 0:
-                for b in range(batch):
-                    for i in range(d_out):
-                        arrive[b, i] += inject[b, i]
-            if l < n_layers - 1:
-                s_out = spk[noff[l]:noff[l + 1]]
-                lif_int_step_(u[noff[l]:noff[l + 1]], v[noff[l]:noff[l + 1]], arrive.reshape(-1), du, dv,
-                              vth_eff[l], 0, s_out, row)
-                s2 = s_out.reshape((batch, d_out))
-                for b in range(batch):
-                    for i in range(d_out):
-                        counts[b, hoff[l] + i] += s2[b, i]
-                src = s2
-            else:
-                for b in range(batch):
-                    for i in range(d_out):
-                        out_acc[b, i] += arrive[b, i]
-                row[NEURON_ACTIVE] += batch * d_out
+            for k in range(C.shape[2]):
+                C[phase, l, k] += local[b, l, k]
     C[phase, n_layers, TIMESTEPS] += steps

@@ -1,0 +1,124 @@
+"""MANO: multipole attention against full attention in the degenerate case, its bounded-keys structure, the
+Darcy generator against its discrete equation, FTP's block-local training, and device inference."""
+import numpy as np
+import pytest
+import torch
+
+from fo_edge.darcy import coefficient_field, darcy_dataset, relative_l2, residual, solve_darcy
+from fo_edge.device import load_device
+from fo_edge.engine.mano_loop import MANOTrainConfig, ftp_step, train_mano
+from fo_edge.errors import ConfigError
+from fo_edge.models.mano import (MANOClassifier, MANOOperator, MultipoleAttention, attended_keys, full_attention,
+                                 levels_for, multipole_attention)
+from fo_edge.rules.mano_binding import DeviceLinears
+
+
+@pytest.mark.parametrize("rows,cols,window", [(4, 4, 4), (5, 7, 8), (6, 6, 6)])
+def test_single_level_covering_window_is_full_attention(rows, cols, window):
+    gen = torch.Generator().manual_seed(rows * cols)
+    q, k, v = (torch.randn(2, 3, rows, cols, 8, generator=gen) for _ in range(3))
+    out = multipole_attention(q, k, v, window=window, levels=1)
+    assert torch.allclose(out, full_attention(q, k, v), atol=1e-5)
+
+
+def test_module_matches_full_attention_in_the_degenerate_configuration():
+    torch.manual_seed(0)
+    fine = MultipoleAttention(16, 2, window=8, levels=1)
+    full = MultipoleAttention(16, 2, window=8, levels=1, full=True)
+    full.load_state_dict(fine.state_dict())
+    x = torch.randn(3, 8, 8, 16)
+    assert torch.allclose(fine(x), full(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [16, 32, 64, 128])
+def test_keys_per_query_are_bounded_and_the_coarsest_window_covers_the_grid(size):
+    window = 4
+    levels = levels_for(size, window)
+    most, cover = attended_keys(size, size, window, levels)
+    assert most <= levels * window * window  # grows with log(size) levels only, never with size^2
+    assert cover == size * size  # global receptive field
+    assert most < size * size or size <= window
+
+
+def test_multipole_output_depends_on_far_keys_through_coarse_levels():
+    torch.manual_seed(1)
+    q, k, v = (torch.randn(1, 1, 16, 16, 4) for _ in range(3))
+    base = multipole_attention(q, k, v, 4, levels_for(16, 4))
+    v2 = v.clone()
+    v2[..., 15, 15, :] += 10.0  # a key far outside query (0, 0)'s fine window
+    moved = multipole_attention(q, k, v2, 4, levels_for(16, 4))
+    assert not torch.allclose(base[..., 0, 0, :], moved[..., 0, 0, :])  # global receptive field
+    local = multipole_attention(q, k, v2, 4, 1)
+    assert torch.allclose(multipole_attention(q, k, v, 4, 1)[..., 0, 0, :], local[..., 0, 0, :])
+
+
+@pytest.mark.parametrize("n", [16, 32])
+def test_darcy_solutions_satisfy_the_discrete_equation(n):
+    rng = np.random.default_rng(n)
+    a = coefficient_field(n, rng)
+    assert set(np.unique(a)) <= {3.0, 12.0}
+    u = solve_darcy(a)
+    assert residual(a, u) < 1e-10
+    assert u.min() > 0  # f = 1 > 0 with u = 0 on the boundary: the solution is positive inside
+    assert relative_l2(u[None], u[None]) == 0.0
+
+
+def test_darcy_dataset_is_seeded_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("FO_EDGE_CACHE", str(tmp_path))
+    first = darcy_dataset(8, 4, 2, seed=3)
+    assert list(tmp_path.rglob("*.npz")) and not list(tmp_path.rglob("*.tmp*"))
+    again = darcy_dataset(8, 4, 2, seed=3)
+    np.testing.assert_array_equal(first.u_train, again.u_train)
+    assert residual(first.a_test[0].astype(np.float64), first.u_test[0].astype(np.float64)) < 1e-5
+
+
+def test_ftp_step_never_sends_a_gradient_across_a_block_boundary():
+    """After one FTP step, block 2's gradient equals that of its local loss alone with its input detached."""
+    torch.manual_seed(2)
+    model = MANOClassifier((1, 8, 8), 10, dim=8, depth=2, heads=2, patch=2, window=2)
+    x, t = torch.rand(4, 64), torch.tensor([1, 2, 3, 4])
+    g = torch.randn(8, 10) * 0.1
+    config = MANOTrainConfig(rule="ftp")
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    ftp_step(model, x, t, config, g, opt)
+    got = {n: p.grad.clone() for n, p in model.blocks[1].named_parameters()}
+    with torch.no_grad():
+        h1 = model.blocks[0](model.stem(x))
+        e = torch.softmax(model.head(model.blocks[1](h1)), 1) - torch.nn.functional.one_hot(t, 10).float()
+        tau2 = model.blocks[1](h1 - (e @ g.T)[:, None, None, :])
+    model.zero_grad()
+    (0.5 * ((model.blocks[1](h1) - tau2) ** 2).sum() / 4).backward()
+    for n, p in model.blocks[1].named_parameters():
+        assert torch.allclose(got[n], p.grad, atol=1e-6), n
+
+
+@pytest.mark.parametrize("rule", ["bp", "ftp"])
+def test_mano_operator_learns_darcy_with_either_rule(tmp_path, monkeypatch, rule):
+    monkeypatch.setenv("FO_EDGE_CACHE", str(tmp_path))
+    data = darcy_dataset(8, 64, 16, seed=0)
+    scale = float(data.u_train.std())
+    model = MANOOperator(dim=8, depth=2, heads=2, window=4, size=8)
+
+    def evaluate(m):
+        with torch.no_grad():
+            return relative_l2(m(torch.as_tensor((data.a_test - 7.5) / 4.5)).numpy() * scale, data.u_test)
+
+    before = evaluate(model)
+    history = train_mano(model, (data.a_train - 7.5) / 4.5, data.u_train / scale,
+                         MANOTrainConfig(rule=rule, task="field", epochs=4, batch_size=8, lr=3e-3), evaluate, 1)
+    assert history[-1]["test_metric"] < 0.7 * before
+
+
+def test_device_linears_run_mano_on_int_kernels():
+    torch.manual_seed(3)
+    model = MANOClassifier((1, 8, 8), 10, dim=8, depth=1, heads=2, patch=2, window=2).eval()
+    x = torch.rand(5, 64)
+    with torch.no_grad():
+        ref = model(x)
+        with DeviceLinears(model, load_device("fpga-fixed16")) as dev:
+            out = model(x)
+    assert torch.allclose(out, ref, atol=0.05)
+    assert not torch.equal(out, ref)  # the quantised path really ran
+    assert dev.counters.sum() > 0
+    with pytest.raises(ConfigError):
+        DeviceLinears(model, load_device("memristor-rram"))
