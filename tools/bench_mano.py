@@ -1,0 +1,146 @@
+"""MANO benchmarks: one attention layer's time and peak memory against full softmax attention as the grid
+grows, then (``--train``) MANO's accuracy on MNIST and error on Darcy, BP against FTP's block-local losses.
+
+    python tools/bench_mano.py --grids 16,32,64,128
+    python tools/bench_mano.py --grids '' --train --mnist-limit 10000 --darcy-epochs 10
+
+Layer: B = 1, 32 channels, 2 heads, window 4, levels to cover the grid; forward without a graph, on the CPU.
+Each (layer, grid) runs in a fresh subprocess so its peak resident memory (ru_maxrss after the forward minus
+before it) is its own; time is the median of 3 forwards after a warm-up. Growth exponents are least-squares
+slopes of log(time) and log(memory) against log(N) over the grids (memory over the grids where the layer
+allocated at least 1 MiB, below which the allocator's reuse hides it). The full attention is the explicit
+softmax(QK^T)V, as a standard Transformer computes it.
+
+Training: MANOClassifier (2x2 patches -> 14x14 grid, dim 32, 2 blocks) on MNIST and MANOOperator (dim 32,
+2 blocks) on the generated 32x32 Darcy set (1000 train / 200 test, fo_edge.darcy), Adam lr 1e-3, batch 32
+(Darcy 16); the MNIST models are also run with their linear maps on mcu-int8 (rules.mano_binding).
+"""
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+LAYER = r"""
+import json, resource, sys, time, torch
+from fo_edge.models.mano import MultipoleAttention, levels_for
+torch.set_num_threads(2)
+size, full = int(sys.argv[1]), sys.argv[2] == "full"
+layer = MultipoleAttention(32, 2, 4, levels_for(size, 4), full=full).eval()
+x = torch.randn(1, size, size, 32)
+with torch.no_grad():
+    layer(torch.randn(1, 4, 4, 32))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    layer(x)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    times = []
+    for _ in range(3):
+        start = time.perf_counter(); layer(x); times.append(time.perf_counter() - start)
+print(json.dumps({"kib": peak, "seconds": sorted(times)[1]}))
+"""
+
+
+def _layer(size: int, kind: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", LAYER, str(size), kind], capture_output=True, text=True,
+                         timeout=1200)
+    if out.returncode:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"}
+    return json.loads(out.stdout)
+
+
+def _slope(ns, values) -> str:
+    pairs = [(n, v) for n, v in zip(ns, values) if v and v > 0]
+    if len(pairs) < 2:
+        return "n/a"
+    x, y = np.log([p[0] for p in pairs]), np.log([p[1] for p in pairs])
+    return f"{np.polyfit(x, y, 1)[0]:.2f}"
+
+
+def bench_layers(grids: list[int]) -> None:
+    print("| grid | N | MANO ms | MANO peak MiB | full attention ms | full attention peak MiB |\n|---|---|---|---|---|---|")
+    rows = {"mano": [], "full": []}
+    for size in grids:
+        cells = []
+        for kind in ("mano", "full"):
+            r = _layer(size, kind)
+            rows[kind].append(r)
+            cells += [f"{1e3 * r['seconds']:.2f}", f"{r['kib'] / 1024:.1f}"] if "error" not in r else [r["error"], ""]
+        print(f"| {size}x{size} | {size * size} | " + " | ".join(cells) + " |", flush=True)
+    ns = [s * s for s in grids]
+    for kind in ("mano", "full"):
+        t = [r.get("seconds") for r in rows[kind]]
+        m = [r.get("kib") if r.get("kib", 0) >= 1024 else None for r in rows[kind]]
+        print(f"\n{kind}: time grows as N^{_slope(ns, t)}, peak memory as N^{_slope(ns, m)}")
+
+
+def bench_training(args) -> None:
+    import torch
+
+    from fo_edge.darcy import darcy_dataset, relative_l2
+    from fo_edge.data import load_dataset
+    from fo_edge.device import load_device
+    from fo_edge.engine.mano_loop import MANOTrainConfig, train_mano
+    from fo_edge.models.mano import MANOClassifier, MANOOperator
+    from fo_edge.rules.mano_binding import DeviceLinears
+
+    torch.set_num_threads(2)
+    data = load_dataset("mnist").limited(args.mnist_limit)
+    x_test = torch.as_tensor(data.x_test)
+
+    def accuracy(model):
+        with torch.no_grad():
+            return float((model(x_test).argmax(1).numpy() == data.y_test).mean())
+
+    print("\n| task | rule | epochs | test metric | int8 (mcu-int8 linears) | seconds |\n|---|---|---|---|---|---|")
+    for rule in ("bp", "ftp"):
+        torch.manual_seed(0)
+        model = MANOClassifier((1, 28, 28), 10)
+        start = time.perf_counter()
+        history = train_mano(model, data.x_train, data.y_train, MANOTrainConfig(rule=rule, epochs=args.mnist_epochs),
+                             accuracy, 10)
+        seconds = time.perf_counter() - start
+        with DeviceLinears(model, load_device("mcu-int8")):
+            int8 = accuracy(model)
+        print(f"| MNIST ({len(data.x_train)} train) accuracy | {rule} | {args.mnist_epochs} | "
+              f"{100 * history[-1]['test_metric']:.2f} % | {100 * int8:.2f} % | {seconds:.0f} |", flush=True)
+    darcy = darcy_dataset(32, 1000, 200, seed=0)
+    scale = float(darcy.u_train.std())
+    a_test = torch.as_tensor((darcy.a_test - 7.5) / 4.5)
+
+    def error(model):
+        with torch.no_grad():
+            return relative_l2(model(a_test).numpy() * scale, darcy.u_test)
+
+    for rule in ("bp", "ftp"):
+        torch.manual_seed(0)
+        model = MANOOperator(size=32)
+        start = time.perf_counter()
+        history = train_mano(model, (darcy.a_train - 7.5) / 4.5, darcy.u_train / scale,
+                             MANOTrainConfig(rule=rule, task="field", epochs=args.darcy_epochs, batch_size=16),
+                             error, 1)
+        print(f"| Darcy 32x32 relative L2 | {rule} | {args.darcy_epochs} | {history[-1]['test_metric']:.4f} | | "
+              f"{time.perf_counter() - start:.0f} |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--grids", default="16,32,64,128")
+    parser.add_argument("--train", action="store_true")
+    parser.add_argument("--mnist-limit", type=int, default=10000)
+    parser.add_argument("--mnist-epochs", type=int, default=1)
+    parser.add_argument("--darcy-epochs", type=int, default=10)
+    args = parser.parse_args()
+    print(f"command: python tools/bench_mano.py --grids '{args.grids}'"
+          + (f" --train --mnist-limit {args.mnist_limit} --mnist-epochs {args.mnist_epochs} --darcy-epochs "
+             f"{args.darcy_epochs}" if args.train else "") + "\n")
+    grids = [int(g) for g in args.grids.split(",") if g]
+    if grids:
+        bench_layers(grids)
+    if args.train:
+        bench_training(args)
+
+
+if __name__ == "__main__":
+    main()
