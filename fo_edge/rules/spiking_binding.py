@@ -41,8 +41,8 @@ __all__ = ["SPIKING_RULES", "SPIKING_ACTIVATION", "SPIKING_DEFAULT_LR", "Spiking
 
 SPIKING_RULES = ("ftp", "pepita", "foton")
 #: learning rates ``fo-edge simulate`` uses on a spiking device when --lr is not given (rate-coded counts make
-#: the updates smaller than on the float path); measured on 784-256-10, 6,000 MNIST samples (README)
-SPIKING_DEFAULT_LR = {"ftp": 0.1, "pepita": 0.3, "foton": 0.1}
+#: the updates smaller than on the float path); measured on 784-256-10 (6,000 MNIST samples) and 784-500-10 (README)
+SPIKING_DEFAULT_LR = {"ftp": 0.1, "pepita": 0.1, "foton": 0.1}
 #: what run.json records as the activation of a spiking run (the neurons are the nonlinearity)
 SPIKING_ACTIVATION = "loihi-cuba"
 
