@@ -99,11 +99,11 @@ def test_weight_exponent_shift_and_events_on_a_planted_example():
     nnz = (w != 0).sum(axis=0).astype(np.int64)
     out, row = np.zeros((2, 3), np.int64), np.zeros(ROW, np.int64)
     wt = np.ascontiguousarray(w.T)
-    dense_events_(spikes, wt, 2, nnz, out, row)
+    dense_events_(spikes, wt, 2, nnz, np.zeros(3, np.int64), out, row)
     np.testing.assert_array_equal(out, (spikes @ w.T) << 2)
     # events = spikes x nonzero fan-out: sample 0 -> 2 + 0 + 3, sample 1 -> 2
     assert row[_slot("synaptic_events")] == 7 == row[_slot("acs_effective")]
-    dense_events_(spikes, wt, -1, nnz, out, row)
+    dense_events_(spikes, wt, -1, nnz, np.zeros(3, np.int64), out, row)
     np.testing.assert_array_equal(out, (spikes @ w.T) >> 1)  # arithmetic shift: floor
     assert out[1, 0] == -3  # -5 >> 1
 

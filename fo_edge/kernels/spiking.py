@@ -52,6 +52,7 @@ def spiking_pass_(x_q, steps, w, dims, offs, wexp, vth_eff, du, dv, delay, injec
         wts.append(np.ascontiguousarray(w[offs[l]:offs[l] + d_out * d_in].reshape((d_out, d_in)).T).astype(np.int32))
     local = np.zeros((batch, n_layers, C.shape[2]), dtype=np.int64)
     s_in = np.zeros((batch, d0), dtype=np.int64)  # simulator view of this step's input spikes
+    acc = np.zeros((batch, dims[1:].max()), dtype=np.int32)  # per-sample dendritic accumulators
     for b in prange(batch):
         phase_buf[b, :] = 0
         counts[b, :] = 0
@@ -80,7 +81,7 @@ def spiking_pass_(x_q, steps, w, dims, offs, wexp, vth_eff, du, dv, delay, injec
                 row = local[b, l]
                 lo = noff[l] + b * d_out
                 arrive = a_buf[lo:lo + d_out].reshape((1, d_out))
-                dense_events_(src, wts[l], wexp[l], nnz[coff[l]:coff[l + 1]], arrive, row)
+                dense_events_(src, wts[l], wexp[l], nnz[coff[l]:coff[l + 1]], acc[b], arrive, row)
                 if delay > 0:  # deliver last step's accumulation, keep this step's for the next
                     for i in range(d_out):
                         a_old = pending[lo + i]
