@@ -63,7 +63,7 @@ def main() -> None:
           f"--batch {args.batch}\n")
     print("| path | sample-timesteps/s | ms per presentation of the batch |\n|---|---|---|")
     print(f"| snnTorch (float32, torch threads) | {rate / torch_s:,.0f} | {1e3 * torch_s:.1f} |")
-    print(f"| Numba bit-accurate Loihi (samples in parallel on the cores) | {rate / numba_s:,.0f} | {1e3 * numba_s:.1f} |")
+    print(f"| Numba bit-accurate Loihi (one thread) | {rate / numba_s:,.0f} | {1e3 * numba_s:.1f} |")
     print(f"\nNumba / snnTorch: {torch_s / numba_s:.2f}x; same predicted class on "
           f"{100 * np.mean(labels_numba == labels_torch):.1f} % of the batch")
 

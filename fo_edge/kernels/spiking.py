@@ -14,7 +14,7 @@ per timestep is stored. Counters go to C[phase, l] (layer l's synapses and neuro
 (timesteps).
 """
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .counters import NEURON_ACTIVE, TIMESTEPS
 from .lif import dense_events_, lif_int_step_
@@ -24,7 +24,7 @@ __all__ = ["spiking_pass_", "PHASE_ONE"]
 PHASE_ONE = 256  # input rate code: 8-bit intensities
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def spiking_pass_(x_q, steps, w, dims, offs, wexp, vth_eff, du, dv, delay, inject, phase_buf, spk, u, v,
                   pending, a_buf, counts, in_counts, out_acc, nnz, C, phase):
     """Run the net on x_q (B, d_0) int64 intensities in [0, 256] for ``steps`` timesteps.
@@ -33,8 +33,9 @@ def spiking_pass_(x_q, steps, w, dims, offs, wexp, vth_eff, du, dv, delay, injec
     blocks: spk, u, v (hidden layers), pending, a_buf (all layers); counts (B, sum of hidden d_l) spike
     counts, in_counts (B, d_0) input spike counts, out_acc (B, d_L). wexp, vth_eff: per layer; nnz: the
     layers' nonzero-per-input counts, concatenated (layer l's at the sum of earlier d_in); delay: 0 or 1.
-    Samples are independent presentations, simulated in parallel (each with its own counter rows, summed
-    at the end, so results do not depend on the thread count).
+    Samples are independent presentations, simulated one after the other (each with its own counter rows,
+    summed at the end). A sample-parallel loop (prange) was measured slower on this 2-vCPU machine for
+    784-256-256-10 at batch 32, so the loop is serial.
     """
     batch = x_q.shape[0]
     n_layers = dims.size - 1
@@ -53,7 +54,7 @@ def spiking_pass_(x_q, steps, w, dims, offs, wexp, vth_eff, du, dv, delay, injec
     local = np.zeros((batch, n_layers, C.shape[2]), dtype=np.int64)
     s_in = np.zeros((batch, d0), dtype=np.int64)  # simulator view of this step's input spikes
     acc = np.zeros((batch, dims[1:].max()), dtype=np.int32)  # per-sample dendritic accumulators
-    for b in prange(batch):
+    for b in range(batch):
         phase_buf[b, :] = 0
         counts[b, :] = 0
         in_counts[b, :] = 0
