@@ -11,7 +11,6 @@ patch and the kernel: no reuse, an upper bound on a naive device). ``cols`` is s
 Pooling sums each 2 x 2 block and halves it (models.conv.pool2): ``round(sum / 2)`` with the forward
 rounding, then saturation, on integer devices.
 """
-import numpy as np
 from numba import njit
 
 from .counters import NEURON_ACTIVE, NEURON_INACTIVE, SATURATION, SRAM_READ, SRAM_WRITE

@@ -199,7 +199,7 @@ def foton_conv_step(passes: ConvPasses, profile: DeviceProfile, P: Params, x_dev
     a_frac, e_frac = a_frac_shift
     g_out = np.zeros(net.w.size)
     hc, hm = x_dev, xm
-    one = np.zeros(1, dtype=net.w.dtype)
+    one = np.zeros(1, dtype=net.w.dtype)  # mul / div placeholders: P.collect skips the weight step
     for l in range(L - 1):
         hc = passes.layer("c", l, hc, P, counters[RECOMPUTE, l], rng)
         hm = passes.layer("m", l, hm, P, counters[MODULATED, l], rng)
@@ -211,9 +211,9 @@ def foton_conv_step(passes: ConvPasses, profile: DeviceProfile, P: Params, x_dev
         cols = passes.bufs["c", "cols", l][:delta.shape[0]]
         outer_update_(net.w, net.offs[l], spec.channels[l], cols.shape[1], delta, cols, one[0], one[0],
                       2.0 ** -(2 * a_frac) / n, P, counters[UPDATE, l], rng, g_out)
-    pooled = passes.layer("c", L - 1, hc, P, counters[RECOMPUTE, L - 1], rng)
-    del pooled  # the dense layer's recompute leaves its pooled clean input in bufs["c", "in", L - 1]
-    dense_in = passes.bufs["c", "in", L - 1][:n]
+    c_last, h_last, w_last = spec.channels[L - 2], *passes.shapes[L - 2][1:]
+    dense_in = passes.bufs["c", "in", L - 1][:n]  # the dense update needs only the pooled clean input
+    pool2_(hc, c_last, h_last, w_last, P, dense_in, counters[RECOMPUTE, L - 1], rng)
     outer_update_(net.w, net.offs[L - 1], spec.n_classes, spec.dense_in, e, dense_in, one[0], one[0],
                   2.0 ** -(a_frac + e_frac) / n, P, counters[UPDATE, L - 1], rng, g_out)
     return _unflatten(net, g_out)

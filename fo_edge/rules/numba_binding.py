@@ -25,7 +25,6 @@ from ..kernels.fixed import fixed_multiplier, quantize_array
 from ..kernels.orth import bjorck_, projection_rows_
 from ..kernels.rng import new_state
 from ..kernels.steps import RULE_CODES, Params, bp_step_, forward_only_step_, predict_
-from .foton import FOTONConfig
 from .ftp import ftp_feedback
 from .pepita import pepita_feedback
 

@@ -31,13 +31,12 @@ from ..kernels.fixed import fixed_multiplier
 from ..kernels.linear import outer_update_
 from ..kernels.spiking import PHASE_ONE, spiking_pass_
 from ..kernels.steps import Params
-from .foton import FOTONConfig
 from .ftp import FTPConfig, ftp_feedback
-from .numba_binding import DeviceNet, from_device, make_params, orthogonalize
+from .numba_binding import DeviceNet, from_device
 from .pepita import PEPITAConfig, pepita_feedback
 
 __all__ = ["SPIKING_RULES", "SPIKING_ACTIVATION", "SPIKING_DEFAULT_LR", "SpikingBuffers", "allocate_spiking", "spiking_forward", "spiking_step",
-           "spiking_predict", "layer_cores", "thresholds", "refresh_feedback", "foton_maintenance", "spiking_params"]
+           "spiking_predict", "layer_cores", "thresholds", "refresh_feedback"]
 
 SPIKING_RULES = ("ftp", "pepita", "foton")
 #: learning rates ``fo-edge simulate`` uses on a spiking device when --lr is not given (rate-coded counts make
@@ -211,12 +210,6 @@ def refresh_feedback(rule: str, config, net: DeviceNet, bufs: SpikingBuffers) ->
         bufs.proj[:] = proj
 
 
-def foton_maintenance(config: FOTONConfig, net: DeviceNet, profile: DeviceProfile, step: int, C, rng) -> None:
-    """Björck every ``ortho_every`` steps (counted in the orthogonalize phase)."""
-    if config.ortho_every and step % config.ortho_every == 0:
-        orthogonalize(net, profile, config.bjorck_iters, C, rng)
-
-
 def spiking_predict(net: DeviceNet, bufs: SpikingBuffers, profile: DeviceProfile, x: np.ndarray, C) -> np.ndarray:
     """Labels (N,) by presentations of x (N, d_0) in chunks of the batch size (counted as inference)."""
     labels = np.zeros(len(x), dtype=np.int64)
@@ -225,7 +218,3 @@ def spiking_predict(net: DeviceNet, bufs: SpikingBuffers, profile: DeviceProfile
             spiking_forward(net, bufs, profile, x[start:start + bufs.batch], C, INFERENCE), axis=1)
     return labels
 
-
-def spiking_params(profile: DeviceProfile, error: str) -> Params:
-    """Kernel parameters for the updates (weight bounds, stochastic update rounding, byte sizes)."""
-    return make_params(profile, "identity", error)
