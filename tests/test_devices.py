@@ -109,3 +109,27 @@ def test_loader_fuzz_of_values_is_a_clean_error_or_a_profile(values):
         parse_device(text, "fuzz.toml")
     except FoEdgeError:
         pass
+
+
+def _loihi_text() -> str:
+    return (resources.files("fo_edge") / "profiles" / "loihi-like.toml").read_text()
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda t: t.replace('neuron = "loihi-cuba"', 'neuron = "izhikevich"'), "neuron: expected one of 'loihi-cuba'"),
+    (lambda t: t.replace('neuron = "loihi-cuba"', ''), "spiking: expected no [spiking] table"),
+    (lambda t: t.replace('arithmetic = "fixed"', 'arithmetic = "float"'), "arithmetic = 'fixed' for a loihi-cuba"),
+    (lambda t: t.replace("du = { value = 4095", "du = { value = 5000"), "spiking.du.value: expected a value in"),
+    (lambda t: t.replace("delay = { value = 1", "delay = { value = 2"), "spiking.delay.value: expected a value in"),
+    (lambda t: t.split("[spiking]")[0], "spiking: expected a [spiking] table"),
+])
+def test_broken_spiking_sections_give_one_clear_error(mutate, message):
+    with pytest.raises(DeviceProfileError, match=re.escape(message)):
+        parse_device(mutate(_loihi_text()), "loihi-test.toml")
+
+
+def test_loihi_spiking_numbers_match_devices_md():
+    sp = load_device("loihi-like").spiking
+    assert (sp.neurons_per_core, sp.synapse_bytes_per_core, sp.cores_per_chip) == (1024, 131072, 128)
+    assert (sp.synop_ns, sp.syn_update_ns, sp.neuron_active_ns, sp.neuron_inactive_ns) == (3.5, 6.1, 8.4, 5.3)
+    assert load_device("mcu-int8").spiking is None
