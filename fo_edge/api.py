@@ -21,7 +21,7 @@ from .data import DATASETS, load_dataset
 from .device import DeviceProfile, device_text, load_device
 from .engine.health import HealthConfig, TrainingStopped
 from .errors import ConfigError, RunError
-from .models.conv import is_conv_spec
+from .models.conv import is_conv_spec, parse_conv_spec
 from .models.mlp import ACTIVATIONS, init_weights, parse_model_spec
 from .rules import BACKENDS, RULES, rule_config
 from .rules.base import ERRORS
@@ -280,6 +280,9 @@ def _simulate_conv(config: SimulateConfig, on_batch, on_start) -> SimulateResult
     from .conv_run import conv_train_config, run_conv
 
     device = load_device(config.device)
+    if device.spiking is not None:
+        raise ConfigError(f"{device.id} is spiking; conv models run on gpu-fp32, mcu-int8 or fpga-fixed16 "
+                          "(pass --device)")
     backend = config.backend or ("torch" if device.is_float else "numba")
     if backend == "torch" and not device.is_float:
         raise ConfigError(f"--backend torch runs float devices only; {device.id} is {device.arithmetic.value}: "
@@ -290,8 +293,6 @@ def _simulate_conv(config: SimulateConfig, on_batch, on_start) -> SimulateResult
                                      lr=config.lr, epochs=config.epochs, batch_size=config.batch_size,
                                      seed=config.seed, backend=backend, rule_options=dict(config.rule_options))
     data = load_dataset(config.dataset if config.data_dir is None else None, config.data_dir).limited(config.limit)
-    from .models.conv import parse_conv_spec
-
     parse_conv_spec(config.model, data.image_shape)  # refuse a bad spec before anything is written
     run_dir = prepare_run_dir(config.out or default_run_dir(config))
     if on_start is not None:

@@ -95,8 +95,12 @@ def test_simulate_conv_model_end_to_end(tmp_path):
     assert record["counters"]["totals"]["macs_dense"] > 0 and record["energy"]["modes"]
     export = run_cli("export", str(out), "--out", str(tmp_path / "m.onnx"))
     assert export.returncode == 2 and "conv-net run" in export.stderr and "Traceback" not in export.stderr
-    bad = run_cli("simulate", "--rule", "ftp", "--dataset", "digits", "--model", "c4-10", "--out", str(tmp_path / "b"))
+    bad = run_cli("simulate", "--device", "mcu-int8", "--rule", "ftp", "--dataset", "digits", "--model", "c4-10",
+                  "--out", str(tmp_path / "b"))
     assert bad.returncode == 2 and "MLP-only" in bad.stderr and not (tmp_path / "b").exists()
+    spiking = run_cli("simulate", "--rule", "foton", "--dataset", "digits", "--model", "c4-10", "--out",
+                      str(tmp_path / "s"))  # the default device, loihi-like, is spiking
+    assert spiking.returncode == 2 and "conv models run on" in spiking.stderr and not (tmp_path / "s").exists()
 
 
 @pytest.mark.parametrize("backend", ["numba", "torch"])
