@@ -90,9 +90,11 @@ def test_user_profile_by_path_and_cli_error(tmp_path):
 @given(st.text(max_size=300))
 def test_loader_fuzz_never_crashes(text):
     try:
-        parse_device(text, "fuzz.toml")
-    except FoEdgeError:
-        pass
+        profile = parse_device(text, "fuzz.toml")
+    except FoEdgeError as exc:
+        assert str(exc) and "\n" not in str(exc)  # one clear line, never another exception
+    else:
+        assert profile.id and profile.weight.bits >= 1
 
 
 @given(st.dictionaries(st.sampled_from(["weight_bits", "activation_bits", "weight_frac_bits", "bogus"]),
@@ -106,9 +108,11 @@ def test_loader_fuzz_of_values_is_a_clean_error_or_a_profile(values):
         text = re.sub(rf"^{key} = {{ value = [^,]+,", lambda _m: f"{key} = {{ value = {literal},", text,
                       flags=re.M)
     try:
-        parse_device(text, "fuzz.toml")
-    except FoEdgeError:
-        pass
+        profile = parse_device(text, "fuzz.toml")
+    except FoEdgeError as exc:
+        assert "fuzz.toml" in str(exc)  # the error names the file
+    else:
+        assert 1 <= profile.weight.bits <= 32 and 1 <= profile.activation.bits <= 32
 
 
 def _loihi_text() -> str:

@@ -8,7 +8,6 @@ torch's default threads; the Numba paths are the streaming fused step (``run_ste
 quantisation, on one thread. Prints a Markdown table with the ratio Numba int8 / PyTorch.
 """
 import argparse
-import time
 
 import numpy as np
 import torch
@@ -22,16 +21,7 @@ from fo_edge.models import init_weights, parse_model_spec
 from fo_edge.rules import RULES, rule_config
 from fo_edge.rules.numba_binding import (allocate_buffers, fill_fixed_projection, make_params, quantize_input,
                                          run_step, to_device)
-
-
-def _timed(step, seconds: float) -> float:
-    """Seconds per call of ``step`` (warm-up call excluded)."""
-    step()
-    calls, start = 0, time.perf_counter()
-    while calls < 3 or time.perf_counter() - start < seconds:
-        step()
-        calls += 1
-    return (time.perf_counter() - start) / calls
+from timing import timed
 
 
 def torch_step(rule, weights, x, t, lr, activation):
@@ -79,9 +69,9 @@ def main() -> None:
     for batch in (int(b) for b in args.batches.split(",")):
         x = np.ascontiguousarray(data.x_train[:batch])
         t = np.eye(dims[-1])[data.y_train[:batch]]
-        rates = [batch / _timed(torch_step(args.rule, weights, x, t, lr, activation), args.seconds),
-                 batch / _timed(numba_step(args.rule, "gpu-fp32", weights, x, t, lr, activation), args.seconds),
-                 batch / _timed(numba_step(args.rule, "mcu-int8", weights, x, t, lr, activation), args.seconds)]
+        rates = [batch / timed(torch_step(args.rule, weights, x, t, lr, activation), args.seconds),
+                 batch / timed(numba_step(args.rule, "gpu-fp32", weights, x, t, lr, activation), args.seconds),
+                 batch / timed(numba_step(args.rule, "mcu-int8", weights, x, t, lr, activation), args.seconds)]
         print(f"| {batch} | {rates[0]:.0f} | {rates[1]:.0f} | {rates[2]:.0f} | {rates[2] / rates[0]:.2f}x |",
               flush=True)
 

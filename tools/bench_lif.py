@@ -10,7 +10,6 @@ ratio and the two paths' test-batch agreement (the fraction of samples with the 
 """
 import argparse
 import dataclasses
-import time
 
 import numpy as np
 import torch
@@ -23,15 +22,7 @@ from fo_edge.models import init_weights, parse_model_spec
 from fo_edge.models.spiking import SpikingMLP
 from fo_edge.rules.numba_binding import from_device, to_device
 from fo_edge.rules.spiking_binding import allocate_spiking, spiking_forward
-
-
-def _timed(call, seconds: float) -> float:
-    call()
-    calls, start = 0, time.perf_counter()
-    while calls < 3 or time.perf_counter() - start < seconds:
-        call()
-        calls += 1
-    return (time.perf_counter() - start) / calls
+from timing import timed
 
 
 def main() -> None:
@@ -51,12 +42,12 @@ def main() -> None:
     net = to_device(weights, profile, arena)
     bufs = allocate_spiking(arena, profile, net.dims, args.batch, "ftp")
     counters = new_counters(len(dims) - 1)
-    numba_s = _timed(lambda: spiking_forward(net, bufs, profile, x, counters, FORWARD), args.seconds)
+    numba_s = timed(lambda: spiking_forward(net, bufs, profile, x, counters, FORWARD), args.seconds)
     labels_numba = np.argmax(spiking_forward(net, bufs, profile, x, counters, FORWARD), axis=1)
     ws = [torch.tensor(w, dtype=torch.float32) for w in from_device(net)]  # the device's weights, in float
     model = SpikingMLP(ws, profile.spiking)
     xt = torch.tensor(x, dtype=torch.float32)
-    torch_s = _timed(lambda: model(xt), args.seconds)
+    torch_s = timed(lambda: model(xt), args.seconds)
     labels_torch = model(xt)[0].argmax(1).numpy()
     rate = args.batch * args.timesteps
     print(f"command: python tools/bench_lif.py --model {args.model} --timesteps {args.timesteps} "

@@ -17,16 +17,13 @@ from ..data import Dataset
 from ..device.spec import DeviceProfile
 from ..models.spiking import SpikingMLP
 from ..rules import bjorck_torch, projection_torch
+from ..rules.base import output_error_torch
 from ..rules.foton import FOTONConfig
 from ..rules.ftp import FTPConfig, ftp_feedback
 from ..rules.pepita import pepita_feedback
 from .torch_loop import epoch_order
 
 __all__ = ["train_spiking_torch"]
-
-
-def _error(y: torch.Tensor, t: torch.Tensor, error: str, temperature: float) -> torch.Tensor:
-    return y - t if error == "mse" else torch.softmax(y / temperature, dim=1) - t
 
 
 def train_spiking_torch(weights: list[np.ndarray], data: Dataset, rule: str, config, profile: DeviceProfile, *,
@@ -56,7 +53,7 @@ def train_spiking_torch(weights: list[np.ndarray], data: Dataset, rule: str, con
             if is_foton and step % config.refresh_every == 0:
                 proj = projection_torch(ws)
             y, counts, in_counts = net(x)
-            e = _error(y, t, error, temperature)
+            e = output_error_torch(y, t, error, temperature)
             if rule == "ftp":
                 label = isinstance(config, FTPConfig) and config.target_mode == "label"
                 _, counts_m, in_m = net(x, inject=t @ proj.T if label else -(e @ proj.T))

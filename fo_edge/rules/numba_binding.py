@@ -28,7 +28,8 @@ from ..kernels.steps import RULE_CODES, Params, bp_step_, forward_only_step_, pr
 from .ftp import ftp_feedback
 from .pepita import pepita_feedback
 
-__all__ = ["DeviceNet", "to_device", "from_device", "from_stored", "make_params", "StepBuffers", "allocate_buffers",
+__all__ = ["DeviceNet", "step_scale",
+           "to_device", "from_device", "from_stored", "make_params", "StepBuffers", "allocate_buffers",
            "run_step", "compute_updates_numba", "check_exact", "quantize_input", "refresh_projection", "orthogonalize",
            "predict", "projection_format", "FLOAT64"]
 
@@ -162,6 +163,14 @@ def make_params(profile: DeviceProfile, activation: str, error: str, temperature
                   collect, ftp_label, *sizes, *crossbar)
 
 
+def step_scale(value: float) -> tuple[np.int64, np.int64]:
+    """(mul, div), div a power of two, with mul / div ~= value: the fixed-point multiplier of a weight step."""
+    m, k = fixed_multiplier(value)
+    if k < 0:
+        m, k = m << -k, 0
+    return np.int64(m), np.int64(1 << min(k, 62))
+
+
 def update_scales(net: DeviceNet, profile: DeviceProfile, rule: str, lr: float, batch: int):
     """Per-layer (mul, div, g_scale) so that the weight step is round(g * mul / div) in weight LSBs, i.e.
     lr / B times the real gradient, and g * g_scale is the real batch-averaged gradient estimate."""
@@ -172,10 +181,7 @@ def update_scales(net: DeviceNet, profile: DeviceProfile, rule: str, lr: float, 
     mul, div, g_scale = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), np.zeros(n)
     for l in range(n):
         d_frac = e_frac if (l == n - 1 or rule == "bp") else a_frac
-        m, k = fixed_multiplier(lr / batch * 2.0 ** (int(net.w_frac[l]) - d_frac - a_frac))
-        if k < 0:
-            m, k = m << -k, 0
-        mul[l], div[l] = m, 1 << min(k, 62)
+        mul[l], div[l] = step_scale(lr / batch * 2.0 ** (int(net.w_frac[l]) - d_frac - a_frac))
         g_scale[l] = 2.0 ** -(d_frac + a_frac) / batch
     return mul, div, g_scale
 

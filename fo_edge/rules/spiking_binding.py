@@ -27,12 +27,11 @@ from ..accounting.memory import MemoryArena
 from ..device.spec import DeviceProfile
 from ..errors import ConfigError
 from ..kernels.counters import FORWARD, INFERENCE, MODULATED, UPDATE
-from ..kernels.fixed import fixed_multiplier
 from ..kernels.linear import outer_update_
 from ..kernels.spiking import PHASE_ONE, spiking_pass_
 from ..kernels.steps import Params
 from .ftp import FTPConfig, ftp_feedback
-from .numba_binding import DeviceNet, from_device
+from .numba_binding import DeviceNet, from_device, step_scale
 from .pepita import PEPITAConfig, pepita_feedback
 
 __all__ = ["SPIKING_RULES", "SPIKING_ACTIVATION", "SPIKING_DEFAULT_LR", "SpikingBuffers", "allocate_spiking", "spiking_forward", "spiking_step",
@@ -150,13 +149,6 @@ def _error(y: np.ndarray, t: np.ndarray, error: str, temperature: float) -> np.n
     return z / z.sum(axis=1, keepdims=True) - t
 
 
-def _scale(value: float) -> tuple[int, int]:
-    m, k = fixed_multiplier(value)
-    if k < 0:
-        m, k = m << -k, 0
-    return np.int64(m), np.int64(1 << min(k, 62))
-
-
 def spiking_step(rule: str, config, net: DeviceNet, bufs: SpikingBuffers, profile: DeviceProfile, params: Params,
                  x: np.ndarray, t: np.ndarray, lr: float, error: str, C, rng) -> None:
     """One learning epoch of ``rule`` on a batch: clean run, second run, integer updates (module docstring)."""
@@ -185,12 +177,12 @@ def spiking_step(rule: str, config, net: DeviceNet, bufs: SpikingBuffers, profil
         else:
             src = bufs.counts_m if rule == "pepita" else bufs.counts
             hin = src[:n, hoff[l - 1]:hoff[l]]
-        mul, div = _scale(lr / n * float(net.w_one[l]) / T ** 2)
+        mul, div = step_scale(lr / n * float(net.w_one[l]) / T ** 2)
         outer_update_(net.w, net.offs[l], dims[l + 1], dims[l], np.ascontiguousarray(delta),
                       np.ascontiguousarray(hin), mul, div, 0.0, params, C[UPDATE, l], rng, g_out)
     last = (bufs.counts_m if rule == "pepita" else bufs.counts)[:n, hoff[L - 2]:hoff[L - 1]] if L > 1 \
         else bufs.in_counts[:n]
-    mul, div = _scale(lr / n * float(net.w_one[L - 1]) / (e_one * T))
+    mul, div = step_scale(lr / n * float(net.w_one[L - 1]) / (e_one * T))
     outer_update_(net.w, net.offs[L - 1], dims[L], dims[L - 1], np.ascontiguousarray(e_q.astype(np.int64)),
                   np.ascontiguousarray(last), mul, div, 0.0, params, C[UPDATE, L - 1], rng, g_out)
 
