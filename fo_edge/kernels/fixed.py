@@ -13,9 +13,10 @@ mantissas (the device) and for float64 values (the float reference), where quant
 import numpy as np
 from numba import njit
 
-from .rng import next_u53
+from .rng import next_u53, xorshift_u53
 
-__all__ = ["ROUND_NEAREST_EVEN", "ROUND_TOWARD_ZERO", "ROUND_STOCHASTIC", "round_div", "saturate",
+__all__ = ["ROUND_NEAREST_EVEN", "ROUND_TOWARD_ZERO", "ROUND_STOCHASTIC", "round_div", "round_shift",
+           "log2_exact", "saturate",
            "wrap", "quantize_array", "quantize_affine", "dequantize_affine", "affine_params", "fixed_multiplier"]
 
 ROUND_NEAREST_EVEN = 0
@@ -39,6 +40,42 @@ def round_div(x, d, mode, state):
         return q + 1 if x < 0 else q
     # stochastic: up with probability rem / d
     return q + 1 if next_u53(state) % d < rem else q
+
+
+@njit(cache=True, inline="always")
+def round_shift(x, k, mode, s):
+    """``round_div(x, 2**k, mode)`` by shifts and masks, with the RNG state as a scalar: returns (q, s).
+
+    x: int64, k: int64 in [0, 62], s: uint64 state (see ``rng.xorshift_u53``). Bit-identical to round_div:
+    x >> k is the floor, x & (2**k - 1) the remainder, and a draw u % 2**k is u & (2**k - 1).
+    """
+    q = x >> k
+    mask = (np.int64(1) << k) - 1
+    rem = x & mask
+    if rem == 0:
+        return q, s
+    if mode == ROUND_NEAREST_EVEN:
+        twice = 2 * rem
+        if twice > mask + 1 or (twice == mask + 1 and q % 2 != 0):
+            return q + 1, s
+        return q, s
+    if mode == ROUND_TOWARD_ZERO:
+        return (q + 1 if x < 0 else q), s
+    s, u = xorshift_u53(s)
+    return (q + 1 if (u & mask) < rem else q), s
+
+
+@njit(cache=True, inline="always")
+def log2_exact(d):
+    """k with 2**k == d, or -1 when d is not a positive power of two (d: int64, or a float, which compiles
+    for the float reference's kernels)."""
+    n = np.int64(d)
+    if n <= 0 or n != d or (n & (n - 1)) != 0:
+        return -1
+    k = 0
+    while (np.int64(1) << k) < n:
+        k += 1
+    return k
 
 
 @njit(cache=True, inline="always")

@@ -9,18 +9,40 @@ Weights of every layer live in one flat array ``w`` (as in one SRAM region); lay
 matrix-vector product and the update through :mod:`fo_edge.kernels.analog`.
 """
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 
 from .activations import activate
 from .analog import analog_forward_, pulse_update_
 from .counters import (FLASH_READ, LOST, MACS_DENSE, MACS_EFF, NEURON_ACTIVE, NEURON_INACTIVE, SATURATION,
                        SRAM_READ, SRAM_WRITE, SYN_EVENTS, SYN_UPDATES, WEIGHT_WRITES, WRAPS)
-from .fixed import round_div, saturate, wrap
+from .fixed import log2_exact, round_div, round_shift, saturate, wrap
 
 __all__ = ["layer_forward_", "project_", "outer_update_", "exact_matmul", "effective_macs", "SMALL_BATCH"]
 
 #: below this many rows (or inner terms) exact_matmul sums directly instead of going through BLAS
 SMALL_BATCH = 4
+#: integers of magnitude up to 2**24 are exact in float32
+FLOAT32_EXACT = 16777216.0
+
+
+def integral(a):
+    """Whether ``a`` holds integers; inside kernels a compile-time constant of a's dtype."""
+    return np.issubdtype(a.dtype, np.integer)
+
+
+@overload(integral)
+def _integral_typed(a):
+    flag = isinstance(a.dtype, types.Integer)
+    return lambda a: flag
+
+
+@njit(cache=True)
+def _max_abs(a):
+    top = 0.0
+    for v in a.flat:
+        top = max(top, abs(float(v)))
+    return top
 
 
 @njit(cache=True)
@@ -31,12 +53,16 @@ def exact_matmul(a, b):
     for the device's formats by ``rules.numba_binding.check_exact``), so it equals the device's integer
     accumulation bit for bit, in any summation order; the accumulator wrap is applied to the exact sum
     (two's-complement arithmetic is modular, so wrapping at the end equals wrapping at every addition).
+    Integer operands whose sums are bounded by max|a| max|b| K <= 2**24 (int8 x int8 over up to 1024 terms)
+    go through float32 BLAS, exact by the same argument at half the memory traffic and twice the SIMD width.
     Below SMALL_BATCH rows (a few samples) or SMALL_BATCH inner terms (an outer product over a few samples)
     the sums are formed directly, which beats converting the operands for BLAS; zeros of ``a`` are skipped.
     """
     n, k_dim = a.shape
     m = b.shape[0]
     if n >= SMALL_BATCH and k_dim >= SMALL_BATCH:
+        if integral(a) and integral(b) and _max_abs(a) * _max_abs(b) * k_dim <= FLOAT32_EXACT:
+            return np.dot(a.astype(np.float32), b.astype(np.float32).T).astype(np.float64)
         return np.dot(a.astype(np.float64), b.astype(np.float64).T)
     out = np.zeros((n, m))
     if n < SMALL_BATCH:  # row . row, both contiguous in the inner index
@@ -74,6 +100,32 @@ def effective_macs(hin, w, off, d_out, d_in):
 
 
 @njit(cache=True)
+def _sparse_rows_matmul(hin, w, off, d_out, d_in, sums):
+    """sums[b, i] = sum_j hin[b, j] W[i, j] over the nonzero hin[b, j] only (exact: integer sums in int64);
+    returns the effective MACs (nonzero input x nonzero weight). For a few rows, where BLAS does not pay."""
+    idx = np.empty(d_in, dtype=np.int64)  # simulator bookkeeping: the nonzero inputs of one row
+    effective = 0
+    for b in range(hin.shape[0]):
+        nnz = 0
+        for j in range(d_in):
+            if hin[b, j] != 0:
+                idx[nnz] = j
+                nnz += 1
+        for i in range(d_out):
+            base = off + i * d_in
+            acc = hin[b, 0] * w[base] * 0
+            count = 0
+            for t in range(nnz):
+                j = idx[t]
+                wv = w[base + j]
+                acc += hin[b, j] * wv
+                count += wv != 0
+            sums[b, i] = acc
+            effective += count
+    return effective
+
+
+@njit(cache=True)
 def layer_forward_(hin, w, off, d_out, d_in, w_one, linear, P, pre, h, C, rng):
     """pre = requant(hin @ W^T), h = sigma(pre) (h = pre when ``linear``).
 
@@ -86,12 +138,25 @@ def layer_forward_(hin, w, off, d_out, d_in, w_one, linear, P, pre, h, C, rng):
         analog_forward_(hin, w, off, d_out, d_in, w_one, linear, P, pre, h, C, rng)
         return
     batch = hin.shape[0]
-    sums = exact_matmul(hin, w[off:off + d_out * d_in].reshape((d_out, d_in)))
+    if batch < SMALL_BATCH:
+        sums = np.empty((batch, d_out))
+        effective = _sparse_rows_matmul(hin, w, off, d_out, d_in, sums)
+    else:
+        sums = exact_matmul(hin, w[off:off + d_out * d_in].reshape((d_out, d_in)))
+        effective = effective_macs(hin, w, off, d_out, d_in)
+    shift = log2_exact(w_one) if P.quantized else -1
+    s = rng[0]
     for b in range(batch):
         for i in range(d_out):
             if P.quantized:
-                acc = wrap(np.int64(sums[b, i]), P.acc_lo, P.acc_hi, C, WRAPS)
-                acc = saturate(round_div(acc, w_one, P.fwd_round, rng), P.a_lo, P.a_hi, C, SATURATION)
+                acc = np.int64(wrap(np.int64(sums[b, i]), P.acc_lo, P.acc_hi, C, WRAPS))
+                if shift >= 0:
+                    acc, s = round_shift(acc, shift, P.fwd_round, s)
+                else:
+                    rng[0] = s
+                    acc = np.int64(round_div(acc, w_one, P.fwd_round, rng))
+                    s = rng[0]
+                acc = saturate(acc, P.a_lo, P.a_hi, C, SATURATION)
                 pre[b, i] = acc
                 out = activate(acc, P.act, P.a_one, True)
                 h[b, i] = out
@@ -106,7 +171,7 @@ def layer_forward_(hin, w, off, d_out, d_in, w_one, linear, P, pre, h, C, rng):
                 C[NEURON_ACTIVE] += 1
             else:
                 C[NEURON_INACTIVE] += 1
-    effective = effective_macs(hin, w, off, d_out, d_in)
+    rng[0] = s
     C[MACS_DENSE] += batch * d_out * d_in
     C[MACS_EFF] += effective
     C[SYN_EVENTS] += effective
@@ -151,17 +216,77 @@ def project_(base, src, mat, sign, div, P, out, C, rng):
 
 
 @njit(cache=True)
-def outer_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, P, C, rng, g_out):
-    """W_l <- W_l - round(mul * (delta^T hin) / div), in place, one weight at a time.
+def _nonzero_columns(a):
+    """Indices j (ascending, int64) where some row of a: (B, D) is nonzero."""
+    keep = np.zeros(a.shape[1], dtype=np.bool_)
+    for b in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            if a[b, j] != 0:
+                keep[j] = True
+    return np.nonzero(keep)[0].astype(np.int64)
 
-    delta: (B, d_out), hin: (B, d_in). The device forms g row by row (accounted as one accumulator row); the
-    simulator computes all of g exactly with ``exact_matmul``. Device: the integer sum
-    g = sum_b delta[b, i] hin[b, j] is scaled by the fixed-point multiplier mul / div (= lr / B in weight LSBs) with the update rounding, and the new
-    weight saturates to the weight format; updates that round to 0 are counted as lost. Float: W -= g * mul.
-    Analog: the conductance step -g * mul is applied as pulses. With P.collect, nothing changes and
-    g_out[off + i * d_in + j] = g * g_scale (the real, batch-averaged gradient estimate).
+
+@njit(cache=True)
+def _integer_update_(w, off, d_in, delta, hin, mul, shift, P, rng):
+    """The integer update W[i, j] -= round(mul * g_ij / 2**shift) of ``outer_update_``; returns (writes,
+    lost, clipped).
+
+    Only rows i with a nonzero delta[:, i] and columns j with a nonzero hin[:, j] can have g_ij != 0, and a
+    zero g changes nothing and draws no random number, so visiting just those pairs (in the same row-major
+    order) leaves the weights, the counters and the RNG sequence exactly as a visit of every weight would.
+    g is summed directly for a few samples, else through ``exact_matmul`` on the gathered operands.
     """
     batch = delta.shape[0]
+    rows, cols = _nonzero_columns(delta), _nonzero_columns(hin)
+    n_rows, n_cols = rows.size, cols.size
+    grads = np.zeros((0, 0))
+    if batch >= SMALL_BATCH and n_rows > 0 and n_cols > 0:
+        d_rows = np.empty((n_rows, batch), dtype=delta.dtype)
+        h_cols = np.empty((n_cols, batch), dtype=hin.dtype)
+        for b in range(batch):
+            for r in range(n_rows):
+                d_rows[r, b] = delta[b, rows[r]]
+            for c in range(n_cols):
+                h_cols[c, b] = hin[b, cols[c]]
+        grads = exact_matmul(d_rows, h_cols)  # (n_rows, n_cols)
+    writes = lost = clipped = 0
+    s = rng[0]
+    for r in range(n_rows):
+        i = rows[r]
+        base = off + i * d_in
+        for c in range(n_cols):
+            j = cols[c]
+            if batch >= SMALL_BATCH:
+                g = np.int64(grads[r, c])
+            else:
+                g = np.int64(0)
+                for b in range(batch):
+                    g += np.int64(delta[b, i]) * np.int64(hin[b, j])
+            if g == 0:
+                continue
+            step, s = round_shift(np.int64(g * mul), shift, P.upd_round, s)
+            if step == 0:
+                lost += 1
+                continue
+            old = w[base + j]
+            new = old - step
+            if new > P.w_hi:
+                new = P.w_hi
+                clipped += 1
+            elif new < P.w_lo:
+                new = P.w_lo
+                clipped += 1
+            if new != old:
+                writes += 1
+                w[base + j] = new
+    rng[0] = s
+    return writes, lost, clipped
+
+
+@njit(cache=True)
+def _dense_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, P, C, rng, g_out):
+    """``outer_update_`` visiting every weight: float, analog, collect mode, or a divisor not a power of two;
+    returns (writes, lost, clipped)."""
     grads = exact_matmul(np.ascontiguousarray(delta.T), np.ascontiguousarray(hin.T))  # (d_out, d_in)
     writes = lost = clipped = 0  # local tallies (C may alias nothing, but the compiler cannot know that)
     for i in range(d_out):
@@ -193,6 +318,27 @@ def outer_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, P, C, rng,
                 if new != w[k]:
                     writes += 1
                     w[k] = new
+    return writes, lost, clipped
+
+
+@njit(cache=True)
+def outer_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, P, C, rng, g_out):
+    """W_l <- W_l - round(mul * (delta^T hin) / div), in place, one weight at a time.
+
+    delta: (B, d_out), hin: (B, d_in). The device forms g row by row (accounted as one accumulator row); the
+    simulator computes all of g exactly with ``exact_matmul``. Device: the integer sum
+    g = sum_b delta[b, i] hin[b, j] is scaled by the fixed-point multiplier mul / div (= lr / B in weight LSBs) with the update rounding, and the new
+    weight saturates to the weight format; updates that round to 0 are counted as lost. Float: W -= g * mul.
+    Analog: the conductance step -g * mul is applied as pulses. With P.collect, nothing changes and
+    g_out[off + i * d_in + j] = g * g_scale (the real, batch-averaged gradient estimate).
+    """
+    batch = delta.shape[0]
+    shift = log2_exact(div) if P.quantized and not P.collect else -1
+    if shift >= 0:
+        writes, lost, clipped = _integer_update_(w, off, d_in, delta, hin, mul, shift, P, rng)
+    else:
+        writes, lost, clipped = _dense_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, P, C, rng,
+                                               g_out)
     C[WEIGHT_WRITES] += writes
     C[LOST] += lost
     C[SATURATION] += clipped
