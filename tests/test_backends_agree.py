@@ -56,7 +56,7 @@ def test_integer_forward_layer_equals_torch_integer_matmul():
     out = np.zeros((16, 32), dtype=np.int64)
     counters = np.zeros(len(COUNTERS), dtype=np.int64)
     layer_forward_(h, net.w, 0, 32, 64, net.w_one[0], False, params, pre, out, counters, new_state(0))
-    w_int = torch.tensor(net.w.reshape(32, 64))
+    w_int = torch.tensor(net.w.reshape(32, 64).astype(np.int64))  # the store is int8
     acc = torch.tensor(h) @ w_int.T  # exact int64
     scaled = torch.round(acc.double() / float(net.w_one[0]))  # torch.round is half-to-even
     expected = scaled.clamp(-128, 127).to(torch.int64).numpy()

@@ -5,8 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fo_edge.kernels.fixed import (ROUND_NEAREST_EVEN, ROUND_STOCHASTIC, ROUND_TOWARD_ZERO, affine_params,
-                                   dequantize_affine, fixed_multiplier, quantize_affine, quantize_array, round_div,
-                                   saturate, wrap)
+                                   dequantize_affine, fixed_multiplier, log2_exact, quantize_affine, quantize_array,
+                                   round_div, round_shift, saturate, wrap)
 from fo_edge.kernels.rng import new_state
 
 from .strategies import mantissas, pow2, seeds
@@ -28,6 +28,24 @@ def test_stochastic_rounds_to_a_neighbour(x, d, seed):
     assert out in (x // d, x // d + 1)
     if x % d == 0:
         assert out == x // d
+
+
+@given(x=mantissas, d=pow2, mode=st.sampled_from([ROUND_NEAREST_EVEN, ROUND_TOWARD_ZERO, ROUND_STOCHASTIC]),
+       seed=seeds)
+def test_round_shift_equals_round_div_and_draws_the_same(x, d, mode, seed):
+    """The shift-and-mask rounding of the hot loops gives round_div's result and leaves the RNG where it does."""
+    state = new_state(seed)
+    q, s = round_shift(np.int64(x), np.int64(log2_exact(np.int64(d))), mode, state[0])
+    assert q == round_div(np.int64(x), np.int64(d), mode, state)
+    assert s == state[0]
+
+
+@given(d=st.integers(-5, 2**40))
+def test_log2_exact_finds_powers_of_two_only(d):
+    k = log2_exact(np.int64(d))
+    assert (k >= 0) == (d > 0 and d & (d - 1) == 0)
+    if k >= 0:
+        assert 1 << k == d
 
 
 @settings(max_examples=25, deadline=None)

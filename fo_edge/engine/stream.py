@@ -163,10 +163,18 @@ def train_stream(weights: list[np.ndarray], data: Dataset, rule: str, config, pr
     return outcome(monitor.warnings if monitor is not None else [])
 
 
+def _widened(source, target) -> bool:
+    """Whether ``source`` holds the integers of ``target``'s dtype in a wider integer dtype."""
+    return (source is not None and source.dtype != target.dtype and source.dtype.kind == target.dtype.kind == "i"
+            and source.shape == target.shape and np.array_equal(source.astype(target.dtype), source))
+
+
 def _restore(resume: dict, net, bufs, counters, rng):
     """Copy a checkpoint's arrays into the live buffers (shapes checked); returns the loop position."""
     for name, target in (("w", net.w), ("rng", rng), ("counters", counters), ("proj", bufs.proj)):
         source = resume.get(name)
+        if _widened(source, target):  # weights saved as int64 before the store took the format's width
+            source = source.astype(target.dtype)
         if source is None or source.shape != target.shape or source.dtype != target.dtype:
             raise RunError(f"checkpoint does not match this run: {name} is "
                            f"{None if source is None else (source.dtype, source.shape)}, expected "

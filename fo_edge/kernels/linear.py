@@ -16,7 +16,8 @@ from .activations import activate
 from .analog import analog_forward_, pulse_update_
 from .counters import (FLASH_READ, LOST, MACS_DENSE, MACS_EFF, NEURON_ACTIVE, NEURON_INACTIVE, SATURATION,
                        SRAM_READ, SRAM_WRITE, SYN_EVENTS, SYN_UPDATES, WEIGHT_WRITES, WRAPS)
-from .fixed import log2_exact, round_div, round_shift, saturate, wrap
+from .fixed import ROUND_STOCHASTIC, log2_exact, round_div, round_shift, saturate, wrap
+from .rng import xorshift_u53
 
 __all__ = ["layer_forward_", "project_", "outer_update_", "exact_matmul", "effective_macs", "SMALL_BATCH"]
 
@@ -38,31 +39,40 @@ def _integral_typed(a):
 
 
 @njit(cache=True)
-def _max_abs(a):
-    top = 0.0
-    for v in a.flat:
-        top = max(top, abs(float(v)))
-    return top
+def _as_float32(a):
+    """a (an integer array) as float32, in one vectorisable pass."""
+    out = np.empty(a.shape, dtype=np.float32)
+    flat_out, flat_a = out.reshape(-1), a.reshape(-1)
+    for i in range(flat_a.size):
+        flat_out[i] = flat_a[i]
+    return out
+
+
+@njit(cache=True, inline="always")
+def magnitude(lo, hi):
+    """The largest |value| of a format with mantissa bounds [lo, hi], as float64 (inf for float formats)."""
+    return max(-float(lo), float(hi))
 
 
 @njit(cache=True)
-def exact_matmul(a, b):
-    """a @ b^T as float64 through BLAS: a: (B, K), b: (N, K) -> (B, N).
+def exact_matmul(a, b, bound):
+    """a @ b^T as float64 through BLAS: a: (B, K), b: (N, K) -> (B, N); bound: an upper bound on
+    max|a| max|b| K from the operands' formats (inf when unknown).
 
     For integer mantissas this is exact as long as every partial sum stays below 2**53 in magnitude (checked
     for the device's formats by ``rules.numba_binding.check_exact``), so it equals the device's integer
     accumulation bit for bit, in any summation order; the accumulator wrap is applied to the exact sum
     (two's-complement arithmetic is modular, so wrapping at the end equals wrapping at every addition).
-    Integer operands whose sums are bounded by max|a| max|b| K <= 2**24 (int8 x int8 over up to 1024 terms)
-    go through float32 BLAS, exact by the same argument at half the memory traffic and twice the SIMD width.
+    Integer operands with bound <= 2**24 (int8 x int8 over up to 1040 terms) go through float32 BLAS, exact by
+    the same argument at half the memory traffic and twice the SIMD width.
     Below SMALL_BATCH rows (a few samples) or SMALL_BATCH inner terms (an outer product over a few samples)
     the sums are formed directly, which beats converting the operands for BLAS; zeros of ``a`` are skipped.
     """
     n, k_dim = a.shape
     m = b.shape[0]
     if n >= SMALL_BATCH and k_dim >= SMALL_BATCH:
-        if integral(a) and integral(b) and _max_abs(a) * _max_abs(b) * k_dim <= FLOAT32_EXACT:
-            return np.dot(a.astype(np.float32), b.astype(np.float32).T).astype(np.float64)
+        if integral(a) and integral(b) and bound <= FLOAT32_EXACT:
+            return np.dot(_as_float32(a), _as_float32(b).T).astype(np.float64)
         return np.dot(a.astype(np.float64), b.astype(np.float64).T)
     out = np.zeros((n, m))
     if n < SMALL_BATCH:  # row . row, both contiguous in the inner index
@@ -84,18 +94,20 @@ def exact_matmul(a, b):
 
 @njit(cache=True)
 def effective_macs(hin, w, off, d_out, d_in):
-    """sum_b sum_ij [hin[b, j] != 0][W[i, j] != 0], as sum_ij [W[i, j] != 0] * (nonzero inputs in column j)."""
-    count = np.zeros(d_in, dtype=np.int64)  # simulator bookkeeping for the counter, not device memory
+    """sum_b sum_ij [hin[b, j] != 0][W[i, j] != 0], as sum_j (nonzero inputs in column j) x (nonzero weights in
+    column j)."""
+    inputs = np.zeros(d_in, dtype=np.int32)  # simulator bookkeeping for the counter, not device memory
+    weights = np.zeros(d_in, dtype=np.int32)  # (int32 counts vectorise; a layer has < 2**31 rows)
     for b in range(hin.shape[0]):
         for j in range(d_in):
-            if hin[b, j] != 0:
-                count[j] += 1
-    total = 0
+            inputs[j] += np.int32(hin[b, j] != 0)
     for i in range(d_out):
         base = off + i * d_in
         for j in range(d_in):
-            if w[base + j] != 0:
-                total += count[j]
+            weights[j] += np.int32(w[base + j] != 0)
+    total = 0
+    for j in range(d_in):
+        total += np.int64(inputs[j]) * np.int64(weights[j])
     return total
 
 
@@ -104,21 +116,22 @@ def _sparse_rows_matmul(hin, w, off, d_out, d_in, sums):
     """sums[b, i] = sum_j hin[b, j] W[i, j] over the nonzero hin[b, j] only (exact: integer sums in int64);
     returns the effective MACs (nonzero input x nonzero weight). For a few rows, where BLAS does not pay."""
     idx = np.empty(d_in, dtype=np.int64)  # simulator bookkeeping: the nonzero inputs of one row
+    vals = np.zeros(d_in, dtype=hin.dtype)
     effective = 0
     for b in range(hin.shape[0]):
         nnz = 0
         for j in range(d_in):
             if hin[b, j] != 0:
                 idx[nnz] = j
+                vals[nnz] = hin[b, j]
                 nnz += 1
         for i in range(d_out):
             base = off + i * d_in
-            acc = hin[b, 0] * w[base] * 0
+            acc = vals[0] * w[base] * 0
             count = 0
             for t in range(nnz):
-                j = idx[t]
-                wv = w[base + j]
-                acc += hin[b, j] * wv
+                wv = w[base + idx[t]]
+                acc += vals[t] * wv
                 count += wv != 0
             sums[b, i] = acc
             effective += count
@@ -142,7 +155,8 @@ def layer_forward_(hin, w, off, d_out, d_in, w_one, linear, P, pre, h, C, rng):
         sums = np.empty((batch, d_out))
         effective = _sparse_rows_matmul(hin, w, off, d_out, d_in, sums)
     else:
-        sums = exact_matmul(hin, w[off:off + d_out * d_in].reshape((d_out, d_in)))
+        bound = magnitude(P.a_lo, P.a_hi) * magnitude(P.w_lo, P.w_hi) * d_in
+        sums = exact_matmul(hin, w[off:off + d_out * d_in].reshape((d_out, d_in)), bound)
         effective = effective_macs(hin, w, off, d_out, d_in)
     shift = log2_exact(w_one) if P.quantized else -1
     s = rng[0]
@@ -226,6 +240,35 @@ def _nonzero_columns(a):
     return np.nonzero(keep)[0].astype(np.int64)
 
 
+@njit(cache=True, inline="always")
+def _apply_row_(w, base, cols, row, shift, mode, w_lo, w_hi, s):
+    """w[base + cols[c]] -= round(row[c] / 2**shift), saturated to [w_lo, w_hi]; returns (s, writes, lost,
+    clipped). Stochastic rounding runs branch-free (its outcomes are coin flips a predictor cannot learn) and
+    draws only for a nonzero remainder, as round_div does; only changed weights are stored."""
+    mask = (np.int64(1) << shift) - 1
+    writes = lost = clipped = 0
+    for c in range(cols.size):
+        scaled = row[c]
+        if mode == ROUND_STOCHASTIC:
+            rem = scaled & mask
+            drawn, u = xorshift_u53(s)
+            s = drawn if rem != 0 else s
+            step = (scaled >> shift) + ((u & mask) < rem)
+        else:
+            step, s = round_shift(scaled, shift, mode, s)
+        lost += (step == 0) & (scaled != 0)
+        if step != 0:
+            j = base + cols[c]
+            old = np.int64(w[j])
+            wanted = old - step
+            new = min(max(wanted, w_lo), w_hi)
+            clipped += new != wanted
+            if new != old:  # an unconditional store costs twice the time
+                writes += 1
+                w[j] = new
+    return s, writes, lost, clipped
+
+
 @njit(cache=True)
 def _integer_update_(w, off, d_in, delta, hin, mul, shift, P, rng):
     """The integer update W[i, j] -= round(mul * g_ij / 2**shift) of ``outer_update_``; returns (writes,
@@ -243,42 +286,42 @@ def _integer_update_(w, off, d_in, delta, hin, mul, shift, P, rng):
     if batch >= SMALL_BATCH and n_rows > 0 and n_cols > 0:
         d_rows = np.empty((n_rows, batch), dtype=delta.dtype)
         h_cols = np.empty((n_cols, batch), dtype=hin.dtype)
+        d_top = h_top = 0.0  # the operands' largest magnitudes bound the sums (spike counts have no format)
         for b in range(batch):
             for r in range(n_rows):
                 d_rows[r, b] = delta[b, rows[r]]
+                d_top = max(d_top, abs(float(d_rows[r, b])))
             for c in range(n_cols):
                 h_cols[c, b] = hin[b, cols[c]]
-        grads = exact_matmul(d_rows, h_cols)  # (n_rows, n_cols)
+                h_top = max(h_top, abs(float(h_cols[c, b])))
+        grads = exact_matmul(d_rows, h_cols, d_top * h_top * batch)
+    h_one = np.zeros(n_cols if batch == 1 else 0, dtype=np.int64)  # batch 1: g_ij = delta_i h_j
+    for c in range(h_one.size):
+        h_one[c] = hin[0, cols[c]]
+    imul = np.int64(mul)  # (a float only when compiled for the float reference, which never runs this)
+    w_lo, w_hi = np.int64(P.w_lo), np.int64(P.w_hi)
+    row = np.empty(n_cols, dtype=np.int64)  # one row of mul * g (the device's accumulator row)
     writes = lost = clipped = 0
     s = rng[0]
     for r in range(n_rows):
         i = rows[r]
-        base = off + i * d_in
-        for c in range(n_cols):
-            j = cols[c]
-            if batch >= SMALL_BATCH:
-                g = np.int64(grads[r, c])
-            else:
+        if batch == 1:
+            d_one = np.int64(delta[0, i]) * imul
+            for c in range(n_cols):
+                row[c] = d_one * h_one[c]
+        elif batch >= SMALL_BATCH:
+            for c in range(n_cols):
+                row[c] = np.int64(grads[r, c]) * imul
+        else:
+            for c in range(n_cols):
                 g = np.int64(0)
                 for b in range(batch):
-                    g += np.int64(delta[b, i]) * np.int64(hin[b, j])
-            if g == 0:
-                continue
-            step, s = round_shift(np.int64(g * mul), shift, P.upd_round, s)
-            if step == 0:
-                lost += 1
-                continue
-            old = w[base + j]
-            new = old - step
-            if new > P.w_hi:
-                new = P.w_hi
-                clipped += 1
-            elif new < P.w_lo:
-                new = P.w_lo
-                clipped += 1
-            if new != old:
-                writes += 1
-                w[base + j] = new
+                    g += np.int64(delta[b, i]) * np.int64(hin[b, cols[c]])
+                row[c] = g * imul
+        s, n_writes, n_lost, n_clipped = _apply_row_(w, off + i * d_in, cols, row, shift, P.upd_round, w_lo, w_hi, s)
+        writes += n_writes
+        lost += n_lost
+        clipped += n_clipped
     rng[0] = s
     return writes, lost, clipped
 
@@ -287,7 +330,7 @@ def _integer_update_(w, off, d_in, delta, hin, mul, shift, P, rng):
 def _dense_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, P, C, rng, g_out):
     """``outer_update_`` visiting every weight: float, analog, collect mode, or a divisor not a power of two;
     returns (writes, lost, clipped)."""
-    grads = exact_matmul(np.ascontiguousarray(delta.T), np.ascontiguousarray(hin.T))  # (d_out, d_in)
+    grads = exact_matmul(np.ascontiguousarray(delta.T), np.ascontiguousarray(hin.T), np.inf)  # (d_out, d_in)
     writes = lost = clipped = 0  # local tallies (C may alias nothing, but the compiler cannot know that)
     for i in range(d_out):
         for j in range(d_in):

@@ -20,7 +20,7 @@ from .activations import activate, activate_grad
 from .counters import (BACKWARD, FORWARD, INFERENCE, MACS_DENSE, MACS_EFF, MODULATED, RECOMPUTE, SATURATION,
                        SRAM_READ, SRAM_WRITE, SYN_EVENTS, UPDATE)
 from .fixed import saturate
-from .linear import effective_macs, exact_matmul, layer_forward_, outer_update_, project_
+from .linear import effective_macs, exact_matmul, layer_forward_, magnitude, outer_update_, project_
 
 __all__ = ["Params", "RULE_CODES", "forward_only_step_", "bp_step_", "output_error_", "predict_"]
 
@@ -194,7 +194,9 @@ def bp_step_(w, dims, offs, w_one, upd_mul, upd_div, g_scale, x, t, P, buf_c0, b
         if l > 0:
             prev = view(buf_m0 if l % 2 == 0 else buf_m1, batch, d_in)
             cb = C[BACKWARD, l]
-            back = exact_matmul(delta, np.ascontiguousarray(w[offs[l]:offs[l] + d_out * d_in].reshape((d_out, d_in)).T))
+            bound = magnitude(P.e_lo, P.e_hi) * magnitude(P.w_lo, P.w_hi) * d_out
+            back = exact_matmul(delta, np.ascontiguousarray(w[offs[l]:offs[l] + d_out * d_in].reshape((d_out, d_in)).T),
+                                bound)
             for b in range(batch):
                 for j in range(d_in):
                     grad = activate_grad(hin[b, j], hin[b, j], P.act, P.a_one, P.quantized, rng)

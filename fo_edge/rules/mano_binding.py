@@ -45,10 +45,10 @@ class DeviceLinears:
         d_in, d_out = int(net.dims[0]), int(net.dims[1])
         flat = x.detach().double().reshape(-1, d_in).numpy()
         check_exact(self.profile, [d_in, d_out], max(len(flat), 1))
-        buf = np.zeros((len(flat), d_in), dtype=net.w.dtype)
+        buf = np.zeros((len(flat), d_in), dtype=net.value_dtype)
         row = self.counters[INFERENCE, index]
         x_dev = quantize_input(flat, self.profile, buf, row, self.rng)
-        pre = np.zeros((len(flat), d_out), dtype=net.w.dtype)
+        pre = np.zeros((len(flat), d_out), dtype=net.value_dtype)
         out = np.zeros_like(pre)
         layer_forward_(x_dev, net.w, 0, d_out, d_in, net.w_one[0], True, self.params, pre, out, row, self.rng)
         real = out / float(self.params.a_one)

@@ -28,7 +28,7 @@ from ..kernels.steps import RULE_CODES, Params, bp_step_, forward_only_step_, pr
 from .ftp import ftp_feedback
 from .pepita import pepita_feedback
 
-__all__ = ["DeviceNet", "step_scale",
+__all__ = ["DeviceNet", "mantissa_dtype", "step_scale",
            "to_device", "from_device", "from_stored", "make_params", "StepBuffers", "allocate_buffers",
            "run_step", "compute_updates_numba", "check_exact", "quantize_input", "refresh_projection", "orthogonalize",
            "predict", "projection_format", "FLOAT64"]
@@ -47,11 +47,21 @@ def projection_format(profile: DeviceProfile) -> NumberFormat:
     return NumberFormat(bits, bits - 2)
 
 
+def mantissa_dtype(fmt: NumberFormat) -> type:
+    """The narrowest signed integer dtype holding ``fmt``'s mantissas (int8 for 8-bit weights), as the device's
+    memory holds them; the kernels widen every product and sum to int64."""
+    for dtype in (np.int8, np.int16, np.int32):
+        if fmt.bits <= np.iinfo(dtype).bits:
+            return dtype
+    return np.int64
+
+
 @dataclass
 class DeviceNet:
-    """w: flat mantissas (int64, or float64 for float devices); dims: (L+1,) int64; offs: (L+1,) int64 layer
-    offsets into w; w_frac: (L,) per-layer exponents; w_one: (L,) 2**w_frac in w's dtype (analog: the float
-    digital scale, real W = g / w_one)."""
+    """w: flat mantissas (the weight format's integer dtype, see ``mantissa_dtype``, or float64 for float
+    devices); dims: (L+1,) int64; offs: (L+1,) int64 layer offsets into w; w_frac: (L,) per-layer exponents;
+    w_one: (L,) 2**w_frac (int64; float for float devices; analog: the float digital scale, real W = g /
+    w_one)."""
 
     w: np.ndarray
     dims: np.ndarray
@@ -63,6 +73,11 @@ class DeviceNet:
     @property
     def n_layers(self) -> int:
         return self.dims.size - 1
+
+    @property
+    def value_dtype(self) -> type:
+        """dtype of activations, errors and sums on this device: int64 mantissas, or float64."""
+        return np.int64 if self.quantized else np.float64
 
 
 def _calibrate(w: np.ndarray, fmt: NumberFormat) -> int:
@@ -77,7 +92,7 @@ def to_device(weights: list[np.ndarray], profile: DeviceProfile, arena: MemoryAr
     offs[1:] = np.cumsum([w.size for w in weights])
     analog = profile.analog
     quantized = not profile.is_float and analog is None
-    dtype = np.int64 if quantized else np.float64
+    dtype = mantissa_dtype(profile.weight) if quantized else np.float64
     shape = (int(offs[-1]),)
     flat = arena.alloc("weights", shape, dtype, "weights", profile.weight.bytes_per_value) if arena \
         else np.zeros(shape, dtype=dtype)
@@ -124,7 +139,7 @@ def from_stored(stored: dict[str, np.ndarray], profile: DeviceProfile) -> Device
         flat = np.concatenate([m.astype(np.float64).ravel() for m in mats])
         return DeviceNet(flat, dims, offs, np.zeros(n, dtype=np.int64), np.ones(n), False)
     fracs = np.array([-int(stored[f"exp{l}"]) for l in range(n)], dtype=np.int64)
-    flat = np.concatenate([m.astype(np.int64).ravel() for m in mats])
+    flat = np.concatenate([m.astype(mantissa_dtype(profile.weight)).ravel() for m in mats])
     return DeviceNet(flat, dims, offs, fracs, (2 ** fracs).astype(np.int64), True)
 
 
@@ -351,8 +366,8 @@ def run_step(rule: str, net: DeviceNet, bufs: StepBuffers, profile: DeviceProfil
                  bufs.m0, bufs.m1, bufs.pre, bufs.tmp, bufs.store, bufs.e[:n], counters, rng, g_out)
         return
     # only FTP's label targets read t in the error format; other steps get an empty array (no per-step work)
-    tq = np.rint(t * float(params.e_one)).astype(net.w.dtype) if params.ftp_label else \
-        np.zeros((0, t.shape[1]), dtype=net.w.dtype)
+    tq = np.rint(t * float(params.e_one)).astype(net.value_dtype) if params.ftp_label else \
+        np.zeros((0, t.shape[1]), dtype=net.value_dtype)
     forward_only_step_(RULE_CODES[rule], schedule == "store", net.w, net.dims, net.offs, net.w_one, mul, div,
                        g_scale, x_dev, t, tq, bufs.proj, _proj_div(profile), params, bufs.c0, bufs.c1, bufs.m0,
                        bufs.m1, bufs.pre, bufs.tmp, bufs.store, bufs.e[:n], bufs.xm[:n], counters, rng, g_out)
@@ -364,8 +379,8 @@ def predict(net: DeviceNet, bufs: StepBuffers, profile: DeviceProfile, params: P
     float64, also the outputs in real units."""
     batch = bufs.x.shape[0]
     labels = np.zeros(len(x), dtype=np.int64)
-    raw = np.zeros((0, int(net.dims[-1])), dtype=net.w.dtype) if logits is None else \
-        np.zeros((len(x), int(net.dims[-1])), dtype=net.w.dtype)
+    raw = np.zeros((0, int(net.dims[-1])), dtype=net.value_dtype) if logits is None else \
+        np.zeros((len(x), int(net.dims[-1])), dtype=net.value_dtype)
     for start in range(0, len(x), batch):
         x_dev = quantize_input(x[start:start + batch], profile, bufs.x, counters[INFERENCE, net.n_layers], rng)
         predict_(net.w, net.dims, net.offs, net.w_one, x_dev, params, bufs.pre, bufs.tmp, bufs.m0, bufs.m1,

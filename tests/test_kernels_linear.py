@@ -1,0 +1,89 @@
+"""Layer kernels' fast paths against their plain definitions: the float32 BLAS path of exact_matmul against
+int64 sums, the sparse integer update against the dense visit of every weight, the few-row forward against
+the BLAS forward."""
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from fo_edge.device import load_device
+from fo_edge.kernels.counters import COUNTERS, SATURATION
+from fo_edge.kernels.fixed import ROUND_NEAREST_EVEN, ROUND_STOCHASTIC, ROUND_TOWARD_ZERO
+from fo_edge.kernels.linear import FLOAT32_EXACT, _dense_update_, _integer_update_, exact_matmul, layer_forward_
+from fo_edge.kernels.rng import new_state
+from fo_edge.models import init_weights
+from fo_edge.rules.numba_binding import make_params, to_device
+
+from .strategies import seeds
+
+INT8 = st.integers(-127, 127)
+
+
+def sparse_int8(shape):
+    """int8-range int64 arrays, about half zeros (activations after ReLU, MNIST pixels)."""
+    return arrays(np.int64, shape, elements=st.one_of(st.just(0), INT8))
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data(), n=st.integers(4, 9), m=st.integers(4, 9), k=st.sampled_from([4, 17, 1040]))
+def test_float32_matmul_is_exact_up_to_the_bound(data, n, m, k):
+    """At |a|, |b| <= 127 over 1040 terms the sums reach 16.77 M, just under 2**24: float32 BLAS stays exact."""
+    a = data.draw(arrays(np.int64, (n, k), elements=st.sampled_from([-127, 127, 0, 1, -1])))
+    b = data.draw(arrays(np.int8, (m, k), elements=st.sampled_from([-127, 127, 0, 3])))
+    bound = 127.0 * 127.0 * k
+    assert bound <= FLOAT32_EXACT
+    np.testing.assert_array_equal(exact_matmul(a, b, bound), a @ b.astype(np.int64).T)
+
+
+def test_float32_matmul_falls_back_past_the_bound():
+    """Sums beyond 2**24 go through float64 and stay exact."""
+    a = np.full((4, 8), 2**12 + 1, dtype=np.int64)
+    b = np.full((4, 8), 2**12 + 1, dtype=np.int64)
+    bound = float(2**12 + 1) ** 2 * 8
+    np.testing.assert_array_equal(exact_matmul(a, b, bound), a @ b.T)
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), batch=st.sampled_from([1, 2, 3, 4, 7]),
+       mode=st.sampled_from([ROUND_NEAREST_EVEN, ROUND_TOWARD_ZERO, ROUND_STOCHASTIC]),
+       mul=st.integers(1, 4095), shift=st.integers(0, 20), seed=seeds)
+def test_sparse_integer_update_equals_the_dense_visit(data, batch, mode, mul, shift, seed):
+    """Visiting only nonzero rows and columns changes no weight, counter or random draw."""
+    d_out, d_in = 6, 9
+    delta = data.draw(sparse_int8((batch, d_out)))
+    hin = data.draw(sparse_int8((batch, d_in)))
+    start = data.draw(arrays(np.int8, d_out * d_in + 3, elements=INT8))
+    params = make_params(load_device("mcu-int8"), "relu", "ce")._replace(upd_round=mode)
+    w_fast, w_dense = start.copy(), start.copy()
+    rng_fast, rng_dense = new_state(seed), new_state(seed)
+    counters = np.zeros(len(COUNTERS), dtype=np.int64)
+    fast = _integer_update_(w_fast, 3, d_in, delta, hin, np.int64(mul), np.int64(shift), params, rng_fast)
+    dense = _dense_update_(w_dense, 3, d_out, d_in, delta, hin, np.int64(mul), np.int64(1 << shift), 0.0, params,
+                           counters, rng_dense, np.zeros(0))
+    np.testing.assert_array_equal(w_fast, w_dense)
+    assert fast == dense
+    assert rng_fast[0] == rng_dense[0]
+
+
+@settings(max_examples=20, deadline=None)
+@given(data=st.data(), rows=st.integers(1, 3))
+def test_few_row_forward_equals_the_blas_forward(data, rows):
+    """The direct sums used below SMALL_BATCH rows give BLAS's outputs and effective-MAC count."""
+    profile = load_device("mcu-int8")
+    net = to_device(init_weights((40, 12), seed=1), profile)
+    params = make_params(profile, "relu", "ce")
+    hin = data.draw(sparse_int8((rows, 40)))
+    padded = np.vstack([hin, np.zeros((4, 40), dtype=np.int64)])  # the same rows inside a BLAS-sized batch
+
+    def run(x):
+        pre, out = np.zeros((len(x), 12), dtype=np.int64), np.zeros((len(x), 12), dtype=np.int64)
+        counters = np.zeros(len(COUNTERS), dtype=np.int64)
+        layer_forward_(x, net.w, 0, 12, 40, net.w_one[0], False, params, pre, out, counters, new_state(0))
+        return pre, counters
+
+    pre_few, c_few = run(hin)
+    pre_blas, c_blas = run(padded)
+    np.testing.assert_array_equal(pre_few, pre_blas[:rows])
+    eff = COUNTERS.index("macs_effective")
+    assert c_few[eff] == c_blas[eff]
+    assert c_few[SATURATION] == c_blas[SATURATION]
