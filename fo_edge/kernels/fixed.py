@@ -10,6 +10,8 @@ the clipped values in ``counters[slot]`` (Lava's BitCheck idea: overflow observe
 The scalar helpers are written with ``//``, ``*`` and comparisons only, so one kernel body compiles for int64
 mantissas (the device) and for float64 values (the float reference), where quantisation is skipped.
 """
+import math
+
 import numpy as np
 from numba import njit
 
@@ -164,7 +166,7 @@ def fixed_multiplier(factor: float, bits: int = 12) -> tuple[int, int]:
     integer-only inference, Jacob et al. 2018); factor 0 gives (0, 0)."""
     if factor <= 0:
         return 0, 0
-    mantissa, exponent = np.frexp(factor)  # factor = mantissa * 2**exponent, 0.5 <= mantissa < 1
+    mantissa, exponent = math.frexp(factor)  # factor = mantissa * 2**exponent, 0.5 <= mantissa < 1
     m = int(round(mantissa * (1 << bits)))
     k = bits - int(exponent)
     if m == 1 << bits:

@@ -11,6 +11,7 @@ projections, activations) computes in float64, the crossbar effects live in kern
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -192,11 +193,20 @@ def update_scales(net: DeviceNet, profile: DeviceProfile, rule: str, lr: float, 
     n = net.n_layers
     if not net.quantized:  # float: W -= g lr / B; analog: the conductance step is that times w_one
         return lr / batch * np.asarray(net.w_one, dtype=np.float64), np.ones(n), np.full(n, 1.0 / batch)
-    a_frac, e_frac = profile.activation.frac_bits, profile.error.frac_bits
+    return _integer_scales(tuple(net.w_frac.tolist()), profile.activation.frac_bits, profile.error.frac_bits,
+                           rule == "bp", float(lr), int(batch))
+
+
+@functools.lru_cache(maxsize=64)
+def _integer_scales(w_fracs: tuple, a_frac: int, e_frac: int, bp: bool, lr: float, batch: int):
+    """update_scales for integer devices, memoised: every step of a run asks for the same numbers. The arrays
+    are shared between calls, so callers only read them (kept writeable: a read-only array is another type
+    to Numba, and would compile every kernel again)."""
+    n = len(w_fracs)
     mul, div, g_scale = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), np.zeros(n)
-    for l in range(n):
-        d_frac = e_frac if (l == n - 1 or rule == "bp") else a_frac
-        mul[l], div[l] = step_scale(lr / batch * 2.0 ** (int(net.w_frac[l]) - d_frac - a_frac))
+    for l, w_frac in enumerate(w_fracs):
+        d_frac = e_frac if (l == n - 1 or bp) else a_frac
+        mul[l], div[l] = step_scale(lr / batch * 2.0 ** (w_frac - d_frac - a_frac))
         g_scale[l] = 2.0 ** -(d_frac + a_frac) / batch
     return mul, div, g_scale
 
