@@ -5,18 +5,23 @@
 Each cell times ``--seconds`` worth of steps (at least 3) on real MNIST batches after a warm-up step
 (JIT compilation excluded): the torch path is the rule's update plus ``W -= lr g`` in float32 on the CPU with
 torch's default threads; the Numba paths are the streaming fused step (``run_step``) including the input
-quantisation, on one thread. Prints a Markdown table with the ratio Numba int8 / PyTorch.
+quantisation, on one thread. Prints a Markdown table with the ratio Numba int8 / PyTorch, then the cost of
+one stochastic-rounding draw (the serial xorshift64* chain every integer update visits once per weight with a
+nonzero gradient), which bounds the integer update from below.
 """
 import argparse
 
+import time
+
 import numpy as np
 import torch
+from numba import njit
 
 from fo_edge.accounting.memory import MemoryArena
 from fo_edge.data import load_dataset
 from fo_edge.device import load_device
 from fo_edge.kernels.counters import new_counters
-from fo_edge.kernels.rng import new_state
+from fo_edge.kernels.rng import new_state, next_u53
 from fo_edge.models import init_weights, parse_model_spec
 from fo_edge.rules import RULES, rule_config
 from fo_edge.rules.numba_binding import (allocate_buffers, fill_fixed_projection, make_params, quantize_input,
@@ -51,6 +56,26 @@ def numba_step(rule, device, weights, x, t, lr, activation):
     return step
 
 
+@njit(cache=True)
+def _draws(state, n):
+    folded = 0
+    for _ in range(n):
+        folded ^= next_u53(state)
+    return folded
+
+
+def draw_ns(n: int = 4_000_000) -> float:
+    """Nanoseconds per draw of the kernels' generator, drawn back to back (best of 5)."""
+    state = new_state(0)
+    _draws(state, 10)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        _draws(state, n)
+        best = min(best, time.perf_counter() - start)
+    return 1e9 * best / n
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rule", default="ftp", choices=["ftp", "pepita", "foton", "bp"])
@@ -74,6 +99,7 @@ def main() -> None:
                  batch / timed(numba_step(args.rule, "mcu-int8", weights, x, t, lr, activation), args.seconds)]
         print(f"| {batch} | {rates[0]:.0f} | {rates[1]:.0f} | {rates[2]:.0f} | {rates[2] / rates[0]:.2f}x |",
               flush=True)
+    print(f"\none stochastic-rounding draw: {draw_ns():.2f} ns")
 
 
 if __name__ == "__main__":
