@@ -1,0 +1,95 @@
+"""Where FOTON's int8 accuracy goes: FOTON on mcu-int8 beside variants of the profile that widen one format
+at a time, and beside its fp32 self.
+
+    python tools/foton_int8_study.py --epochs 1 --batch-size 16
+
+Every row is a Numba-path ``fo_edge.simulate`` run of 784-128-128-10 on MNIST with the same seed and data order
+and bench_device_accuracy.py's FOTON options (T = 0.25, Björck every 10 steps, 5 iterations). The variants
+are written as profile files (a copy of devices/mcu-int8.toml with the named keys changed, as a user would
+make one) into a temporary folder; those with wider formats get 4 MiB of SRAM so that memory is not what
+they test. A last row trains only the output layer on fp32 and on mcu-int8 (the hidden layers' update
+multipliers set to 0), which shows how much of the gap a linear readout on fixed features already has.
+"""
+import argparse
+import re
+import tempfile
+from pathlib import Path
+
+import fo_edge
+from fo_edge.device import device_text
+from fo_edge.rules import numba_binding
+
+OPTIONS = {"temperature": 0.25, "ortho_every": 10, "bjorck_iters": 5}
+BIG_SRAM = {"capacity.sram_bytes": 4 * 1024 * 1024}
+VARIANTS = [
+    ("forward rounding stochastic", {"forward_rounding": "stochastic"}),
+    ("activations 8 bit, LSB 1/64 (frac 6)", {"activation_frac_bits": 6}),
+    ("weights: no headroom bit (frac 0)", {"weight_frac_bits": 0}),
+    ("activations and errors 16 bit", {"activation_bits": 16, "activation_frac_bits": 12, "error_bits": 16,
+                                       "error_frac_bits": 14, **BIG_SRAM}),
+    ("weights 16 bit", {"weight_bits": 16, **BIG_SRAM}),
+]
+
+
+def variant_file(folder: Path, name: str, changes: dict) -> Path:
+    """devices/mcu-int8.toml with each ``key`` (a top-level key, a ``{ value = ... }`` entry, or section.key)
+    set to the given value; raises if a key is not found, so the study never runs an unchanged profile."""
+    text = device_text("mcu-int8")[0]
+    text = re.sub(r'^id = "mcu-int8"', f'id = "mcu-int8-{name}"', text, flags=re.M)
+    for key, value in changes.items():
+        leaf = key.split(".")[-1]
+        literal = f'"{value}"' if isinstance(value, str) else str(value)
+        text, n = re.subn(rf"^({leaf} = \{{ value = )[^,]+,", rf"\g<1>{literal},", text, flags=re.M)
+        if n == 0:
+            text, n = re.subn(rf'^({leaf} = )"[^"]*"', rf"\g<1>{literal}", text, flags=re.M)
+        if n != 1:
+            raise SystemExit(f"variant {name}: key {key} not found once in mcu-int8.toml")
+    path = folder / f"mcu-int8-{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def accuracy(device: str, args, hidden_updates: bool = True) -> float:
+    original = numba_binding.update_scales
+
+    def output_only(net, profile, rule, lr, batch):
+        mul, div, g_scale = (a.copy() for a in original(net, profile, rule, lr, batch))
+        mul[:-1] = 0
+        return mul, div, g_scale
+
+    if not hidden_updates:
+        numba_binding.update_scales = output_only
+    try:
+        result = fo_edge.simulate(rule="foton", device=device, model=args.model, epochs=args.epochs,
+                                  batch_size=args.batch_size, backend="numba", rule_options=OPTIONS,
+                                  out=f"runs/foton-int8-study/{Path(device).stem}-{hidden_updates}")
+    finally:
+        numba_binding.update_scales = original
+    return 100 * result.accuracy
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="784-128-128-10")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args()
+    print(f"command: python tools/foton_int8_study.py --model {args.model} --epochs {args.epochs} "
+          f"--batch-size {args.batch_size}\n")
+    fp32 = accuracy("gpu-fp32", args)
+    print("| profile | FOTON % | against fp32 pp |\n|---|---|---|")
+    print(f"| gpu-fp32 | {fp32:.2f} | |", flush=True)
+    base = accuracy("mcu-int8", args)
+    print(f"| mcu-int8 | {base:.2f} | {base - fp32:+.2f} |", flush=True)
+    with tempfile.TemporaryDirectory() as folder:
+        for i, (label, changes) in enumerate(VARIANTS):
+            value = accuracy(str(variant_file(Path(folder), f"v{i}", changes)), args)
+            print(f"| mcu-int8, {label} | {value:.2f} | {value - fp32:+.2f} |", flush=True)
+    readout_fp32 = accuracy("gpu-fp32", args, hidden_updates=False)
+    readout_int8 = accuracy("mcu-int8", args, hidden_updates=False)
+    print(f"| output layer only: gpu-fp32 {readout_fp32:.2f}, mcu-int8 | {readout_int8:.2f} | "
+          f"{readout_int8 - readout_fp32:+.2f} (against its fp32) |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
