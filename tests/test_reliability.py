@@ -169,3 +169,24 @@ def test_torch_path_divergence_stops_and_records(tmp_path):
                          out=str(tmp_path / "t"))
     record = read_run(tmp_path / "t")
     assert record["status"] == "stopped" and record["config"]["backend"] == "torch"
+
+
+def test_checkpoints_with_int64_weights_still_restore():
+    """Checkpoints written before the weight store took the format's width (int64 mantissas) restore into the
+    int8 store when every value fits, and are refused when one does not."""
+    from types import SimpleNamespace
+
+    from fo_edge.engine.stream import _restore
+
+    net = SimpleNamespace(w=np.zeros(4, dtype=np.int8))
+    bufs = SimpleNamespace(proj=np.zeros((2, 3)))
+    counters, rng = np.zeros((2, 2), dtype=np.int64), np.zeros(1, dtype=np.uint64)
+    state = {"w": np.array([-127, 5, 0, 127], dtype=np.int64), "rng": np.array([7], dtype=np.uint64),
+             "counters": np.ones((2, 2), dtype=np.int64), "proj": np.full((2, 3), 0.5),
+             "position": np.array([1, 2, 3, 4, 5], dtype=np.int64), "history": np.array("[]")}
+    assert _restore(state, net, bufs, counters, rng) == (1, 2, 3, 4, 5, [])
+    np.testing.assert_array_equal(net.w, [-127, 5, 0, 127])
+    assert net.w.dtype == np.int8 and rng[0] == 7
+    state["w"] = np.array([-127, 5, 0, 300], dtype=np.int64)
+    with pytest.raises(RunError, match="checkpoint does not match this run: w"):
+        _restore(state, net, bufs, counters, rng)
