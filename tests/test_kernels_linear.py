@@ -89,3 +89,23 @@ def test_sparse_forward_equals_the_blas_forward(data, rows):
     assert counted[COUNTERS.index("macs_effective")] == effective_macs(hin, net.w, 0, 12, 40)
     pairs = (hin != 0).astype(int) @ (net.w.reshape(12, 40) != 0).T.astype(int)
     assert counted[COUNTERS.index("macs_effective")] == int(pairs.sum())
+
+
+def test_tanh_table_equals_the_evaluated_tanh():
+    """Large batches activate tanh through the format's lookup table; each row equals the same row run alone,
+    where tanh is evaluated per output."""
+    profile = load_device("mcu-int8")
+    net = to_device(init_weights((40, 12), seed=1), profile)
+    params = make_params(profile, "tanh", "ce")
+    hin = np.random.default_rng(3).integers(-127, 128, size=(32, 40)).astype(np.int64)
+
+    def run(x):
+        pre, out = np.zeros((len(x), 12), dtype=np.int64), np.zeros((len(x), 12), dtype=np.int64)
+        layer_forward_(x, net.w, 0, 12, 40, net.w_one[0], False, params, pre, out,
+                       np.zeros(len(COUNTERS), dtype=np.int64), new_state(0))
+        return out
+
+    whole = run(hin)  # 32 x 12 outputs >= 256 table entries: the table is used
+    assert len(np.unique(whole)) > 10
+    for b in range(len(hin)):
+        np.testing.assert_array_equal(whole[b], run(hin[b:b + 1])[0])

@@ -12,7 +12,7 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from .activations import activate
+from .activations import TANH, activate
 from .analog import analog_forward_, pulse_update_
 from .counters import (FLASH_READ, LOST, MACS_DENSE, MACS_EFF, NEURON_ACTIVE, NEURON_INACTIVE, SATURATION,
                        SRAM_READ, SRAM_WRITE, SYN_EVENTS, SYN_UPDATES, WEIGHT_WRITES, WRAPS)
@@ -163,6 +163,19 @@ def _sparse_rows_matmul(hin, w, off, d_out, d_in, sums):
 
 
 @njit(cache=True)
+def _activation_table(P, uses):
+    """tanh of every mantissa of the activation format, as the device's lookup table (float64, as ``activate``
+    returns it), when the format has fewer values than ``uses`` outputs to activate; else an empty table."""
+    if not (P.quantized and P.act == TANH) or np.int64(P.a_hi - P.a_lo + 1) > uses:
+        return np.zeros(0)
+    lo = np.int64(P.a_lo)
+    table = np.empty(np.int64(P.a_hi) - lo + 1)
+    for k in range(table.size):
+        table[k] = activate(lo + k, TANH, P.a_one, True)
+    return table
+
+
+@njit(cache=True)
 def layer_forward_(hin, w, off, d_out, d_in, w_one, linear, P, pre, h, C, rng):
     """pre = requant(hin @ W^T), h = sigma(pre) (h = pre when ``linear``).
 
@@ -188,6 +201,7 @@ def layer_forward_(hin, w, off, d_out, d_in, w_one, linear, P, pre, h, C, rng):
             sums = exact_matmul(hin, w[off:off + d_out * d_in].reshape((d_out, d_in)), bound)
             effective = effective_macs(hin, w, off, d_out, d_in)
     shift = log2_exact(w_one) if P.quantized else -1
+    table = _activation_table(P, batch * d_out)
     s = rng[0]
     for b in range(batch):
         for i in range(d_out):
@@ -201,7 +215,10 @@ def layer_forward_(hin, w, off, d_out, d_in, w_one, linear, P, pre, h, C, rng):
                     s = rng[0]
                 acc = saturate(acc, P.a_lo, P.a_hi, C, SATURATION)
                 pre[b, i] = acc
-                out = activate(acc, P.act, P.a_one, True)
+                if table.size > 0:
+                    out = table[np.int64(acc) - np.int64(P.a_lo)]
+                else:
+                    out = activate(acc, P.act, P.a_one, True)
                 h[b, i] = out
             else:
                 real = sums[b, i] / w_one
