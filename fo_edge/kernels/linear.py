@@ -138,7 +138,8 @@ def _weights_float32(w, off, d_out, d_in):
 @njit(cache=True)
 def _sparse_rows_matmul(hin, w, off, d_out, d_in, sums):
     """sums[b, i] = sum_j hin[b, j] W[i, j] over the nonzero hin[b, j] only (exact: integer sums in int64);
-    returns the effective MACs (nonzero input x nonzero weight). For a few rows, where BLAS does not pay."""
+    returns the effective MACs (nonzero input x nonzero weight). For few rows or sparse inputs, where BLAS does
+    not pay."""
     idx = np.empty(d_in, dtype=np.int64)  # simulator bookkeeping: the nonzero inputs of one row
     vals = np.zeros(d_in, dtype=hin.dtype)
     effective = 0
