@@ -16,10 +16,10 @@ import tempfile
 from pathlib import Path
 
 import fo_edge
+from bench_device_accuracy import OPTIONS
 from fo_edge.device import device_text
 from fo_edge.rules import numba_binding
 
-OPTIONS = {"temperature": 0.25, "ortho_every": 10, "bjorck_iters": 5}
 BIG_SRAM = {"capacity.sram_bytes": 4 * 1024 * 1024}
 VARIANTS = [
     ("forward rounding stochastic", {"forward_rounding": "stochastic"}),
@@ -61,7 +61,7 @@ def accuracy(device: str, args, hidden_updates: bool = True) -> float:
         numba_binding.update_scales = output_only
     try:
         result = fo_edge.simulate(rule="foton", device=device, model=args.model, epochs=args.epochs,
-                                  batch_size=args.batch_size, backend="numba", rule_options=OPTIONS,
+                                  batch_size=args.batch_size, backend="numba", rule_options=OPTIONS["foton"],
                                   out=f"runs/foton-int8-study/{Path(device).stem}-{hidden_updates}")
     finally:
         numba_binding.update_scales = original

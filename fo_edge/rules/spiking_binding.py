@@ -34,8 +34,8 @@ from .ftp import FTPConfig, ftp_feedback
 from .numba_binding import DeviceNet, from_device, step_scale
 from .pepita import PEPITAConfig, pepita_feedback
 
-__all__ = ["SPIKING_RULES", "SPIKING_ACTIVATION", "SPIKING_DEFAULT_LR", "SpikingBuffers", "allocate_spiking", "spiking_forward", "spiking_step",
-           "spiking_predict", "layer_cores", "thresholds", "refresh_feedback"]
+__all__ = ["SPIKING_RULES", "SPIKING_ACTIVATION", "SPIKING_DEFAULT_LR", "SpikingBuffers", "allocate_spiking",
+           "spiking_forward", "spiking_step", "spiking_predict", "layer_cores", "thresholds", "refresh_feedback"]
 
 SPIKING_RULES = ("ftp", "pepita", "foton")
 #: learning rates ``fo-edge simulate`` uses on a spiking device when --lr is not given (rate-coded counts make
