@@ -1,6 +1,6 @@
 """Layer kernels' fast paths against their plain definitions: the float32 BLAS path of exact_matmul against
 int64 sums, the sparse integer update against the dense visit of every weight, the few-row forward against
-the BLAS forward."""
+the BLAS forward, the step's cached float32 copy of W against converting it on every call."""
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -9,8 +9,8 @@ from hypothesis.extra.numpy import arrays
 from fo_edge.device import load_device
 from fo_edge.kernels.counters import COUNTERS
 from fo_edge.kernels.fixed import ROUND_NEAREST_EVEN, ROUND_STOCHASTIC, ROUND_TOWARD_ZERO
-from fo_edge.kernels.linear import (FLOAT32_EXACT, _dense_update_, _integer_update_, effective_macs, exact_matmul,
-                                    layer_forward_)
+from fo_edge.kernels.linear import (FLOAT32_EXACT, _dense_update_, _integer_update_, cached_layer_forward_,
+                                    effective_macs, exact_matmul, layer_forward_)
 from fo_edge.kernels.rng import new_state
 from fo_edge.models import init_weights
 from fo_edge.rules.numba_binding import make_params, to_device
@@ -109,3 +109,35 @@ def test_tanh_table_equals_the_evaluated_tanh():
     assert len(np.unique(whole)) > 10
     for b in range(len(hin)):
         np.testing.assert_array_equal(whole[b], run(hin[b:b + 1])[0])
+
+
+def test_cached_forward_reuses_the_layer_until_cleared():
+    """A forward through the step's float32 copy of W equals the uncached forward (outputs and counters); once
+    W changes and the caller clears the ready flag, the next call converts the new W."""
+    profile = load_device("mcu-int8")
+    net = to_device(init_weights((40, 12), seed=1), profile)
+    params = make_params(profile, "tanh", "ce")
+    hin = np.random.default_rng(4).integers(-127, 128, size=(8, 40)).astype(np.int64)
+    cache = (np.zeros((12, 40), dtype=np.float32), np.zeros(40, dtype=np.int32), np.zeros(1, dtype=np.bool_))
+
+    def run(cached):
+        pre, out = np.zeros((8, 12), dtype=np.int64), np.zeros((8, 12), dtype=np.int64)
+        counters = np.zeros(len(COUNTERS), dtype=np.int64)
+        if cached:
+            cached_layer_forward_(hin, net.w, 0, 12, 40, net.w_one[0], False, params, pre, out, counters,
+                                  new_state(0), *cache)
+        else:
+            layer_forward_(hin, net.w, 0, 12, 40, net.w_one[0], False, params, pre, out, counters, new_state(0))
+        return out, counters
+
+    for _ in range(2):  # converts, then reuses
+        out, counters = run(True)
+        np.testing.assert_array_equal(out, run(False)[0])
+        np.testing.assert_array_equal(counters, run(False)[1])
+        assert cache[2][0]
+    np.testing.assert_array_equal(cache[0], net.w.reshape(12, 40).astype(np.float32))
+    net.w[:40] = 0  # a changed row, and a zero weight in every column
+    cache[2][0] = False
+    np.testing.assert_array_equal(run(True)[0], run(False)[0])
+    np.testing.assert_array_equal(run(True)[1], run(False)[1])
+    np.testing.assert_array_equal(cache[1], (net.w.reshape(12, 40) != 0).sum(axis=0))

@@ -19,7 +19,7 @@ from .counters import (FLASH_READ, LOST, MACS_DENSE, MACS_EFF, NEURON_ACTIVE, NE
 from .fixed import ROUND_STOCHASTIC, log2_exact, round_div, round_shift, saturate, wrap
 from .rng import xorshift_u53
 
-__all__ = ["layer_forward_", "project_", "outer_update_", "exact_matmul", "effective_macs", "SMALL_BATCH"]
+__all__ = ["layer_forward_", "cached_layer_forward_", "no_weight_cache", "project_", "outer_update_", "exact_matmul", "effective_macs", "SMALL_BATCH"]
 
 #: below this many rows (or inner terms) exact_matmul sums directly instead of going through BLAS
 SMALL_BATCH = 4
@@ -28,6 +28,9 @@ SMALL_BATCH = 4
 SPARSE_INPUTS = 1.0
 #: integers of magnitude up to 2**24 are exact in float32
 FLOAT32_EXACT = 16777216.0
+#: with the step's float32 copy of W at hand, a few-row forward goes through BLAS once more than 1/DENSE_INPUTS
+#: of its inputs are nonzero (tanh hidden layers), and sums the nonzero inputs directly below that (MNIST pixels)
+DENSE_INPUTS = 4
 
 
 def integral(a):
@@ -121,18 +124,27 @@ def _effective_from_columns(hin, weights):
 
 
 @njit(cache=True)
+def _weights_float32_into(w, off, d_out, d_in, out, nonzero):
+    """out: (d_out, d_in) float32 = layer W; nonzero: (d_in,) int32 = its nonzero weights per input column."""
+    row32 = np.empty(d_in, dtype=np.int32)  # widening first lets both loops vectorise
+    nonzero[:] = 0
+    for i in range(d_out):
+        base = off + i * d_in
+        for j in range(d_in):
+            row32[j] = w[base + j]
+        row = out[i]
+        for j in range(d_in):
+            row[j] = row32[j]
+            nonzero[j] += np.int32(row32[j] != 0)
+
+
+@njit(cache=True)
 def _weights_float32(w, off, d_out, d_in):
     """Layer W: (d_out, d_in) as float32 and its nonzero weights per input column (int32), in one pass."""
     out = np.empty((d_out, d_in), dtype=np.float32)
-    weights = np.zeros(d_in, dtype=np.int32)
-    for i in range(d_out):
-        base = off + i * d_in
-        row = out[i]
-        for j in range(d_in):
-            v = w[base + j]
-            row[j] = v
-            weights[j] += np.int32(v != 0)
-    return out, weights
+    nonzero = np.empty(d_in, dtype=np.int32)
+    _weights_float32_into(w, off, d_out, d_in, out, nonzero)
+    return out, nonzero
 
 
 @njit(cache=True)
@@ -164,7 +176,7 @@ def _sparse_rows_matmul(hin, w, off, d_out, d_in, sums):
 
 
 @njit(cache=True)
-def _activation_table(P, uses):
+def activation_table(P, uses):
     """tanh of every mantissa of the activation format, as the device's lookup table (float64, as ``activate``
     returns it), when the format has fewer values than ``uses`` outputs to activate; else an empty table."""
     if not (P.quantized and P.act == TANH) or np.int64(P.a_hi - P.a_lo + 1) > uses:
@@ -185,24 +197,48 @@ def layer_forward_(hin, w, off, d_out, d_in, w_one, linear, P, pre, h, C, rng):
     format. pre, h: (B, d_out). Counts dense and effective (nonzero input x nonzero weight) MACs, synaptic
     events, active/inactive neuron updates and bytes.
     """
+    cached_layer_forward_(hin, w, off, d_out, d_in, w_one, linear, P, pre, h, C, rng, *no_weight_cache())
+
+
+@njit(cache=True)
+def no_weight_cache():
+    """Empty cache arguments for ``cached_layer_forward_``: convert the layer on every call."""
+    return np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.bool_)
+
+
+@njit(cache=True)
+def cached_layer_forward_(hin, w, off, d_out, d_in, w_one, linear, P, pre, h, C, rng, w32, nonzero, ready):
+    """``layer_forward_`` with a simulator-side float32 copy of the layer kept between calls of one step:
+    w32: (d_out, d_in) float32, nonzero: (d_in,) int32 nonzero weights per column, ready: (1,) bool, filled
+    on first use (ready[0] set); the caller clears ready[0] whenever W changes. Empty arrays: no cache."""
     if P.analog:
         analog_forward_(hin, w, off, d_out, d_in, w_one, linear, P, pre, h, C, rng)
         return
     batch = hin.shape[0]
-    if batch < SMALL_BATCH or np.count_nonzero(hin) <= SPARSE_INPUTS * d_in:
+    nnz = np.count_nonzero(hin)
+    bound = magnitude(P.a_lo, P.a_hi) * magnitude(P.w_lo, P.w_hi) * d_in
+    use32 = integral(hin) and integral(w) and bound <= FLOAT32_EXACT  # exact_matmul's float32 case
+    if ready.size > 0:  # the conversion is paid once per step: BLAS unless the inputs are sparse
+        blas = use32 and nnz * DENSE_INPUTS > batch * d_in
+    else:
+        blas = batch >= SMALL_BATCH and nnz > SPARSE_INPUTS * d_in
+    if not blas and (batch < SMALL_BATCH or nnz <= SPARSE_INPUTS * d_in):
         sums = np.empty((batch, d_out))
         effective = _sparse_rows_matmul(hin, w, off, d_out, d_in, sums)
     else:
-        bound = magnitude(P.a_lo, P.a_hi) * magnitude(P.w_lo, P.w_hi) * d_in
-        if integral(hin) and integral(w) and bound <= FLOAT32_EXACT:  # exact_matmul's float32 case, fused
-            w32, nonzero = _weights_float32(w, off, d_out, d_in)   # with the weight count of effective_macs
+        if use32:  # fused with the weight count of effective_macs
+            if ready.size == 0:
+                w32, nonzero = _weights_float32(w, off, d_out, d_in)
+            elif not ready[0]:
+                _weights_float32_into(w, off, d_out, d_in, w32, nonzero)
+                ready[0] = True
             sums = np.dot(_as_float32(hin), w32.T).astype(np.float64)
             effective = _effective_from_columns(hin, nonzero)
         else:
             sums = exact_matmul(hin, w[off:off + d_out * d_in].reshape((d_out, d_in)), bound)
             effective = effective_macs(hin, w, off, d_out, d_in)
     shift = log2_exact(w_one) if P.quantized else -1
-    table = _activation_table(P, batch * d_out)
+    table = activation_table(P, batch * d_out)
     s = rng[0]
     for b in range(batch):
         for i in range(d_out):
@@ -251,19 +287,27 @@ def project_(base, src, mat, sign, div, P, out, C, rng):
     batch, k_dim = src.shape
     d = mat.shape[1]
     effective = 0
+    shift = log2_exact(div) if P.quantized else -1
+    state = rng[0]
     for b in range(batch):
         for j in range(d):
             acc = src[b, 0] * 0
             for k in range(k_dim):
-                s = src[b, k]
-                if s != 0 and mat[k, j] != 0:
-                    acc += s * mat[k, j]
+                v = src[b, k]
+                if v != 0 and mat[k, j] != 0:
+                    acc += v * mat[k, j]
                     effective += 1
             if P.quantized:
-                acc = round_div(acc, div, P.fwd_round, rng)
+                if shift >= 0:
+                    acc, state = round_shift(np.int64(acc), shift, P.fwd_round, state)
+                else:
+                    rng[0] = state
+                    acc = round_div(acc, div, P.fwd_round, rng)
+                    state = rng[0]
                 out[b, j] = saturate(base[b, j] + sign * acc, P.a_lo, P.a_hi, C, SATURATION)
             else:
                 out[b, j] = base[b, j] + sign * acc
+    rng[0] = state
     C[MACS_DENSE] += batch * d * k_dim
     C[MACS_EFF] += effective
     C[SYN_EVENTS] += effective
@@ -285,6 +329,16 @@ def _nonzero_columns(a):
             if a[b, j] != 0:
                 keep[j] = True
     return np.nonzero(keep)[0].astype(np.int64)
+
+
+@njit(cache=True)
+def _gather_columns(a, idx):
+    """a[:, idx] for a: (B, D) and ascending idx: (K,) int64 -> (B, K), same dtype."""
+    out = np.empty((a.shape[0], idx.size), dtype=a.dtype)
+    for b in range(a.shape[0]):
+        for k in range(idx.size):
+            out[b, k] = a[b, idx[k]]
+    return out
 
 
 @njit(cache=True, inline="always")
@@ -330,18 +384,16 @@ def _integer_update_(w, off, d_in, delta, hin, mul, shift, P, rng):
     rows, cols = _nonzero_columns(delta), _nonzero_columns(hin)
     n_rows, n_cols = rows.size, cols.size
     grads = np.zeros((0, 0))
+    grads32 = np.zeros((0, 0), dtype=np.float32)
     if batch >= SMALL_BATCH and n_rows > 0 and n_cols > 0:
-        d_rows = np.empty((n_rows, batch), dtype=delta.dtype)
-        h_cols = np.empty((n_cols, batch), dtype=hin.dtype)
-        d_top = h_top = 0.0  # the operands' largest magnitudes bound the sums (spike counts have no format)
-        for b in range(batch):
-            for r in range(n_rows):
-                d_rows[r, b] = delta[b, rows[r]]
-                d_top = max(d_top, abs(float(d_rows[r, b])))
-            for c in range(n_cols):
-                h_cols[c, b] = hin[b, cols[c]]
-                h_top = max(h_top, abs(float(h_cols[c, b])))
-        grads = exact_matmul(d_rows, h_cols, d_top * h_top * batch)
+        d_t = _gather_columns(delta, rows)  # (B, n_rows), (B, n_cols)
+        h_t = _gather_columns(hin, cols)
+        # the operands' largest magnitudes bound the sums (spike counts have no format)
+        bound = np.abs(d_t).max() * np.abs(h_t).max() * float(batch)
+        if bound <= FLOAT32_EXACT:  # exact in float32, as in exact_matmul
+            grads32 = np.dot(_as_float32(d_t).T, _as_float32(h_t))
+        else:
+            grads = exact_matmul(np.ascontiguousarray(d_t.T), np.ascontiguousarray(h_t.T), bound)
     h_one = np.zeros(n_cols if batch == 1 else 0, dtype=np.int64)  # batch 1: g_ij = delta_i h_j
     for c in range(h_one.size):
         h_one[c] = hin[0, cols[c]]
@@ -356,6 +408,9 @@ def _integer_update_(w, off, d_in, delta, hin, mul, shift, P, rng):
             d_one = np.int64(delta[0, i]) * imul
             for c in range(n_cols):
                 row[c] = d_one * h_one[c]
+        elif grads32.size > 0:
+            for c in range(n_cols):
+                row[c] = np.int64(grads32[r, c]) * imul
         elif batch >= SMALL_BATCH:
             for c in range(n_cols):
                 row[c] = np.int64(grads[r, c]) * imul

@@ -19,8 +19,9 @@ from numba import njit
 from .activations import activate, activate_grad
 from .counters import (BACKWARD, FORWARD, INFERENCE, MACS_DENSE, MACS_EFF, MODULATED, RECOMPUTE, SATURATION,
                        SRAM_READ, SRAM_WRITE, SYN_EVENTS, UPDATE)
-from .fixed import saturate
-from .linear import effective_macs, exact_matmul, layer_forward_, magnitude, outer_update_, project_
+from .fixed import log2_exact, saturate
+from .linear import (activation_table, cached_layer_forward_, effective_macs, exact_matmul, magnitude,
+                     outer_update_, project_)
 
 __all__ = ["Params", "RULE_CODES", "forward_only_step_", "bp_step_", "output_error_", "predict_"]
 
@@ -43,6 +44,19 @@ Params = namedtuple("Params", [
     "dac_half", "adc_half",  # DAC / ADC codes per sign: 2**(bits-1) - 1
     "read_noise", "out_bound", "dw_min", "asymmetry", "c2c_noise", "g_min", "g_max", "max_pulses",
 ])
+
+
+@njit(cache=True, inline="always")
+def layer_cache(cache, dims, offs, l):
+    """Layer l's slices of the step's weight cache ``(w32, nonzero, ready)``: w32 (total weights,) float32 in
+    the weight store's layout, nonzero (sum_l d_l,) int32 column counts, ready (L,) bool; see
+    ``linear.cached_layer_forward_``. Simulator bookkeeping, not device memory."""
+    w32, nonzero, ready = cache
+    d_in, d_out = dims[l], dims[l + 1]
+    col = 0
+    for k in range(l):
+        col += dims[k]
+    return (w32[offs[l]:offs[l + 1]].reshape((d_out, d_in)), nonzero[col:col + d_in], ready[l:l + 1])
 
 
 def _view(buf, batch, d):
@@ -83,7 +97,7 @@ def output_error_(y, t, P, e, C):
 
 
 @njit(cache=True)
-def _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, store, store_mode, C, phase, rng):
+def _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, store, store_mode, C, phase, rng, cache):
     """Clean pass; returns y: (B, d_L) (a view of buf_tmp). Keeps h_l in ``store`` when store_mode; counts
     into C[phase, l]."""
     batch = x.shape[0]
@@ -100,7 +114,8 @@ def _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, store,
             soff += batch * d_out
         else:
             dst = view(buf_c0 if l % 2 == 0 else buf_c1, batch, d_out)
-        layer_forward_(src, w, offs[l], d_out, d_in, w_one[l], l == n_layers - 1, P, pre, dst, C[phase, l], rng)
+        cached_layer_forward_(src, w, offs[l], d_out, d_in, w_one[l], l == n_layers - 1, P, pre, dst, C[phase, l],
+                              rng, *layer_cache(cache, dims, offs, l))
         src = dst
     return src
 
@@ -108,7 +123,7 @@ def _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, store,
 @njit(cache=True)
 def forward_only_step_(rule, store_mode, w, dims, offs, w_one, upd_mul, upd_div, g_scale, x, t, tq, proj,
                        proj_div, P, buf_c0, buf_c1, buf_m0, buf_m1, buf_pre, buf_tmp, store, e, xm, C, rng,
-                       g_out):
+                       g_out, cache):
     """One FOTON (rule 0), PEPITA (1) or FTP (2) step on a batch; see the module docstring.
 
     x: (B, d_0) input mantissas; t: (B, d_L) float one-hot; tq: t in the error format (FTP label targets);
@@ -118,7 +133,10 @@ def forward_only_step_(rule, store_mode, w, dims, offs, w_one, upd_mul, upd_div,
     """
     batch = x.shape[0]
     n_layers = dims.size - 1
-    y = _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, store, store_mode, C, FORWARD, rng)
+    a_shift = log2_exact(P.a_one)
+    cache[2][:] = False  # W may have changed since the last call
+    y = _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, store, store_mode, C, FORWARD, rng,
+                cache)
     output_error_(y, t, P, e, C[FORWARD, n_layers])
     if rule == 0:
         project_(x, e, proj, -1, proj_div, P, xm, C[MODULATED, 0], rng)  # x_err = x - e F
@@ -138,25 +156,31 @@ def forward_only_step_(rule, store_mode, w, dims, offs, w_one, upd_mul, upd_div,
         else:
             c_next = view(buf_c0 if l % 2 == 0 else buf_c1, batch, d_out)
         if not store_mode or (rule == 2 and l == 0):
-            layer_forward_(hc, w, offs[l], d_out, d_in, w_one[l], False, P, pre, c_next, C[RECOMPUTE, l], rng)
+            cached_layer_forward_(hc, w, offs[l], d_out, d_in, w_one[l], False, P, pre, c_next, C[RECOMPUTE, l], rng,
+                                  *layer_cache(cache, dims, offs, l))
         if rule == 2 and l == 0:
             # FTP: tau_1 = sigma(a_1 - e G^T) (or sigma(a_1 + t G^T)); pre holds a_1
             if P.ftp_label:
                 project_(pre, tq, proj, 1, proj_div, P, delta, C[MODULATED, 0], rng)
             else:
                 project_(pre, e, proj, -1, proj_div, P, delta, C[MODULATED, 0], rng)
+            table = activation_table(P, batch * d_out)
             for b in range(batch):
                 for i in range(d_out):
-                    m_next[b, i] = activate(delta[b, i], P.act, P.a_one, P.quantized)
+                    if table.size > 0:
+                        m_next[b, i] = table[np.int64(delta[b, i]) - np.int64(P.a_lo)]
+                    else:
+                        m_next[b, i] = activate(delta[b, i], P.act, P.a_one, P.quantized)
         else:
-            layer_forward_(hm, w, offs[l], d_out, d_in, w_one[l], False, P, pre, m_next, C[MODULATED, l], rng)
+            cached_layer_forward_(hm, w, offs[l], d_out, d_in, w_one[l], False, P, pre, m_next, C[MODULATED, l], rng,
+                                  *layer_cache(cache, dims, offs, l))
         for b in range(batch):
             for i in range(d_out):
                 diff = c_next[b, i] - m_next[b, i]
                 if rule == 2:  # (h - tau) * sigma'(a), sigma' from h (exact for relu, tanh, identity)
-                    grad = activate_grad(c_next[b, i], c_next[b, i], P.act, P.a_one, P.quantized, rng)
-                    if P.quantized:
-                        diff = (diff * grad) // P.a_one
+                    grad = activate_grad(c_next[b, i], c_next[b, i], P.act, P.a_one, a_shift, P.quantized)
+                    if P.quantized:  # floor division by one = 2**a_shift
+                        diff = (np.int64(diff) * np.int64(grad)) >> a_shift
                     else:
                         diff = diff * grad
                 if P.quantized:
@@ -167,6 +191,7 @@ def forward_only_step_(rule, store_mode, w, dims, offs, w_one, upd_mul, upd_div,
             hin = xm
         outer_update_(w, offs[l], d_out, d_in, delta, hin, upd_mul[l], upd_div[l], g_scale[l], P, C[UPDATE, l],
                       rng, g_out)
+        cache[2][l] = False
         hc = c_next
         hm = m_next
     last = n_layers - 1
@@ -177,12 +202,14 @@ def forward_only_step_(rule, store_mode, w, dims, offs, w_one, upd_mul, upd_div,
 
 @njit(cache=True)
 def bp_step_(w, dims, offs, w_one, upd_mul, upd_div, g_scale, x, t, P, buf_c0, buf_c1, buf_m0, buf_m1,
-             buf_pre, buf_tmp, store, e, C, rng, g_out):
+             buf_pre, buf_tmp, store, e, C, rng, g_out, cache):
     """One BP step: pass 1 stores h_1..h_{L-1} in ``store`` (B x sum d_l); then for l = L..1,
     delta_{l-1} = (delta_l W_l) * sigma'(a_{l-1}) is formed (error format) before W_l is updated."""
     batch = x.shape[0]
     n_layers = dims.size - 1
-    y = _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, store, True, C, FORWARD, rng)
+    a_shift = log2_exact(P.a_one)
+    cache[2][:] = False
+    y = _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, store, True, C, FORWARD, rng, cache)
     output_error_(y, t, P, e, C[FORWARD, n_layers])
     starts = np.zeros(n_layers, dtype=np.int64)  # store offset of h_l (l >= 1)
     for l in range(1, n_layers):
@@ -194,14 +221,15 @@ def bp_step_(w, dims, offs, w_one, upd_mul, upd_div, g_scale, x, t, P, buf_c0, b
         if l > 0:
             prev = view(buf_m0 if l % 2 == 0 else buf_m1, batch, d_in)
             cb = C[BACKWARD, l]
+            w_shift = log2_exact(w_one[l])
             bound = magnitude(P.e_lo, P.e_hi) * magnitude(P.w_lo, P.w_hi) * d_out
             back = exact_matmul(delta, np.ascontiguousarray(w[offs[l]:offs[l] + d_out * d_in].reshape((d_out, d_in)).T),
                                 bound)
             for b in range(batch):
                 for j in range(d_in):
-                    grad = activate_grad(hin[b, j], hin[b, j], P.act, P.a_one, P.quantized, rng)
-                    if P.quantized:
-                        acc = (np.int64(back[b, j]) // w_one[l]) * grad // P.a_one
+                    grad = activate_grad(hin[b, j], hin[b, j], P.act, P.a_one, a_shift, P.quantized)
+                    if P.quantized:  # floor divisions by powers of two
+                        acc = ((np.int64(back[b, j]) >> w_shift) * np.int64(grad)) >> a_shift
                         prev[b, j] = saturate(acc, P.e_lo, P.e_hi, cb, SATURATION)
                     else:
                         prev[b, j] = back[b, j] / w_one[l] * grad
@@ -219,11 +247,12 @@ def bp_step_(w, dims, offs, w_one, upd_mul, upd_div, g_scale, x, t, P, buf_c0, b
 
 
 @njit(cache=True)
-def predict_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, C, rng, labels, logits):
+def predict_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, C, rng, labels, logits, cache):
     """Inference: labels[b] = argmax of the output for each row of x (B, d_0); the outputs (activation
-    mantissas) go to logits (B, d_L) when it has B rows; counts into C[INFERENCE]."""
+    mantissas) go to logits (B, d_L) when it has B rows; counts into C[INFERENCE]. The caller clears the
+    weight cache's ready flags (``cache[2]``) when W has changed since the cache was last filled."""
     y = _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, buf_c0[:0], False, C, INFERENCE,
-                rng)
+                rng, cache)
     for b in range(x.shape[0]):
         labels[b] = np.argmax(y[b])
         if logits.shape[0] > 0:

@@ -227,6 +227,8 @@ class StepBuffers:
     xm: np.ndarray
     proj: np.ndarray
     proj_work: np.ndarray
+    #: the kernels' float32 copy of W (steps.layer_cache): simulator bookkeeping, not device memory
+    cache: tuple = ()
 
 
 def check_exact(profile: DeviceProfile, dims, batch: int) -> None:
@@ -300,7 +302,10 @@ def allocate_buffers(arena: MemoryArena, profile: DeviceProfile, dims, batch: in
         proj = arena.alloc("feedback_F", (dims[-1], dims[0]), dtype, "projection", p_fmt.bytes_per_value, "flash")
     elif rule == "ftp":
         proj = arena.alloc("feedback_G", (dims[-1], dims[1]), dtype, "projection", p_fmt.bytes_per_value, "flash")
-    return StepBuffers(x, c0, c1, m0, m1, pre, tmp, store, e, xm, proj, proj_work)
+    n_weights = sum(a * b for a, b in zip(dims[:-1], dims[1:]))
+    cache = (np.zeros(n_weights, dtype=np.float32), np.zeros(sum(dims[:-1]), dtype=np.int32),
+             np.zeros(len(dims) - 1, dtype=np.bool_))
+    return StepBuffers(x, c0, c1, m0, m1, pre, tmp, store, e, xm, proj, proj_work, cache)
 
 
 def fill_fixed_projection(bufs: StepBuffers, profile: DeviceProfile, rule: str, dims, config) -> None:
@@ -373,14 +378,15 @@ def run_step(rule: str, net: DeviceNet, bufs: StepBuffers, profile: DeviceProfil
     t = np.ascontiguousarray(t, dtype=np.float64)
     if rule == "bp":
         bp_step_(net.w, net.dims, net.offs, net.w_one, mul, div, g_scale, x_dev, t, params, bufs.c0, bufs.c1,
-                 bufs.m0, bufs.m1, bufs.pre, bufs.tmp, bufs.store, bufs.e[:n], counters, rng, g_out)
+                 bufs.m0, bufs.m1, bufs.pre, bufs.tmp, bufs.store, bufs.e[:n], counters, rng, g_out, bufs.cache)
         return
     # only FTP's label targets read t in the error format; other steps get an empty array (no per-step work)
     tq = np.rint(t * float(params.e_one)).astype(net.value_dtype) if params.ftp_label else \
         np.zeros((0, t.shape[1]), dtype=net.value_dtype)
     forward_only_step_(RULE_CODES[rule], schedule == "store", net.w, net.dims, net.offs, net.w_one, mul, div,
                        g_scale, x_dev, t, tq, bufs.proj, _proj_div(profile), params, bufs.c0, bufs.c1, bufs.m0,
-                       bufs.m1, bufs.pre, bufs.tmp, bufs.store, bufs.e[:n], bufs.xm[:n], counters, rng, g_out)
+                       bufs.m1, bufs.pre, bufs.tmp, bufs.store, bufs.e[:n], bufs.xm[:n], counters, rng, g_out,
+                       bufs.cache)
 
 
 def predict(net: DeviceNet, bufs: StepBuffers, profile: DeviceProfile, params: Params, x: np.ndarray,
@@ -391,10 +397,11 @@ def predict(net: DeviceNet, bufs: StepBuffers, profile: DeviceProfile, params: P
     labels = np.zeros(len(x), dtype=np.int64)
     raw = np.zeros((0, int(net.dims[-1])), dtype=net.value_dtype) if logits is None else \
         np.zeros((len(x), int(net.dims[-1])), dtype=net.value_dtype)
+    bufs.cache[2][:] = False  # W is fixed while predicting: each layer is converted once for all chunks
     for start in range(0, len(x), batch):
         x_dev = quantize_input(x[start:start + batch], profile, bufs.x, counters[INFERENCE, net.n_layers], rng)
         predict_(net.w, net.dims, net.offs, net.w_one, x_dev, params, bufs.pre, bufs.tmp, bufs.m0, bufs.m1,
-                 counters, rng, labels[start:start + batch], raw[start:start + batch])
+                 counters, rng, labels[start:start + batch], raw[start:start + batch], bufs.cache)
     if logits is not None:
         logits[:] = raw / float(params.a_one)
     return labels
