@@ -1,0 +1,94 @@
+"""Fingerprints of many short Numba-path runs, to show that a kernel change leaves every result bit-identical.
+
+    python tools/kernel_fingerprint.py --out before.json          # on the old code
+    python tools/kernel_fingerprint.py --out after.json --against before.json
+
+Each run is ``fo_edge.simulate`` on the first ``--limit`` MNIST samples: the four MLP rules on mcu-int8,
+fpga-fixed16, memristor-rram and gpu-fp32 at batches 1, 3, 8 and 32 (784-64-32-10, tanh, so every kernel path
+is taken: direct sums, BLAS, the sparse and dense updates, stochastic and nearest rounding), FTP with ReLU,
+and FTP, FOTON and PEPITA on the spiking loihi-like device. The fingerprint of a run is the SHA-256 of its
+final weights, its test accuracy and every counter in run.json. ``--against`` lists the runs whose
+fingerprint differs and exits 1 when any does.
+"""
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from fo_edge.api import simulate
+
+
+def configs(limit: int) -> list[dict]:
+    """The runs to fingerprint."""
+    runs = [dict(rule=rule, device=device, batch_size=batch, model="784-64-32-10", limit=limit)
+            for device in ("mcu-int8", "fpga-fixed16", "memristor-rram", "gpu-fp32")
+            for rule in ("ftp", "pepita", "foton", "bp") for batch in (1, 3, 8, 32)]
+    runs.append(dict(rule="ftp", device="mcu-int8", batch_size=16, model="784-64-32-10", limit=limit,
+                     activation="relu"))
+    runs += [dict(rule=rule, device="loihi-like", batch_size=8, model="784-48-10", limit=limit // 2)
+             for rule in ("ftp", "foton", "pepita")]
+    return runs
+
+
+def fingerprint(config: dict) -> dict:
+    """Weights hash, accuracy and counters of one run (or the error it raised)."""
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            result = simulate(out=str(Path(folder) / "run"), **config)
+        except Exception as error:  # a run that fails must fail the same way on both sides
+            return {"error": f"{type(error).__name__}: {error}"}
+        weights = np.load(Path(folder) / "run" / "weights.npz")
+        digest = hashlib.sha256()
+        for name in sorted(weights.files):
+            digest.update(np.ascontiguousarray(weights[name]).tobytes())
+        return {"accuracy": result.accuracy, "weights": digest.hexdigest(), "counters": result.record["counters"]}
+
+
+def differences(before: dict, after: dict) -> list[str]:
+    """One line per run whose fingerprint differs, naming what differs."""
+    lines = []
+    for key, old in before.items():
+        new = after.get(key)
+        if new is None:
+            lines.append(f"{key}: missing")
+        elif new != old:
+            fields = [f for f in ("accuracy", "weights", "error") if old.get(f) != new.get(f)]
+            counters = sorted(c for c in old.get("counters", {}) if old["counters"][c] != new.get("counters", {}).get(c))
+            lines.append(f"{key}: {', '.join(fields + counters[:6])} differ")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="where to write the fingerprints (JSON)")
+    parser.add_argument("--against", help="fingerprints of the code before the change (JSON)")
+    parser.add_argument("--limit", type=int, default=320, help="MNIST samples per run (default 320)")
+    args = parser.parse_args()
+    before = None
+    if args.against:
+        try:
+            before = json.loads(Path(args.against).read_text())
+        except (OSError, ValueError) as error:
+            sys.exit(f"error: cannot read {args.against}: {error}")
+    prints = {}
+    for config in configs(args.limit):
+        key = json.dumps(config, sort_keys=True)
+        prints[key] = fingerprint(config)
+        print(key, prints[key].get("accuracy", prints[key].get("error")), flush=True)
+    tmp = Path(args.out).with_name(Path(args.out).name + ".tmp")
+    tmp.write_text(json.dumps(prints, indent=0, sort_keys=True))
+    os.replace(tmp, args.out)
+    if before is not None:
+        lines = differences(before, prints)
+        print("\n".join(lines) if lines else "")
+        print(f"{len(prints)} runs, {len(lines)} differ from {args.against}")
+        sys.exit(1 if lines else 0)
+
+
+if __name__ == "__main__":
+    main()
