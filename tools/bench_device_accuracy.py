@@ -25,29 +25,37 @@ def main() -> None:
     parser.add_argument("--model", default="784-128-128-10")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds (init, data order, rounding draws); with more than "
+                        "one, each row also gives the differences' mean and range over the seeds")
     args = parser.parse_args()
+    seeds = [int(seed) for seed in args.seeds.split(",")]
     print(f"command: python tools/bench_device_accuracy.py --rules {args.rules} --device {args.device} --model "
-          f"{args.model} --epochs {args.epochs} --batch-size {args.batch_size}\n")
-    print(f"| rule | fp32 % | {args.device} % | difference pp | updates lost | saturation events |")
-    print("|---|---|---|---|---|---|")
+          f"{args.model} --epochs {args.epochs} --batch-size {args.batch_size} --seeds {args.seeds}\n")
+    print(f"| rule | seed | fp32 % | {args.device} % | difference pp | updates lost | saturation events |")
+    print("|---|---|---|---|---|---|---|")
     for rule in args.rules.split(","):
-        accuracy = {}
-        try:
-            for device in ("gpu-fp32", args.device):
-                result = fo_edge.simulate(rule=rule, device=device, model=args.model, epochs=args.epochs,
-                                          batch_size=args.batch_size, backend="numba",
-                                          out=f"runs/bench-device-accuracy/{rule}-{device}",
-                                          rule_options=OPTIONS.get(rule, {}))
-                accuracy[device] = 100 * result.accuracy
-                totals = result.record["counters"]["totals"]
-        except DeviceMemoryError as exc:
-            print(f"| {rule} | | does not fit: {str(exc).split('[')[0].strip()} | | | |", flush=True)
-            continue
-        lost = totals["updates_lost"] / max(totals["updates_lost"] + totals["weight_writes"], 1)
-        print(f"| {rule} | {accuracy['gpu-fp32']:.2f} | {accuracy[args.device]:.2f} | "
-              f"{accuracy[args.device] - accuracy['gpu-fp32']:+.2f} | {100 * lost:.0f} % of nonzero | "
-              f"{totals['saturation_events']} |", flush=True)
-
+        differences = []
+        for seed in seeds:
+            accuracy = {}
+            try:
+                for device in ("gpu-fp32", args.device):
+                    result = fo_edge.simulate(rule=rule, device=device, model=args.model, epochs=args.epochs,
+                                              batch_size=args.batch_size, backend="numba", seed=seed,
+                                              out=f"runs/bench-device-accuracy/{rule}-{device}-seed{seed}",
+                                              rule_options=OPTIONS.get(rule, {}))
+                    accuracy[device] = 100 * result.accuracy
+                    totals = result.record["counters"]["totals"]
+            except DeviceMemoryError as exc:
+                print(f"| {rule} | {seed} | | does not fit: {str(exc).split('[')[0].strip()} | | | |", flush=True)
+                break
+            lost = totals["updates_lost"] / max(totals["updates_lost"] + totals["weight_writes"], 1)
+            differences.append(accuracy[args.device] - accuracy["gpu-fp32"])
+            print(f"| {rule} | {seed} | {accuracy['gpu-fp32']:.2f} | {accuracy[args.device]:.2f} | "
+                  f"{differences[-1]:+.2f} | {100 * lost:.0f} % of nonzero | {totals['saturation_events']} |",
+                  flush=True)
+        if len(differences) > 1:
+            print(f"| {rule} | mean of {len(differences)} | | | {sum(differences) / len(differences):+.2f} "
+                  f"({min(differences):+.2f} .. {max(differences):+.2f}) | | |", flush=True)
 
 if __name__ == "__main__":
     main()
