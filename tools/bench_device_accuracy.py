@@ -6,7 +6,8 @@ Both columns are Numba-path runs of ``fo_edge.simulate`` (fp32 = the ``gpu-fp32`
 difference is the arithmetic. Updates on the integer device use stochastic rounding (the profile's
 ``update_rounding``). The default model, 784-128-128-10, fits the MCU's 256 KB with its step buffers
 (784-256-256-10 needs 262.5 KiB for its int8 weights alone). With lr / B of about 1e-3 nearly every
-per-weight step is below one weight LSB (2**-8 .. 2**-10 of the layer's range), so nearest rounding would drop them all, while stochastic rounding keeps
+per-weight step is below one weight LSB (2**-8 .. 2**-10 of the layer's range), so nearest rounding would drop
+them all, while stochastic rounding keeps
 them unbiased in expectation (Gupta et al. 2015); the ``updates lost`` column counts those that still rounded
 to zero. FOTON uses the bench_accuracy.py options (T = 0.25, Björck every 10 steps, 5 iterations).
 """
@@ -25,8 +26,8 @@ def main() -> None:
     parser.add_argument("--model", default="784-128-128-10")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seeds", default="0", help="comma-separated seeds (init, data order, rounding draws); with more than "
-                        "one, each row also gives the differences' mean and range over the seeds")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds (init, data order, rounding draws); "
+                        "with more than one, a last row gives the differences' mean and range")
     args = parser.parse_args()
     seeds = [int(seed) for seed in args.seeds.split(",")]
     print(f"command: python tools/bench_device_accuracy.py --rules {args.rules} --device {args.device} --model "

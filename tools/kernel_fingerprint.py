@@ -58,7 +58,8 @@ def differences(before: dict, after: dict) -> list[str]:
             lines.append(f"{key}: missing")
         elif new != old:
             fields = [f for f in ("accuracy", "weights", "error") if old.get(f) != new.get(f)]
-            counters = sorted(c for c in old.get("counters", {}) if old["counters"][c] != new.get("counters", {}).get(c))
+            counts = old.get("counters", {})
+            counters = sorted(c for c in counts if counts[c] != new.get("counters", {}).get(c))
             lines.append(f"{key}: {', '.join(fields + counters[:6])} differ")
     return lines
 

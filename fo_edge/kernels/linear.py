@@ -19,7 +19,8 @@ from .counters import (FLASH_READ, LOST, MACS_DENSE, MACS_EFF, NEURON_ACTIVE, NE
 from .fixed import ROUND_STOCHASTIC, log2_exact, round_div, round_shift, saturate, wrap
 from .rng import xorshift_u53
 
-__all__ = ["layer_forward_", "cached_layer_forward_", "no_weight_cache", "project_", "outer_update_", "exact_matmul", "effective_macs", "SMALL_BATCH"]
+__all__ = ["layer_forward_", "cached_layer_forward_", "no_weight_cache", "project_", "outer_update_", "exact_matmul",
+           "effective_macs", "activation_table", "SMALL_BATCH"]
 
 #: below this many rows (or inner terms) exact_matmul sums directly instead of going through BLAS
 SMALL_BATCH = 4
@@ -140,7 +141,7 @@ def _weights_float32_into(w, off, d_out, d_in, out, nonzero):
 
 @njit(cache=True)
 def _weights_float32(w, off, d_out, d_in):
-    """Layer W: (d_out, d_in) as float32 and its nonzero weights per input column (int32), in one pass."""
+    """Layer W: (d_out, d_in) as float32 and its nonzero weights per input column (int32), row by row."""
     out = np.empty((d_out, d_in), dtype=np.float32)
     nonzero = np.empty(d_in, dtype=np.int32)
     _weights_float32_into(w, off, d_out, d_in, out, nonzero)
@@ -471,10 +472,11 @@ def outer_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, P, C, rng,
     """W_l <- W_l - round(mul * (delta^T hin) / div), in place, one weight at a time.
 
     delta: (B, d_out), hin: (B, d_in). The device forms g row by row (accounted as one accumulator row); the
-    simulator computes all of g exactly with ``exact_matmul``. Device: the integer sum
-    g = sum_b delta[b, i] hin[b, j] is scaled by the fixed-point multiplier mul / div (= lr / B in weight LSBs) with the update rounding, and the new
-    weight saturates to the weight format; updates that round to 0 are counted as lost. Float: W -= g * mul.
-    Analog: the conductance step -g * mul is applied as pulses. With P.collect, nothing changes and
+    simulator computes g exactly through BLAS where that is exact. Device: the integer sum
+    g = sum_b delta[b, i] hin[b, j] is scaled by the fixed-point multiplier mul / div (= lr / B in weight LSBs)
+    with the update rounding, and the new weight saturates to the weight format; updates that round to 0 are
+    counted as lost. Float: W -= g * mul. Analog: the conductance step -g * mul is applied as pulses. With
+    P.collect, nothing changes and
     g_out[off + i * d_in + j] = g * g_scale (the real, batch-averaged gradient estimate).
     """
     batch = delta.shape[0]
