@@ -32,6 +32,10 @@ from fo_edge.rules.numba_binding import (allocate_buffers, fill_fixed_projection
 from timing import timed
 
 
+#: distinct batches each cell cycles through (more than a cell's steps at ``--seconds 2``; bounds the memory)
+MAX_BATCHES = 8192
+
+
 def torch_step(rule, weights, batches, lr, activation):
     """A call that runs one training step on the next of ``batches`` ((x, t) pairs) on the torch path."""
     spec, config = RULES[rule], rule_config(rule)
@@ -106,8 +110,9 @@ def main() -> None:
           "| mcu-int8 without draws samples/s |")
     print("|---|---|---|---|---|---|")
     for batch in (int(b) for b in args.batches.split(",")):
+        starts = range(0, min(len(data.x_train) - batch + 1, MAX_BATCHES * batch), batch)
         batches = [(np.ascontiguousarray(data.x_train[s:s + batch]), np.eye(dims[-1])[data.y_train[s:s + batch]])
-                   for s in range(0, len(data.x_train) - batch + 1, batch)]
+                   for s in starts]
         rates = [batch / timed(torch_step(args.rule, weights, batches, lr, activation), args.seconds),
                  batch / timed(numba_step(args.rule, "gpu-fp32", weights, batches, lr, activation), args.seconds),
                  batch / timed(numba_step(args.rule, "mcu-int8", weights, batches, lr, activation), args.seconds),
