@@ -17,7 +17,7 @@ from numba import njit
 
 from .rng import next_u53, xorshift_u53
 
-__all__ = ["ROUND_NEAREST_EVEN", "ROUND_TOWARD_ZERO", "ROUND_STOCHASTIC", "round_div", "round_shift",
+__all__ = ["ROUND_NEAREST_EVEN", "ROUND_TOWARD_ZERO", "ROUND_STOCHASTIC", "round_div", "round_shift", "round_by",
            "log2_exact", "saturate",
            "wrap", "quantize_array", "quantize_affine", "dequantize_affine", "affine_params", "fixed_multiplier"]
 
@@ -65,6 +65,18 @@ def round_shift(x, k, mode, s):
         return (q + 1 if x < 0 else q), s
     s, u = xorshift_u53(s)
     return (q + 1 if (u & mask) < rem else q), s
+
+
+@njit(cache=True, inline="always")
+def round_by(x, d, k, mode, s, state):
+    """``round_div(x, d, mode)`` with the RNG state held in the scalar s: by shifts (``round_shift``) when
+    k = log2(d) >= 0, else by division, drawing from ``state`` (the (1,) array, which holds s meanwhile).
+    x: int64; returns (q, s)."""
+    if k >= 0:
+        return round_shift(x, k, mode, s)
+    state[0] = s
+    q = np.int64(round_div(x, d, mode, state))
+    return q, state[0]
 
 
 @njit(cache=True, inline="always")

@@ -107,9 +107,9 @@ def dense_events_(spikes, wt, weight_exp, nnz_col, acc, out, C):
     """out[b, :] = (sum over j with spikes[b, j] != 0 of W[:, j]) shifted by weight_exp (floor for < 0).
 
     spikes: (B, d_in) 0/1; wt: (d_in, d_out) int32 (or int64) the weights indexed by input (Loihi keeps
-    synapses as per-axon fan-out lists, so a spike reads one contiguous row); nnz_col: (d_in,) nonzero weights per input (events =
-    spikes x nonzero fan-out, also counted as accumulate-only ops); acc: (>= d_out,) wt.dtype workspace, the
-    dendritic accumulator (int32 on the chip); out: int64 (B, d_out).
+    synapses as per-axon fan-out lists, so a spike reads one contiguous row); nnz_col: (d_in,) nonzero weights
+    per input (events = spikes x nonzero fan-out, also counted as accumulate-only ops); acc: (>= d_out,)
+    wt.dtype workspace, the dendritic accumulator (int32 on the chip); out: int64 (B, d_out).
     """
     events = 0
     d_in, d_out = wt.shape

@@ -16,7 +16,7 @@ from .activations import TANH, activate
 from .analog import analog_forward_, pulse_update_
 from .counters import (FLASH_READ, LOST, MACS_DENSE, MACS_EFF, NEURON_ACTIVE, NEURON_INACTIVE, SATURATION,
                        SRAM_READ, SRAM_WRITE, SYN_EVENTS, SYN_UPDATES, WEIGHT_WRITES, WRAPS)
-from .fixed import ROUND_STOCHASTIC, log2_exact, round_div, round_shift, saturate, wrap
+from .fixed import ROUND_STOCHASTIC, log2_exact, round_by, round_div, round_shift, saturate, wrap
 from .rng import xorshift_u53
 
 __all__ = ["layer_forward_", "cached_layer_forward_", "no_weight_cache", "project_", "outer_update_", "exact_matmul",
@@ -245,12 +245,7 @@ def cached_layer_forward_(hin, w, off, d_out, d_in, w_one, linear, P, pre, h, C,
         for i in range(d_out):
             if P.quantized:
                 acc = np.int64(wrap(np.int64(sums[b, i]), P.acc_lo, P.acc_hi, C, WRAPS))
-                if shift >= 0:
-                    acc, s = round_shift(acc, shift, P.fwd_round, s)
-                else:
-                    rng[0] = s
-                    acc = np.int64(round_div(acc, w_one, P.fwd_round, rng))
-                    s = rng[0]
+                acc, s = round_by(acc, w_one, shift, P.fwd_round, s, rng)
                 acc = saturate(acc, P.a_lo, P.a_hi, C, SATURATION)
                 pre[b, i] = acc
                 if table.size > 0:
@@ -299,12 +294,7 @@ def project_(base, src, mat, sign, div, P, out, C, rng):
                     acc += v * mat[k, j]
                     effective += 1
             if P.quantized:
-                if shift >= 0:
-                    acc, state = round_shift(np.int64(acc), shift, P.fwd_round, state)
-                else:
-                    rng[0] = state
-                    acc = round_div(acc, div, P.fwd_round, rng)
-                    state = rng[0]
+                acc, state = round_by(np.int64(acc), div, shift, P.fwd_round, state, rng)
                 out[b, j] = saturate(base[b, j] + sign * acc, P.a_lo, P.a_hi, C, SATURATION)
             else:
                 out[b, j] = base[b, j] + sign * acc
@@ -385,16 +375,11 @@ def _integer_update_(w, off, d_in, delta, hin, mul, shift, P, rng):
     rows, cols = _nonzero_columns(delta), _nonzero_columns(hin)
     n_rows, n_cols = rows.size, cols.size
     grads = np.zeros((0, 0))
-    grads32 = np.zeros((0, 0), dtype=np.float32)
     if batch >= SMALL_BATCH and n_rows > 0 and n_cols > 0:
-        d_t = _gather_columns(delta, rows)  # (B, n_rows), (B, n_cols)
-        h_t = _gather_columns(hin, cols)
+        d_rows = np.ascontiguousarray(_gather_columns(delta, rows).T)  # (n_rows, B), (n_cols, B)
+        h_cols = np.ascontiguousarray(_gather_columns(hin, cols).T)
         # the operands' largest magnitudes bound the sums (spike counts have no format)
-        bound = np.abs(d_t).max() * np.abs(h_t).max() * float(batch)
-        if bound <= FLOAT32_EXACT:  # exact in float32, as in exact_matmul
-            grads32 = np.dot(_as_float32(d_t).T, _as_float32(h_t))
-        else:
-            grads = exact_matmul(np.ascontiguousarray(d_t.T), np.ascontiguousarray(h_t.T), bound)
+        grads = exact_matmul(d_rows, h_cols, np.abs(d_rows).max() * np.abs(h_cols).max() * float(batch))
     h_one = np.zeros(n_cols if batch == 1 else 0, dtype=np.int64)  # batch 1: g_ij = delta_i h_j
     for c in range(h_one.size):
         h_one[c] = hin[0, cols[c]]
@@ -409,9 +394,6 @@ def _integer_update_(w, off, d_in, delta, hin, mul, shift, P, rng):
             d_one = np.int64(delta[0, i]) * imul
             for c in range(n_cols):
                 row[c] = d_one * h_one[c]
-        elif grads32.size > 0:
-            for c in range(n_cols):
-                row[c] = np.int64(grads32[r, c]) * imul
         elif batch >= SMALL_BATCH:
             for c in range(n_cols):
                 row[c] = np.int64(grads[r, c]) * imul

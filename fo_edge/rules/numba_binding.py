@@ -228,7 +228,7 @@ class StepBuffers:
     proj: np.ndarray
     proj_work: np.ndarray
     #: the kernels' float32 copy of W (steps.layer_cache): simulator bookkeeping, not device memory
-    cache: tuple = ()
+    cache: tuple
 
 
 def check_exact(profile: DeviceProfile, dims, batch: int) -> None:
