@@ -11,7 +11,8 @@ setup(
     packages=find_packages(include=["fo_edge", "fo_edge.*"]),
     package_data={
         # fo_edge/profiles is a link to the top-level devices/ folder (data, not code)
-        "fo_edge": ["datasets/mnist/*.gz", "datasets/mnist/SOURCE.md", "profiles/*.toml", "profiles/README.md"],
+        "fo_edge": ["datasets/mnist/*.gz", "datasets/mnist/SOURCE.md", "profiles/*.toml", "profiles/README.md",
+                    "recipes/*.toml", "recipes/README.md"],
     },
     install_requires=[
         "torch==2.13.0",

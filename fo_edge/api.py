@@ -20,6 +20,7 @@ from .accounting.energy import energy_record
 from .data import DATASETS, load_dataset
 from .device import DeviceProfile, device_text, load_device
 from .engine.health import HealthConfig, TrainingStopped
+from .engine.plan import BatchPlan
 from .errors import ConfigError, RunError
 from .models.conv import is_conv_spec, parse_conv_spec
 from .models.mlp import ACTIVATIONS, init_weights, parse_model_spec
@@ -62,6 +63,25 @@ class SimulateConfig:
     saturation_limit: float = 0.5
     stall_steps: int = 500
     rule_options: dict[str, Any] = field(default_factory=dict)
+    normalize: str = "none"
+    drop_last: bool = False
+    batch_divisor: str = "actual"
+    lr_milestones: tuple[int, ...] = ()
+    lr_gamma: float = 0.1
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    dropout: float = 0.0
+    recipe: str | None = None
+
+    def plan(self) -> BatchPlan:
+        """The batches and per-step learning rate these options ask for (engine.plan)."""
+        return BatchPlan(self.drop_last, self.batch_divisor, tuple(self.lr_milestones), self.lr_gamma)
+
+
+#: SimulateConfig fields that shape the data pipeline and optimiser (recipes set them; module docstring of
+#: engine.plan and engine.torch_loop): normalize "none" keeps pixels in [0, 1], "standard" subtracts the
+#: training split's mean and divides by its standard deviation (MNIST: 0.1307 / 0.3081)
+NORMALIZATIONS = ("none", "standard")
 
 
 @dataclass
@@ -107,6 +127,7 @@ def _validate(config: SimulateConfig) -> tuple[SimulateConfig, DeviceProfile, tu
         raise ConfigError("--stall-steps must be a positive number of steps")
     if config.limit is not None and config.limit < 1:
         raise ConfigError("--limit must be a positive number of samples")
+    _validate_pipeline(config)
     lr = RULES[config.rule].default_lr if config.lr is None else config.lr
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ConfigError(f"--lr must be a finite number > 0, got {lr}")
@@ -128,8 +149,42 @@ def _validate(config: SimulateConfig) -> tuple[SimulateConfig, DeviceProfile, tu
             raise ConfigError(f"{device.id} is spiking: its neurons are CUBA-LIF, so --activation does not apply")
         activation = SPIKING_ACTIVATION
         lr = SPIKING_DEFAULT_LR[config.rule] if config.lr is None else lr
-    filled = dataclasses.replace(config, lr=float(lr), backend=backend, activation=activation)
+        if config.normalize != "none":
+            raise ConfigError(f"{device.id} rate-codes pixel intensities in [0, 1]: --normalize {config.normalize} "
+                              f"does not apply to spiking devices")
+    if backend == "numba" or device.spiking is not None:
+        optimiser = [name for name in ("momentum", "weight_decay", "dropout") if getattr(config, name)]
+        if optimiser:
+            raise ConfigError(f"{optimiser[0].replace('_', ' ')} runs on the float torch path only (--backend torch on "
+                              f"a float device); the {device.id} kernels apply plain SGD")
+    filled = dataclasses.replace(config, lr=float(lr), backend=backend, activation=activation,
+                                 lr_milestones=tuple(int(m) for m in config.lr_milestones))
     return filled, device, dims, rcfg, backend
+
+
+def _validate_pipeline(config: SimulateConfig) -> None:
+    """The data-pipeline and optimiser fields (one line each, before anything is written)."""
+    if config.normalize not in NORMALIZATIONS:
+        raise ConfigError(f"--normalize must be one of {', '.join(NORMALIZATIONS)}, got {config.normalize!r}")
+    for name, low, high in (("momentum", 0.0, 0.999), ("weight_decay", 0.0, 1.0), ("dropout", 0.0, 0.95)):
+        value = getattr(config, name)
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                and low <= value <= high):
+            raise ConfigError(f"--{name.replace('_', '-')} must be a number in [{low}, {high}], got {value!r}")
+    if any(not isinstance(m, int) or isinstance(m, bool) for m in config.lr_milestones):
+        raise ConfigError(f"--lr-milestones must be epoch numbers, got {list(config.lr_milestones)}")
+    if any(m > config.epochs for m in config.lr_milestones):
+        raise ConfigError(f"--lr-milestones {list(config.lr_milestones)} lie beyond --epochs {config.epochs}")
+    config.plan()  # BatchPlan checks the divisor, milestone order and gamma
+
+
+def _prepared_data(config: SimulateConfig):
+    """The dataset of a run, standardised when ``config.normalize == "standard"`` (statistics of the whole
+    training split, before ``limit``), then limited."""
+    data = load_dataset(config.dataset if config.data_dir is None else None, config.data_dir)
+    if config.normalize == "standard":
+        data = data.standardized()
+    return data.limited(config.limit)
 
 
 def _record(config: SimulateConfig, dims, rcfg, device: DeviceProfile, data, status: str) -> dict:
@@ -184,7 +239,7 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
         return _simulate_conv(config, on_batch, on_start)
     config, device, dims, rcfg, backend = _validate(config)
     lr = config.lr
-    data = load_dataset(config.dataset if config.data_dir is None else None, config.data_dir).limited(config.limit)
+    data = _prepared_data(config)
     if dims[0] != data.n_features or dims[-1] < data.n_classes:
         raise ConfigError(f"--model {config.model} does not fit {data.name}: it needs {data.n_features} inputs "
                           f"and at least {data.n_classes} outputs (e.g. {data.n_features}-256-{data.n_classes})")
@@ -212,7 +267,7 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
 
         final, history = train_spiking_torch(weights, data, config.rule, rcfg, device, error=config.error, lr=lr,
                                              epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
-                                             device=config.torch_device, on_batch=on_batch)
+                                             device=config.torch_device, on_batch=on_batch, plan=config.plan())
         stored = {f"W{l}": w for l, w in enumerate(final)}
         memory, counters, energy, warnings = {}, {}, None, []
     elif backend == "torch":
@@ -222,7 +277,9 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
             final, history = train_torch(weights, data, config.rule, rcfg, activation=config.activation,
                                          error=config.error, lr=lr, epochs=config.epochs,
                                          batch_size=config.batch_size, seed=config.seed,
-                                         device=config.torch_device, on_batch=on_batch, **checkpointing)
+                                         device=config.torch_device, on_batch=on_batch, plan=config.plan(),
+                                         momentum=config.momentum, weight_decay=config.weight_decay,
+                                         dropout=config.dropout, **checkpointing)
         except TrainingStopped as stop:
             (final, history), stopped = stop.outcome, stop.error
         stored = {f"W{l}": w for l, w in enumerate(final)}
@@ -236,7 +293,8 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
         try:
             outcome = train_stream(weights, data, config.rule, rcfg, device, activation=config.activation,
                                    error=config.error, lr=lr, epochs=config.epochs, batch_size=config.batch_size,
-                                   seed=config.seed, schedule=config.schedule, on_batch=on_batch, **checkpointing)
+                                   seed=config.seed, schedule=config.schedule, on_batch=on_batch,
+                                   plan=config.plan(), **checkpointing)
         except TrainingStopped as stop:
             outcome, stopped = stop.outcome, stop.error
         history, stored, memory, counters = outcome.history, outcome.stored, outcome.memory, outcome.counters
@@ -248,9 +306,13 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
             energy = _with_static(energy, counters, device, dims)
     seconds = time.perf_counter() - started
     accuracy = history[-1]["test_accuracy"] if history and stopped is None else None
+    best = max(history, key=lambda h: h["test_accuracy"]) if history else None
     record.update(status="complete" if stopped is None else "stopped", history=history, memory=memory,
                   counters=counters, energy=energy, warnings=warnings,
                   final={"test_accuracy": accuracy, "seconds": seconds,
+                         # the reference's restore_best: reported beside, never instead of, the last epoch
+                         "best_test_accuracy": best["test_accuracy"] if best else None,
+                         "best_epoch": best["epoch"] if best else None,
                          "samples_per_s": counters.get("training_samples", len(data.x_train) * config.epochs)
                          / max(seconds, 1e-9)})
     if stopped is not None:
@@ -289,10 +351,15 @@ def _simulate_conv(config: SimulateConfig, on_batch, on_start) -> SimulateResult
                           f"use --backend numba")
     if config.data_dir is None and config.dataset not in DATASETS:
         raise ConfigError(f"unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)} or --data-dir")
+    _validate_pipeline(config)
+    optimiser = [name for name in ("momentum", "weight_decay", "dropout") if getattr(config, name)]
+    if optimiser:
+        raise ConfigError(f"{optimiser[0].replace('_', ' ')} is not implemented for conv models (plain SGD)")
     train_config = conv_train_config(rule=config.rule, activation=config.activation, error=config.error,
                                      lr=config.lr, epochs=config.epochs, batch_size=config.batch_size,
-                                     seed=config.seed, backend=backend, rule_options=dict(config.rule_options))
-    data = load_dataset(config.dataset if config.data_dir is None else None, config.data_dir).limited(config.limit)
+                                     seed=config.seed, backend=backend, rule_options=dict(config.rule_options),
+                                     plan=config.plan())
+    data = _prepared_data(config)
     parse_conv_spec(config.model, data.image_shape)  # refuse a bad spec before anything is written
     run_dir = prepare_run_dir(config.out or default_run_dir(config))
     if on_start is not None:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from . import api
 from .data import DATASETS
@@ -18,6 +19,8 @@ from .errors import FoEdgeError
 from .accounting.energy import format_energy
 from .accounting.memory import format_bytes
 from .models.mlp import ACTIVATIONS
+from .engine.plan import BATCH_DIVISORS
+from .recipe import list_recipes, load_recipe, recipe_settings
 from .rules import BACKENDS, RULES
 
 __all__ = ["main", "cli"]
@@ -40,14 +43,27 @@ def _parse_rule_options(pairs: tuple[str, ...]) -> dict:
     return options
 
 
+def _parse_milestones(text: str) -> tuple[int, ...]:
+    if not text.strip():
+        return ()
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise click.UsageError(f"--lr-milestones {text!r} must be epoch numbers joined by commas, e.g. 60,90") from None
+
+
 def _summary_table(result: api.SimulateResult) -> str:
     rec = result.record
     mem = result.memory
     rows = [("rule", rec["config"]["rule"]), ("device", rec["device"]["id"]),
             ("backend", rec["config"]["backend"]), ("dataset", rec["dataset"]["name"]),
             ("test accuracy", f"{100 * result.accuracy:.2f} %"),
+
             ("time", f"{rec['final']['seconds']:.1f} s"),
             ("samples/s", f"{rec['final']['samples_per_s']:.0f}")]
+    if rec["final"].get("best_epoch") is not None and len(rec.get("history") or []) > 1:
+        rows.insert(5, ("best test epoch", f"{100 * rec['final']['best_test_accuracy']:.2f} % at epoch "
+                                           f"{rec['final']['best_epoch']} (reported beside the last, not instead)"))
     if mem:
         rows.append(("peak device memory", f"{format_bytes(mem['peak_bytes'])} of "
                      f"{format_bytes(mem['capacity_bytes'])} ({100 * mem['peak_bytes'] / mem['capacity_bytes']:.1f} %)"))
@@ -113,19 +129,40 @@ def cli(ctx: click.Context, debug: bool) -> None:
               help="A layer's clipped fraction per step that counts as a saturation storm.")
 @click.option("--stall-steps", type=int, default=500, show_default=True,
               help="Consecutive steps of all-lost updates that count as stalled learning.")
+@click.option("--recipe", default=None,
+              help="A paper recipe (see `fo-edge recipes`) or a recipe .toml; options given beside it override "
+                   "its fields.")
+@click.option("--normalize", type=click.Choice(api.NORMALIZATIONS), default="none", show_default=True,
+              help="standard: subtract the training split's mean pixel and divide by its std (MNIST 0.1307/0.3081).")
+@click.option("--drop-last/--keep-last", default=False, show_default=True,
+              help="Skip each epoch's final partial batch.")
+@click.option("--batch-divisor", type=click.Choice(BATCH_DIVISORS), default="actual", show_default=True,
+              help="Average each update over the batch's actual rows, or divide by --batch-size (FOTON reference).")
+@click.option("--lr-milestones", default="", help="Epochs after which the lr is multiplied by --lr-gamma, e.g. 60,90.")
+@click.option("--lr-gamma", type=float, default=0.1, show_default=True)
+@click.option("--momentum", type=float, default=0.0, show_default=True, help="SGD momentum (torch path).")
+@click.option("--weight-decay", type=float, default=0.0, show_default=True, help="L2 weight decay (torch path).")
+@click.option("--dropout", type=float, default=0.0, show_default=True,
+              help="Dropout on hidden pre-activations, one mask shared by a step's passes (torch path).")
 @click.option("--json", "as_json", is_flag=True, help="Print run.json to stdout instead of the table.")
-def simulate(rule, device, dataset, data_dir, model, activation, error, epochs, batch_size, lr, seed, limit,
-             out, backend, schedule, torch_device, rule_option, checkpoint_every, resume, on_unhealthy,
-             saturation_limit, stall_steps, as_json) -> None:
+@click.pass_context
+def simulate(ctx: click.Context, resume, as_json, rule_option, recipe, lr_milestones, **options) -> None:
     """Train a model with a learning rule under a device model; print accuracy, energy and memory."""
     from tqdm import tqdm
 
-    config = api.SimulateConfig(rule=rule, device=device, dataset=dataset, data_dir=data_dir, model=model,
-                                activation=activation, error=error, epochs=epochs, batch_size=batch_size, lr=lr,
-                                seed=seed, limit=limit, out=out, backend=backend, schedule=schedule,
-                                torch_device=torch_device, checkpoint_every=checkpoint_every,
-                                on_unhealthy=on_unhealthy, saturation_limit=saturation_limit,
-                                stall_steps=stall_steps, rule_options=_parse_rule_options(rule_option))
+    options["lr_milestones"] = _parse_milestones(lr_milestones)
+    options["rule_options"] = _parse_rule_options(rule_option)
+    if recipe is not None:
+        given = {name for name in [*options, "lr_milestones"]
+                 if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+        if not rule_option:
+            given.discard("rule_options")
+        settings = recipe_settings(recipe, **{name: options[name] for name in given | {"rule_options"}
+                                              if name in options})
+        config = api.SimulateConfig(**{**{k: v for k, v in options.items() if k not in settings}, **settings})
+    else:
+        config = api.SimulateConfig(**options)
+    rule, device = config.rule, config.device
     bar: list = []
 
     def on_start(total: int) -> None:
@@ -299,6 +336,21 @@ def devices(as_json: bool) -> None:
         return
     for p in profiles:
         click.echo(f"{p.id:<16} {p.arithmetic.value:<7} {p.name}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+def recipes(as_json: bool) -> None:
+    """List the bundled paper recipes (fo-edge simulate --recipe ID)."""
+    loaded = [load_recipe(name) for name in list_recipes()]
+    if as_json:
+        click.echo(json.dumps([{"id": r.id, "title": r.title, "paper": r.paper, "run": r.run,
+                                "rule_options": r.rule_options} for r in loaded], indent=2, default=list))
+        return
+    for r in loaded:
+        paper = r.paper.get("test_accuracy")
+        click.echo(f"{r.id:<20} {r.run['rule']:<7} {r.run['epochs']:>3} epochs  paper "
+                   f"{'-' if paper is None else f'{paper:.2f} %':<8} {r.title}")
 
 
 @cli.command()

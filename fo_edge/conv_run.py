@@ -21,6 +21,7 @@ from .accounting.energy import energy_record
 from .data import Dataset
 from .device import DeviceProfile
 from .engine.conv_loop import CONV_RULES, ConvTrainConfig, train_conv
+from .engine.plan import BatchPlan
 from .errors import ConfigError
 from .models.conv import parse_conv_spec
 from .runs import SCHEMA_VERSION, package_versions, save_weights, write_file_atomic, write_json_atomic
@@ -33,7 +34,8 @@ MEMORY_NOTE = "not accounted for conv nets yet"
 
 
 def conv_train_config(*, rule: str, activation: str | None, error: str, lr: float | None, epochs: int,
-                      batch_size: int, seed: int, backend: str, rule_options: dict) -> ConvTrainConfig:
+                      batch_size: int, seed: int, backend: str, rule_options: dict,
+                      plan: BatchPlan = BatchPlan()) -> ConvTrainConfig:
     """The ConvTrainConfig of a simulate call (lr None: the conv default 0.1), refusing options it lacks."""
     if rule not in CONV_RULES:
         raise ConfigError(f"conv models train with {' or '.join(CONV_RULES)}; {rule!r} is MLP-only for now")
@@ -43,7 +45,7 @@ def conv_train_config(*, rule: str, activation: str | None, error: str, lr: floa
     defaults = {f.name: f.default for f in fields(ConvTrainConfig)}
     config = ConvTrainConfig(rule=rule, activation=activation or defaults["activation"], error=error,
                              lr=defaults["lr"] if lr is None else float(lr), epochs=epochs, batch_size=batch_size,
-                             seed=seed, backend=backend, **rule_options)
+                             seed=seed, backend=backend, plan=plan, **rule_options)
     config.validate()
     return config
 

@@ -10,7 +10,7 @@ stay on the host in float64 and the kernels are rewritten into the device after 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -29,7 +29,7 @@ from ..rules.conv_binding import (ConvPasses, check_conv_exact, conv_predict, co
 from ..rules.foton import FOTONConfig
 from ..rules.foton_conv import bp_conv_update_torch, conv_projection_torch, foton_conv_update_torch
 from ..rules.numba_binding import make_params, quantize_input
-from .torch_loop import epoch_order
+from .plan import BatchPlan, epoch_order
 
 __all__ = ["ConvTrainConfig", "ConvRun", "train_conv", "evaluate_conv_torch", "CONV_RULES"]
 
@@ -55,6 +55,7 @@ class ConvTrainConfig:
     bjorck_iters: int = 20
     refresh_every: int = 1
     temperature: float = 0.1
+    plan: BatchPlan = field(default_factory=BatchPlan)  # batches and per-step lr (engine.plan)
 
     def validate(self) -> None:
         if self.rule not in CONV_RULES:
@@ -106,8 +107,9 @@ def train_conv(spec: ConvSpec, data: Dataset, config: ConvTrainConfig, profile: 
     for epoch in range(config.epochs):
         start = time.perf_counter()
         order = epoch_order(len(data.x_train), config.seed, epoch)
-        for begin in range(0, len(order), config.batch_size):
+        for begin in config.plan.starts(len(order), config.batch_size):
             idx = order[begin:begin + config.batch_size]
+            lr = config.plan.step_lr(config.lr, epoch, len(idx), config.batch_size)
             x, t = data.x_train[idx], eye[data.y_train[idx]]
             refresh = config.rule == "foton" and step % config.refresh_every == 0
             if device is not None:
@@ -116,7 +118,7 @@ def train_conv(spec: ConvSpec, data: Dataset, config: ConvTrainConfig, profile: 
                 kernels = [k.detach().float() for k in kernels_of(spec, params)]
                 grads, proj = _torch_updates(spec, kernels, x, t, config, proj, refresh)
             pg = param_grads(spec, params, [torch.as_tensor(g, dtype=torch.float64) for g in grads])
-            params = [{k: v - config.lr * pg[l][k] for k, v in p.items()} for l, p in enumerate(params)]
+            params = [{k: v - lr * pg[l][k] for k, v in p.items()} for l, p in enumerate(params)]
             step += 1
             if config.ortho_every and step % config.ortho_every == 0:
                 params = orthonormalize_params(params, bjorck_torch, config.bjorck_iters)

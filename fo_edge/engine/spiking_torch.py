@@ -19,17 +19,19 @@ from ..models.spiking import SpikingMLP
 from ..rules import bjorck_torch, projection_torch
 from ..rules.base import output_error_torch
 from ..rules.foton import FOTONConfig
-from ..rules.ftp import FTPConfig, ftp_feedback
+from ..rules.ftp import ftp_feedback, ftp_signal
 from ..rules.pepita import pepita_feedback
-from .torch_loop import epoch_order
+from .plan import BatchPlan, epoch_order
 
 __all__ = ["train_spiking_torch"]
 
 
 def train_spiking_torch(weights: list[np.ndarray], data: Dataset, rule: str, config, profile: DeviceProfile, *,
                         error: str, lr: float, epochs: int, batch_size: int, seed: int, device: str = "cpu",
-                        on_batch: Callable[[int], None] | None = None) -> tuple[list[np.ndarray], list[dict]]:
-    """Train; returns the final weights (float32 numpy) and per-epoch metrics."""
+                        on_batch: Callable[[int], None] | None = None,
+                        plan: BatchPlan = BatchPlan()) -> tuple[list[np.ndarray], list[dict]]:
+    """Train; returns the final weights (float32 numpy) and per-epoch metrics. ``plan``: batches and per-step lr
+    (engine.plan)."""
     dev = torch.device(device)
     ws = [torch.as_tensor(w, dtype=torch.float32, device=dev).clone() for w in weights]
     net = SpikingMLP(ws, profile.spiking).to(dev)
@@ -47,16 +49,16 @@ def train_spiking_torch(weights: list[np.ndarray], data: Dataset, rule: str, con
     for epoch in range(epochs):
         start = time.perf_counter()
         order = torch.as_tensor(epoch_order(len(x_tr), seed, epoch), device=dev)
-        for begin in range(0, len(order), batch_size):
+        for begin in plan.starts(len(order), batch_size):
             idx = order[begin:begin + batch_size]
             x, t = x_tr[idx], eye[y_tr[idx]]
+            lr_step = plan.step_lr(lr, epoch, len(idx), batch_size)
             if is_foton and step % config.refresh_every == 0:
                 proj = projection_torch(ws)
             y, counts, in_counts = net(x)
             e = output_error_torch(y, t, error, temperature)
             if rule == "ftp":
-                label = isinstance(config, FTPConfig) and config.target_mode == "label"
-                _, counts_m, in_m = net(x, inject=t @ proj.T if label else -(e @ proj.T))
+                _, counts_m, in_m = net(x, inject=ftp_signal(config, t, e, y, proj))
             else:
                 sign = 1.0 if rule == "pepita" else -1.0
                 _, counts_m, in_m = net(torch.clamp(x + sign * (e @ proj), 0.0, 1.0))
@@ -64,8 +66,8 @@ def train_spiking_torch(weights: list[np.ndarray], data: Dataset, rule: str, con
             hins = [in_m if rule == "pepita" else in_counts] + [
                 (counts_m if rule == "pepita" else counts)[l] for l in range(len(ws) - 1)]
             for l in range(len(ws) - 1):
-                ws[l].sub_(lr * (counts[l] - counts_m[l]).T @ hins[l] / (steps_t ** 2 * n))
-            ws[-1].sub_(lr * e.T @ hins[-1] / (steps_t * n))
+                ws[l].sub_(lr_step * (counts[l] - counts_m[l]).T @ hins[l] / (steps_t ** 2 * n))
+            ws[-1].sub_(lr_step * e.T @ hins[-1] / (steps_t * n))
             step += 1
             if is_foton and config.ortho_every and step % config.ortho_every == 0:
                 for l, w in enumerate(ws):

@@ -25,7 +25,7 @@ from ..rules.numba_binding import (allocate_buffers, fill_fixed_projection, make
                                    predict, quantize_input, refresh_projection, run_step, to_device)
 from ..rules.spiking_binding import allocate_spiking, refresh_feedback, spiking_predict, spiking_step
 from .health import HealthConfig, HealthMonitor, NumericHealthError, TrainingStopped
-from .torch_loop import epoch_order
+from .plan import BatchPlan, epoch_order
 
 __all__ = ["StreamOutcome", "StreamStopped", "train_stream", "plan_memory"]
 
@@ -84,12 +84,14 @@ def train_stream(weights: list[np.ndarray], data: Dataset, rule: str, config, pr
                  activation: str, error: str, lr: float, epochs: int, batch_size: int, seed: int,
                  schedule: str = "stream", on_batch: Callable[[int], None] | None = None,
                  health: HealthConfig | None = None, checkpoint_every: int = 0,
-                 on_checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None) -> StreamOutcome:
+                 on_checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None,
+                 plan: BatchPlan = BatchPlan()) -> StreamOutcome:
     """Train on the device model; see the module docstring.
 
     Every ``checkpoint_every`` steps (and after each epoch's evaluation) ``on_checkpoint(state)`` gets the full
     state as arrays (weights, RNG, counters, FOTON's F, position, history); ``resume=state`` continues from
     one, bit-identically. A numeric-health stop raises :class:`StreamStopped` carrying the partial outcome.
+    ``plan``: the batches and the per-step lr (engine.plan).
     """
     arena = MemoryArena(profile.capacity.sram_bytes, profile.capacity.flash_bytes)
     net = to_device(weights, profile, arena)
@@ -103,7 +105,7 @@ def train_stream(weights: list[np.ndarray], data: Dataset, rule: str, config, pr
         bufs = allocate_buffers(arena, profile, net.dims, batch_size, rule, schedule, ortho)
         fill_fixed_projection(bufs, profile, rule, net.dims, config)
     params = make_params(profile, "identity" if spiking else activation, error, getattr(config, "temperature", 1.0),
-                         ftp_label=getattr(config, "target_mode", "error") == "label")
+                         ftp_label=getattr(config, "target", "error_preactivation") == "label")
     counters = new_counters(net.n_layers)
     io = counters[FORWARD, net.n_layers]
     rng = new_state(seed)
@@ -125,19 +127,20 @@ def train_stream(weights: list[np.ndarray], data: Dataset, rule: str, config, pr
     for epoch in range(first_epoch, epochs):
         start = time.perf_counter()
         order = epoch_order(len(data.x_train), seed, epoch)
-        for begin in range(first_begin if epoch == first_epoch else 0, len(order), batch_size):
+        for begin in plan.starts(len(order), batch_size, first_begin if epoch == first_epoch else 0):
             idx = order[begin:begin + batch_size]
+            lr_step = plan.step_lr(lr, epoch, len(idx), batch_size)
             if spiking:
                 if is_foton and step % config.refresh_every == 0:
                     refresh_feedback(rule, config, net, bufs)
                 spiking_step(rule, config, net, bufs, profile, params, data.x_train[idx], eye[data.y_train[idx]],
-                             lr, error, counters, rng)
+                             lr_step, error, counters, rng)
             else:
                 x_dev = quantize_input(data.x_train[idx], profile, bufs.x, io, rng)
                 if is_foton and step % config.refresh_every == 0:
                     refresh_projection(net, bufs, profile, counters, rng)
-                run_step(rule, net, bufs, profile, params, x_dev, eye[data.y_train[idx]], lr, schedule, counters,
-                         rng)
+                run_step(rule, net, bufs, profile, params, x_dev, eye[data.y_train[idx]], lr_step, schedule,
+                         counters, rng)
             step += 1
             trained += len(idx)
             if ortho and step % config.ortho_every == 0:

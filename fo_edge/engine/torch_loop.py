@@ -1,7 +1,11 @@
 """The float reference training loop (PyTorch, CPU or CUDA).
 
-Per batch: ``g = rule.update_torch(W, x, t)``, then ``W_l <- W_l - lr * g_l``; FOTON additionally
-re-orthogonalises every ``ortho_every`` steps and refreshes its projection F every ``refresh_every`` steps.
+Per batch: ``g = rule.update_torch(W, x, t)``, then SGD as PyTorch defines it: with weight decay wd and
+momentum mu, ``d_l = g_l + wd W_l``, ``v_l <- mu v_l + d_l`` (v_l = d_l on the first step), ``W_l <- W_l - lr v_l``
+(mu = wd = 0: ``W_l <- W_l - lr g_l``). FOTON additionally re-orthogonalises every ``ortho_every`` steps and
+refreshes its projection F every ``refresh_every`` steps. Dropout (probability p) draws one inverted-dropout
+mask per hidden layer and batch from a generator seeded by (seed, step) and shares it between the rule's
+passes. The batches, their order and the per-step lr come from :class:`fo_edge.engine.plan.BatchPlan`.
 Checkpoints, resume and the weight health checks follow the stream engine's conventions.
 """
 from __future__ import annotations
@@ -20,13 +24,20 @@ from ..models.mlp import MLP
 from ..rules import RULES, bjorck_torch, projection_torch
 from ..rules.foton import FOTONConfig
 from .health import HealthConfig, HealthMonitor, NumericHealthError, TrainingStopped
+from .plan import BatchPlan, epoch_order
 
-__all__ = ["train_torch", "evaluate_torch", "epoch_order"]
+__all__ = ["train_torch", "evaluate_torch", "epoch_order", "dropout_masks"]
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    """The sample order of one epoch: a permutation seeded by (seed, epoch), shared by every backend."""
-    return np.random.default_rng([seed, epoch]).permutation(n)
+def dropout_masks(dims, batch: int, p: float, seed: int, step: int, dev) -> list[torch.Tensor] | None:
+    """Inverted-dropout masks (B, d_l) for the hidden layers l = 1..L-1: Bernoulli(1 - p) / (1 - p), drawn from
+    a generator seeded by (seed, step) so that a resumed run draws the same masks; None when p = 0."""
+    if p <= 0:
+        return None
+    gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, 0xD0]).generate_state(1)[0]))
+    keep = 1.0 - p
+    return [(torch.rand(batch, int(d), generator=gen) < keep).to(torch.float32).div_(keep).to(dev)
+            for d in dims[1:-1]]
 
 
 def evaluate_torch(weights: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, activation: str,
@@ -45,14 +56,17 @@ def train_torch(weights: list[np.ndarray], data: Dataset, rule: str, config, *, 
                 on_batch: Callable[[int], None] | None = None,
                 on_epoch: Callable[[dict], None] | None = None, health: HealthConfig | None = None,
                 checkpoint_every: int = 0, on_checkpoint: Callable[[dict], None] | None = None,
-                resume: dict | None = None, on_step: Callable | None = None) -> tuple[list[np.ndarray], list[dict]]:
+                resume: dict | None = None, on_step: Callable | None = None, plan: BatchPlan = BatchPlan(),
+                momentum: float = 0.0, weight_decay: float = 0.0,
+                dropout: float = 0.0) -> tuple[list[np.ndarray], list[dict]]:
     """Train in float32 on ``device``; returns the final weights (numpy float32) and per-epoch metrics.
 
     Checkpoints and ``resume`` use the stream engine's state keys (``w`` flat float32, ``proj`` FOTON's F,
-    ``position``, ``history``; ``rng`` and ``counters`` are empty: this path draws no random numbers and counts
-    nothing). ``health`` checks non-finite and exploding weights after every step; a stop raises
-    :class:`TrainingStopped` carrying (weights, history). ``on_step(step, ws, x, t, config)`` sees each batch
-    before its update (diagnostics).
+    ``position``, ``history``, and ``velocity``, the momentum buffers, flat; ``rng`` and ``counters`` are
+    empty: this path counts nothing, and its dropout masks are seeded by the step). ``health`` checks non-finite
+    and exploding weights after every step; a stop raises :class:`TrainingStopped` carrying (weights, history).
+    ``on_step(step, ws, x, t, config)`` sees each batch before its update (diagnostics). Each epoch's record
+    has the test accuracy, the lr, and for FOTON with a Björck tolerance the mean iterations per call.
     """
     spec = RULES[rule]
     dev = torch.device(device)
@@ -63,34 +77,49 @@ def train_torch(weights: list[np.ndarray], data: Dataset, rule: str, config, *, 
     y_te = torch.as_tensor(data.y_test, device=dev)
     eye = torch.eye(ws[-1].shape[0], device=dev)
     is_foton = isinstance(config, FOTONConfig)
+    dims = [ws[0].shape[1]] + [w.shape[0] for w in ws]
+    velocity: list[torch.Tensor | None] = [None] * len(ws)
     step, history, first_epoch, first_begin = 0, [], 0, 0
     if resume is not None:
         ws, config, (first_epoch, first_begin, step), history = _restore(resume, ws, config, is_foton, dev)
+        velocity = _restore_velocity(resume, ws, velocity)
     monitor = HealthMonitor(health, len(ws)) if health is not None else None
 
     def state(epoch: int, begin: int) -> dict:
         proj = config.projection if is_foton and config.projection is not None else torch.zeros(0)
+        moving = [v for v in velocity if v is not None]
         return {"w": torch.cat([w.reshape(-1) for w in ws]).cpu().numpy(), "rng": np.zeros(0, dtype=np.uint64),
                 "counters": np.zeros(0, dtype=np.int64), "proj": proj.cpu().numpy().astype(np.float32),
+                "velocity": torch.cat([v.reshape(-1) for v in moving]).cpu().numpy() if moving
+                else np.zeros(0, dtype=np.float32),
                 "position": np.array([epoch, begin, step, 0, 0], dtype=np.int64),
                 "history": np.array(json.dumps(history))}
 
     for epoch in range(first_epoch, epochs):
         start = time.perf_counter()
         order = torch.as_tensor(epoch_order(len(x_tr), seed, epoch), device=dev)
-        for begin in range(first_begin if epoch == first_epoch else 0, len(order), batch_size):
+        iters_used: list[int] = []
+        for begin in plan.starts(len(order), batch_size, first_begin if epoch == first_epoch else 0):
             idx = order[begin:begin + batch_size]
             x, t = x_tr[idx], eye[y_tr[idx]]
             if is_foton and step % config.refresh_every == 0:
                 config = dataclasses.replace(config, projection=projection_torch(ws))
             if on_step is not None:
                 on_step(step, ws, x, t, config)
-            grads = spec.update_torch(ws, x, t, activation=activation, error=error, config=config)
-            for w, g in zip(ws, grads):
-                w.sub_(lr * g)
+            masks = dropout_masks(dims, len(idx), dropout, seed, step, dev)
+            grads = spec.update_torch(ws, x, t, activation=activation, error=error, config=config,
+                                      masks=masks)
+            step_lr = plan.step_lr(lr, epoch, len(idx), batch_size)
+            for l, (w, g) in enumerate(zip(ws, grads)):
+                if weight_decay:
+                    g = g + weight_decay * w
+                if momentum:
+                    velocity[l] = g.clone() if velocity[l] is None else velocity[l].mul_(momentum).add_(g)
+                    g = velocity[l]
+                w.sub_(step_lr * g)
             step += 1
             if is_foton and config.ortho_every and step % config.ortho_every == 0:
-                ws = [bjorck_torch(w, config.bjorck_iters) for w in ws]
+                ws = [bjorck_torch(w, config.bjorck_iters, tol=config.bjorck_tol, used=iters_used) for w in ws]
             if monitor is not None:
                 try:
                     monitor.check(step, None, [w.detach().cpu().numpy() for w in ws])
@@ -102,7 +131,10 @@ def train_torch(weights: list[np.ndarray], data: Dataset, rule: str, config, *, 
                 on_checkpoint(state(epoch, begin + batch_size))
         seconds = time.perf_counter() - start
         record = {"epoch": epoch + 1, "steps": step, "test_accuracy": evaluate_torch(ws, x_te, y_te, activation),
-                  "seconds": seconds, "samples_per_s": len(order) / max(seconds, 1e-9)}
+                  "seconds": seconds, "samples_per_s": len(order) / max(seconds, 1e-9),
+                  "lr": plan.epoch_lr(lr, epoch)}
+        if iters_used and config.bjorck_tol > 0:
+            record["bjorck_iters_mean"] = float(np.mean(iters_used))
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)
@@ -124,3 +156,17 @@ def _restore(resume: dict, ws: list, config, is_foton: bool, dev):
         config = dataclasses.replace(config, projection=torch.as_tensor(resume["proj"], device=dev))
     epoch, begin, step = (int(v) for v in resume["position"][:3])
     return restored, config, (epoch, begin, step), json.loads(str(resume["history"]))
+
+
+def _restore_velocity(resume: dict, ws: list, velocity: list) -> list:
+    """The momentum buffers from a checkpoint: all layers' or none (a run that had not stepped yet)."""
+    flat = resume.get("velocity")
+    if flat is None or flat.size == 0:
+        return velocity
+    if flat.shape != (sum(w.numel() for w in ws),):
+        raise RunError(f"checkpoint does not match this run: velocity has {flat.shape[0]} values")
+    restored, offset = [], 0
+    for w in ws:
+        restored.append(torch.as_tensor(flat[offset:offset + w.numel()].reshape(w.shape), device=w.device).clone())
+        offset += w.numel()
+    return restored

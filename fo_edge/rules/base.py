@@ -17,7 +17,7 @@ import torch
 
 from ..errors import ConfigError
 
-__all__ = ["RuleSpec", "parse_options", "output_error_torch", "feedback_matrix", "ERRORS"]
+__all__ = ["RuleSpec", "parse_options", "output_error_torch", "feedback_matrix", "masked", "ERRORS"]
 
 ERRORS = ("ce", "mse")
 
@@ -60,7 +60,10 @@ def parse_options(config_cls: type, rule: str, options: dict[str, Any]):
 
 
 def output_error_torch(y: torch.Tensor, target: torch.Tensor, error: str, temperature: float) -> torch.Tensor:
-    """e: (B, d_L). CE: e = softmax(y / T) - t; MSE: e = y - t (the gradient of 0.5*sum((y-t)^2) per sample)."""
+    """e: (B, d_L). CE: e = softmax(y / T) - t; MSE: e = y - t (the gradient of 0.5*sum((y-t)^2) per sample).
+
+    Temperature has one meaning everywhere in fo-edge: the logits are *divided* by T (T > 1 softens). The
+    FOTON reference multiplies (``softmax(ce_T * y)``); recipes accept its ``ce_T`` and store T = 1 / ce_T."""
     if error == "ce":
         return torch.softmax(y / temperature, dim=1) - target
     if error == "mse":
@@ -89,12 +92,23 @@ def feedback_matrix(shape: tuple[int, int], fan_in: int, scale: float, seed: int
     return out
 
 
-def forward_torch(weights: list[torch.Tensor], x: torch.Tensor, activate: Callable) -> tuple[list, list]:
-    """The clean pass: pre-activations ``a_1..a_L`` and activities ``h_0 = x, h_1..h_{L-1}``; ``a_L`` is y."""
+def masked(a: torch.Tensor, masks, l: int) -> torch.Tensor:
+    """Hidden layer l's pre-activation ``a: (B, d_{l+1})`` times its dropout mask (inverted dropout: entries 0 or
+    1 / (1 - p)); unchanged when ``masks`` is None. The same mask serves every pass of a step, as the FOTON
+    reference's ConsistentDropout does (Linear -> dropout -> activation)."""
+    return a if masks is None else a * masks[l]
+
+
+def forward_torch(weights: list[torch.Tensor], x: torch.Tensor, activate: Callable, masks=None) -> tuple[list, list]:
+    """The clean pass: pre-activations ``a_1..a_L`` and activities ``h_0 = x, h_1..h_{L-1}``; ``a_L`` is y.
+    ``masks``: per hidden layer (B, d_l) dropout masks, or None (see :func:`masked`)."""
     hs, pre = [x], []
     for l, w in enumerate(weights):
         a = hs[-1] @ w.T
-        pre.append(a)
         if l < len(weights) - 1:
+            a = masked(a, masks, l)
+            pre.append(a)
             hs.append(activate(a))
+        else:
+            pre.append(a)
     return pre, hs

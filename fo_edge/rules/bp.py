@@ -12,6 +12,7 @@ import torch
 
 from ..errors import ConfigError
 from ..models.mlp import activate_torch
+from .base import masked
 
 __all__ = ["BPConfig", "bp_update_torch"]
 
@@ -27,14 +28,15 @@ class BPConfig:
             raise ConfigError("temperature must be > 0")
 
 
-def bp_update_torch(weights, x, target, *, activation, error, config: BPConfig):
-    """Autograd's gradient of the loss for each ``W_l: (d_l, d_{l-1})``; the weights are not changed."""
+def bp_update_torch(weights, x, target, *, activation, error, config: BPConfig, masks=None):
+    """Autograd's gradient of the loss for each ``W_l: (d_l, d_{l-1})``; the weights are not changed.
+    ``masks``: dropout masks of the hidden pre-activations (rules.base.masked)."""
     leaves = [w.detach().clone().requires_grad_(True) for w in weights]
     with torch.enable_grad():
         h = x
         for l, w in enumerate(leaves):
             a = h @ w.T
-            h = activate_torch(a, activation) if l < len(leaves) - 1 else a
+            h = activate_torch(masked(a, masks, l), activation) if l < len(leaves) - 1 else a
         y = h
         if error == "ce":
             loss = torch.nn.functional.cross_entropy(y / config.temperature, target.argmax(dim=1)) \

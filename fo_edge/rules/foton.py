@@ -18,20 +18,22 @@ import torch
 
 from ..errors import ConfigError
 from ..models.mlp import activate_torch
-from .base import forward_torch, output_error_torch
+from .base import forward_torch, masked, output_error_torch
 
 __all__ = ["FOTONConfig", "foton_update_torch", "projection_torch", "bjorck_torch"]
 
 
 @dataclass(frozen=True)
 class FOTONConfig:
-    """temperature: softmax T; ortho_every / bjorck_iters: Björck schedule (reference: 1 / 20);
+    """temperature: softmax T (logits divided by T); ortho_every / bjorck_iters: Björck schedule (reference:
+    1 / 20); bjorck_tol: stop iterating once ||W^T W - I||_F <= bjorck_tol (0: always ``bjorck_iters``);
     refresh_every: steps between recomputing F (reference: 1); projection: a given (stale) F, or None to
     compute it from the current weights."""
 
     temperature: float = 1.0
     ortho_every: int = 1
     bjorck_iters: int = 20
+    bjorck_tol: float = 0.0
     refresh_every: int = 1
     projection: object = None
 
@@ -40,6 +42,8 @@ class FOTONConfig:
             raise ConfigError("temperature must be > 0")
         if self.ortho_every < 0 or self.refresh_every < 1 or self.bjorck_iters < 1:
             raise ConfigError("ortho_every must be >= 0 (0 = never), refresh_every and bjorck_iters >= 1")
+        if not self.bjorck_tol >= 0:
+            raise ConfigError("bjorck_tol must be >= 0 (0: always run bjorck_iters iterations)")
 
 
 def projection_torch(weights: list[torch.Tensor]) -> torch.Tensor:
@@ -50,10 +54,11 @@ def projection_torch(weights: list[torch.Tensor]) -> torch.Tensor:
     return proj
 
 
-def foton_update_torch(weights, x, target, *, activation, error, config: FOTONConfig):
-    """FOTON's per-layer updates for one batch (see the module docstring); nothing is changed."""
+def foton_update_torch(weights, x, target, *, activation, error, config: FOTONConfig, masks=None):
+    """FOTON's per-layer updates for one batch (see the module docstring); nothing is changed. ``masks``:
+    dropout masks shared by both passes (rules.base.masked)."""
     act = lambda a: activate_torch(a, activation)  # noqa: E731
-    pre, hs = forward_torch(weights, x, act)
+    pre, hs = forward_torch(weights, x, act, masks)
     e = output_error_torch(pre[-1], target, error, config.temperature)
     proj = config.projection
     proj = projection_torch(weights) if proj is None else torch.as_tensor(proj, dtype=x.dtype)
@@ -61,20 +66,29 @@ def foton_update_torch(weights, x, target, *, activation, error, config: FOTONCo
     batch = x.shape[0]
     grads = []
     for l, w in enumerate(weights[:-1]):
-        h_err = act(h_err @ w.T)
+        h_err = act(masked(h_err @ w.T, masks, l))
         grads.append((hs[l + 1] - h_err).T @ hs[l] / batch)
     grads.append(e.T @ hs[-1] / batch)
     return grads
 
 
-def bjorck_torch(w: torch.Tensor, iters: int = 20, power_iters: int = 10) -> torch.Tensor:
-    """Order-1 Björck orthonormalisation: W <- W (1.5 I - 0.5 W^T W), ``iters`` times.
+def bjorck_torch(w: torch.Tensor, iters: int = 20, power_iters: int = 10, tol: float = 0.0,
+                 used: list | None = None) -> torch.Tensor:
+    """Order-1 Björck orthonormalisation: W <- W (1.5 I - 0.5 W^T W), at most ``iters`` times.
 
-    W is first divided by a power-iteration estimate of ||W||_2 (times 1.01, and never scaled up) so that
-    the iteration converges. A wide W (d_out < d_in) is processed as W^T. Returns a new tensor.
+    W (d_out, d_in) is processed in its tall orientation m (a wide W as W^T). With ``tol > 0``, a W already
+    within ||m^T m - I||_F <= tol comes back unchanged, and the iteration stops as soon as it is within tol;
+    the number of iterations run is appended to ``used`` when given. Otherwise m is first divided by a
+    power-iteration estimate of ||m||_2 (times 1.01, never scaled up) so that the iteration converges.
+    Returns a new tensor.
     """
     wide = w.shape[0] < w.shape[1]
     m = (w.T if wide else w).clone()
+    eye = torch.eye(m.shape[1], dtype=m.dtype, device=m.device)
+    if tol > 0 and torch.linalg.matrix_norm(m.T @ m - eye) <= tol:
+        if used is not None:
+            used.append(0)
+        return w.clone()
     v = torch.ones(m.shape[1], dtype=m.dtype, device=m.device) / m.shape[1] ** 0.5
     for _ in range(power_iters):
         v = m.T @ (m @ v)
@@ -82,7 +96,13 @@ def bjorck_torch(w: torch.Tensor, iters: int = 20, power_iters: int = 10) -> tor
     sigma = (m @ v).norm() * 1.01
     if sigma > 1:
         m = m / sigma
-    eye = torch.eye(m.shape[1], dtype=m.dtype, device=m.device)
+    done = 0
     for _ in range(iters):
-        m = m @ (1.5 * eye - 0.5 * (m.T @ m))
+        gram = m.T @ m
+        if tol > 0 and torch.linalg.matrix_norm(gram - eye) <= tol:
+            break
+        m = m @ (1.5 * eye - 0.5 * gram)
+        done += 1
+    if used is not None:
+        used.append(done)
     return m.T.contiguous() if wide else m

@@ -1,47 +1,80 @@
-"""FTP: Forward Target Propagation (As-Saquib et al., arXiv 2506.11030) -- fo-edge's working definition.
+"""FTP: Forward Target Propagation (As-Saquib et al., arXiv 2506.11030).
 
-No public code exists and the paper's exact equations could not be confirmed offline (ALGORITHMS.md), so
-this follows the certain parts (a second forward pass, a fixed random frozen G carrying the output signal
-top-down, layer-wise targets from feedforward computation only, local losses) in this form:
+No public training code exists (ALGORITHMS.md, FTP). What is CONFIRMED: a fixed random frozen G of shape
+(d_1, d_L) maps two output-space vectors into hidden layer 1 (the author's MAC sheet counts 2 x d_L x d_1);
+the second pass starts at layer 1's target and runs through the network's own weights; each layer minimises a
+local loss to its target; the first-layer target is the clean first hidden activation plus a correction formed
+by contrasting the projected label and the projected current output through G and a nonlinearity, DTP-style,
+scaled by a factor gamma (the ICLR-2026 reviews). INFERRED (fo-edge's reading, the form implemented):
+
   1. clean pass: a_l, h_l, y; e as for every rule                                     e: (B, d_L)
   2. G: (d_1, d_L) fixed random, U(-1,1) * g_scale * sqrt(6 / d_L), from ``seed``
-     target_mode="error" (default): tau_1 = sigma(a_1 - e G^T);  target_mode="label": tau_1 = sigma(a_1 + t G^T)
+     target="difference" (default):
+         tau_1 = h_1 + gamma * (f(t G^T) - f(y_hat G^T))       y_hat = softmax(y / T) (or raw y), f = tanh
+         (on the spiking device the correction is injected as input current into layer 1: an adaptation)
+     target="error_preactivation" (the older working definition): tau_1 = sigma(a_1 - e G^T)
+     target="label":                                              tau_1 = sigma(a_1 + t G^T)
   3. target pass: tau_l = sigma(tau_{l-1} W_l^T), l = 2..L-1, through the forward weights
-  4. g_l = ((h_l - tau_l) * sigma'(a_l))^T h_{l-1} / B   (local loss 0.5||h_l - tau_l||^2 / B)
+  4. g_l = ((h_l - tau_l) * sigma'(a_l))^T h_{l-1} / B   (local loss 0.5||h_l - tau_l||^2 / B; clean h_{l-1})
      g_L = e^T h_{L-1} / B                               (ordinary output loss)
+Not known from any source: gamma's value, f, G's scale, optimizer, lr, epochs (fo-edge's defaults: gamma 1,
+f tanh, y_hat softmax, g_scale 1). To first order the difference and error_preactivation targets push h_1
+along the same direction G (t - y_hat); they are gated differently (f' at the projections, not sigma' at a_1).
 Layer l's activations are not needed once layer l+1's target exists: the passes run in lockstep.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..errors import ConfigError
 from ..models.mlp import activate_torch, activation_grad_torch
-from .base import check_shape, feedback_matrix, forward_torch, output_error_torch
+from .base import check_shape, feedback_matrix, forward_torch, masked, output_error_torch
 
-__all__ = ["FTPConfig", "ftp_update_torch", "ftp_feedback", "TARGETS"]
+__all__ = ["FTPConfig", "ftp_update_torch", "ftp_feedback", "ftp_signal", "TARGETS", "PROJECTION_NONLINEARITIES",
+           "first_target_torch"]
 
-TARGETS = ("error", "label")
+TARGETS = ("difference", "error_preactivation", "label")
+PROJECTION_NONLINEARITIES = ("tanh", "sigmoid", "identity")
+_ALIASES = {"error": "error_preactivation"}  # the name target_mode used before the difference target
 
 
 @dataclass(frozen=True)
 class FTPConfig:
-    """temperature: softmax T; seed / g_scale: the fixed random G; target_mode: "error" or "label";
-    feedback: an explicit G (d_1, d_L) instead of the seeded one."""
+    """temperature: softmax T (logits divided by T); seed / g_scale: the fixed random G; target: the first
+    layer's target ("difference", "error_preactivation" or "label", module docstring); gamma, target_f,
+    y_hat ("softmax" or "raw"): the difference target's scale, nonlinearity f and current-output vector;
+    feedback: an explicit G (d_1, d_L) instead of the seeded one. ``target_mode`` is the old name of
+    ``target`` ("error" means error_preactivation), kept so saved runs and scripts still load."""
 
     temperature: float = 1.0
     seed: int = 0
     g_scale: float = 1.0
-    target_mode: str = "error"
+    target: str = "difference"
+    gamma: float = 1.0
+    target_f: str = "tanh"
+    y_hat: str = "softmax"
+    target_mode: str | None = None
     feedback: object = None
 
+    def __post_init__(self):
+        if self.target_mode is not None:  # the old name wins only when given
+            object.__setattr__(self, "target", _ALIASES.get(self.target_mode, self.target_mode))
+            object.__setattr__(self, "target_mode", None)
+        object.__setattr__(self, "target", _ALIASES.get(self.target, self.target))
+
     def validate(self):
-        if not self.temperature > 0 or not self.g_scale > 0:
-            raise ConfigError("temperature and g_scale must be > 0")
-        if self.target_mode not in TARGETS:
-            raise ConfigError(f"unknown FTP target_mode {self.target_mode!r}; choose one of {', '.join(TARGETS)}")
+        if not self.temperature > 0 or not self.g_scale > 0 or not self.gamma > 0:
+            raise ConfigError("temperature, g_scale and gamma must be > 0")
+        if self.target not in TARGETS:
+            raise ConfigError(f"unknown FTP target {self.target!r}; choose one of {', '.join(TARGETS)}")
+        if self.target_f not in PROJECTION_NONLINEARITIES:
+            raise ConfigError(f"unknown FTP target_f {self.target_f!r}; choose one of "
+                              f"{', '.join(PROJECTION_NONLINEARITIES)}")
+        if self.y_hat not in ("softmax", "raw"):
+            raise ConfigError(f"unknown FTP y_hat {self.y_hat!r}; choose softmax or raw")
 
 
 def ftp_feedback(dims: tuple[int, ...], config: FTPConfig):
@@ -51,23 +84,55 @@ def ftp_feedback(dims: tuple[int, ...], config: FTPConfig):
     return feedback_matrix((dims[1], dims[-1]), dims[-1], config.g_scale, config.seed)
 
 
-def ftp_update_torch(weights, x, target, *, activation, error, config: FTPConfig):
-    """FTP's per-layer updates for one batch (see the module docstring); nothing is changed."""
+def _project_f(v, name: str):
+    """f(v) for torch tensors or numpy arrays."""
+    xp = torch if torch.is_tensor(v) else np
+    if name == "tanh":
+        return xp.tanh(v)
+    if name == "sigmoid":
+        return 1.0 / (1.0 + xp.exp(-v))
+    return v
+
+
+def ftp_signal(config: FTPConfig, target, e, y, g_fb):
+    """The first layer's correction, (B, d_1), torch or numpy alike; G: (d_1, d_L).
+
+    difference: gamma * (f(t G^T) - f(y_hat G^T)), added to h_1, with y_hat = e + t (the output the error is
+    formed from: softmax(y / T) for CE, y for MSE) or the raw y; error_preactivation: -e G^T and label: t G^T,
+    added to a_1 before sigma. The spiking device injects the same signal as input current into layer 1.
+    """
+    if config.target == "difference":
+        y_hat = e + target if config.y_hat == "softmax" else y
+        f = config.target_f
+        return config.gamma * (_project_f(target @ g_fb.T, f) - _project_f(y_hat @ g_fb.T, f))
+    return -e @ g_fb.T if config.target == "error_preactivation" else target @ g_fb.T
+
+
+def first_target_torch(pre1, h1, y, e, target, g_fb, config: FTPConfig, act) -> torch.Tensor:
+    """tau_1: (B, d_1) from a_1 = ``pre1``, h_1, the output y, its error e, the one-hot target and G (d_1, d_L)."""
+    signal = ftp_signal(config, target, e, y, g_fb)
+    return h1 + signal if config.target == "difference" else act(pre1 + signal)
+
+
+def ftp_update_torch(weights, x, target, *, activation, error, config: FTPConfig, masks=None):
+    """FTP's per-layer updates for one batch (see the module docstring); nothing is changed. ``masks``:
+    dropout masks shared by both passes (rules.base.masked); a dropped unit has no local loss."""
     act = lambda a: activate_torch(a, activation)  # noqa: E731
     dims = (weights[0].shape[1],) + tuple(w.shape[0] for w in weights)
     g_fb = torch.tensor(ftp_feedback(dims, config), dtype=x.dtype, device=x.device)
-    pre, hs = forward_torch(weights, x, act)
+    pre, hs = forward_torch(weights, x, act, masks)
     e = output_error_torch(pre[-1], target, error, config.temperature)
     batch = x.shape[0]
     grads = []
     tau = None
     for l in range(len(weights) - 1):
         if l == 0:
-            signal = -e @ g_fb.T if config.target_mode == "error" else target @ g_fb.T
-            tau = act(pre[0] + signal)
+            tau = first_target_torch(pre[0], hs[1], pre[-1], e, target, g_fb, config, act)
         else:
-            tau = act(tau @ weights[l].T)
+            tau = act(masked(tau @ weights[l].T, masks, l))
         delta = (hs[l + 1] - tau) * activation_grad_torch(pre[l], hs[l + 1], activation)
+        if masks is not None:
+            delta = delta * (masks[l] != 0)
         grads.append(delta.T @ hs[l] / batch)
     grads.append(e.T @ hs[-1] / batch)
     return grads

@@ -428,7 +428,7 @@ def compute_updates_numba(rule: str, config, weights: list[np.ndarray], x: np.nd
         else:
             bufs.proj[:] = np.asarray(config.projection, dtype=np.float64)
     params = make_params(profile, activation, error, getattr(config, "temperature", 1.0), collect=True,
-                         ftp_label=getattr(config, "target_mode", "error") == "label")
+                         ftp_label=getattr(config, "target", "error_preactivation") == "label")
     x_dev = quantize_input(np.asarray(x, dtype=np.float64), profile, bufs.x, counters[FORWARD, net.n_layers], rng)
     g_out = np.zeros(net.w.size)
     run_step(rule, net, bufs, profile, params, x_dev, target, 1.0, "stream", counters, rng, g_out)

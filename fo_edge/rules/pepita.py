@@ -15,7 +15,7 @@ import torch
 
 from ..errors import ConfigError
 from ..models.mlp import activate_torch
-from .base import check_shape, feedback_matrix, forward_torch, output_error_torch
+from .base import check_shape, feedback_matrix, forward_torch, masked, output_error_torch
 
 __all__ = ["PEPITAConfig", "pepita_update_torch", "pepita_feedback"]
 
@@ -42,18 +42,19 @@ def pepita_feedback(dims: tuple[int, ...], config: PEPITAConfig):
     return feedback_matrix((dims[-1], dims[0]), dims[0], config.f_scale, config.seed)
 
 
-def pepita_update_torch(weights, x, target, *, activation, error, config: PEPITAConfig):
-    """PEPITA's per-layer updates for one batch (see the module docstring); nothing is changed."""
+def pepita_update_torch(weights, x, target, *, activation, error, config: PEPITAConfig, masks=None):
+    """PEPITA's per-layer updates for one batch (see the module docstring); nothing is changed. ``masks``:
+    dropout masks shared by both passes (rules.base.masked)."""
     act = lambda a: activate_torch(a, activation)  # noqa: E731
     dims = (weights[0].shape[1],) + tuple(w.shape[0] for w in weights)
     proj = torch.tensor(pepita_feedback(dims, config), dtype=x.dtype, device=x.device)
-    pre, hs = forward_torch(weights, x, act)
+    pre, hs = forward_torch(weights, x, act, masks)
     e = output_error_torch(pre[-1], target, error, config.temperature)
     h_mod = x + e @ proj
     batch = x.shape[0]
     grads = []
     for l, w in enumerate(weights[:-1]):
-        h_next = act(h_mod @ w.T)
+        h_next = act(masked(h_mod @ w.T, masks, l))
         grads.append((hs[l + 1] - h_next).T @ h_mod / batch)
         h_mod = h_next
     grads.append(e.T @ h_mod / batch)

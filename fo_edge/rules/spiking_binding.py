@@ -30,7 +30,7 @@ from ..kernels.counters import FORWARD, INFERENCE, MODULATED, UPDATE
 from ..kernels.linear import outer_update_
 from ..kernels.spiking import PHASE_ONE, spiking_pass_
 from ..kernels.steps import Params
-from .ftp import FTPConfig, ftp_feedback
+from .ftp import FTPConfig, ftp_feedback, ftp_signal
 from .numba_binding import DeviceNet, from_device, step_scale
 from .pepita import PEPITAConfig, pepita_feedback
 
@@ -161,7 +161,7 @@ def spiking_step(rule: str, config, net: DeviceNet, bufs: SpikingBuffers, profil
     e_q[:] = np.clip(np.rint(e * e_one), profile.error.qmin, profile.error.qmax)
     e_real = e_q / e_one
     if rule == "ftp":
-        current = t @ bufs.proj.T if config.target_mode == "label" else -(e_real @ bufs.proj.T)
+        current = ftp_signal(config, t, e_real, y, bufs.proj)
         inject = np.rint(current * float(net.w_one[0])).astype(np.int64)
         spiking_forward(net, bufs, profile, x, C, MODULATED, inject=inject, second=True)
     else:
