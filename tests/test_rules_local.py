@@ -25,12 +25,38 @@ def test_pepita_three_layers_uses_modulated_previous_activity():
     np.testing.assert_array_equal(g3, [[0, 0], [2, 6]])
 
 
+def test_ftp_difference_target_by_hand():
+    # h1 = y = [1, 2], e = y - t = [0, 2], y_hat = e + t = [1, 2]; G = 0.5 I, gamma 2, f = tanh:
+    # tau1 = h1 + 2 (tanh(t G^T) - tanh(y_hat G^T)) = [1, 2] + 2 ([tanh .5, 0] - [tanh .5, tanh 1]) = [1, 2 - 2 tanh 1]
+    # delta1 = h1 - tau1 = [0, 2 tanh 1]; g1 = delta1^T x; tau2 = relu(tau1) so delta2 = delta1 and g2 = delta2^T h1
+    g1, g2, g3 = compute_updates("ftp", [I2, I2, I2], X, T, activation="relu", error="mse", feedback=0.5 * I2,
+                                 target="difference", gamma=2.0, target_f="tanh")
+    c = 2 * np.tanh(1.0)
+    np.testing.assert_allclose(g1, [[0, 0], [c, 2 * c]], rtol=1e-14)
+    np.testing.assert_allclose(g2, [[0, 0], [c, 2 * c]], rtol=1e-14)
+    np.testing.assert_array_equal(g3, [[0, 0], [2, 4]])
+
+
+def test_ftp_difference_target_is_the_default_and_raw_y_hat_is_an_option():
+    # with a CE error y_hat = softmax(y) = e + t; with y_hat="raw" the contrast uses the logits themselves
+    default = compute_updates("ftp", [I2, I2], X, T, activation="tanh", error="ce", feedback=0.5 * I2)
+    explicit = compute_updates("ftp", [I2, I2], X, T, activation="tanh", error="ce", feedback=0.5 * I2,
+                               target="difference", y_hat="softmax")
+    raw = compute_updates("ftp", [I2, I2], X, T, activation="tanh", error="ce", feedback=0.5 * I2, y_hat="raw")
+    assert all(np.array_equal(a, b) for a, b in zip(default, explicit))
+    h1 = np.tanh(X[0])
+    tau1 = h1 + np.tanh(0.5 * T[0]) - np.tanh(0.5 * h1)  # y = h1 (W2 = I), raw y_hat = y
+    np.testing.assert_allclose(raw[0], ((h1 - tau1) * (1 - h1 ** 2))[:, None] * X[0][None, :], rtol=1e-12)
+
+
 def test_ftp_by_hand():
+    # the error_preactivation target (fo-edge's older working definition):
     # a1 = [1, 2], e = [0, 2]; tau1 = relu(a1 - e G^T) = relu([1, 2] - [0, 1]) = [1, 1]
     # delta1 = (h1 - tau1) * relu'(a1) = [0, 1]; g1 = delta1^T x = [[0, 0], [1, 2]]
     # tau2 = relu(tau1 W2^T) = [1, 1]; h2 = [1, 2]; delta2 = [0, 1]; g2 = delta2^T h1 = [[0, 0], [1, 2]]
     # g3 = e^T h2 = [[0, 0], [2, 4]]
-    g1, g2, g3 = compute_updates("ftp", [I2, I2, I2], X, T, activation="relu", error="mse", feedback=0.5 * I2)
+    g1, g2, g3 = compute_updates("ftp", [I2, I2, I2], X, T, activation="relu", error="mse", feedback=0.5 * I2,
+                                 target="error_preactivation")
     np.testing.assert_array_equal(g1, [[0, 0], [1, 2]])
     np.testing.assert_array_equal(g2, [[0, 0], [1, 2]])
     np.testing.assert_array_equal(g3, [[0, 0], [2, 4]])
@@ -72,7 +98,9 @@ def test_seeded_feedback_is_reproducible(small_batch):
 @pytest.mark.parametrize("kwargs, match", [
     ({"rule": "nope"}, "unknown rule"),
     ({"rule": "foton", "ortho_evry": 3}, "did you mean 'ortho_every'"),
-    ({"rule": "ftp", "target_mode": "x"}, "unknown FTP target_mode"),
+    ({"rule": "ftp", "target_mode": "x"}, "unknown FTP target"),
+    ({"rule": "ftp", "target": "x"}, "unknown FTP target"),
+    ({"rule": "ftp", "gamma": 0.0}, "gamma must be > 0"),
     ({"rule": "pepita", "feedback": np.zeros((3, 3))}, "must have shape"),
 ])
 def test_bad_rule_options_are_config_errors(kwargs, match):

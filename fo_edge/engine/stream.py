@@ -21,7 +21,7 @@ from ..kernels.rng import new_state
 from ..accounting.counters import counters_record
 from ..kernels.counters import FORWARD, new_counters
 from ..rules.foton import FOTONConfig
-from ..rules.numba_binding import (allocate_buffers, fill_fixed_projection, make_params, orthogonalize,
+from ..rules.numba_binding import (allocate_buffers, fill_fixed_projection, ftp_kernel_options, make_params, orthogonalize,
                                    predict, quantize_input, refresh_projection, run_step, to_device)
 from ..rules.spiking_binding import allocate_spiking, refresh_feedback, spiking_predict, spiking_step
 from .health import HealthConfig, HealthMonitor, NumericHealthError, TrainingStopped
@@ -105,7 +105,7 @@ def train_stream(weights: list[np.ndarray], data: Dataset, rule: str, config, pr
         bufs = allocate_buffers(arena, profile, net.dims, batch_size, rule, schedule, ortho)
         fill_fixed_projection(bufs, profile, rule, net.dims, config)
     params = make_params(profile, "identity" if spiking else activation, error, getattr(config, "temperature", 1.0),
-                         ftp_label=getattr(config, "target", "error_preactivation") == "label")
+                         **({} if spiking else ftp_kernel_options(config)))
     counters = new_counters(net.n_layers)
     io = counters[FORWARD, net.n_layers]
     rng = new_state(seed)

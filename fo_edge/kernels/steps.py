@@ -38,6 +38,9 @@ Params = namedtuple("Params", [
     "act", "err", "temperature",
     "collect",              # bool: write gradient estimates to g_out instead of updating the weights
     "ftp_label",            # bool: FTP target from the label (t G^T) instead of the error (-e G^T)
+    "ftp_diff",             # bool: FTP's difference target tau_1 = h_1 + gamma (f(t G^T) - f(y_hat G^T))
+    "ftp_gamma", "ftp_f",   # its gamma (float) and f (an activation code: tanh or identity)
+    "ftp_raw",              # bool: y_hat is the raw output y, not e + t (softmax(y / T) for CE)
     "w_bytes", "a_bytes", "e_bytes", "p_bytes",  # bytes per stored weight / activation / error / projection value
     "proj_flash",           # bool: the projection matrix is read from Flash
     "analog",               # bool: crossbar device (kernels.analog); the rest are its parameters
@@ -123,13 +126,14 @@ def _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, store,
 @njit(cache=True)
 def forward_only_step_(rule, store_mode, w, dims, offs, w_one, upd_mul, upd_div, g_scale, x, t, tq, proj,
                        proj_div, P, buf_c0, buf_c1, buf_m0, buf_m1, buf_pre, buf_tmp, store, e, xm, C, rng,
-                       g_out, cache):
+                       g_out, cache, yq):
     """One FOTON (rule 0), PEPITA (1) or FTP (2) step on a batch; see the module docstring.
 
     x: (B, d_0) input mantissas; t: (B, d_L) float one-hot; tq: t in the error format (FTP label targets);
     proj: FOTON/PEPITA F (d_L, d_0) or FTP G^T (d_L, d_1), scale such that src @ proj / proj_div is in the
     activation format; upd_mul / upd_div / g_scale: per-layer update scaling (see linear.outer_update_).
-    C: (phases, L + 1, counters), see kernels.counters.
+    C: (phases, L + 1, counters), see kernels.counters. yq: (B, d_L) scratch for FTP's difference target
+    (y_hat in the error format; formed element by element, so not device memory), else (0, d_L).
     """
     batch = x.shape[0]
     n_layers = dims.size - 1
@@ -138,6 +142,8 @@ def forward_only_step_(rule, store_mode, w, dims, offs, w_one, upd_mul, upd_div,
     y = _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, store, store_mode, C, FORWARD, rng,
                 cache)
     output_error_(y, t, P, e, C[FORWARD, n_layers])
+    if rule == 2 and P.ftp_diff:
+        _y_hat_(y, e, tq, P, yq)
     if rule == 0:
         project_(x, e, proj, -1, proj_div, P, xm, C[MODULATED, 0], rng)  # x_err = x - e F
     elif rule == 1:
@@ -158,7 +164,9 @@ def forward_only_step_(rule, store_mode, w, dims, offs, w_one, upd_mul, upd_div,
         if not store_mode or (rule == 2 and l == 0):
             cached_layer_forward_(hc, w, offs[l], d_out, d_in, w_one[l], False, P, pre, c_next, C[RECOMPUTE, l], rng,
                                   *layer_cache(cache, dims, offs, l))
-        if rule == 2 and l == 0:
+        if rule == 2 and l == 0 and P.ftp_diff:
+            _difference_target_(c_next, tq, yq, proj, proj_div, P, pre, delta, m_next, C[MODULATED, 0], rng)
+        elif rule == 2 and l == 0:
             # FTP: tau_1 = sigma(a_1 - e G^T) (or sigma(a_1 + t G^T)); pre holds a_1
             if P.ftp_label:
                 project_(pre, tq, proj, 1, proj_div, P, delta, C[MODULATED, 0], rng)
@@ -198,6 +206,39 @@ def forward_only_step_(rule, store_mode, w, dims, offs, w_one, upd_mul, upd_div,
     hin = hm if rule == 1 else hc
     outer_update_(w, offs[last], dims[last + 1], dims[last], e, hin, upd_mul[last], upd_div[last],
                   g_scale[last], P, C[UPDATE, last], rng, g_out)
+
+
+@njit(cache=True)
+def _y_hat_(y, e, tq, P, yq):
+    """yq = y_hat in the error format: e + t (softmax(y / T) for CE, y for MSE), or the raw y (``P.ftp_raw``)."""
+    batch, k_dim = yq.shape
+    for b in range(batch):
+        for k in range(k_dim):
+            if P.ftp_raw:
+                v = np.rint(y[b, k] / P.a_one * P.e_one) if P.quantized else y[b, k]
+            else:
+                v = e[b, k] + tq[b, k]
+            yq[b, k] = min(max(v, P.e_lo), P.e_hi) if P.quantized else v
+
+
+@njit(cache=True)
+def _difference_target_(h1, tq, yq, proj, proj_div, P, p_t, p_y, tau, C, rng):
+    """FTP's difference target tau = saturate(h1 + round(gamma (f(t G^T) - f(y_hat G^T)))): (B, d_1), in the
+    activation format; p_t, p_y: (B, d_1) workspace for the two projections (G^T: proj, (d_L, d_1))."""
+    batch, d = tau.shape
+    for b in range(batch):
+        for i in range(d):
+            tau[b, i] = 0
+    project_(tau, tq, proj, 1, proj_div, P, p_t, C, rng)
+    project_(tau, yq, proj, 1, proj_div, P, p_y, C, rng)
+    for b in range(batch):
+        for i in range(d):
+            diff = activate(p_t[b, i], P.ftp_f, P.a_one, P.quantized) - activate(p_y[b, i], P.ftp_f, P.a_one,
+                                                                                 P.quantized)
+            if P.quantized:
+                tau[b, i] = saturate(h1[b, i] + np.rint(diff * P.ftp_gamma), P.a_lo, P.a_hi, C, SATURATION)
+            else:
+                tau[b, i] = h1[b, i] + P.ftp_gamma * diff
 
 
 @njit(cache=True)

@@ -47,11 +47,11 @@ def rule_config(rule: str, **rule_options):
     return parse_options(RULES[rule].config_cls, rule, rule_options)
 
 
-def compute_updates(rule, weights, x, target, *, activation="relu", error="ce", backend="torch",
+def compute_updates(rule, weights, x, onehot, *, activation="relu", error="ce", backend="torch",
                     **rule_options) -> list:
     """Per-layer gradient estimates of ``rule`` for one batch, changing nothing.
 
-    weights: list of ``W_l: (d_l, d_{l-1})`` (numpy or torch); x: (B, d_0); target: one-hot (B, d_L).
+    weights: list of ``W_l: (d_l, d_{l-1})`` (numpy or torch); x: (B, d_0); onehot: the one-hot targets (B, d_L).
     error: "ce" (e = softmax(y/T) - t) or "mse" (loss 0.5*sum((y-t)^2)/B). Returns ``g_l`` with ``W_l``'s
     shape and a gradient's sign, batch-averaged (the step is ``W_l -= lr * g_l``); numpy in, numpy out.
     backend "torch" is the float reference; "numba" runs the streaming kernels in float64.
@@ -68,9 +68,9 @@ def compute_updates(rule, weights, x, target, *, activation="relu", error="ce", 
         from .numba_binding import compute_updates_numba
 
         return compute_updates_numba(rule, config, [np.asarray(w) for w in weights], np.asarray(x),
-                                     np.asarray(target), activation, error)
+                                     np.asarray(onehot), activation, error)
     ws = [torch.as_tensor(w) for w in weights]
     xt = torch.as_tensor(x, dtype=ws[0].dtype)
-    tt = torch.as_tensor(target, dtype=ws[0].dtype)
+    tt = torch.as_tensor(onehot, dtype=ws[0].dtype)
     grads = RULES[rule].update_torch(ws, xt, tt, activation=activation, error=error, config=config)
     return [g.cpu().numpy() for g in grads] if as_numpy else grads

@@ -32,7 +32,7 @@ from .pepita import pepita_feedback
 __all__ = ["DeviceNet", "mantissa_dtype", "step_scale",
            "to_device", "from_device", "from_stored", "make_params", "StepBuffers", "allocate_buffers",
            "run_step", "compute_updates_numba", "check_exact", "quantize_input", "refresh_projection", "orthogonalize",
-           "predict", "projection_format", "FLOAT64"]
+           "predict", "projection_format", "FLOAT64", "ftp_kernel_options"]
 
 #: the float reference as a kernel profile (float64 values, no quantisation)
 FLOAT64 = NumberFormat(64, 0, float_format=True)
@@ -153,10 +153,27 @@ def from_device(net: DeviceNet) -> list[np.ndarray]:
     return out
 
 
+def ftp_kernel_options(config) -> dict:
+    """make_params' FTP keywords from an FTPConfig (anything else: the defaults, which no kernel reads)."""
+    target = getattr(config, "target", "error_preactivation")
+    if target == "difference" and config.target_f not in _KERNEL_TARGET_F:
+        raise ConfigError(f"FTP target_f {config.target_f!r} runs on the torch path only; the device kernels "
+                          f"evaluate {' or '.join(_KERNEL_TARGET_F)}")
+    if target != "difference":
+        return {"ftp_label": target == "label"}
+    return {"ftp_diff": True, "ftp_gamma": float(config.gamma), "ftp_f": ACTIVATION_CODES[config.target_f],
+            "ftp_raw": config.y_hat == "raw"}
+
+
+_KERNEL_TARGET_F = ("tanh", "identity")
+
+
 def make_params(profile: DeviceProfile, activation: str, error: str, temperature: float = 1.0,
-                collect: bool = False, ftp_label: bool = False) -> Params:
+                collect: bool = False, ftp_label: bool = False, ftp_diff: bool = False, ftp_gamma: float = 1.0,
+                ftp_f: int = 1, ftp_raw: bool = False) -> Params:
     """Kernel parameters for ``profile`` (float and analog profiles give float64 values and infinite bounds)."""
     act, err = ACTIVATION_CODES[activation], {"ce": 0, "mse": 1}[error]
+    ftp = (ftp_label, ftp_diff, float(ftp_gamma), ftp_f, ftp_raw)
     a, e, w = profile.activation, profile.error, profile.weight
     sizes = (w.bytes_per_value, a.bytes_per_value, e.bytes_per_value, projection_format(profile).bytes_per_value,
              profile.capacity.flash_bytes > 0)
@@ -170,13 +187,13 @@ def make_params(profile: DeviceProfile, activation: str, error: str, temperature
     if profile.is_float or profile.analog is not None:
         inf = np.inf
         return Params(False, 1.0, -inf, inf, 1.0, -inf, inf, -inf, inf, -inf, inf, 0, 0, act, err,
-                      float(temperature), collect, ftp_label, *sizes, *crossbar)
+                      float(temperature), collect, *ftp, *sizes, *crossbar)
     acc = profile.accumulator_bits
     i64 = np.int64
     return Params(True, i64(1 << a.frac_bits), i64(a.qmin), i64(a.qmax), i64(1 << e.frac_bits), i64(e.qmin),
                   i64(e.qmax), i64(w.qmin), i64(w.qmax), i64(-(1 << (acc - 1))), i64((1 << (acc - 1)) - 1),
                   profile.forward_rounding.code, profile.update_rounding.code, act, err, float(temperature),
-                  collect, ftp_label, *sizes, *crossbar)
+                  collect, *ftp, *sizes, *crossbar)
 
 
 def step_scale(value: float) -> tuple[np.int64, np.int64]:
@@ -381,12 +398,16 @@ def run_step(rule: str, net: DeviceNet, bufs: StepBuffers, profile: DeviceProfil
                  bufs.m0, bufs.m1, bufs.pre, bufs.tmp, bufs.store, bufs.e[:n], counters, rng, g_out, bufs.cache)
         return
     # only FTP's label targets read t in the error format; other steps get an empty array (no per-step work)
-    tq = np.rint(t * float(params.e_one)).astype(net.value_dtype) if params.ftp_label else \
+    labels = params.ftp_label or params.ftp_diff
+    tq = np.rint(t * float(params.e_one)).astype(net.value_dtype) if labels else \
         np.zeros((0, t.shape[1]), dtype=net.value_dtype)
+    yq = np.zeros_like(tq) if params.ftp_diff else tq[:0]
+    if params.quantized and labels:  # one-hot 1.0 saturates to the error format's largest value
+        np.minimum(tq, params.e_hi, out=tq)
     forward_only_step_(RULE_CODES[rule], schedule == "store", net.w, net.dims, net.offs, net.w_one, mul, div,
                        g_scale, x_dev, t, tq, bufs.proj, _proj_div(profile), params, bufs.c0, bufs.c1, bufs.m0,
                        bufs.m1, bufs.pre, bufs.tmp, bufs.store, bufs.e[:n], bufs.xm[:n], counters, rng, g_out,
-                       bufs.cache)
+                       bufs.cache, yq)
 
 
 def predict(net: DeviceNet, bufs: StepBuffers, profile: DeviceProfile, params: Params, x: np.ndarray,
@@ -428,7 +449,7 @@ def compute_updates_numba(rule: str, config, weights: list[np.ndarray], x: np.nd
         else:
             bufs.proj[:] = np.asarray(config.projection, dtype=np.float64)
     params = make_params(profile, activation, error, getattr(config, "temperature", 1.0), collect=True,
-                         ftp_label=getattr(config, "target", "error_preactivation") == "label")
+                         **ftp_kernel_options(config))
     x_dev = quantize_input(np.asarray(x, dtype=np.float64), profile, bufs.x, counters[FORWARD, net.n_layers], rng)
     g_out = np.zeros(net.w.size)
     run_step(rule, net, bufs, profile, params, x_dev, target, 1.0, "stream", counters, rng, g_out)
