@@ -64,3 +64,32 @@ def test_integer_forward_layer_equals_torch_integer_matmul():
     np.testing.assert_array_equal(out, np.maximum(expected, 0))
     assert counters[COUNTERS.index("saturation_events")] == int(((scaled < -128) | (scaled > 127)).sum())
     assert counters[COUNTERS.index("macs_dense")] == 16 * 32 * 64
+
+
+@pytest.mark.parametrize("target", ["difference", "error_preactivation"])
+def test_fixed16_ftp_targets_follow_the_float_reference(small_batch, target):
+    # the integer kernels' FTP estimates (Q7.8 activations, 16-bit weights) point where the float reference does
+    from fo_edge.accounting.memory import MemoryArena
+    from fo_edge.device import load_device
+    from fo_edge.kernels.counters import FORWARD, new_counters
+    from fo_edge.kernels.rng import new_state
+    from fo_edge.rules import rule_config
+    from fo_edge.rules.numba_binding import (allocate_buffers, fill_fixed_projection, from_device, ftp_kernel_options,
+                                             make_params, quantize_input, run_step, to_device)
+
+    weights, x, t = small_batch
+    profile = load_device("fpga-fixed16")
+    config = rule_config("ftp", target=target)
+    net = to_device([w.astype(np.float32) for w in weights], profile)
+    bufs = allocate_buffers(MemoryArena(2**40), profile, net.dims, len(x), "ftp", "stream", False)
+    fill_fixed_projection(bufs, profile, "ftp", net.dims, config)
+    params = make_params(profile, "tanh", "ce", 1.0, collect=True, **ftp_kernel_options(config))
+    counters, rng = new_counters(net.n_layers), new_state(0)
+    x_dev = quantize_input(x, profile, bufs.x, counters[FORWARD, net.n_layers], rng)
+    g_out = np.zeros(net.w.size)
+    run_step("ftp", net, bufs, profile, params, x_dev, t, 1.0, "stream", counters, rng, g_out)
+    ref = compute_updates("ftp", from_device(net), x, t, activation="tanh", error="ce", target=target)
+    for l, g in enumerate(ref):
+        ours = g_out[net.offs[l]:net.offs[l + 1]]
+        cosine = ours @ g.ravel() / (np.linalg.norm(ours) * np.linalg.norm(g) + 1e-30)
+        assert cosine > 0.99, (l, cosine)

@@ -127,6 +127,7 @@ def train_stream(weights: list[np.ndarray], data: Dataset, rule: str, config, pr
     for epoch in range(first_epoch, epochs):
         start = time.perf_counter()
         order = epoch_order(len(data.x_train), seed, epoch)
+        iters_used: list[int] = []
         for begin in plan.starts(len(order), batch_size, first_begin if epoch == first_epoch else 0):
             idx = order[begin:begin + batch_size]
             lr_step = plan.step_lr(lr, epoch, len(idx), batch_size)
@@ -144,7 +145,7 @@ def train_stream(weights: list[np.ndarray], data: Dataset, rule: str, config, pr
             step += 1
             trained += len(idx)
             if ortho and step % config.ortho_every == 0:
-                orthogonalize(net, profile, config.bjorck_iters, counters, rng)
+                iters_used += orthogonalize(net, profile, config.bjorck_iters, counters, rng, config.bjorck_tol)
             if monitor is not None:
                 try:
                     monitor.check(step, counters, _real_views(net))
@@ -160,7 +161,10 @@ def train_stream(weights: list[np.ndarray], data: Dataset, rule: str, config, pr
         inferred += len(labels)
         history.append({"epoch": epoch + 1, "steps": step,
                         "test_accuracy": float((labels == data.y_test).mean()),
-                        "seconds": seconds, "samples_per_s": len(order) / max(seconds, 1e-9)})
+                        "seconds": seconds, "samples_per_s": len(order) / max(seconds, 1e-9),
+                        "lr": plan.epoch_lr(lr, epoch)})
+        if iters_used and config.bjorck_tol > 0:
+            history[-1]["bjorck_iters_mean"] = float(np.mean(iters_used))
         if on_checkpoint is not None and checkpoint_every:
             on_checkpoint(state(epoch + 1, 0))
     return outcome(monitor.warnings if monitor is not None else [])

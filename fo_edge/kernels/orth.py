@@ -18,11 +18,12 @@ __all__ = ["bjorck_", "projection_rows_"]
 
 
 @njit(cache=True)
-def bjorck_(w, off, d_out, d_in, w_one, iters, P, rng, C):
+def bjorck_(w, off, d_out, d_in, w_one, iters, P, rng, C, tol=0.0):
     """Re-orthogonalise layer W: (d_out, d_in) stored at w[off:] in place; integer devices write back with the
     forward (nearest) rounding, so an already-orthogonal quantised W comes back unchanged rather than taking a
-    stochastic random walk; analog devices reprogram each conductance with pulses. Returns the Gram workspace size
-    (values) it used: min(d_out, d_in)**2."""
+    stochastic random walk; analog devices reprogram each conductance with pulses. With ``tol > 0`` a W within
+    ||m^T m - I||_F <= tol is left as it is, and the iteration stops once within tol (as rules.foton.bjorck_torch).
+    Returns the number of iterations run."""
     wide = d_out < d_in
     rows, cols = (d_in, d_out) if wide else (d_out, d_in)  # work on the tall orientation m: (rows, cols)
     m = np.empty((rows, cols))
@@ -33,6 +34,11 @@ def bjorck_(w, off, d_out, d_in, w_one, iters, P, rng, C):
                 m[j, i] = v
             else:
                 m[i, j] = v
+    eye = np.eye(cols)
+    if tol > 0 and np.linalg.norm(m.T @ m - eye) <= tol:
+        C[MACS_DENSE] += rows * cols * cols
+        C[SRAM_READ] += d_out * d_in * P.w_bytes
+        return 0
     v = np.ones(cols) / np.sqrt(cols)
     for _ in range(10):
         v = m.T @ (m @ v)
@@ -40,9 +46,14 @@ def bjorck_(w, off, d_out, d_in, w_one, iters, P, rng, C):
     sigma = np.linalg.norm(m @ v) * 1.01
     if sigma > 1.0:
         m /= sigma
-    eye = np.eye(cols)
+    done = 0
     for _ in range(iters):
-        m = m @ (1.5 * eye - 0.5 * (m.T @ m))
+        gram = m.T @ m
+        if tol > 0 and np.linalg.norm(gram - eye) <= tol:
+            C[MACS_DENSE] += rows * cols * cols
+            break
+        m = m @ (1.5 * eye - 0.5 * gram)
+        done += 1
     for i in range(d_out):
         for j in range(d_in):
             v_ij = m[j, i] if wide else m[i, j]
@@ -59,10 +70,10 @@ def bjorck_(w, off, d_out, d_in, w_one, iters, P, rng, C):
             if new != w[k]:
                 C[WEIGHT_WRITES] += 1
                 w[k] = new
-    C[MACS_DENSE] += 20 * rows * cols + iters * 2 * rows * cols * cols
+    C[MACS_DENSE] += 20 * rows * cols + done * 2 * rows * cols * cols + (tol > 0) * rows * cols * cols
     C[SRAM_READ] += d_out * d_in * P.w_bytes
     C[SRAM_WRITE] += d_out * d_in * P.w_bytes
-    return cols * cols
+    return done
 
 
 @njit(cache=True)

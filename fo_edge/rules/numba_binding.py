@@ -357,12 +357,12 @@ def refresh_projection(net: DeviceNet, bufs: StepBuffers, profile: DeviceProfile
                      bufs.proj_work[:half], bufs.proj_work[half:], counters[REFRESH, net.n_layers])
 
 
-def orthogonalize(net: DeviceNet, profile: DeviceProfile, iters: int, counters, rng) -> None:
-    """Björck on every layer, in place (counted in the orthogonalize phase)."""
+def orthogonalize(net: DeviceNet, profile: DeviceProfile, iters: int, counters, rng, tol: float = 0.0) -> list[int]:
+    """Björck on every layer, in place (counted in the orthogonalize phase); returns the iterations each ran
+    (``tol``: kernels.orth.bjorck_)."""
     params = make_params(profile, "identity", "mse")
-    for l in range(net.n_layers):
-        bjorck_(net.w, net.offs[l], net.dims[l + 1], net.dims[l], net.w_one[l], iters, params, rng,
-                counters[ORTHOGONALIZE, l])
+    return [int(bjorck_(net.w, net.offs[l], net.dims[l + 1], net.dims[l], net.w_one[l], iters, params, rng,
+                        counters[ORTHOGONALIZE, l], float(tol))) for l in range(net.n_layers)]
 
 
 def quantize_input(x: np.ndarray, profile: DeviceProfile, out: np.ndarray, counters, rng) -> np.ndarray:
@@ -402,7 +402,7 @@ def run_step(rule: str, net: DeviceNet, bufs: StepBuffers, profile: DeviceProfil
     tq = np.rint(t * float(params.e_one)).astype(net.value_dtype) if labels else \
         np.zeros((0, t.shape[1]), dtype=net.value_dtype)
     yq = np.zeros_like(tq) if params.ftp_diff else tq[:0]
-    if params.quantized and labels:  # one-hot 1.0 saturates to the error format's largest value
+    if params.quantized and params.ftp_diff:  # one-hot 1.0 saturates to the error format's largest value
         np.minimum(tq, params.e_hi, out=tq)
     forward_only_step_(RULE_CODES[rule], schedule == "store", net.w, net.dims, net.offs, net.w_one, mul, div,
                        g_scale, x_dev, t, tq, bufs.proj, _proj_div(profile), params, bufs.c0, bufs.c1, bufs.m0,
