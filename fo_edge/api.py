@@ -23,7 +23,7 @@ from .engine.health import HealthConfig, TrainingStopped
 from .engine.plan import BatchPlan
 from .errors import ConfigError, RunError
 from .models.conv import is_conv_spec, parse_conv_spec
-from .models.mlp import ACTIVATIONS, init_weights, parse_model_spec
+from .models.mlp import ACTIVATIONS, INITS, init_weights, parse_model_spec
 from .rules import BACKENDS, RULES, rule_config
 from .rules.base import ERRORS
 from .rules.spiking_binding import SPIKING_ACTIVATION, SPIKING_DEFAULT_LR, SPIKING_RULES
@@ -71,6 +71,7 @@ class SimulateConfig:
     momentum: float = 0.0
     weight_decay: float = 0.0
     dropout: float = 0.0
+    init: str = "orthogonal"
     recipe: str | None = None
 
     def plan(self) -> BatchPlan:
@@ -153,6 +154,9 @@ def _validate(config: SimulateConfig) -> tuple[SimulateConfig, DeviceProfile, tu
             raise ConfigError(f"{device.id} rate-codes pixel intensities in [0, 1]: --normalize {config.normalize} "
                               f"does not apply to spiking devices")
     if backend == "numba" or device.spiking is not None:
+        if getattr(rcfg, "output_error", "clean") != "clean":
+            raise ConfigError(f"PEPITA's output_error={rcfg.output_error} runs on the float torch path only; the "
+                              f"{device.id} kernels use the clean pass's error")
         optimiser = [name for name in ("momentum", "weight_decay", "dropout") if getattr(config, name)]
         if optimiser:
             raise ConfigError(f"{optimiser[0].replace('_', ' ')} runs on the float torch path only (--backend torch on "
@@ -164,6 +168,8 @@ def _validate(config: SimulateConfig) -> tuple[SimulateConfig, DeviceProfile, tu
 
 def _validate_pipeline(config: SimulateConfig) -> None:
     """The data-pipeline and optimiser fields (one line each, before anything is written)."""
+    if config.init not in INITS:
+        raise ConfigError(f"--init must be one of {', '.join(INITS)}, got {config.init!r}")
     if config.normalize not in NORMALIZATIONS:
         raise ConfigError(f"--normalize must be one of {', '.join(NORMALIZATIONS)}, got {config.normalize!r}")
     for name, low, high in (("momentum", 0.0, 0.999), ("weight_decay", 0.0, 1.0), ("dropout", 0.0, 0.95)):
@@ -254,7 +260,7 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
     write_file_atomic(run_dir / "device.toml", lambda handle: handle.write(device_toml))
     if checkpoint is None:
         write_json_atomic(run_dir / "run.json", record)
-    weights = init_weights(dims, seed=config.seed)
+    weights = init_weights(dims, seed=config.seed, init=config.init)
     if on_start is not None:
         on_start(len(data.x_train) * config.epochs)
     started = time.perf_counter()
@@ -355,6 +361,8 @@ def _simulate_conv(config: SimulateConfig, on_batch, on_start) -> SimulateResult
     optimiser = [name for name in ("momentum", "weight_decay", "dropout") if getattr(config, name)]
     if optimiser:
         raise ConfigError(f"{optimiser[0].replace('_', ' ')} is not implemented for conv models (plain SGD)")
+    if config.init != "orthogonal":
+        raise ConfigError("conv models are BCOP-parametrised and always start orthogonal: --init does not apply")
     train_config = conv_train_config(rule=config.rule, activation=config.activation, error=config.error,
                                      lr=config.lr, epochs=config.epochs, batch_size=config.batch_size,
                                      seed=config.seed, backend=backend, rule_options=dict(config.rule_options),

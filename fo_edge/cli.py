@@ -18,7 +18,7 @@ from .device import list_devices, load_device
 from .errors import FoEdgeError
 from .accounting.energy import format_energy
 from .accounting.memory import format_bytes
-from .models.mlp import ACTIVATIONS
+from .models.mlp import ACTIVATIONS, INITS
 from .engine.plan import BATCH_DIVISORS
 from .recipe import list_recipes, load_recipe, recipe_settings
 from .rules import BACKENDS, RULES
@@ -144,6 +144,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--weight-decay", type=float, default=0.0, show_default=True, help="L2 weight decay (torch path).")
 @click.option("--dropout", type=float, default=0.0, show_default=True,
               help="Dropout on hidden pre-activations, one mask shared by a step's passes (torch path).")
+@click.option("--init", type=click.Choice(INITS), default="orthogonal", show_default=True,
+              help="Initial weights: semi-orthogonal, PyTorch's uniform, or He uniform (PEPITA reference).")
 @click.option("--json", "as_json", is_flag=True, help="Print run.json to stdout instead of the table.")
 @click.pass_context
 def simulate(ctx: click.Context, resume, as_json, rule_option, recipe, lr_milestones, **options) -> None:

@@ -44,7 +44,7 @@ RUN_FIELDS: dict[str, tuple[type, ...]] = {
     "epochs": (int,), "batch_size": (int,), "lr": (int, float), "seed": (int,), "backend": (str,),
     "schedule": (str,), "normalize": (str,), "drop_last": (bool,), "batch_divisor": (str,),
     "lr_milestones": (list,), "lr_gamma": (int, float), "momentum": (int, float), "weight_decay": (int, float),
-    "dropout": (int, float),
+    "dropout": (int, float), "init": (str,),
 }
 _REQUIRED_RUN = ("rule", "device", "dataset", "model", "epochs", "batch_size", "lr")
 _TOP = ("id", "title", "paper", "run", "rule_options")

@@ -106,3 +106,21 @@ def test_seeded_feedback_is_reproducible(small_batch):
 def test_bad_rule_options_are_config_errors(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         compute_updates(kwargs.pop("rule"), [I2, I2], X, T, **kwargs)
+
+
+def test_pepita_modulated_output_error_by_hand():
+    # as test_pepita_by_hand, but the last layer uses the modulated pass's error: y_mod = h1_mod = [1, 3],
+    # e_mod = y_mod - t = [0, 3]; g2 = e_mod^T h1_mod = [0, 3]^T [1, 3]
+    g1, g2 = compute_updates("pepita", [I2, I2], X, T, activation="identity", error="mse", feedback=0.5 * I2,
+                             output_error="modulated")
+    np.testing.assert_array_equal(g1, [[0, 0], [-1, -3]])
+    np.testing.assert_array_equal(g2, [[0, 0], [3, 9]])
+
+
+def test_he_uniform_init_bounds():
+    from fo_edge.models import init_weights
+
+    (w,) = init_weights((784, 1024), seed=0, init="he_uniform")
+    bound = np.sqrt(6 / 784)
+    assert w.shape == (1024, 784) and np.abs(w).max() <= bound and np.abs(w).max() > 0.99 * bound
+    assert abs(w.std() - bound / np.sqrt(3)) < 1e-3

@@ -2,6 +2,7 @@
 
     python tools/kernel_fingerprint.py --out before.json          # on the old code
     python tools/kernel_fingerprint.py --out after.json --against before.json
+    python tools/kernel_fingerprint.py --out after.json --against before.json --ftp-option target_mode=error
 
 Each run is ``fo_edge.simulate`` on the first ``--limit`` MNIST samples: the four MLP rules on mcu-int8,
 fpga-fixed16, memristor-rram and gpu-fp32 at batches 1, 3, 8 and 32 (784-64-32-10, tanh, so every kernel path
@@ -23,8 +24,8 @@ import numpy as np
 from fo_edge.api import simulate
 
 
-def configs(limit: int) -> list[dict]:
-    """The runs to fingerprint."""
+def configs(limit: int, ftp_options: dict | None = None) -> list[dict]:
+    """The runs to fingerprint (``ftp_options``: rule options given to every FTP run)."""
     runs = [dict(rule=rule, device=device, batch_size=batch, model="784-64-32-10", limit=limit)
             for device in ("mcu-int8", "fpga-fixed16", "memristor-rram", "gpu-fp32")
             for rule in ("ftp", "pepita", "foton", "bp") for batch in (1, 3, 8, 32)]
@@ -32,6 +33,10 @@ def configs(limit: int) -> list[dict]:
                      activation="relu"))
     runs += [dict(rule=rule, device="loihi-like", batch_size=8, model="784-48-10", limit=limit // 2)
              for rule in ("ftp", "foton", "pepita")]
+    if ftp_options:
+        for run in runs:
+            if run["rule"] == "ftp":
+                run["rule_options"] = dict(ftp_options)
     return runs
 
 
@@ -69,7 +74,11 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="where to write the fingerprints (JSON)")
     parser.add_argument("--against", help="fingerprints of the code before the change (JSON)")
     parser.add_argument("--limit", type=int, default=320, help="MNIST samples per run (default 320)")
+    parser.add_argument("--ftp-option", action="append", default=[],
+                        help="KEY=VALUE rule option for every FTP run, e.g. target_mode=error (the form older code "
+                             "knows) to fingerprint FTP's error_preactivation target on both sides")
     args = parser.parse_args()
+    ftp_options = dict(pair.split("=", 1) for pair in args.ftp_option)
     before = None
     if args.against:
         try:
@@ -77,7 +86,7 @@ def main() -> None:
         except (OSError, ValueError) as error:
             sys.exit(f"error: cannot read {args.against}: {error}")
     prints = {}
-    for config in configs(args.limit):
+    for config in configs(args.limit, ftp_options):
         key = json.dumps(config, sort_keys=True)
         prints[key] = fingerprint(config)
         print(key, prints[key].get("accuracy", prints[key].get("error")), flush=True)

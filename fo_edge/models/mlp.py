@@ -13,9 +13,10 @@ import torch
 
 from ..errors import ConfigError
 
-__all__ = ["ACTIVATIONS", "MLP", "init_weights", "parse_model_spec"]
+__all__ = ["ACTIVATIONS", "INITS", "MLP", "init_weights", "parse_model_spec"]
 
 ACTIVATIONS = ("relu", "tanh", "identity")
+INITS = ("orthogonal", "uniform", "he_uniform")
 _MAX_WIDTH = 1 << 16
 _MAX_LAYERS = 1000
 _TERM = re.compile(r"^(\d+)(?:x(\d+))?$")
@@ -48,6 +49,7 @@ def init_weights(dims: tuple[int, ...], seed: int = 0, init: str = "orthogonal")
     ``orthogonal``: semi-orthogonal (rows orthonormal when wide, columns when tall), from the QR of a
     seeded Gaussian matrix, so the same seed gives the same weights on every backend.
     ``uniform``: PyTorch's default Linear init, U(-1/sqrt(d_in), 1/sqrt(d_in)).
+    ``he_uniform``: U(-sqrt(6/d_in), sqrt(6/d_in)), the PEPITA reference's (Dellaferrera & Kreiman 2022).
     """
     rng = np.random.default_rng(seed)
     weights = []
@@ -57,11 +59,11 @@ def init_weights(dims: tuple[int, ...], seed: int = 0, init: str = "orthogonal")
             q, r = np.linalg.qr(rng.standard_normal((big, small)))
             q *= np.sign(np.diag(r))  # unique Q (Mezzadri 2007)
             w = q if d_out >= d_in else q.T
-        elif init == "uniform":
-            bound = 1.0 / np.sqrt(d_in)
+        elif init in ("uniform", "he_uniform"):
+            bound = (1.0 if init == "uniform" else np.sqrt(6.0)) / np.sqrt(d_in)
             w = rng.uniform(-bound, bound, size=(d_out, d_in))
         else:
-            raise ConfigError(f"unknown init {init!r}; choose orthogonal or uniform")
+            raise ConfigError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
         weights.append(np.ascontiguousarray(w, dtype=np.float32))
     return weights
 

@@ -5,7 +5,9 @@ Fixed random F: (d_L, d_0), entries U(-1,1) * f_scale * sqrt(6 / d_0), drawn fro
   2. modulated input x_mod = x + e F                                                  (B, d_0)
   3. modulated pass: h^mod_l
   4. g_1 = (h_1 - h^mod_1)^T x_mod / B;  g_l = (h_l - h^mod_l)^T h^mod_{l-1} / B (1 < l < L);
-     g_L = e^T h^mod_{L-1} / B
+     g_L = e^T h^mod_{L-1} / B, or with ``output_error="modulated"`` g_L = e_mod^T h^mod_{L-1} / B where e_mod is
+     the error of the modulated pass's output (the authors' code, GiorgiaD/PEPITA
+     Tutorial_PEPITA_FullyConnectedNets_CIFAR-10.ipynb: ``delta_w = -mod_error.T @ mod_layers_act[-2]``)
 """
 from __future__ import annotations
 
@@ -22,17 +24,21 @@ __all__ = ["PEPITAConfig", "pepita_update_torch", "pepita_feedback"]
 
 @dataclass(frozen=True)
 class PEPITAConfig:
-    """temperature: softmax T; seed / f_scale: the fixed random F (paper scale 0.05); feedback: an explicit
-    F (d_L, d_0) instead of the seeded one."""
+    """temperature: softmax T; seed / f_scale: the fixed random F (paper scale 0.05); output_error: the last
+    layer's error, "clean" (e) or "modulated" (e_mod, the authors' code); feedback: an explicit F (d_L, d_0)
+    instead of the seeded one."""
 
     temperature: float = 1.0
     seed: int = 0
     f_scale: float = 0.05
+    output_error: str = "clean"
     feedback: object = None
 
     def validate(self):
         if not self.temperature > 0 or not self.f_scale > 0:
             raise ConfigError("temperature and f_scale must be > 0")
+        if self.output_error not in ("clean", "modulated"):
+            raise ConfigError(f"PEPITA output_error must be clean or modulated, got {self.output_error!r}")
 
 
 def pepita_feedback(dims: tuple[int, ...], config: PEPITAConfig):
@@ -57,5 +63,7 @@ def pepita_update_torch(weights, x, target, *, activation, error, config: PEPITA
         h_next = act(masked(h_mod @ w.T, masks, l))
         grads.append((hs[l + 1] - h_next).T @ h_mod / batch)
         h_mod = h_next
+    if config.output_error == "modulated":
+        e = output_error_torch(h_mod @ weights[-1].T, target, error, config.temperature)
     grads.append(e.T @ h_mod / batch)
     return grads
