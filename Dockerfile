@@ -13,6 +13,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /opt/fo-edge
 COPY setup.py README.md requirements.lock ./
 COPY devices ./devices
+COPY recipes ./recipes
 COPY fo_edge ./fo_edge
 # torch==2.13.0 from PyTorch's CPU index (PyPI's wheel pulls multi-GB CUDA libraries); then the package itself
 RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
