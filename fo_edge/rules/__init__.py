@@ -34,7 +34,7 @@ RULES: dict[str, RuleSpec] = {
                       default_lr=0.1, default_activation="relu", forward_only=True,
                       fidelity={"torch": "float_reference", "numba": "bit_exact"}),
     "ftp": RuleSpec("ftp", "layer-wise targets from a second forward pass, fixed random G",
-                    "arXiv 2506.11030 (working definition)", FTPConfig, ftp_update_torch,
+                    "arXiv 2506.11030 (difference target, inferred form)", FTPConfig, ftp_update_torch,
                     default_lr=0.03, default_activation="tanh", forward_only=True,
                     fidelity={"torch": "float_reference", "numba": "bit_exact"}),
 }
