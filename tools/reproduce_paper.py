@@ -167,7 +167,10 @@ def main() -> int:
         target.parent.mkdir(parents=True, exist_ok=True)
         header = ("# Reproducing the papers\n\nEach row is one recipe (`recipes/<id>.toml`) run to its paper "
                   "schedule on the float PyTorch path. The FOTON reference keeps the epoch with the best *test* "
-                  "accuracy; that number is shown beside the last epoch's, never instead of it.\n\n")
+                  "accuracy; that number is shown beside the last epoch's, never instead of it. Wall times size a "
+                  "reproduction (they were taken with one torch thread beside other runs), they are not speed "
+                  "figures. Why the FOTON rows miss, and what was measured about it: README, Paper reproduction."
+                  "\n\n")
         write_file_atomic(target, lambda handle: handle.write((header + table).encode()))
         if args.full:
             _plot(row, ROOT / "docs" / "figures" / "reproduction" / f"{rid}.png")
