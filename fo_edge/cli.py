@@ -155,12 +155,8 @@ def simulate(ctx: click.Context, resume, as_json, rule_option, recipe, lr_milest
     options["lr_milestones"] = _parse_milestones(lr_milestones)
     options["rule_options"] = _parse_rule_options(rule_option)
     if recipe is not None:
-        given = {name for name in [*options, "lr_milestones"]
-                 if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
-        if not rule_option:
-            given.discard("rule_options")
-        settings = recipe_settings(recipe, **{name: options[name] for name in given | {"rule_options"}
-                                              if name in options})
+        given = {name for name in options if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+        settings = recipe_settings(recipe, **{name: options[name] for name in given | {"rule_options"}})
         config = api.SimulateConfig(**{**{k: v for k, v in options.items() if k not in settings}, **settings})
     else:
         config = api.SimulateConfig(**options)

@@ -142,16 +142,15 @@ def main() -> int:
     command = "python tools/reproduce_paper.py " + (f"--full --recipes {args.recipes}" if args.full else
                                                    f"--recipes {args.recipes} --epochs {args.epochs} --limit {args.limit}")
 
-    def size(rid: str) -> int:
-        run = load_recipe(rid).run
-        return 60000 * (run["epochs"] if args.full else min(args.epochs, run["epochs"])) if args.full \
-            else args.limit * min(args.epochs, run["epochs"])
+    def size(rid: str) -> int:  # training samples of a point, for the ETA (MNIST's 60,000 per full epoch)
+        epochs = load_recipe(rid).run["epochs"]
+        return 60000 * epochs if args.full else args.limit * min(args.epochs, epochs)
 
     def done(rid: str) -> int:
         path = out / rid / "run.json"
-        if not path.exists():
+        if not args.full or not path.exists():
             return 0
-        return 60000 * len(json.loads(path.read_text()).get("history") or []) if args.full else 0
+        return 60000 * len(json.loads(path.read_text()).get("history") or [])
 
     progress = _Progress(sum(size(r) for r in ids), sum(done(r) for r in ids))
     rows = []

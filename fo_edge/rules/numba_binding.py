@@ -153,6 +153,10 @@ def from_device(net: DeviceNet) -> list[np.ndarray]:
     return out
 
 
+#: the f of FTP's difference target that the kernels evaluate (kernels.activations)
+_KERNEL_TARGET_F = ("tanh", "identity")
+
+
 def ftp_kernel_options(config) -> dict:
     """make_params' FTP keywords from an FTPConfig (anything else: the defaults, which no kernel reads)."""
     target = getattr(config, "target", "error_preactivation")
@@ -163,9 +167,6 @@ def ftp_kernel_options(config) -> dict:
         return {"ftp_label": target == "label"}
     return {"ftp_diff": True, "ftp_gamma": float(config.gamma), "ftp_f": ACTIVATION_CODES[config.target_f],
             "ftp_raw": config.y_hat == "raw"}
-
-
-_KERNEL_TARGET_F = ("tanh", "identity")
 
 
 def make_params(profile: DeviceProfile, activation: str, error: str, temperature: float = 1.0,
