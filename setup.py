@@ -22,6 +22,8 @@ setup(
         "onnx>=1.16",
         "onnxscript>=0.2",
         "snntorch>=0.9",
+        "nir>=1.0",
+        "nirtorch>=2.0",
         "click>=8.1",
         "tqdm>=4.66",
         "scikit-learn>=1.4",

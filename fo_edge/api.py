@@ -26,7 +26,7 @@ from .models.conv import is_conv_spec, parse_conv_spec
 from .models.mlp import ACTIVATIONS, INITS, init_weights, parse_model_spec
 from .rules import BACKENDS, RULES, rule_config
 from .rules.base import ERRORS
-from .rules.spiking_binding import SPIKING_ACTIVATION, SPIKING_DEFAULT_LR, SPIKING_RULES
+from .rules.spiking_binding import HIDDEN_ERRORS, SPIKING_ACTIVATION, SPIKING_DEFAULT_LR, SPIKING_RULES
 from .runs import (SCHEMA_VERSION, load_checkpoint, package_versions, prepare_run_dir, read_run, save_checkpoint,
                    save_weights, write_file_atomic, write_json_atomic)
 
@@ -73,6 +73,7 @@ class SimulateConfig:
     dropout: float = 0.0
     init: str = "orthogonal"
     recipe: str | None = None
+    hidden_error: str | None = None
 
     def plan(self) -> BatchPlan:
         """The batches and per-step learning rate these options ask for (engine.plan)."""
@@ -153,6 +154,13 @@ def _validate(config: SimulateConfig) -> tuple[SimulateConfig, DeviceProfile, tu
         if config.normalize != "none":
             raise ConfigError(f"{device.id} rate-codes pixel intensities in [0, 1]: --normalize {config.normalize} "
                               f"does not apply to spiking devices")
+        hidden_error = config.hidden_error or HIDDEN_ERRORS[0]
+        if hidden_error not in HIDDEN_ERRORS:
+            raise ConfigError(f"--hidden-error must be one of {', '.join(HIDDEN_ERRORS)}, got {hidden_error!r}")
+    elif config.hidden_error is not None:
+        raise ConfigError(f"--hidden-error applies to spiking devices only; {device.id} has no spikes")
+    else:
+        hidden_error = None
     if backend == "numba" or device.spiking is not None:
         if getattr(rcfg, "output_error", "clean") != "clean":
             raise ConfigError(f"PEPITA's output_error={rcfg.output_error} runs on the float torch path only; the "
@@ -162,7 +170,7 @@ def _validate(config: SimulateConfig) -> tuple[SimulateConfig, DeviceProfile, tu
             raise ConfigError(f"{optimiser[0].replace('_', ' ')} runs on the float torch path only (--backend torch on "
                               f"a float device); the {device.id} kernels apply plain SGD")
     filled = dataclasses.replace(config, lr=float(lr), backend=backend, activation=activation,
-                                 lr_milestones=tuple(int(m) for m in config.lr_milestones))
+                                 hidden_error=hidden_error, lr_milestones=tuple(int(m) for m in config.lr_milestones))
     return filled, device, dims, rcfg, backend
 
 
@@ -253,7 +261,7 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
         from .engine.stream import plan_memory
 
         plan_memory(dims, device, config.rule, config.batch_size, config.schedule,
-                    ortho=getattr(rcfg, "ortho_every", 0) > 0)
+                    ortho=getattr(rcfg, "ortho_every", 0) > 0, hidden_error=config.hidden_error)
     run_dir = prepare_run_dir(config.out or default_run_dir(config))
     record = _record(config, dims, rcfg, device, data, "running")
     device_toml = device_text(config.device)[0].encode()
@@ -273,7 +281,8 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
 
         final, history = train_spiking_torch(weights, data, config.rule, rcfg, device, error=config.error, lr=lr,
                                              epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
-                                             device=config.torch_device, on_batch=on_batch, plan=config.plan())
+                                             device=config.torch_device, on_batch=on_batch, plan=config.plan(),
+                                             hidden_error=config.hidden_error)
         stored = {f"W{l}": w for l, w in enumerate(final)}
         memory, counters, energy, warnings = {}, {}, None, []
     elif backend == "torch":
@@ -300,7 +309,7 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
             outcome = train_stream(weights, data, config.rule, rcfg, device, activation=config.activation,
                                    error=config.error, lr=lr, epochs=config.epochs, batch_size=config.batch_size,
                                    seed=config.seed, schedule=config.schedule, on_batch=on_batch,
-                                   plan=config.plan(), **checkpointing)
+                                   plan=config.plan(), hidden_error=config.hidden_error, **checkpointing)
         except TrainingStopped as stop:
             outcome, stopped = stop.outcome, stop.error
         history, stored, memory, counters = outcome.history, outcome.stored, outcome.memory, outcome.counters
@@ -398,6 +407,13 @@ def export_model(run_dir, out, *, int8: bool = False) -> dict:
     from .export import export_onnx
 
     return export_onnx(run_dir, out, int8=int8)
+
+
+def export_nir_model(run_dir, out) -> dict:
+    """NIR export of a spiking run, verified through snnTorch's importer (see :mod:`fo_edge.export_nir`)."""
+    from .export_nir import export_nir
+
+    return export_nir(run_dir, out)
 
 
 DEMO_MODEL = "784-128-128-10"

@@ -22,6 +22,7 @@ from .models.mlp import ACTIVATIONS, INITS
 from .engine.plan import BATCH_DIVISORS
 from .recipe import list_recipes, load_recipe, recipe_settings
 from .rules import BACKENDS, RULES
+from .rules.spiking_binding import HIDDEN_ERRORS
 
 __all__ = ["main", "cli"]
 
@@ -146,6 +147,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
               help="Dropout on hidden pre-activations, one mask shared by a step's passes (torch path).")
 @click.option("--init", type=click.Choice(INITS), default="orthogonal", show_default=True,
               help="Initial weights: semi-orthogonal, PyTorch's uniform, or He uniform (PEPITA reference).")
+@click.option("--hidden-error", type=click.Choice(HIDDEN_ERRORS), default=None,
+              help="Spiking devices: a hidden layer's error from the two passes' spike counts, or a surrogate "
+                   "(input-integral difference where the neuron fires). Default: spike-count.")
 @click.option("--json", "as_json", is_flag=True, help="Print run.json to stdout instead of the table.")
 @click.pass_context
 def simulate(ctx: click.Context, resume, as_json, rule_option, recipe, lr_milestones, **options) -> None:
@@ -194,6 +198,13 @@ def energy_report(run_dirs, fmt, by_layer, mode, plot) -> None:
 
 
 def _export_line(report: dict) -> str:
+    if report["kind"] == "nir":
+        verdict = "verified" if report["passed"] else "FAILED verification"
+        return (f"NIR {report['model']} ({report['bytes'] / 1024:.1f} KiB) {verdict} in snnTorch: predicted classes "
+                f"agree with fo-edge's float spiking inference on {100 * report['agreement_float']:.2f} % of "
+                f"{report['test_samples']} test samples (need {100 * report['min_agreement']:.1f} %) and with the "
+                f"{report['device']} integer device on {100 * report['agreement_device']:.2f} %; accuracy "
+                f"{100 * report['nir_accuracy']:.2f} % over {report['readout_steps']} readout steps")
     if report["kind"] == "int8":
         detail = (f"predictions identical to the {report['device']} device on "
                   f"{100 * report['prediction_agreement']:.2f} % of {report['test_samples']} test samples (need "
@@ -209,13 +220,22 @@ def _export_line(report: dict) -> str:
 
 @cli.command()
 @click.argument("run_dir", type=click.Path())
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The .onnx file to write.")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="The .onnx file to write.")
 @click.option("--int8", is_flag=True, help="Integer graph with the device's scales (8-bit devices, e.g. mcu-int8).")
-def export(run_dir, out, int8) -> None:
-    """Export a trained run to ONNX and verify it in onnxruntime on the run's test set."""
-    report = api.export_model(run_dir, out, int8=int8)
+@click.option("--nir", "nir_out", default=None, type=click.Path(dir_okay=False),
+              help="The .nir file to write (spiking runs): a NIR graph, verified through snnTorch's importer.")
+def export(run_dir, out, int8, nir_out) -> None:
+    """Export a trained run to ONNX (verified in onnxruntime) or a spiking run to NIR (verified in snnTorch)."""
+    if (out is None) == (nir_out is None):
+        raise click.UsageError("give exactly one of --out FILE.onnx and --nir FILE.nir")
+    if nir_out is not None:
+        if int8:
+            raise click.UsageError("--int8 applies to ONNX export (--out), not to --nir")
+        report, target = api.export_nir_model(run_dir, nir_out), nir_out
+    else:
+        report, target = api.export_model(run_dir, out, int8=int8), out
     click.echo(_export_line(report))
-    click.echo(f"report: {out}.verify.json")
+    click.echo(f"report: {target}.verify.json")
     if not report["passed"]:
         sys.exit(1)
 

@@ -172,14 +172,16 @@ class TrainedRun:
     activation: str
 
 
-def load_trained(run_dir: str | Path) -> TrainedRun:
-    """Read run.json, device.toml and weights.npz of ``run_dir`` (each checked; errors are RunError)."""
+def load_trained(run_dir: str | Path, spiking: bool = False) -> TrainedRun:
+    """Read run.json, device.toml and weights.npz of ``run_dir`` (each checked; errors are RunError); spiking
+    runs are refused unless ``spiking`` (the NIR export reads them)."""
     path = Path(run_dir)
     record = read_run(path)
     if record["config"].get("conv"):
         raise RunError(f"{path} is a conv-net run; export and diagnose handle MLP runs only for now")
-    if record["config"].get("activation") == "loihi-cuba":
-        raise RunError(f"{path} is a spiking run; export and diagnose handle non-spiking MLP runs only for now")
+    if record["config"].get("activation") == "loihi-cuba" and not spiking:
+        raise RunError(f"{path} is a spiking run; export it with --nir (ONNX export and diagnose handle non-spiking "
+                       f"MLP runs)")
     try:
         text = (path / "device.toml").read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):

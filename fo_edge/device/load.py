@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DeviceProfileError
-from .spec import AnalogParams, Arithmetic, Capacity, DeviceProfile, NumberFormat, Overflow, Rounding, SpikingParams
+from .spec import (LOIHI_MAX_WEIGHT_BITS, AnalogParams, Arithmetic, Capacity, DeviceProfile, LoihiWeightFormat,
+                   NumberFormat, Overflow, Rounding, SignMode, SpikingParams)
 
 __all__ = ["load_device", "list_devices", "parse_device", "device_text", "FORMAT_KEYS", "NEURONS"]
 
@@ -46,6 +47,8 @@ _SPIKING = {"du": (int, 0, 4095), "dv": (int, 0, 4095), "threshold": (float, 1e-
             "synapse_bytes_per_core": (int, 1, 1 << 40), "cores_per_chip": (int, 1, 1 << 20),
             "synop_ns": (float, 0.0, 1e9), "syn_update_ns": (float, 0.0, 1e9), "neuron_active_ns": (float, 0.0, 1e9),
             "neuron_inactive_ns": (float, 0.0, 1e9), "barrier_ns": (float, 0.0, 1e12)}
+#: the Dense weight format in [spiking] (optional; Lava's Dense defaults: 8 bits, mixed sign, exponent 0)
+_WEIGHT_FORMAT = {"num_weight_bits": (int, 1, LOIHI_MAX_WEIGHT_BITS), "weight_exp": (int, -8, 7)}
 
 
 def list_devices() -> list[str]:
@@ -192,4 +195,35 @@ def _spiking(origin: str, data: dict, arithmetic: Arithmetic, sources: dict) -> 
         raise _fail(origin, "neuron", "arithmetic = 'fixed' for a loihi-cuba neuron", arithmetic.value)
     if "spiking" not in data:
         raise _fail(origin, "spiking", "a [spiking] table for neuron = 'loihi-cuba'")
-    return SpikingParams(**_section(origin, data, "spiking", _SPIKING, sources))
+    table = dict(data["spiking"])
+    weight_bits = data["formats"].get("weight_bits", {}).get("value") if isinstance(data["formats"], dict) else None
+    if weight_bits != LOIHI_MAX_WEIGHT_BITS + 1:
+        raise _fail(origin, "[formats] weight_bits", f"{LOIHI_MAX_WEIGHT_BITS + 1} for a loihi-cuba neuron (Loihi's "
+                    "9-bit signed weight register; set the precision with [spiking] num_weight_bits and sign_mode)",
+                    weight_bits)
+    fmt = _section(origin, {"spiking": {k: table.pop(k) for k in list(table) if k in _WEIGHT_FORMAT}}, "spiking",
+                   _WEIGHT_FORMAT, sources, required=False)
+    sign = table.pop("sign_mode", None)
+    if sign is not None:
+        fmt["sign_mode"] = _sign_mode(origin, sign, sources)
+    weights = LoihiWeightFormat(**fmt)
+    if weights.grid_hi == 0 and weights.sign_mode is SignMode.MIXED:
+        raise _fail(origin, "[spiking] num_weight_bits", "at least 2 with sign_mode = 'mixed' (1 bit leaves only "
+                    "the weights -256 and 0)", weights.num_weight_bits)
+    return SpikingParams(**_section(origin, {"spiking": table}, "spiking", _SPIKING, sources), weights=weights)
+
+
+def _sign_mode(origin: str, raw: Any, sources: dict) -> SignMode:
+    """[spiking] sign_mode = { value = "mixed" | "excitatory" | "inhibitory", source = "..." }."""
+    where = "spiking.sign_mode"
+    if not isinstance(raw, dict) or set(raw) != {"value", "source"}:
+        raise _fail(origin, where, '{ value = "mixed", source = "<citation>" }', raw)
+    if not isinstance(raw["source"], str) or not raw["source"].strip():
+        raise _fail(origin, where + ".source", "a non-empty citation string", raw["source"])
+    try:
+        mode = SignMode(raw["value"])
+    except ValueError:
+        raise _fail(origin, where + ".value", "one of " + ", ".join(repr(m.value) for m in SignMode),
+                    raw["value"]) from None
+    sources[where] = raw["source"]
+    return mode

@@ -8,8 +8,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-__all__ = ["Arithmetic", "Rounding", "Overflow", "NumberFormat", "Capacity", "AnalogParams", "SpikingParams",
-           "DeviceProfile"]
+__all__ = ["Arithmetic", "Rounding", "Overflow", "NumberFormat", "Capacity", "AnalogParams", "SignMode",
+           "LoihiWeightFormat", "SpikingParams", "DeviceProfile"]
 
 
 class Arithmetic(enum.Enum):
@@ -91,12 +91,73 @@ class AnalogParams:
     max_pulses: int
 
 
+class SignMode(enum.Enum):
+    """Lava's ``SignMode`` of a Dense weight matrix (lava/utils/weightutils.py)."""
+
+    MIXED = "mixed"
+    EXCITATORY = "excitatory"
+    INHIBITORY = "inhibitory"
+
+
+#: Loihi's synaptic weight register: 8 magnitude bits and a sign (lava weightutils ``max_num_weight_bits = 8``)
+LOIHI_MAX_WEIGHT_BITS = 8
+
+
+@dataclass(frozen=True)
+class LoihiWeightFormat:
+    """A Dense weight matrix's format as Lava defines it: ``num_weight_bits`` (1..8) of precision in a 9-bit
+    signed register, ``sign_mode``, and the ``weight_exp`` every accumulated input is shifted by.
+
+    Lava first clips a weight to its sign mode's range (mixed [-256, 255], excitatory [0, 255], inhibitory
+    [-255, 0]), then truncates its ``truncate_bits = 8 - num_weight_bits + [mixed]`` low bits: (w >> k) << k for
+    mixed and excitatory, -((-w >> k) << k) for inhibitory. So the values that exist are multiples of
+    ``step = 2**k`` between ``lo`` and ``hi``; at Lava's default (8, mixed) the even values in [-256, 254].
+    """
+
+    num_weight_bits: int = 8
+    sign_mode: SignMode = SignMode.MIXED
+    weight_exp: int = 0
+
+    @property
+    def truncate_bits(self) -> int:
+        return LOIHI_MAX_WEIGHT_BITS - self.num_weight_bits + (1 if self.sign_mode is SignMode.MIXED else 0)
+
+    @property
+    def step(self) -> int:
+        """The spacing of representable weights, in register LSBs."""
+        return 1 << self.truncate_bits
+
+    @property
+    def grid_lo(self) -> int:
+        """The smallest representable weight in steps (weight = grid value x step)."""
+        if self.sign_mode is SignMode.EXCITATORY:
+            return 0
+        span = (1 << LOIHI_MAX_WEIGHT_BITS) if self.sign_mode is SignMode.MIXED else (1 << LOIHI_MAX_WEIGHT_BITS) - 1
+        return -(span >> self.truncate_bits)
+
+    @property
+    def grid_hi(self) -> int:
+        """The largest representable weight in steps."""
+        if self.sign_mode is SignMode.INHIBITORY:
+            return 0
+        return ((1 << LOIHI_MAX_WEIGHT_BITS) - 1) >> self.truncate_bits
+
+    @property
+    def lo(self) -> int:
+        return self.grid_lo * self.step
+
+    @property
+    def hi(self) -> int:
+        return self.grid_hi * self.step
+
+
 @dataclass(frozen=True)
 class SpikingParams:
     """A spiking device's neurons and time model (``neuron = "loihi-cuba"``): 12-bit decays ``du``, ``dv``
     (0..4095, Lava's scale of 4096), ``threshold`` in real units of the layer's input, ``timesteps`` per sample
     presentation, synaptic ``delay`` in steps; packing (``neurons_per_core``, ``synapse_bytes_per_core``,
-    ``cores_per_chip``) and per-event times in ns with the per-timestep ``barrier_ns``."""
+    ``cores_per_chip``) and per-event times in ns with the per-timestep ``barrier_ns``; ``weights``: the Dense
+    weight format (:class:`LoihiWeightFormat`)."""
 
     du: int
     dv: int
@@ -111,6 +172,7 @@ class SpikingParams:
     neuron_active_ns: float
     neuron_inactive_ns: float
     barrier_ns: float
+    weights: LoihiWeightFormat = LoihiWeightFormat()
 
 
 @dataclass(frozen=True)

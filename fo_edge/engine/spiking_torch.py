@@ -2,7 +2,10 @@
 device path (rules.spiking_binding), with float weights and exact (unrounded) updates.
 
 Per batch: clean run -> counts c_l, logits y, e; second run (FTP: inject -e G^T into layer 1; PEPITA / FOTON:
-input rates clip(x +- e F, 0, 1)); g_l = (c_l - c'_l)^T h_{l-1} / (T^2 B), g_L = e^T c_{L-1} / (T B); W -= lr g.
+input rates clip(x +- e F, 0, 1)); g_l = delta_l^T h_{l-1} / (T^2 B), g_L = e^T c_{L-1} / (T B); W -= lr g, with
+delta_l = c_l - c'_l (hidden_error "spike-count"), (c_l^- - c_l^+) / 2 from a third run with the opposite
+modulation ("central") or 1[c_l + c'_l > 0] (A_l - A'_l), A_l the input integral
+("surrogate"; rules.spiking_binding.HIDDEN_ERRORS).
 FOTON refreshes F = W_L ... W_1 every ``refresh_every`` steps and runs Björck every ``ortho_every`` steps.
 """
 from __future__ import annotations
@@ -29,7 +32,8 @@ __all__ = ["train_spiking_torch"]
 def train_spiking_torch(weights: list[np.ndarray], data: Dataset, rule: str, config, profile: DeviceProfile, *,
                         error: str, lr: float, epochs: int, batch_size: int, seed: int, device: str = "cpu",
                         on_batch: Callable[[int], None] | None = None,
-                        plan: BatchPlan = BatchPlan()) -> tuple[list[np.ndarray], list[dict]]:
+                        plan: BatchPlan = BatchPlan(),
+                        hidden_error: str | None = None) -> tuple[list[np.ndarray], list[dict]]:
     """Train; returns the final weights (float32 numpy) and per-epoch metrics. ``plan``: batches and per-step lr
     (engine.plan)."""
     dev = torch.device(device)
@@ -55,18 +59,29 @@ def train_spiking_torch(weights: list[np.ndarray], data: Dataset, rule: str, con
             lr_step = plan.step_lr(lr, epoch, len(idx), batch_size)
             if is_foton and step % config.refresh_every == 0:
                 proj = projection_torch(ws)
-            y, counts, in_counts = net(x)
+            y, counts, in_counts, acc = net(x)
             e = output_error_torch(y, t, error, temperature)
             if rule == "ftp":
-                _, counts_m, in_m = net(x, inject=ftp_signal(config, t, e, y, proj))
+                inject = ftp_signal(config, t, e, y, proj)
+                _, counts_m, in_m, acc_m = net(x, inject=inject)
+                if hidden_error == "central":
+                    counts_n = net(x, inject=-inject)[1]
             else:
                 sign = 1.0 if rule == "pepita" else -1.0
-                _, counts_m, in_m = net(torch.clamp(x + sign * (e @ proj), 0.0, 1.0))
+                _, counts_m, in_m, acc_m = net(torch.clamp(x + sign * (e @ proj), 0.0, 1.0))
+                if hidden_error == "central":
+                    counts_n = net(torch.clamp(x - sign * (e @ proj), 0.0, 1.0))[1]
             n = len(idx)
             hins = [in_m if rule == "pepita" else in_counts] + [
                 (counts_m if rule == "pepita" else counts)[l] for l in range(len(ws) - 1)]
             for l in range(len(ws) - 1):
-                ws[l].sub_(lr_step * (counts[l] - counts_m[l]).T @ hins[l] / (steps_t ** 2 * n))
+                if hidden_error == "central":
+                    delta = (counts_n[l] - counts_m[l]) / 2
+                elif hidden_error == "surrogate":
+                    delta = torch.where(counts[l] + counts_m[l] > 0, acc[l] - acc_m[l], 0.0)
+                else:
+                    delta = counts[l] - counts_m[l]
+                ws[l].sub_(lr_step * delta.T @ hins[l] / (steps_t ** 2 * n))
             ws[-1].sub_(lr_step * e.T @ hins[-1] / (steps_t * n))
             step += 1
             if is_foton and config.ortho_every and step % config.ortho_every == 0:

@@ -46,7 +46,7 @@ StreamStopped = TrainingStopped  # what train_stream raises, with a StreamOutcom
 
 
 def plan_memory(dims, profile: DeviceProfile, rule: str, batch_size: int, schedule: str = "stream",
-                ortho: bool = True) -> MemoryArena:
+                ortho: bool = True, hidden_error: str | None = None) -> MemoryArena:
     """Allocate exactly what a training run would, and return the arena (raises DeviceMemoryError)."""
     arena = MemoryArena(profile.capacity.sram_bytes, profile.capacity.flash_bytes)
     weights = [np.zeros((int(b), int(a)), dtype=np.float32) for a, b in zip(dims[:-1], dims[1:])]
@@ -54,7 +54,7 @@ def plan_memory(dims, profile: DeviceProfile, rule: str, batch_size: int, schedu
         w.flat[0] = 1.0  # calibration needs a nonzero peak
     to_device(weights, profile, arena)
     if profile.spiking is not None:
-        allocate_spiking(arena, profile, dims, batch_size, rule)
+        allocate_spiking(arena, profile, dims, batch_size, rule, hidden_error or "spike-count")
     else:
         allocate_buffers(arena, profile, dims, batch_size, rule, schedule, ortho)
     return arena
@@ -85,13 +85,14 @@ def train_stream(weights: list[np.ndarray], data: Dataset, rule: str, config, pr
                  schedule: str = "stream", on_batch: Callable[[int], None] | None = None,
                  health: HealthConfig | None = None, checkpoint_every: int = 0,
                  on_checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None,
-                 plan: BatchPlan = BatchPlan()) -> StreamOutcome:
+                 plan: BatchPlan = BatchPlan(), hidden_error: str | None = None) -> StreamOutcome:
     """Train on the device model; see the module docstring.
 
     Every ``checkpoint_every`` steps (and after each epoch's evaluation) ``on_checkpoint(state)`` gets the full
     state as arrays (weights, RNG, counters, FOTON's F, position, history); ``resume=state`` continues from
     one, bit-identically. A numeric-health stop raises :class:`StreamStopped` carrying the partial outcome.
-    ``plan``: the batches and the per-step lr (engine.plan).
+    ``plan``: the batches and the per-step lr (engine.plan). ``hidden_error``: a spiking device's hidden error
+    (rules.spiking_binding.HIDDEN_ERRORS; None: spike counts).
     """
     arena = MemoryArena(profile.capacity.sram_bytes, profile.capacity.flash_bytes)
     net = to_device(weights, profile, arena)
@@ -99,7 +100,7 @@ def train_stream(weights: list[np.ndarray], data: Dataset, rule: str, config, pr
     ortho = is_foton and config.ortho_every > 0
     spiking = profile.spiking is not None
     if spiking:
-        bufs = allocate_spiking(arena, profile, net.dims, batch_size, rule)
+        bufs = allocate_spiking(arena, profile, net.dims, batch_size, rule, hidden_error or "spike-count")
         refresh_feedback(rule, config, net, bufs)
     else:
         bufs = allocate_buffers(arena, profile, net.dims, batch_size, rule, schedule, ortho)

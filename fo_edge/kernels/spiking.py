@@ -7,7 +7,9 @@ floor-ish x T times in T steps); then for each layer l = 1..L the spikes of laye
 through W_l (event driven) and delivered at t + ``delay`` (Lava Dense's one-step synaptic delay); hidden
 layers are CUBA-LIF neurons and count their spikes; the output layer is a non-spiking integrator whose
 accumulated input is the readout (logits = out_acc / (T 2**w_frac)). Optional ``inject`` (B, d_1) adds a
-constant synaptic input to layer 1 every timestep (FTP's target pass).
+constant synaptic input to layer 1 every timestep (FTP's target pass). Optional ``in_acc`` (B, sum of hidden d_l)
+integrates each hidden neuron's synaptic input over the presentation (after the delay and the injection: the
+sum of the u increments, as a non-spiking second compartment would), for the surrogate hidden error.
 
 State kept: u, v, the pending (delayed) input and a spike count per neuron, and the input phases: nothing
 per timestep is stored. Counters go to C[phase, l] (layer l's synapses and neurons) and C[phase, L]
@@ -26,12 +28,12 @@ PHASE_ONE = 256  # input rate code: 8-bit intensities
 
 @njit(cache=True)
 def spiking_pass_(x_q, steps, w, dims, offs, wexp, vth_eff, du, dv, delay, inject, phase_buf, spk, u, v,
-                  pending, a_buf, counts, in_counts, out_acc, nnz, C, phase):
+                  pending, a_buf, counts, in_counts, out_acc, in_acc, nnz, C, phase):
     """Run the net on x_q (B, d_0) int64 intensities in [0, 256] for ``steps`` timesteps.
 
     Flat per-neuron buffers cover layers 1..L, layer l's B x d_l block at the sum of the earlier layers'
     blocks: spk, u, v (hidden layers), pending, a_buf (all layers); counts (B, sum of hidden d_l) spike
-    counts, in_counts (B, d_0) input spike counts, out_acc (B, d_L). wexp, vth_eff: per layer; nnz: the
+    counts, in_counts (B, d_0) input spike counts, out_acc (B, d_L), in_acc (B, sum of hidden d_l) or (0, 0). wexp, vth_eff: per layer; nnz: the
     layers' nonzero-per-input counts, concatenated (layer l's at the sum of earlier d_in); delay: 0 or 1.
     Samples are independent presentations, simulated one after the other (each with its own counter rows,
     summed at the end). A sample-parallel loop (prange) was measured slower on this 2-vCPU machine for
@@ -54,9 +56,12 @@ def spiking_pass_(x_q, steps, w, dims, offs, wexp, vth_eff, du, dv, delay, injec
     local = np.zeros((batch, n_layers, C.shape[2]), dtype=np.int64)
     s_in = np.zeros((batch, d0), dtype=np.int64)  # simulator view of this step's input spikes
     acc = np.zeros((batch, dims[1:].max()), dtype=np.int32)  # per-sample dendritic accumulators
+    integrate = in_acc.shape[0] > 0
     for b in range(batch):
         phase_buf[b, :] = 0
         counts[b, :] = 0
+        if integrate:
+            in_acc[b, :] = 0
         in_counts[b, :] = 0
         out_acc[b, :] = 0
         for l in range(n_layers):
@@ -96,6 +101,9 @@ def spiking_pass_(x_q, steps, w, dims, offs, wexp, vth_eff, du, dv, delay, injec
                     lif_int_step_(u[lo:lo + d_out], v[lo:lo + d_out], arrive[0], du, dv, vth_eff[l], 0, s_out, row)
                     for i in range(d_out):
                         counts[b, hoff[l] + i] += s_out[i]
+                    if integrate:
+                        for i in range(d_out):
+                            in_acc[b, hoff[l] + i] += arrive[0, i]
                     src = s_out.reshape((1, d_out))
                 else:
                     for i in range(d_out):

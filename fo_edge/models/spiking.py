@@ -20,7 +20,8 @@ PHASE_ONE = 256  # as kernels.spiking: 8-bit input intensities
 
 class SpikingMLP(torch.nn.Module):
     """forward(x: (B, d_0) in [0, 1], inject=None) -> (logits (B, d_L), counts: list of (B, d_l) per hidden
-    layer, input counts (B, d_0)); ``inject`` (B, d_1) is added to layer 1's input every timestep."""
+    layer, input counts (B, d_0), input integrals: list of (B, d_l) per hidden layer, the synaptic input summed
+    over the presentation); ``inject`` (B, d_1) is added to layer 1's input every timestep."""
 
     def __init__(self, weights: list[torch.Tensor], sp: SpikingParams):
         super().__init__()
@@ -39,6 +40,7 @@ class SpikingMLP(torch.nn.Module):
         mems = [lif.init_leaky() for lif in self.neurons]
         pending = [torch.zeros(batch, w.shape[0], dtype=x.dtype, device=x.device) for w in ws]
         counts = [torch.zeros(batch, w.shape[0], dtype=x.dtype, device=x.device) for w in ws[:-1]]
+        integrals = [torch.zeros_like(c) for c in counts]
         in_counts = torch.zeros_like(x)
         out = torch.zeros(batch, ws[-1].shape[0], dtype=x.dtype, device=x.device)
         for _ in range(sp.timesteps):
@@ -54,8 +56,9 @@ class SpikingMLP(torch.nn.Module):
                 if l == 0 and inject is not None:
                     current = current + inject
                 if l < len(ws) - 1:
+                    integrals[l] += current
                     src, mems[l] = self.neurons[l](current, mems[l])
                     counts[l] += src
                 else:
                     out += current
-        return out / sp.timesteps, counts, in_counts
+        return out / sp.timesteps, counts, in_counts, integrals

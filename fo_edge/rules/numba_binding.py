@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..accounting.memory import MemoryArena
+from ..device.loihi_weights import from_steps, quantize_to_format, to_steps
 from ..device.spec import DeviceProfile, NumberFormat
 from ..errors import ConfigError
 from ..kernels.activations import ACTIVATION_CODES
@@ -104,7 +105,9 @@ def to_device(weights: list[np.ndarray], profile: DeviceProfile, arena: MemoryAr
     rng = new_state(0)
     for l, w in enumerate(weights):
         chunk = flat[offs[l]:offs[l + 1]]
-        if quantized:
+        if quantized and profile.spiking is not None:  # Loihi: the Dense weight format (device.loihi_weights)
+            chunk[:] = quantize_to_format(np.asarray(w).ravel(), float(2 ** int(fracs[l])), profile.spiking.weights)[0]
+        elif quantized:
             quantize_array(np.ascontiguousarray(w, dtype=np.float64).ravel(), float(2 ** int(fracs[l])),
                            profile.weight.qmin, profile.weight.qmax, 0, rng, chunk, counters, SATURATION)
         else:
@@ -362,8 +365,23 @@ def orthogonalize(net: DeviceNet, profile: DeviceProfile, iters: int, counters, 
     """Björck on every layer, in place (counted in the orthogonalize phase); returns the iterations each ran
     (``tol``: kernels.orth.bjorck_)."""
     params = make_params(profile, "identity", "mse")
-    return [int(bjorck_(net.w, net.offs[l], net.dims[l + 1], net.dims[l], net.w_one[l], iters, params, rng,
-                        counters[ORTHOGONALIZE, l], float(tol))) for l in range(net.n_layers)]
+    fmt = profile.spiking.weights if profile.spiking is not None else None
+    if fmt is None:
+        return [int(bjorck_(net.w, net.offs[l], net.dims[l + 1], net.dims[l], net.w_one[l], iters, params, rng,
+                            counters[ORTHOGONALIZE, l], float(tol))) for l in range(net.n_layers)]
+    # Loihi: iterate on the format's step counts, so every written weight is representable (device.loihi_weights)
+    params = params._replace(w_lo=np.int64(fmt.grid_lo), w_hi=np.int64(fmt.grid_hi))
+    used = []
+    for l in range(net.n_layers):
+        chunk = net.w[net.offs[l]:net.offs[l + 1]]
+        to_steps(chunk, fmt)
+        try:
+            used.append(int(bjorck_(net.w, net.offs[l], net.dims[l + 1], net.dims[l],
+                                    np.int64(max(int(net.w_one[l]) >> fmt.truncate_bits, 1)), iters, params, rng,
+                                    counters[ORTHOGONALIZE, l], float(tol))))
+        finally:
+            from_steps(chunk, fmt)
+    return used
 
 
 def quantize_input(x: np.ndarray, profile: DeviceProfile, out: np.ndarray, counters, rng) -> np.ndarray:

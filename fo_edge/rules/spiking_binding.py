@@ -2,9 +2,10 @@
 T timesteps on the bit-accurate CUBA-LIF model (kernels.spiking), activities are spike counts, and the weight
 updates are applied once per learning epoch (one batch of presentations) in the device's weight format.
 
-Weights are 8-bit mantissas + sign with a per-layer power-of-two scale 2**w_frac (rules.numba_binding.to_device,
-calibrated once); the per-layer scale is carried by the threshold, vth = threshold * 2**w_frac, so Lava's
-weight_exp stays 0 (kernels.lif supports any). A hidden layer's activity is its spike count c_l (0..T), the
+Weights live in the profile's Lava Dense format (device.loihi_weights: at the default, 8 bits including the
+sign, i.e. even values in [-256, 254]) with a per-layer power-of-two scale 2**w_frac (rules.numba_binding.to_device,
+calibrated once); the per-layer scale is carried by the threshold, vth = threshold * 2**(w_frac + weight_exp),
+and every accumulated input is shifted by the profile's weight_exp as Lava's Dense does. A hidden layer's activity is its spike count c_l (0..T), the
 input's is its input spike count, and the output is a non-spiking integrator: logits = sum of its input over the
 presentation / (T 2**w_frac). With e = softmax(y / temp) - t (or y - t), each rule's second pass is:
   ftp     layer 1 receives the constant extra input -e G^T (label mode: + t G^T) every timestep; targets are the
@@ -12,18 +13,19 @@ presentation / (T 2**w_frac). With e = softmax(y / temp) - t (or y - t), each ru
   pepita  the input rates become clip(x + e F, 0, 1)
   foton   the input rates become clip(x - e F, 0, 1), F = W_L ... W_1 (refreshed every refresh_every steps from
           the device's weights; Björck every ortho_every steps as on the non-spiking path)
-and the updates, formed from integer counts and rounded stochastically into the weights (the learning engine's
-widened register, DEVICES.md 1.6), are g_l = (c_l - c'_l)^T h_{l-1} / (T^2 B) with h_{l-1} the clean pass's counts
+and the updates, formed from integer counts and rounded stochastically at the format's step into the weights (the
+learning engine's widened register, DEVICES.md 1.6; then the format's truncation, which leaves nothing), are g_l = (c_l - c'_l)^T h_{l-1} / (T^2 B) with h_{l-1} the clean pass's counts
 (pepita: the modulated pass's), and g_L = e^T c_{L-1} / (T B).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..accounting.memory import MemoryArena
+from ..device.loihi_weights import from_steps, to_steps
 from ..device.spec import DeviceProfile
 from ..errors import ConfigError
 from ..kernels.counters import FORWARD, INFERENCE, MODULATED, UPDATE
@@ -34,20 +36,30 @@ from .ftp import FTPConfig, ftp_feedback, ftp_signal
 from .numba_binding import DeviceNet, from_device, step_scale
 from .pepita import PEPITAConfig, pepita_feedback
 
-__all__ = ["SPIKING_RULES", "SPIKING_ACTIVATION", "SPIKING_DEFAULT_LR", "SpikingBuffers", "allocate_spiking",
+__all__ = ["HIDDEN_ERRORS", "SPIKING_RULES", "SPIKING_ACTIVATION", "SPIKING_DEFAULT_LR", "SpikingBuffers", "allocate_spiking",
            "spiking_forward", "spiking_step", "spiking_predict", "layer_cores", "thresholds", "refresh_feedback"]
 
 SPIKING_RULES = ("ftp", "pepita", "foton")
 #: learning rates ``fo-edge simulate`` uses on a spiking device when --lr is not given (rate-coded counts make
 #: the updates smaller than on the float path); measured on 784-256-10 (6,000 MNIST samples) and 784-500-10 (README)
 SPIKING_DEFAULT_LR = {"ftp": 0.1, "pepita": 0.1, "foton": 0.1}
+#: how a hidden layer's error is formed on a spiking device: "spike-count" c_l - c'_l (the rate difference of the
+#: two passes), "central" (c_l^- - c_l^+) / 2 from a third pass with the opposite modulation (a central
+#: difference: the rectifying neurons' second-order bias cancels, at 1.5x the passes), or "surrogate" 1[c_l + c'_l > 0] (A_l - A'_l) / 2**(w_frac + weight_exp), A_l the neuron's
+#: synaptic input integrated over the presentation (a ReLU-like derivative of the rate times the input's change)
+HIDDEN_ERRORS = ("spike-count", "central", "surrogate")
 #: what run.json records as the activation of a spiking run (the neurons are the nonlinearity)
 SPIKING_ACTIVATION = "loihi-cuba"
 
 
+def input_scale(net: DeviceNet, profile: DeviceProfile) -> np.ndarray:
+    """Per layer, the integer value of a real input of 1 after the Dense shift: 2**(w_frac + weight_exp)."""
+    return net.w_one.astype(np.float64) * 2.0 ** profile.spiking.weights.weight_exp
+
+
 def thresholds(net: DeviceNet, profile: DeviceProfile) -> np.ndarray:
-    """vth_eff = round(threshold * 2**w_frac) << 6 per layer, checked against Lava's 17-bit vth field."""
-    vth = np.rint(profile.spiking.threshold * net.w_one.astype(np.float64)).astype(np.int64)
+    """vth_eff = round(threshold * 2**(w_frac + weight_exp)) << 6 per layer, checked against Lava's 17-bit vth."""
+    vth = np.rint(profile.spiking.threshold * input_scale(net, profile)).astype(np.int64)
     if int(vth.max()) >= 1 << 17 or int(vth.min()) < 1:
         raise ConfigError(f"device {profile.id}: threshold x 2^weight_frac = {int(vth.max())} does not fit "
                           "Loihi's 17-bit vth; lower weight_frac_bits or the threshold")
@@ -79,10 +91,26 @@ class SpikingBuffers:
     out_acc: np.ndarray
     e: np.ndarray
     proj: np.ndarray
+    in_acc: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))
+    in_acc_m: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))
+    counts_n: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))
+    in_counts_n: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))
+
+    @property
+    def central(self) -> bool:
+        """Whether a third pass with the opposite modulation runs (hidden error "central")."""
+        return self.counts_n.shape[0] > 0
+
+    @property
+    def surrogate(self) -> bool:
+        """Whether the hidden error is the surrogate one (HIDDEN_ERRORS), i.e. input integrals are kept."""
+        return self.in_acc.shape[0] > 0
 
 
-def allocate_spiking(arena: MemoryArena, profile: DeviceProfile, dims, batch: int, rule: str) -> SpikingBuffers:
-    """Everything a step needs, from ``arena`` (DeviceMemoryError with the breakdown when it cannot fit)."""
+def allocate_spiking(arena: MemoryArena, profile: DeviceProfile, dims, batch: int, rule: str,
+                     hidden_error: str = "spike-count") -> SpikingBuffers:
+    """Everything a step needs, from ``arena`` (DeviceMemoryError with the breakdown when it cannot fit);
+    ``hidden_error = "surrogate"`` adds the two passes' input integrals (24-bit, per hidden neuron and sample)."""
     dims = [int(d) for d in dims]
     neurons = batch * sum(dims[1:])
     state = profile.activation.bytes_per_value  # 24-bit u, v and dendritic accumulators
@@ -107,6 +135,13 @@ def allocate_spiking(arena: MemoryArena, profile: DeviceProfile, dims, batch: in
         out_acc=alloc("output_accumulator", (batch, dims[-1]), "activations", 4),
         e=alloc("output_error", (batch, dims[-1]), "errors", profile.error.bytes_per_value),
         proj=np.zeros((0, 0)))
+    if hidden_error == "central":
+        bufs.counts_n = alloc("spike_counts_third_pass", (batch, max(sum(dims[1:-1]), 1)), "activations", count_bytes)
+        bufs.in_counts_n = alloc("input_counts_third_pass", (batch, dims[0]), "activations", count_bytes)
+    if hidden_error == "surrogate":
+        hidden = (batch, max(sum(dims[1:-1]), 1))
+        bufs.in_acc = alloc("input_integral", hidden, "activations", state)
+        bufs.in_acc_m = alloc("input_integral_second_pass", hidden, "activations", state)
     if rule == "ftp":
         bufs.proj = arena.alloc("feedback_G", (dims[1], dims[-1]), np.float64, "projection", 2)
     elif rule in ("pepita", "foton"):
@@ -124,21 +159,22 @@ def _mats(net: DeviceNet):
 
 
 def spiking_forward(net: DeviceNet, bufs: SpikingBuffers, profile: DeviceProfile, x: np.ndarray, C, phase: int,
-                    inject: np.ndarray | None = None, second: bool = False) -> np.ndarray:
+                    inject: np.ndarray | None = None, second: bool = False, third: bool = False) -> np.ndarray:
     """One presentation of x (n, d_0) float in [0, 1]; returns the logits (n, d_L) float64. Spike counts land in
-    bufs.counts / in_counts (bufs.counts_m / in_counts_m when ``second``)."""
+    bufs.counts / in_counts (bufs.counts_m / in_counts_m when ``second``, counts_n / in_counts_n when ``third``)."""
     sp = profile.spiking
     n = x.shape[0]
     x_q = np.clip(np.rint(np.asarray(x, dtype=np.float64) * PHASE_ONE), 0, PHASE_ONE).astype(np.int64)
-    counts = (bufs.counts_m if second else bufs.counts)[:n]
-    in_counts = (bufs.in_counts_m if second else bufs.in_counts)[:n]
+    counts = (bufs.counts_n if third else bufs.counts_m if second else bufs.counts)[:n]
+    in_counts = (bufs.in_counts_n if third else bufs.in_counts_m if second else bufs.in_counts)[:n]
     size = n * int(net.dims[1:].sum())
     inj = np.zeros((0, 0), dtype=np.int64) if inject is None else inject
-    spiking_pass_(x_q, sp.timesteps, net.w, net.dims, net.offs, np.zeros(net.n_layers, dtype=np.int64),
+    in_acc = (bufs.in_acc_m if second or third else bufs.in_acc)[:n]
+    spiking_pass_(x_q, sp.timesteps, net.w, net.dims, net.offs, np.full(net.n_layers, sp.weights.weight_exp, dtype=np.int64),
                   thresholds(net, profile), sp.du, sp.dv, sp.delay, inj, bufs.phase[:n], bufs.spk[:size],
                   bufs.u[:size], bufs.v[:size], bufs.pending[:size], bufs.a_buf[:size], counts, in_counts,
-                  bufs.out_acc[:n], _nnz(net), C, phase)
-    return bufs.out_acc[:n] / (sp.timesteps * float(net.w_one[-1]))
+                  bufs.out_acc[:n], in_acc if bufs.surrogate else bufs.in_acc, _nnz(net), C, phase)
+    return bufs.out_acc[:n] / (sp.timesteps * float(input_scale(net, profile)[-1]))
 
 
 def _error(y: np.ndarray, t: np.ndarray, error: str, temperature: float) -> np.ndarray:
@@ -162,29 +198,57 @@ def spiking_step(rule: str, config, net: DeviceNet, bufs: SpikingBuffers, profil
     e_real = e_q / e_one
     if rule == "ftp":
         current = ftp_signal(config, t, e_real, y, bufs.proj)
-        inject = np.rint(current * float(net.w_one[0])).astype(np.int64)
+        inject = np.rint(current * float(input_scale(net, profile)[0])).astype(np.int64)
         spiking_forward(net, bufs, profile, x, C, MODULATED, inject=inject, second=True)
+        if bufs.central:
+            spiking_forward(net, bufs, profile, x, C, MODULATED, inject=-inject, third=True)
     else:
         sign = 1.0 if rule == "pepita" else -1.0
-        spiking_forward(net, bufs, profile, np.clip(x + sign * (e_real @ bufs.proj), 0.0, 1.0), C, MODULATED,
-                        second=True)
+        shift = sign * (e_real @ bufs.proj)
+        spiking_forward(net, bufs, profile, np.clip(x + shift, 0.0, 1.0), C, MODULATED, second=True)
+        if bufs.central:
+            spiking_forward(net, bufs, profile, np.clip(x - shift, 0.0, 1.0), C, MODULATED, third=True)
     hoff = np.concatenate([[0], np.cumsum(dims[1:-1])]).astype(np.int64)
-    g_out = np.zeros(0)
+    scales = input_scale(net, profile)
     for l in range(L - 1):
-        delta = bufs.counts[:n, hoff[l]:hoff[l + 1]] - bufs.counts_m[:n, hoff[l]:hoff[l + 1]]
+        span = slice(hoff[l], hoff[l + 1])
+        delta = bufs.counts[:n, span] - bufs.counts_m[:n, span]
+        scale = lr / n * float(net.w_one[l]) / T ** 2
+        if bufs.central:  # (c_l^- - c_l^+) / 2: the opposite modulation's counts against the second pass's
+            delta = bufs.counts_n[:n, span] - bufs.counts_m[:n, span]
+            scale /= 2.0
+        elif bufs.surrogate:  # gate x (input integral difference), in the input's integer units
+            active = (bufs.counts[:n, span] + bufs.counts_m[:n, span]) > 0
+            delta = np.where(active, bufs.in_acc[:n, span] - bufs.in_acc_m[:n, span], 0)
+            scale /= float(scales[l])
         if l == 0:
             hin = bufs.in_counts_m[:n] if rule == "pepita" else bufs.in_counts[:n]
         else:
             src = bufs.counts_m if rule == "pepita" else bufs.counts
             hin = src[:n, hoff[l - 1]:hoff[l]]
-        mul, div = step_scale(lr / n * float(net.w_one[l]) / T ** 2)
-        outer_update_(net.w, net.offs[l], dims[l + 1], dims[l], np.ascontiguousarray(delta),
-                      np.ascontiguousarray(hin), mul, div, 0.0, params, C[UPDATE, l], rng, g_out)
+        _update_layer(net, l, delta, hin, scale, profile, params, C, rng)
     last = (bufs.counts_m if rule == "pepita" else bufs.counts)[:n, hoff[L - 2]:hoff[L - 1]] if L > 1 \
         else bufs.in_counts[:n]
-    mul, div = step_scale(lr / n * float(net.w_one[L - 1]) / (e_one * T))
-    outer_update_(net.w, net.offs[L - 1], dims[L], dims[L - 1], np.ascontiguousarray(e_q.astype(np.int64)),
-                  np.ascontiguousarray(last), mul, div, 0.0, params, C[UPDATE, L - 1], rng, g_out)
+    _update_layer(net, L - 1, e_q.astype(np.int64), last, lr / n * float(net.w_one[L - 1]) / (e_one * T), profile,
+                  params, C, rng)
+
+
+def _update_layer(net: DeviceNet, l: int, delta: np.ndarray, hin: np.ndarray, scale: float,
+                  profile: DeviceProfile, params: Params, C, rng) -> None:
+    """W_l -= round(scale * delta^T hin) in the profile's weight format: the layer's weights become step counts
+    (multiples of 2**k -> integers), the update kernel rounds stochastically at one step and saturates to the
+    format's range in steps, and the counts become weights again (device.loihi_weights)."""
+    fmt = profile.spiking.weights
+    chunk = net.w[net.offs[l]:net.offs[l + 1]]
+    mul, div = step_scale(scale / fmt.step)
+    to_steps(chunk, fmt)
+    try:
+        outer_update_(net.w, net.offs[l], int(net.dims[l + 1]), int(net.dims[l]), np.ascontiguousarray(delta),
+                      np.ascontiguousarray(hin), mul, div, 0.0,
+                      params._replace(w_lo=np.int64(fmt.grid_lo), w_hi=np.int64(fmt.grid_hi)), C[UPDATE, l], rng,
+                      np.zeros(0))
+    finally:
+        from_steps(chunk, fmt)
 
 
 def refresh_feedback(rule: str, config, net: DeviceNet, bufs: SpikingBuffers) -> None:
