@@ -36,7 +36,7 @@ from .ftp import FTPConfig, ftp_feedback, ftp_signal
 from .numba_binding import DeviceNet, from_device, step_scale
 from .pepita import PEPITAConfig, pepita_feedback
 
-__all__ = ["HIDDEN_ERRORS", "SPIKING_RULES", "SPIKING_ACTIVATION", "SPIKING_DEFAULT_LR", "SpikingBuffers", "allocate_spiking",
+__all__ = ["HIDDEN_ERRORS", "hidden_delta", "SPIKING_RULES", "SPIKING_ACTIVATION", "SPIKING_DEFAULT_LR", "SpikingBuffers", "allocate_spiking",
            "spiking_forward", "spiking_step", "spiking_predict", "layer_cores", "thresholds", "refresh_feedback"]
 
 SPIKING_RULES = ("ftp", "pepita", "foton")
@@ -211,16 +211,8 @@ def spiking_step(rule: str, config, net: DeviceNet, bufs: SpikingBuffers, profil
     hoff = np.concatenate([[0], np.cumsum(dims[1:-1])]).astype(np.int64)
     scales = input_scale(net, profile)
     for l in range(L - 1):
-        span = slice(hoff[l], hoff[l + 1])
-        delta = bufs.counts[:n, span] - bufs.counts_m[:n, span]
-        scale = lr / n * float(net.w_one[l]) / T ** 2
-        if bufs.central:  # (c_l^- - c_l^+) / 2: the opposite modulation's counts against the second pass's
-            delta = bufs.counts_n[:n, span] - bufs.counts_m[:n, span]
-            scale /= 2.0
-        elif bufs.surrogate:  # gate x (input integral difference), in the input's integer units
-            active = (bufs.counts[:n, span] + bufs.counts_m[:n, span]) > 0
-            delta = np.where(active, bufs.in_acc[:n, span] - bufs.in_acc_m[:n, span], 0)
-            scale /= float(scales[l])
+        delta, factor = hidden_delta(bufs, slice(hoff[l], hoff[l + 1]), n, float(scales[l]))
+        scale = lr / n * float(net.w_one[l]) / T ** 2 * factor
         if l == 0:
             hin = bufs.in_counts_m[:n] if rule == "pepita" else bufs.in_counts[:n]
         else:
@@ -231,6 +223,18 @@ def spiking_step(rule: str, config, net: DeviceNet, bufs: SpikingBuffers, profil
         else bufs.in_counts[:n]
     _update_layer(net, L - 1, e_q.astype(np.int64), last, lr / n * float(net.w_one[L - 1]) / (e_one * T), profile,
                   params, C, rng)
+
+
+def hidden_delta(bufs: SpikingBuffers, span: slice, n: int, input_scale_l: float) -> tuple[np.ndarray, float]:
+    """A hidden layer's integer error (n, d_l) and the factor that turns it into spike-count units
+    (HIDDEN_ERRORS): spike-count c - c' (1); central c^- - c^+ (1/2); surrogate
+    1[c + c' > 0] (A - A') (1 / 2**(w_frac + weight_exp), ``input_scale_l``)."""
+    if bufs.central:
+        return bufs.counts_n[:n, span] - bufs.counts_m[:n, span], 0.5
+    if bufs.surrogate:
+        active = (bufs.counts[:n, span] + bufs.counts_m[:n, span]) > 0
+        return np.where(active, bufs.in_acc[:n, span] - bufs.in_acc_m[:n, span], 0), 1.0 / input_scale_l
+    return bufs.counts[:n, span] - bufs.counts_m[:n, span], 1.0
 
 
 def _update_layer(net: DeviceNet, l: int, delta: np.ndarray, hin: np.ndarray, scale: float,
