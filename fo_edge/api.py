@@ -26,7 +26,8 @@ from .models.conv import is_conv_spec, parse_conv_spec
 from .models.mlp import ACTIVATIONS, INITS, init_weights, parse_model_spec
 from .rules import BACKENDS, RULES, rule_config
 from .rules.base import ERRORS
-from .rules.spiking_binding import HIDDEN_ERRORS, SPIKING_ACTIVATION, SPIKING_DEFAULT_LR, SPIKING_RULES
+from .rules.spiking_binding import (HIDDEN_ERRORS, SPIKING_ACTIVATION, SPIKING_DEFAULT_HIDDEN_ERROR,
+                                    SPIKING_DEFAULT_LR, SPIKING_DEFAULT_MODEL, SPIKING_RULES)
 from .runs import (SCHEMA_VERSION, load_checkpoint, package_versions, prepare_run_dir, read_run, save_checkpoint,
                    save_weights, write_file_atomic, write_json_atomic)
 
@@ -34,10 +35,15 @@ __all__ = ["SimulateConfig", "SimulateResult", "simulate", "default_run_dir", "e
            "DemoResult", "demo", "DEMO_MODEL", "diagnose"]
 
 
+#: the model ``fo-edge simulate`` trains when --model is not given (spiking devices: SPIKING_DEFAULT_MODEL)
+DEFAULT_MODEL = "784-256-256-10"
+
+
 @dataclass(frozen=True)
 class SimulateConfig:
     """Everything a run needs. ``backend=None`` picks torch for float devices and numba otherwise;
-    ``lr=None`` / ``activation=None`` take the rule's defaults; ``limit`` caps the number of training (and test) samples; ``schedule`` is the Numba path's
+    ``lr=None`` / ``activation=None`` take the rule's defaults; ``model=None`` is DEFAULT_MODEL (spiking
+    devices: rules.spiking_binding.SPIKING_DEFAULT_MODEL), ``hidden_error=None`` SPIKING_DEFAULT_HIDDEN_ERROR; ``limit`` caps the number of training (and test) samples; ``schedule`` is the Numba path's
     ``stream`` (no stored activations, 3 passes) or ``store`` (2 passes, pass-1 activations kept);
     ``checkpoint_every`` steps between checkpoints (0: none); ``on_unhealthy`` "stop" or "warn", with
     ``saturation_limit`` and ``stall_steps`` the health thresholds (engine.health)."""
@@ -46,7 +52,7 @@ class SimulateConfig:
     device: str = "loihi-like"
     dataset: str = "mnist"
     data_dir: str | None = None
-    model: str = "784-256-256-10"
+    model: str | None = None
     activation: str | None = None
     error: str = "ce"
     epochs: int = 1
@@ -154,7 +160,7 @@ def _validate(config: SimulateConfig) -> tuple[SimulateConfig, DeviceProfile, tu
         if config.normalize != "none":
             raise ConfigError(f"{device.id} rate-codes pixel intensities in [0, 1]: --normalize {config.normalize} "
                               f"does not apply to spiking devices")
-        hidden_error = config.hidden_error or HIDDEN_ERRORS[0]
+        hidden_error = config.hidden_error or SPIKING_DEFAULT_HIDDEN_ERROR
         if hidden_error not in HIDDEN_ERRORS:
             raise ConfigError(f"--hidden-error must be one of {', '.join(HIDDEN_ERRORS)}, got {hidden_error!r}")
     elif config.hidden_error is not None:
@@ -249,6 +255,9 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
         config, checkpoint = _resume_config(resume)
     else:
         config = dataclasses.replace(config or SimulateConfig(), **overrides)
+    if config.model is None:
+        spiking = load_device(config.device).spiking is not None
+        config = dataclasses.replace(config, model=SPIKING_DEFAULT_MODEL if spiking else DEFAULT_MODEL)
     if is_conv_spec(config.model):
         return _simulate_conv(config, on_batch, on_start)
     config, device, dims, rcfg, backend = _validate(config)

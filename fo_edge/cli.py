@@ -22,7 +22,7 @@ from .models.mlp import ACTIVATIONS, INITS
 from .engine.plan import BATCH_DIVISORS
 from .recipe import list_recipes, load_recipe, recipe_settings
 from .rules import BACKENDS, RULES
-from .rules.spiking_binding import HIDDEN_ERRORS
+from .rules.spiking_binding import HIDDEN_ERRORS, SPIKING_DEFAULT_HIDDEN_ERROR, SPIKING_DEFAULT_MODEL
 
 __all__ = ["main", "cli"]
 
@@ -107,7 +107,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--device", default="loihi-like", show_default=True, help="Device id (see `fo-edge devices`) or a .toml path.")
 @click.option("--dataset", type=click.Choice(DATASETS), default="mnist", show_default=True)
 @click.option("--data-dir", type=click.Path(), default=None, help="A directory of IDX files instead of --dataset.")
-@click.option("--model", default="784-256-256-10", show_default=True, help="Widths, e.g. 784-256x12-10; or conv channels then classes, e.g. c16-c32-10 (FOTON/BP).")
+@click.option("--model", default=None,
+              help=f"Widths, e.g. 784-256x12-10; or conv channels then classes, e.g. c16-c32-10 (FOTON/BP). Default: "
+                   f"{api.DEFAULT_MODEL}; spiking devices {SPIKING_DEFAULT_MODEL}.")
 @click.option("--activation", type=click.Choice(ACTIVATIONS), default=None, help="Default: the rule's (see `fo-edge rules`).")
 @click.option("--error", type=click.Choice(["ce", "mse"]), default="ce", show_default=True)
 @click.option("--epochs", type=int, default=1, show_default=True)
@@ -148,8 +150,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--init", type=click.Choice(INITS), default="orthogonal", show_default=True,
               help="Initial weights: semi-orthogonal, PyTorch's uniform, or He uniform (PEPITA reference).")
 @click.option("--hidden-error", type=click.Choice(HIDDEN_ERRORS), default=None,
-              help="Spiking devices: a hidden layer's error from the two passes' spike counts, or a surrogate "
-                   "(input-integral difference where the neuron fires). Default: spike-count.")
+              help="Spiking devices: a hidden layer's error from the spike counts of the clean and modulated "
+                   "passes, their central difference (a third pass, modulated the other way), or a surrogate "
+                   f"(input-integral difference where the neuron fires). Default: {SPIKING_DEFAULT_HIDDEN_ERROR}.")
 @click.option("--json", "as_json", is_flag=True, help="Print run.json to stdout instead of the table.")
 @click.pass_context
 def simulate(ctx: click.Context, resume, as_json, rule_option, recipe, lr_milestones, **options) -> None:
