@@ -68,3 +68,16 @@ def test_cli_option_and_refusal(tmp_path):
                          hidden_error="central", out=str(tmp_path / "m"))
     bad = CliRunner().invoke(cli, ["simulate", "--device", "loihi-like", "--rule", "ftp", "--hidden-error", "both"])
     assert bad.exit_code == 2 and "both" in bad.output
+
+
+def test_barrier_is_counted_per_sample_and_timestep(tmp_path):
+    """The chip presents a batch's samples one after another: T barriers per sample and pass, not per batch."""
+    run = fo_edge.simulate(rule="ftp", device="loihi-like", dataset="digits", model="64-16-10", limit=96,
+                           batch_size=32, hidden_error="spike-count", out=str(tmp_path / "r"))
+    phases = run.record["counters"]["by_phase"]
+    T = 16
+    assert phases["forward"]["timesteps"] == 96 * T  # 3 batches of 32 samples, one clean pass each
+    assert phases["modulated_forward"]["timesteps"] == 96 * T
+    assert phases["inference"]["timesteps"] == run.record["counters"]["inference_samples"] * T
+    seconds = run.record["energy"]["static"]["seconds_by_phase"]["forward"]
+    assert seconds >= 96 * T * 113e-9  # at least one 113 ns barrier per sample and timestep

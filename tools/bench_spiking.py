@@ -26,7 +26,7 @@ FOTON = {"temperature": 0.25, "bjorck_iters": 5, "ortho_every": 10}
 #: the settings: the quick start's (what `fo-edge simulate --device loihi-like` runs) and the best found
 SETTINGS = {
     "quick": dict(model=SPIKING_DEFAULT_MODEL, epochs=1, hidden_error=SPIKING_DEFAULT_HIDDEN_ERROR, lr=None),
-    "best": dict(model="784-500-10", epochs=8, hidden_error="central", lr=0.2, lr_milestones=(4, 6), lr_gamma=0.3),
+    "best": dict(model="784-500-10", epochs=8, hidden_error="central", lr=None, lr_milestones=(4, 6), lr_gamma=0.3),
 }
 #: ideas screened on FTP, 784-256-10, one epoch: (name, simulate options, profile edits)
 IDEAS = [

@@ -35,7 +35,7 @@ COUNTERS = (
     "saturation_events",        # values clipped to a format's range (activations, errors, weights, ADC, bounds)
     "overflow_wraps",           # accumulator two's-complement wrap-arounds
     "updates_lost",             # nonzero updates that rounded to no change (0 LSBs / 0 pulses)
-    "timesteps",
+    "timesteps",                # spiking: simulated timesteps, one per sample presentation step (barriers)
 )
 (MACS_DENSE, MACS_EFF, ACS_EFF, SYN_EVENTS, SYN_UPDATES, NEURON_ACTIVE, NEURON_INACTIVE, SPIKES, SRAM_READ,
  SRAM_WRITE, DRAM, FLASH_READ, WEIGHT_WRITES, WRITE_PULSES, CELL_MACS, ADC, DAC, SATURATION, WRAPS, LOST,

@@ -13,7 +13,8 @@ sum of the u increments, as a non-spiking second compartment would), for the sur
 
 State kept: u, v, the pending (delayed) input and a spike count per neuron, and the input phases: nothing
 per timestep is stored. Counters go to C[phase, l] (layer l's synapses and neurons) and C[phase, L]
-(timesteps).
+(timesteps: T per sample, since the samples of a batch are presented one after another, each step ending in a
+barrier).
 """
 import numpy as np
 from numba import njit
@@ -113,4 +114,4 @@ def spiking_pass_(x_q, steps, w, dims, offs, wexp, vth_eff, du, dv, delay, injec
         for l in range(n_layers):
             for k in range(C.shape[2]):
                 C[phase, l, k] += local[b, l, k]
-    C[phase, n_layers, TIMESTEPS] += steps
+    C[phase, n_layers, TIMESTEPS] += steps * batch  # the chip presents the samples one after another
