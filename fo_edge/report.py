@@ -41,8 +41,9 @@ def _mode(record: dict, mode: str | None) -> tuple[str | None, dict | None]:
 
 
 def comparison_rows(runs: list[tuple[str, dict]], mode: str | None = None) -> list[dict]:
-    """One row per run: rule, device, model, accuracy, energy per sample (total and by training phase), peak
-    memory and capacity. Energies in pJ (None where the run has no energy, e.g. the torch path)."""
+    """One row per run: rule, device, model, accuracy, energy per sample (total and by training phase), spiking
+    devices' static energy per sample, device time per training sample and cores, peak memory and capacity.
+    Energies in pJ (None where the run has no energy, e.g. the torch path, or no static term)."""
     rows = []
     for label, rec in runs:
         cfg, mem = rec["config"], rec["memory"]
@@ -55,6 +56,12 @@ def comparison_rows(runs: list[tuple[str, dict]], mode: str | None = None) -> li
                "inference_pj_per_sample": energy["per_inference_sample_pj"] if energy else None}
         for phase in TRAINING_PHASES:
             row[f"{phase}_pj_per_sample"] = energy["per_training_sample_by_phase_pj"][phase] if energy else None
+        static = (rec.get("energy") or {}).get("static") or {}  # spiking devices: accounting.spiking_time
+        row["static_train_pj_per_sample"] = static.get("per_training_sample_pj")
+        row["static_inference_pj_per_sample"] = static.get("per_inference_sample_pj")
+        row["device_train_s_per_sample"] = (static["training_s"] / rec["counters"]["training_samples"]
+                                            if static and rec["counters"].get("training_samples") else None)
+        row["cores"] = static.get("cores_used")
         row["peak_memory_bytes"] = mem.get("peak_bytes")
         row["capacity_bytes"] = mem.get("capacity_bytes")
         rows.append(row)
@@ -87,6 +94,8 @@ def _cell(key: str, value) -> str:
         return "n/a"
     if key.endswith("_pj_per_sample"):
         return format_energy(value)
+    if key == "device_train_s_per_sample":
+        return f"{value * 1e3:.3g} ms"
     if key.endswith("_bytes"):
         return format_bytes(value)
     if key == "test_accuracy":
@@ -98,9 +107,14 @@ def _cell(key: str, value) -> str:
     return str(value)
 
 
+#: comparison columns left out of text tables when no run has them (spiking-only terms)
+_OPTIONAL = ("static_train_pj_per_sample", "static_inference_pj_per_sample", "device_train_s_per_sample", "cores")
+
+
 def _drop_empty_phases(rows: list[dict]) -> list[dict]:
     empty = [f"{p}_pj_per_sample" for p in TRAINING_PHASES
              if all(not r.get(f"{p}_pj_per_sample") for r in rows)]
+    empty += [k for k in _OPTIONAL if all(r.get(k) is None for r in rows)]
     return [{k: v for k, v in r.items() if k not in empty} for r in rows]
 
 
@@ -118,7 +132,8 @@ def render(rows: list[dict], fmt: str) -> str:
         return buffer.getvalue().rstrip("\n")
     rows = _drop_empty_phases(rows) if "train_pj_per_sample" in rows[0] and "layer" not in rows[0] else rows
     keys = list(rows[0])
-    heads = [k.replace("_pj_per_sample", " E/sample").replace("_bytes", "").replace("_", " ") for k in keys]
+    heads = [k.replace("_pj_per_sample", " E/sample").replace("_s_per_sample", " time/sample").replace("_bytes", "")
+             .replace("_", " ") for k in keys]
     cells = [[_cell(k, r[k]) for k in keys] for r in rows]
     if fmt == "markdown":
         lines = ["| " + " | ".join(heads) + " |", "|" + "|".join("---" for _ in keys) + "|"]

@@ -92,3 +92,18 @@ def test_plot_must_be_png(runs, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "fo_edge", "energy-report", str(runs["ftp-2"]), "--plot",
                            str(tmp_path / "x.pdf")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and ".png" in proc.stderr
+
+
+def test_spiking_runs_show_static_energy_and_device_time(runs, tmp_path):
+    spiking = tmp_path / "loihi"
+    fo_edge.simulate(rule="ftp", device="loihi-like", dataset="digits", model="64-16-10", limit=96, out=str(spiking))
+    rows = json.loads(_invoke(spiking, runs["ftp-2"], "--format", "json").output)
+    static = json.loads((spiking / "run.json").read_text())["energy"]["static"]
+    assert static["per_training_sample_pj"] > 0
+    assert rows[0]["static_train_pj_per_sample"] == pytest.approx(static["per_training_sample_pj"])
+    assert rows[0]["static_inference_pj_per_sample"] == pytest.approx(static["per_inference_sample_pj"])
+    assert rows[0]["device_train_s_per_sample"] == pytest.approx(static["training_s"] / 96)
+    assert rows[0]["cores"] == static["cores_used"] and rows[1]["static_train_pj_per_sample"] is None
+    table = _invoke(spiking, "--format", "markdown").output
+    assert "static train E/sample" in table and "device train time/sample" in table
+    assert "static train" not in _invoke(runs["ftp-2"], "--format", "markdown").output  # no spiking run: no column
