@@ -114,6 +114,26 @@ def test_effective_macs_drop_exactly_the_planted_zeros():
     assert row[COUNTERS.index("synaptic_events")] == 5 * (24 - 10)
 
 
+
+@pytest.mark.parametrize("device", ["mcu-int8", "fpga-fixed16", "gpu-fp32"])
+def test_output_layer_counts_nonzero_logits_as_active(device):
+    """The output layer is linear: a negative logit is an active neuron update, whatever the hidden activation."""
+    from fo_edge.kernels.linear import layer_forward_
+
+    profile = load_device(device)
+    w = np.array([[0.5, 0.5], [-0.5, -0.5], [0.5, -0.5]])  # logits: positive, negative, zero
+    net = to_device([w], profile)
+    x = (np.ones((4, 2)) * (1 << profile.activation.frac_bits if not profile.is_float else 1.0)).astype(
+        np.float64 if profile.is_float else np.int64)
+    row = np.zeros(len(COUNTERS), dtype=np.int64)
+    pre = np.zeros((4, 3), dtype=x.dtype)
+    layer_forward_(x, net.w, 0, 3, 2, net.w_one[0], True, make_params(profile, "relu", "ce"), pre, pre.copy(),
+                   row, new_state(0))
+    assert np.count_nonzero(pre) == 8 and (pre < 0).sum() == 4
+    assert row[COUNTERS.index("neuron_updates_active")] == 8  # 4 positive + 4 negative logits
+    assert row[COUNTERS.index("neuron_updates_inactive")] == 4
+
+
 TOY = """
 id = "toy"
 name = "hand-written toy profile"

@@ -258,8 +258,9 @@ def cached_layer_forward_(hin, w, off, d_out, d_in, w_one, linear, P, pre, h, C,
                 pre[b, i] = real
                 out = real if linear else activate(real, P.act, 1.0, False)
                 h[b, i] = out
-            if linear:
-                h[b, i] = pre[b, i]
+            if linear:  # the output layer: its value is the linear one, activated or not
+                out = pre[b, i]
+                h[b, i] = out
             if out != 0:
                 C[NEURON_ACTIVE] += 1
             else:
