@@ -41,6 +41,9 @@ def test_profile_values_are_plausible(name):
 def test_mcu_and_loihi_numbers_match_devices_md():
     mcu, loihi = load_device("mcu-int8"), load_device("loihi-like")
     assert mcu.capacity.sram_bytes == 256 * 1024 and mcu.weight.bits == 8
+    # DEVICES.md Measured anchors: MLPerf Tiny Cortex-M7 AD, 266.5 uJ over 264,192 MACs
+    assert mcu.energy_pj["system_mac_pj"] == pytest.approx(266.5e6 / 264192, abs=0.05)
+    assert "Cortex-M7" in mcu.sources["energy.system_mac_pj"] and "Cortex-M7" in mcu.name
     assert loihi.energy_pj["synop_pj"] == 23.6 and loihi.energy_pj["syn_update_pj"] == 120.0
     assert loihi.accumulator_bits == 24
 
@@ -54,7 +57,7 @@ GOOD = (resources.files("fo_edge") / "profiles" / "mcu-int8.toml").read_text()
     (lambda s: s.replace("weight_bits = {", "wieght_bits = {"), "did you mean 'weight_bits'"),
     (lambda s: s.replace("value = 8, source = \"DEVICES.md 7.2: int8 weights", "value = \"8\", source = \"x"),
      "weight_bits.value: expected an integer"),
-    (lambda s: s.replace("value = 80.0", "value = -80.0"), "energy.system_mac_pj.value: expected a value in"),
+    (lambda s: s.replace("value = 1008.7", "value = -1008.7"), "energy.system_mac_pj.value: expected a value in"),
     (lambda s: s.replace("value = 8, source = \"DEVICES.md 7.2: int8 weights", "value = 0, source = \"x"),
      "formats.weight_bits.value: expected a value in [1, 32], got 0"),
     (lambda s: s.replace('arithmetic = "fixed"', 'arithmetic = "quantum"'), "arithmetic: expected one of"),
@@ -76,7 +79,7 @@ def test_user_profile_by_path_and_cli_error(tmp_path):
     mine.write_text(GOOD.replace('id = "mcu-int8"', 'id = "my-mcu"'))
     assert load_device(str(mine)).id == "my-mcu"
     broken = tmp_path / "broken.toml"
-    broken.write_text(GOOD.replace("value = 80.0", "value = -1.0"))
+    broken.write_text(GOOD.replace("value = 1008.7", "value = -1.0"))
     proc = subprocess.run([sys.executable, "-m", "fo_edge", "simulate", "--device", str(broken), "--dataset",
                            "digits", "--model", "64-10", "--out", str(tmp_path / "r")],
                           capture_output=True, text=True, timeout=300)

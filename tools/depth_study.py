@@ -43,7 +43,10 @@ def study(devices, depths, width, batch, steps, root: Path) -> list[dict]:
     rows = []
     for device in devices:
         capacity = load_device(device).capacity.sram_bytes
+        spiking = load_device(device).spiking is not None
         for rule in RULES:
+            if spiking and rule == "bp":  # a spiking device trains forward-only rules only (api refuses BP)
+                continue
             for depth in depths:
                 model = f"784-{width}x{depth - 1}-10" if depth > 1 else "784-10"
                 dims = parse_model_spec(model)
