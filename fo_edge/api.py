@@ -43,7 +43,8 @@ DEFAULT_MODEL = "784-256-256-10"
 class SimulateConfig:
     """Everything a run needs. ``backend=None`` picks torch for float devices and numba otherwise;
     ``lr=None`` / ``activation=None`` take the rule's defaults; ``model=None`` is DEFAULT_MODEL (spiking
-    devices: rules.spiking_binding.SPIKING_DEFAULT_MODEL), ``hidden_error=None`` SPIKING_DEFAULT_HIDDEN_ERROR; ``limit`` caps the number of training (and test) samples; ``schedule`` is the Numba path's
+    devices: rules.spiking_binding.SPIKING_DEFAULT_MODEL), ``hidden_error=None`` SPIKING_DEFAULT_HIDDEN_ERROR;
+    ``limit`` caps the number of training (and test) samples; ``schedule`` is the Numba path's
     ``stream`` (no stored activations, 3 passes) or ``store`` (2 passes, pass-1 activations kept);
     ``checkpoint_every`` steps between checkpoints (0: none); ``on_unhealthy`` "stop" or "warn", with
     ``saturation_limit`` and ``stall_steps`` the health thresholds (engine.health)."""

@@ -52,6 +52,7 @@ def write_idx(path: Path, array: np.ndarray) -> None:
 
 def renner_mnist(folder: Path) -> Path:
     """MNIST cropped to its central 20x20 and binarised at 0.5 (Renner et al.'s input), as IDX files."""
+    folder.mkdir(parents=True, exist_ok=True)
     data = load_dataset("mnist")
     for split, x, y in (("train", data.x_train, data.y_train), ("t10k", data.x_test, data.y_test)):
         images = x.reshape(-1, 28, 28)[:, 4:24, 4:24] >= 0.5

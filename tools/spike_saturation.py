@@ -29,7 +29,8 @@ def main() -> None:
     _, counts, _, _ = SpikingMLP([torch.as_tensor(w) for w in weights], sp)(
         torch.as_tensor(data.x_test[:args.images]))
     print(f"command: python tools/spike_saturation.py {args.run_dir} --images {args.images}\n")
-    print("| layer | mean count | at 0 | within 1 of the maximum | weight std | max abs weight |\n|---|---|---|---|---|---|")
+    print("| layer | mean count | at 0 | within 1 of the maximum | weight std | max abs weight |\n"
+          "|---|---|---|---|---|---|")
     for l, c in enumerate(counts):
         c = c.numpy()
         top = sp.timesteps - (l + 1) * sp.delay

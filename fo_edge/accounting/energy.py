@@ -2,10 +2,10 @@
 
 Each counter is charged at most once, by the key this table maps it to (a device lacking the key does not
 charge it). A profile with ``system_mac_pj`` (a measured whole-system cost per MAC that already includes
-memory traffic, e.g. the Cortex-M7 board's 1008.7 pJ) gets a second mode, ``system``, that charges dense MACs at that price and
-nothing else; the ``op`` mode charges operations and bytes separately. The two modes are reported side by
-side and never added (DEVICES.md 4.2). Static power (``static_mw``) needs a time model and is listed as not
-charged rather than guessed.
+memory traffic, e.g. the Cortex-M7 board's 1008.7 pJ) gets a second mode, ``system``, that charges dense MACs
+at that price and nothing else; the ``op`` mode charges operations and bytes separately. The two modes are
+reported side by side and never added (DEVICES.md 4.2). Static power (``static_mw``) needs a time model and is
+listed as not charged rather than guessed.
 """
 from __future__ import annotations
 

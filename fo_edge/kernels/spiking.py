@@ -34,8 +34,9 @@ def spiking_pass_(x_q, steps, w, dims, offs, wexp, vth_eff, du, dv, delay, injec
 
     Flat per-neuron buffers cover layers 1..L, layer l's B x d_l block at the sum of the earlier layers'
     blocks: spk, u, v (hidden layers), pending, a_buf (all layers); counts (B, sum of hidden d_l) spike
-    counts, in_counts (B, d_0) input spike counts, out_acc (B, d_L), in_acc (B, sum of hidden d_l) or (0, 0). wexp, vth_eff: per layer; nnz: the
-    layers' nonzero-per-input counts, concatenated (layer l's at the sum of earlier d_in); delay: 0 or 1.
+    counts, in_counts (B, d_0) input spike counts, out_acc (B, d_L), in_acc (B, sum of hidden d_l) or (0, 0).
+    wexp, vth_eff: per layer; nnz: the layers' nonzero-per-input counts, concatenated (layer l's at the sum of
+    earlier d_in); delay: 0 or 1.
     Samples are independent presentations, simulated one after the other (each with its own counter rows,
     summed at the end). A sample-parallel loop (prange) was measured slower on this 2-vCPU machine for
     784-256-256-10 at batch 32, so the loop is serial.

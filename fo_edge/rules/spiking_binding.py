@@ -3,19 +3,21 @@ T timesteps on the bit-accurate CUBA-LIF model (kernels.spiking), activities are
 updates are applied once per learning epoch (one batch of presentations) in the device's weight format.
 
 Weights live in the profile's Lava Dense format (device.loihi_weights: at the default, 8 bits including the
-sign, i.e. even values in [-256, 254]) with a per-layer power-of-two scale 2**w_frac (rules.numba_binding.to_device,
-calibrated once); the per-layer scale is carried by the threshold, vth = threshold * 2**(w_frac + weight_exp),
-and every accumulated input is shifted by the profile's weight_exp as Lava's Dense does. A hidden layer's activity is its spike count c_l (0..T), the
-input's is its input spike count, and the output is a non-spiking integrator: logits = sum of its input over the
+sign, i.e. even values in [-256, 254]) with a per-layer power-of-two scale 2**w_frac
+(rules.numba_binding.to_device, calibrated once); the per-layer scale is carried by the threshold,
+vth = threshold * 2**(w_frac + weight_exp), and every accumulated input is shifted by the profile's weight_exp
+as Lava's Dense does. A hidden layer's activity is its spike count c_l (0..T), the input's is its input spike
+count, and the output is a non-spiking integrator: logits = sum of its input over the
 presentation / (T 2**w_frac). With e = softmax(y / temp) - t (or y - t), each rule's second pass is:
   ftp     layer 1 receives the constant extra input -e G^T (label mode: + t G^T) every timestep; targets are the
           spike counts of that pass (no surrogate derivative: the rate difference itself is the local error)
   pepita  the input rates become clip(x + e F, 0, 1)
   foton   the input rates become clip(x - e F, 0, 1), F = W_L ... W_1 (refreshed every refresh_every steps from
           the device's weights; Björck every ortho_every steps as on the non-spiking path)
-and the updates, formed from integer counts and rounded stochastically at the format's step into the weights (the
-learning engine's widened register, DEVICES.md 1.6; then the format's truncation, which leaves nothing), are g_l = (c_l - c'_l)^T h_{l-1} / (T^2 B) with h_{l-1} the clean pass's counts
-(pepita: the modulated pass's), and g_L = e^T c_{L-1} / (T B).
+and the updates, formed from integer counts and rounded stochastically at the format's step into the weights
+(the learning engine's widened register, DEVICES.md 1.6; then the format's truncation, which leaves nothing),
+are g_l = delta_l^T h_{l-1} / (T^2 B) with delta_l the hidden error (HIDDEN_ERRORS; spike-count: c_l - c'_l)
+and h_{l-1} the clean pass's counts (pepita: the modulated pass's), and g_L = e^T c_{L-1} / (T B).
 """
 from __future__ import annotations
 
@@ -36,8 +38,9 @@ from .ftp import FTPConfig, ftp_feedback, ftp_signal
 from .numba_binding import DeviceNet, from_device, step_scale
 from .pepita import PEPITAConfig, pepita_feedback
 
-__all__ = ["HIDDEN_ERRORS", "SPIKING_DEFAULT_MODEL", "SPIKING_DEFAULT_HIDDEN_ERROR", "hidden_delta", "SPIKING_RULES", "SPIKING_ACTIVATION", "SPIKING_DEFAULT_LR", "SpikingBuffers", "allocate_spiking",
-           "spiking_forward", "spiking_step", "spiking_predict", "layer_cores", "thresholds", "refresh_feedback"]
+__all__ = ["HIDDEN_ERRORS", "SPIKING_DEFAULT_MODEL", "SPIKING_DEFAULT_HIDDEN_ERROR", "hidden_delta", "SPIKING_RULES",
+           "SPIKING_ACTIVATION", "SPIKING_DEFAULT_LR", "SpikingBuffers", "allocate_spiking", "spiking_forward",
+           "spiking_step", "spiking_predict", "layer_cores", "thresholds", "refresh_feedback"]
 
 SPIKING_RULES = ("ftp", "pepita", "foton")
 #: learning rates ``fo-edge simulate`` uses on a spiking device when --lr is not given (rate-coded counts make
@@ -46,8 +49,9 @@ SPIKING_RULES = ("ftp", "pepita", "foton")
 SPIKING_DEFAULT_LR = {"ftp": 0.2, "pepita": 0.1, "foton": 0.1}
 #: how a hidden layer's error is formed on a spiking device: "spike-count" c_l - c'_l (the rate difference of the
 #: two passes), "central" (c_l^- - c_l^+) / 2 from a third pass with the opposite modulation (a central
-#: difference: the rectifying neurons' second-order bias cancels, at 1.5x the passes), or "surrogate" 1[c_l + c'_l > 0] (A_l - A'_l) / 2**(w_frac + weight_exp), A_l the neuron's
-#: synaptic input integrated over the presentation (a ReLU-like derivative of the rate times the input's change)
+#: difference: the rectifying neurons' second-order bias cancels, at 1.5x the passes), or "surrogate"
+#: 1[c_l + c'_l > 0] (A_l - A'_l) / 2**(w_frac + weight_exp), A_l the neuron's synaptic input integrated over
+#: the presentation (a ReLU-like derivative of the rate times the input's change)
 HIDDEN_ERRORS = ("spike-count", "central", "surrogate")
 #: what ``fo-edge simulate`` trains on a spiking device when --model / --hidden-error are not given (the quick
 #: start; README "Spiking loihi-like")
@@ -175,7 +179,8 @@ def spiking_forward(net: DeviceNet, bufs: SpikingBuffers, profile: DeviceProfile
     size = n * int(net.dims[1:].sum())
     inj = np.zeros((0, 0), dtype=np.int64) if inject is None else inject
     in_acc = (bufs.in_acc_m if second or third else bufs.in_acc)[:n]
-    spiking_pass_(x_q, sp.timesteps, net.w, net.dims, net.offs, np.full(net.n_layers, sp.weights.weight_exp, dtype=np.int64),
+    wexp = np.full(net.n_layers, sp.weights.weight_exp, dtype=np.int64)
+    spiking_pass_(x_q, sp.timesteps, net.w, net.dims, net.offs, wexp,
                   thresholds(net, profile), sp.du, sp.dv, sp.delay, inj, bufs.phase[:n], bufs.spk[:size],
                   bufs.u[:size], bufs.v[:size], bufs.pending[:size], bufs.a_buf[:size], counts, in_counts,
                   bufs.out_acc[:n], in_acc if bufs.surrogate else bufs.in_acc, _nnz(net), C, phase)
