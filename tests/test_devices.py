@@ -16,8 +16,17 @@ from fo_edge.errors import DeviceProfileError, FoEdgeError
 BUNDLED = list_devices()
 
 
-def test_the_five_profiles_ship_with_the_package():
-    assert BUNDLED == ["fpga-fixed16", "gpu-fp32", "loihi-like", "mcu-int8", "memristor-rram"]
+def test_the_six_profiles_ship_with_the_package():
+    assert BUNDLED == ["fpga-fixed16", "gpu-fp32", "loihi-like", "loihi-sanafe", "mcu-int8", "memristor-rram"]
+
+
+def test_loihi_sanafe_differs_from_loihi_like_only_in_sourced_event_costs():
+    like, sana = load_device("loihi-like"), load_device("loihi-sanafe")
+    assert sana.energy_pj["synop_pj"] == 35.5 and sana.energy_pj["neuron_active_pj"] == 72.8
+    assert sana.spiking.barrier_ns == 299.0 and sana.spiking.synop_ns == 4.0
+    assert all("SANA-FE" in sana.sources[f"energy.{k}"] for k in ("synop_pj", "neuron_active_pj", "spike_pj"))
+    assert sana.spiking.weights == like.spiking.weights and sana.capacity == like.capacity
+    assert (sana.weight, sana.activation, sana.error) == (like.weight, like.activation, like.error)
 
 
 @pytest.mark.parametrize("name", BUNDLED)

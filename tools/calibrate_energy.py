@@ -16,6 +16,9 @@ Anchors (../shared/design/DEVICES.md, "Measured anchors"):
   inference through its int8 kernels, on inputs taken from MNIST (the first 640 pixels of each test image, the
   AD benchmark's audio features not being shipped); dense counts do not depend on the values.
 
+The Loihi runs' counters are also priced with loihi-sanafe's event costs and times (SANA-FE's silicon-fitted
+Loihi preset) beside Davies et al.'s pre-silicon Table 2 (loihi-like).
+
 Prints (and with --out writes) Markdown: per anchor fo-edge's figure, the measured one and their ratio, then
 the per-sample breakdown of each fo-edge Loihi run by counter and phase, and the costs fo-edge does not model.
 """
@@ -30,7 +33,9 @@ from pathlib import Path
 import numpy as np
 
 import fo_edge
-from fo_edge.accounting.energy import OP_CHARGES, SYSTEM_CHARGES, format_energy
+from fo_edge.accounting.counters import counters_array
+from fo_edge.accounting.energy import OP_CHARGES, SYSTEM_CHARGES, energy_record, format_energy
+from fo_edge.accounting.spiking_time import static_record
 from fo_edge.accounting.memory import MemoryArena
 from fo_edge.data import load_dataset
 from fo_edge.device import load_device
@@ -38,6 +43,7 @@ from fo_edge.kernels.counters import COUNTERS, INFERENCE, TRAINING_PHASES, new_c
 from fo_edge.kernels.rng import new_state
 from fo_edge.models import init_weights
 from fo_edge.rules.numba_binding import allocate_buffers, make_params, predict, to_device
+from fo_edge.rules.spiking_binding import layer_cores
 
 RENNER = {"train_pj": 0.59e9, "train_s": 1.5e-3, "infer_pj": 2.5e6, "infer_s": 0.17e-3}
 MLPERF_AD = {"infer_pj": 266.5e6, "dims": [640, 128, 128, 128, 128, 8, 128, 128, 128, 128, 640]}
@@ -95,6 +101,19 @@ def per_sample(record: dict) -> dict:
             "infer_dynamic_pj": energy["modes"]["op"]["per_inference_sample_pj"],
             "infer_static_pj": static["per_inference_sample_pj"], "infer_s": static["inference_s"] / infer_n,
             "cores": static["cores_used"]}
+
+
+def repriced(record: dict, profile) -> dict:
+    """The run's counters priced with another profile's event costs and times (loihi-sanafe): a record with
+    the energy of ``per_sample``'s inputs."""
+    counters = record["counters"]
+    values = counters_array(counters)
+    energy = energy_record(values, profile.energy_pj, training_samples=counters["training_samples"],
+                           inference_samples=counters["inference_samples"], layers=counters["layers"])
+    energy["static"] = static_record(values, layer_cores(record["config"]["dims"], profile), profile.spiking,
+                                     profile.energy_pj["static_mw"], training_samples=counters["training_samples"],
+                                     inference_samples=counters["inference_samples"])
+    return {"energy": energy, "counters": counters}
 
 
 def breakdown(record: dict, profile) -> list[str]:
@@ -162,10 +181,13 @@ def report(limit: int) -> str:
                   "", "| fo-edge run | accuracy | training E / sample | ratio | training time / sample | ratio | "
                   "inference E / sample | ratio | inference time / sample | ratio | cores |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in runs:
-            s = per_sample(r["record"])
+        sanafe = load_device("loihi-sanafe")
+        priced = [(r, r["record"], "") for r in runs] + [(r, repriced(r["record"], sanafe), ", SANA-FE costs")
+                                                         for r in runs]
+        for r, record, label in priced:
+            s = per_sample(record)
             lines.append(
-                f"| FTP, T {r['timesteps']}, batch {r['batch']} | {100 * r['accuracy']:.2f} % | "
+                f"| FTP, T {r['timesteps']}, batch {r['batch']}{label} | {100 * r['accuracy']:.2f} % | "
                 f"{format_energy(s['train_pj'])} ({format_energy(s['train_static_pj'])} static) | "
                 f"{s['train_pj'] / RENNER['train_pj']:.3g} | {s['train_s'] * 1e3:.3g} ms | "
                 f"{s['train_s'] / RENNER['train_s']:.3g} | {format_energy(s['infer_pj'])} | "
