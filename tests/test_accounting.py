@@ -178,3 +178,25 @@ def test_energy_of_a_hand_written_toy_profile():
     assert op["per_inference_sample_pj"] == 7.0
     assert op["by_layer_pj"] == {"layer_1": 220.0, "network": 10.0}
     assert op["by_phase_pj"]["update"] == 30.0
+
+
+def test_spiking_time_and_static_energy_by_hand():
+    """Two layers on 2 and 1 cores, one phase: time = slowest layer's work per core + barriers; static energy =
+    used cores x static_mw / cores_per_chip x that time (accounting.spiking_time)."""
+    from fo_edge.accounting.spiking_time import phase_seconds, static_record
+    from fo_edge.kernels.counters import FORWARD
+
+    sp = load_device("loihi-like").spiking  # 3.5 ns synop, 8.4 / 5.3 ns neuron, 6.1 ns update, 113 ns barrier
+    values = np.zeros((len(PHASES), 3, len(COUNTERS)), dtype=np.int64)
+    c = COUNTERS.index
+    values[FORWARD, 0, c("synaptic_events")] = 1000          # 3500 ns over 2 cores -> 1750 ns
+    values[FORWARD, 0, c("neuron_updates_active")] = 100     # + 840 ns / 2 -> 2170 ns in all
+    values[FORWARD, 1, c("synaptic_events")] = 400           # 1400 ns on 1 core
+    values[FORWARD, 1, c("neuron_updates_inactive")] = 100   # + 530 ns -> 1930 ns
+    values[FORWARD, 2, c("timesteps")] = 32                  # 2 samples x 16 steps: 32 barriers = 3616 ns
+    seconds = phase_seconds(values, [2, 1], sp)
+    assert seconds["forward"] == pytest.approx((2170 + 32 * 113) * 1e-9)
+    record = static_record(values, [2, 1], sp, 104.0, training_samples=2, inference_samples=0)
+    watts = 104.0e-3 * 3 / 128  # 3 used cores of the chip's 128
+    assert record["cores_used"] == 3 and record["training_s"] == pytest.approx(seconds["forward"])
+    assert record["per_training_sample_pj"] == pytest.approx(watts * seconds["forward"] * 1e12 / 2)
