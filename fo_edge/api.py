@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -21,7 +22,7 @@ from .data import DATASETS, load_dataset
 from .device import DeviceProfile, device_text, load_device
 from .engine.health import HealthConfig, TrainingStopped
 from .engine.plan import BatchPlan
-from .errors import ConfigError, RunError
+from .errors import ConfigError, RunError, RunInterrupted
 from .models.conv import is_conv_spec, parse_conv_spec
 from .models.mlp import ACTIVATIONS, INITS, init_weights, parse_model_spec
 from .rules import BACKENDS, RULES, rule_config
@@ -81,6 +82,7 @@ class SimulateConfig:
     init: str = "orthogonal"
     recipe: str | None = None
     hidden_error: str | None = None
+    overwrite: bool = False
 
     def plan(self) -> BatchPlan:
         """The batches and per-step learning rate these options ask for (engine.plan)."""
@@ -227,8 +229,9 @@ def _record(config: SimulateConfig, dims, rcfg, device: DeviceProfile, data, sta
     }
 
 
-def _resume_config(run_dir) -> tuple[SimulateConfig, dict | None]:
-    """The config of an unfinished run and its last checkpoint (None if it was killed before the first)."""
+def _resume_config(run_dir) -> tuple[SimulateConfig, dict | None, str | None]:
+    """The config of an unfinished run, its last checkpoint (None if it was killed before the first) and its run
+    id; a checkpoint written by another run (its run_id differs from run.json's) is refused."""
     record = read_run(run_dir)
     if record["config"].get("conv"):
         raise ConfigError(f"--resume {run_dir}: conv runs have no checkpoints yet; start the run again")
@@ -239,7 +242,13 @@ def _resume_config(run_dir) -> tuple[SimulateConfig, dict | None]:
     saved.pop("dims", None)
     names = {f.name for f in dataclasses.fields(SimulateConfig)}
     config = SimulateConfig(**{k: v for k, v in saved.items() if k in names}, rule_options=options)
-    return dataclasses.replace(config, out=str(run_dir)), load_checkpoint(run_dir)
+    checkpoint, run_id = load_checkpoint(run_dir), record.get("run_id")
+    if checkpoint is not None:
+        owner = str(checkpoint["run_id"]) if "run_id" in checkpoint else None
+        if owner != run_id:
+            raise RunError(f"--resume {run_dir}: checkpoint.npz belongs to another run (run id {owner}) than "
+                           f"run.json ({run_id}); start again with --overwrite")
+    return dataclasses.replace(config, out=str(run_dir)), checkpoint, run_id
 
 
 def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], None] | None = None,
@@ -251,9 +260,12 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
     continues an interrupted run from its last checkpoint (same config; bit-identical weights on the numba
     path, and on the torch path for the same device and thread count).
     """
-    checkpoint = None
+    checkpoint, run_id = None, None
     if resume is not None:
-        config, checkpoint = _resume_config(resume)
+        if config is not None or overrides:
+            raise ConfigError(f"resume={resume} continues a run with the options it was started with; pass no "
+                              f"config or options beside it ({', '.join(sorted(overrides)) or 'a config'} given)")
+        config, checkpoint, run_id = _resume_config(resume)
     else:
         config = dataclasses.replace(config or SimulateConfig(), **overrides)
     if config.model is None:
@@ -262,7 +274,6 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
     if is_conv_spec(config.model):
         return _simulate_conv(config, on_batch, on_start)
     config, device, dims, rcfg, backend = _validate(config)
-    lr = config.lr
     data = _prepared_data(config)
     if dims[0] != data.n_features or dims[-1] < data.n_classes:
         raise ConfigError(f"--model {config.model} does not fit {data.name}: it needs {data.n_features} inputs "
@@ -272,8 +283,10 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
 
         plan_memory(dims, device, config.rule, config.batch_size, config.schedule,
                     ortho=getattr(rcfg, "ortho_every", 0) > 0, hidden_error=config.hidden_error)
-    run_dir = prepare_run_dir(config.out or default_run_dir(config))
+    run_dir = prepare_run_dir(config.out or default_run_dir(config),
+                              "resume" if resume is not None else "replace" if config.overwrite else "refuse")
     record = _record(config, dims, rcfg, device, data, "running")
+    record["run_id"] = run_id or uuid.uuid4().hex  # ties the checkpoints to this run (--resume checks it)
     device_toml = device_text(config.device)[0].encode()
     write_file_atomic(run_dir / "device.toml", lambda handle: handle.write(device_toml))
     if checkpoint is None:
@@ -282,10 +295,44 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
     if on_start is not None:
         on_start(len(data.x_train) * config.epochs)
     started = time.perf_counter()
-    stopped = None
     health = HealthConfig(config.on_unhealthy, config.saturation_limit, config.stall_steps)
     checkpointing = dict(health=health, checkpoint_every=config.checkpoint_every,
-                         on_checkpoint=lambda state: save_checkpoint(run_dir, state), resume=checkpoint)
+                         on_checkpoint=lambda state: save_checkpoint(run_dir, {**state, "run_id": np.array(record["run_id"])}),
+                         resume=checkpoint)
+    try:
+        history, stored, memory, counters, energy, warnings, stopped = _train(
+            config, backend, device, dims, rcfg, data, weights, on_batch, checkpointing)
+    except KeyboardInterrupt:
+        record.update(status="interrupted", interrupted={"seconds": time.perf_counter() - started})
+        write_json_atomic(run_dir / "run.json", record)
+        last = "its last checkpoint" if (run_dir / "checkpoint.npz").exists() else "the start (no checkpoint yet)"
+        raise RunInterrupted(f"interrupted; the run is recorded in {run_dir} as interrupted: continue it from "
+                             f"{last} with fo-edge simulate --resume {run_dir}") from None
+    seconds = time.perf_counter() - started
+    accuracy = history[-1]["test_accuracy"] if history and stopped is None else None
+    best = max(history, key=lambda h: h["test_accuracy"]) if history else None
+    record.update(status="complete" if stopped is None else "stopped", history=history, memory=memory,
+                  counters=counters, energy=energy, warnings=warnings,
+                  final={"test_accuracy": accuracy, "seconds": seconds,
+                         # the reference's restore_best: reported beside, never instead of, the last epoch
+                         "best_test_accuracy": best["test_accuracy"] if best else None,
+                         "best_epoch": best["epoch"] if best else None,
+                         "samples_per_s": counters.get("training_samples", len(data.x_train) * config.epochs)
+                         / max(seconds, 1e-9)})
+    if stopped is not None:
+        record["stop"] = {"kind": stopped.kind, "layer": stopped.layer, "step": stopped.step, "message": str(stopped)}
+    save_weights(run_dir / "weights.npz", {k: np.asarray(v) for k, v in stored.items()})
+    write_json_atomic(run_dir / "run.json", record)
+    if stopped is not None:
+        raise RunError(f"{stopped}; the partial run is recorded in {run_dir}")
+    return SimulateResult(accuracy, history, run_dir, memory, record)
+
+
+def _train(config: SimulateConfig, backend: str, device: DeviceProfile, dims, rcfg, data, weights,
+           on_batch, checkpointing: dict):
+    """Run the training loop of ``backend`` on ``device``; returns (history, stored arrays, memory, counters,
+    energy, warnings, the health stop or None)."""
+    lr, stopped = config.lr, None
     if backend == "torch" and device.spiking is not None:
         from .engine.spiking_torch import train_spiking_torch
 
@@ -329,24 +376,7 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
                                inference_samples=counters["inference_samples"], layers=counters["layers"])
         if device.spiking is not None:
             energy = _with_static(energy, counters, device, dims)
-    seconds = time.perf_counter() - started
-    accuracy = history[-1]["test_accuracy"] if history and stopped is None else None
-    best = max(history, key=lambda h: h["test_accuracy"]) if history else None
-    record.update(status="complete" if stopped is None else "stopped", history=history, memory=memory,
-                  counters=counters, energy=energy, warnings=warnings,
-                  final={"test_accuracy": accuracy, "seconds": seconds,
-                         # the reference's restore_best: reported beside, never instead of, the last epoch
-                         "best_test_accuracy": best["test_accuracy"] if best else None,
-                         "best_epoch": best["epoch"] if best else None,
-                         "samples_per_s": counters.get("training_samples", len(data.x_train) * config.epochs)
-                         / max(seconds, 1e-9)})
-    if stopped is not None:
-        record["stop"] = {"kind": stopped.kind, "layer": stopped.layer, "step": stopped.step, "message": str(stopped)}
-    save_weights(run_dir / "weights.npz", {k: np.asarray(v) for k, v in stored.items()})
-    write_json_atomic(run_dir / "run.json", record)
-    if stopped is not None:
-        raise RunError(f"{stopped}; the partial run is recorded in {run_dir}")
-    return SimulateResult(accuracy, history, run_dir, memory, record)
+    return history, stored, memory, counters, energy, warnings, stopped
 
 
 def _with_static(energy: dict, counters: dict, device: DeviceProfile, dims) -> dict:
@@ -388,7 +418,7 @@ def _simulate_conv(config: SimulateConfig, on_batch, on_start) -> SimulateResult
                                      plan=config.plan())
     data = _prepared_data(config)
     parse_conv_spec(config.model, data.image_shape)  # refuse a bad spec before anything is written
-    run_dir = prepare_run_dir(config.out or default_run_dir(config))
+    run_dir = prepare_run_dir(config.out or default_run_dir(config), "replace" if config.overwrite else "refuse")
     if on_start is not None:
         on_start(len(data.x_train) * config.epochs)
     record = run_conv(config.model, train_config, data, device, device_text(config.device)[0].encode(), run_dir,

@@ -6,6 +6,7 @@ Every user error (a :class:`FoEdgeError` or a click usage error) becomes one lin
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from click.core import ParameterSource
 from . import api
 from .data import DATASETS
 from .device import list_devices, load_device
-from .errors import FoEdgeError
+from .errors import FoEdgeError, RunInterrupted
 from .accounting.energy import format_energy
 from .accounting.memory import format_bytes
 from .models.mlp import ACTIVATIONS, INITS
@@ -125,7 +126,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--checkpoint-every", type=int, default=500, show_default=True,
               help="Steps between checkpoints (numba path; 0: none).")
 @click.option("--resume", type=click.Path(), default=None,
-              help="Continue an interrupted run directory from its last checkpoint (other options are ignored).")
+              help="Continue an interrupted run directory from its last checkpoint, with the options it was started "
+                   "with (other run options are refused beside it).")
+@click.option("--overwrite", is_flag=True, help="Replace the run that --out already holds.")
 @click.option("--on-unhealthy", type=click.Choice(["stop", "warn"]), default="stop", show_default=True,
               help="What NaN/Inf, exploding weights, saturation storms or stalled updates do.")
 @click.option("--saturation-limit", type=float, default=0.5, show_default=True,
@@ -159,6 +162,15 @@ def simulate(ctx: click.Context, resume, as_json, rule_option, recipe, lr_milest
     """Train a model with a learning rule under a device model; print accuracy, energy and memory."""
     from tqdm import tqdm
 
+    if resume is not None:
+        given = sorted(name for name in ("rule_option", "recipe", "lr_milestones", *options)
+                       if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE)
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise click.UsageError(f"--resume continues a run with the options it was started with; drop {flags} "
+                                   f"(or start a new run with them)")
+    signal.signal(signal.SIGTERM, _interrupt)  # recorded like Ctrl-C: status interrupted, resumable
+
     options["lr_milestones"] = _parse_milestones(lr_milestones)
     options["rule_options"] = _parse_rule_options(rule_option)
     if recipe is not None:
@@ -167,14 +179,15 @@ def simulate(ctx: click.Context, resume, as_json, rule_option, recipe, lr_milest
         config = api.SimulateConfig(**{**{k: v for k, v in options.items() if k not in settings}, **settings})
     else:
         config = api.SimulateConfig(**options)
-    rule, device = config.rule, config.device
+    label = f"resuming {resume}" if resume is not None else f"{config.rule} on {config.device}"
     bar: list = []
 
     def on_start(total: int) -> None:
-        bar.append(tqdm(total=total, unit="sample", desc=f"{rule} on {device}", disable=as_json, file=sys.stderr))
+        bar.append(tqdm(total=total, unit="sample", desc=label, disable=as_json, file=sys.stderr))
 
     try:
-        result = api.simulate(config, on_start=on_start, on_batch=lambda n: bar[0].update(n), resume=resume)
+        result = api.simulate(None if resume is not None else config, on_start=on_start,
+                              on_batch=lambda n: bar[0].update(n), resume=resume)
     finally:
         if bar:
             bar[0].close()
@@ -388,6 +401,11 @@ def rules(as_json: bool) -> None:
         click.echo(f"{r.name:<7} {kind:<12} lr {r.default_lr:<5} {r.default_activation:<5} {r.summary} ({r.paper})")
 
 
+def _interrupt(signum, frame) -> None:
+    """SIGTERM handler: stop the run the way Ctrl-C does (api.simulate records it as interrupted)."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the click group, turning user errors into one line and exit code 2."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
@@ -397,6 +415,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("fo-edge: aborted", err=True)
+        sys.exit(130)
+    except RunInterrupted as exc:
+        click.echo(f"fo-edge: {exc}", err=True)
         sys.exit(130)
     except click.UsageError as exc:
         if debug:

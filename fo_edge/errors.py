@@ -4,7 +4,8 @@ Every error a user can cause derives from :class:`FoEdgeError`; the CLI turns it
 stderr and exit code 2. Messages say what failed and how to fix it.
 """
 
-__all__ = ["FoEdgeError", "ConfigError", "DeviceProfileError", "DeviceMemoryError", "DataError", "RunError"]
+__all__ = ["FoEdgeError", "ConfigError", "DeviceProfileError", "DeviceMemoryError", "DataError", "RunError",
+           "RunInterrupted"]
 
 
 class FoEdgeError(Exception):
@@ -29,3 +30,7 @@ class DataError(FoEdgeError):
 
 class RunError(FoEdgeError):
     """A run directory cannot be written or read."""
+
+
+class RunInterrupted(RunError):
+    """A run was stopped by SIGINT or SIGTERM; it is recorded as ``interrupted`` and can be resumed (exit 130)."""

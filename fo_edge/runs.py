@@ -30,11 +30,25 @@ MAX_CHECKPOINT_BYTES = 4 << 30
 SCHEMA_VERSION = 2
 
 
-def prepare_run_dir(path: str | Path) -> Path:
-    """Create ``path`` if needed and prove it writable (a probe file), before any work starts."""
+#: the files that make a directory a run's (a directory holding any of them belongs to that run)
+RUN_FILES = ("run.json", "weights.npz", "checkpoint.npz", "device.toml")
+
+
+def prepare_run_dir(path: str | Path, existing: str = "refuse") -> Path:
+    """Create ``path`` if needed and prove it writable (a probe file), before any work starts.
+
+    A directory that already holds a run (RUN_FILES) belongs to it: ``existing="refuse"`` raises RunError naming
+    it, ``"replace"`` removes its run files first (``--overwrite``), ``"resume"`` keeps them (``--resume``)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise RunError(f"--out {path} exists and is not a directory; choose another path")
+    held = [name for name in RUN_FILES if (path / name).exists()] if path.is_dir() else []
+    if held and existing == "refuse":
+        raise RunError(f"--out {path} holds another run ({_describe(path)}); pass --overwrite to replace it, "
+                       f"--resume {path} to continue it, or choose another directory")
+    if held and existing == "replace":
+        for name in held:
+            (path / name).unlink()
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):
@@ -43,6 +57,16 @@ def prepare_run_dir(path: str | Path) -> Path:
         raise RunError(f"--out {path} is not writable ({exc.strerror or exc}); choose a writable directory") \
             from None
     return path
+
+
+def _describe(path: Path) -> str:
+    """'status, rule on device' of the run in ``path``, as far as its run.json says."""
+    try:
+        record = json.loads((path / "run.json").read_text(encoding="utf-8"))
+        config = record.get("config", {})
+        return f"{record.get('status', 'unknown status')}: {config.get('rule', '?')} on {config.get('device', '?')}"
+    except (OSError, ValueError, AttributeError):
+        return "its files, without a readable run.json"
 
 
 def write_file_atomic(path: str | Path, write) -> None:

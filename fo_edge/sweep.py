@@ -124,12 +124,12 @@ def run_point(point: Point, out: str) -> dict:
     run_dir = Path(out) / "points" / point.name
     started = time.time()
     try:
-        prepare_run_dir(run_dir)
+        prepare_run_dir(run_dir, "replace")  # a point's directory is the sweep's: an unfinished attempt is redone
         settings = dict(point.settings)
         if point.formats:
             settings["device"] = _device_with_overrides(settings.get("device", api.SimulateConfig.device),
                                                         point.formats, run_dir / "device-override.toml")
-        result = api.simulate(api.SimulateConfig(**settings, out=str(run_dir)))
+        result = api.simulate(api.SimulateConfig(**settings, out=str(run_dir), overwrite=True))
         return {"point": point.name, "status": "complete", "accuracy": result.accuracy,
                 "seconds": time.time() - started}
     except Exception as exc:  # the worker boundary: any failure is this point's record, never the sweep's end
