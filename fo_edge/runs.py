@@ -18,6 +18,7 @@ import numpy as np
 
 from .device import DeviceProfile, parse_device
 from .errors import RunError
+from .files import TEXT_FILE_BYTES, npz_members, read_bounded
 
 __all__ = ["SCHEMA_VERSION", "prepare_run_dir", "write_json_atomic", "write_file_atomic", "read_run",
            "save_weights", "load_weights", "save_checkpoint", "load_checkpoint", "package_versions",
@@ -103,7 +104,9 @@ def save_weights(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    """All arrays of an .npz with pickles refused; damage or pickled objects raise RunError."""
+    """All arrays of an .npz with pickles refused; damage, pickled objects or members that would unpack to
+    more than MAX_CHECKPOINT_BYTES raise RunError (files.npz_members reads the headers before any array)."""
+    npz_members(path, MAX_CHECKPOINT_BYTES, RunError)
     try:
         with np.load(path, allow_pickle=False) as archive:
             return {name: archive[name] for name in archive.files}
@@ -168,10 +171,10 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, np.ndarray] | None:
 def read_run(run_dir: str | Path) -> dict:
     """Read and check a run's ``run.json``."""
     path = Path(run_dir) / "run.json"
+    if not os.path.lexists(path):
+        raise RunError(f"{run_dir} is not a run directory (no run.json)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RunError(f"{run_dir} is not a run directory (no run.json)") from None
+        data = json.loads(read_bounded(path, TEXT_FILE_BYTES, "run.json", RunError).decode("utf-8"))
     except (OSError, ValueError) as exc:
         raise RunError(f"{path} is unreadable or corrupt: {exc}") from None
     if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
@@ -206,9 +209,11 @@ def load_trained(run_dir: str | Path, spiking: bool = False) -> TrainedRun:
     if record["config"].get("activation") == "loihi-cuba" and not spiking:
         raise RunError(f"{path} is a spiking run; export it with --nir (ONNX export and diagnose handle non-spiking "
                        f"MLP runs)")
+    if not (path / "device.toml").exists():
+        raise RunError(f"{path} has no readable device.toml; re-run the simulation with this fo-edge")
     try:
-        text = (path / "device.toml").read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+        text = read_bounded(path / "device.toml", TEXT_FILE_BYTES, "device.toml", RunError).decode("utf-8")
+    except UnicodeDecodeError:
         raise RunError(f"{path} has no readable device.toml; re-run the simulation with this fo-edge") from None
     profile = parse_device(text, str(path / "device.toml"))
     dims = [int(d) for d in record["config"]["dims"]]

@@ -32,6 +32,7 @@ from . import api, report
 from .device import device_text
 from .device.load import FORMAT_KEYS
 from .errors import ConfigError, FoEdgeError
+from .files import TEXT_FILE_BYTES, read_bounded
 from .runs import prepare_run_dir, read_run, write_file_atomic, write_json_atomic
 
 __all__ = ["Point", "load_spec", "expand", "run_sweep", "EXECUTORS"]
@@ -76,9 +77,7 @@ def load_spec(path: str | Path) -> dict:
     """The ``[sweep]`` table of a spec file, keys checked (device paths made relative to the spec)."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read sweep spec {path}: {exc.strerror or exc}") from None
+        data = tomllib.loads(read_bounded(path, TEXT_FILE_BYTES, "sweep spec", ConfigError).decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"sweep spec {path} is not valid TOML: {exc}") from None
     table = data.get("sweep")

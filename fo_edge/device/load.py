@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DeviceProfileError
+from ..files import TEXT_FILE_BYTES, read_bounded
 from .spec import (LOIHI_MAX_WEIGHT_BITS, AnalogParams, Arithmetic, Capacity, DeviceProfile, LoihiWeightFormat,
                    NumberFormat, Overflow, Rounding, SignMode, SpikingParams)
 
@@ -62,10 +63,9 @@ def device_text(name_or_path: str) -> tuple[str, str]:
     if name_or_path.endswith(".toml") or "/" in name_or_path:
         path = Path(name_or_path)
         try:
-            return path.read_text(encoding="utf-8"), str(path)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DeviceProfileError(f"cannot read device file {path}: {getattr(exc, 'strerror', None) or exc}") \
-                from None
+            return read_bounded(path, TEXT_FILE_BYTES, "device file", DeviceProfileError).decode("utf-8"), str(path)
+        except UnicodeDecodeError as exc:
+            raise DeviceProfileError(f"cannot read device file {path}: {exc}") from None
     bundled = resources.files("fo_edge") / "profiles" / f"{name_or_path}.toml"
     if not bundled.is_file():
         raise DeviceProfileError(f"unknown device {name_or_path!r}; choose one of {', '.join(list_devices())} "
