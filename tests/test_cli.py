@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from fo_edge.cli import cli, main
+from fo_edge.rules.spiking_binding import SPIKING_DEFAULT_LR
 
 
 def run_cli(*args):
@@ -111,7 +112,8 @@ def test_simulate_spiking_device_end_to_end(tmp_path, backend):
                    "64-32-10", "--limit", "300", "--backend", backend, "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     record = json.loads((out / "run.json").read_text())
-    assert record["config"]["activation"] == "loihi-cuba" and record["config"]["lr"] == 0.1
+    assert record["config"]["activation"] == "loihi-cuba"
+    assert record["config"]["lr"] == SPIKING_DEFAULT_LR["ftp"] and record["config"]["hidden_error"] == "central"
     if backend == "numba":
         static = record["energy"]["static"]
         assert static["cores_used"] >= 2 and static["training_s"] > 0 and static["per_training_sample_pj"] > 0
