@@ -336,10 +336,13 @@ def _train(config: SimulateConfig, backend: str, device: DeviceProfile, dims, rc
     if backend == "torch" and device.spiking is not None:
         from .engine.spiking_torch import train_spiking_torch
 
-        final, history = train_spiking_torch(weights, data, config.rule, rcfg, device, error=config.error, lr=lr,
-                                             epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
-                                             device=config.torch_device, on_batch=on_batch, plan=config.plan(),
-                                             hidden_error=config.hidden_error)
+        try:
+            final, history = train_spiking_torch(weights, data, config.rule, rcfg, device, error=config.error,
+                                                 lr=lr, epochs=config.epochs, batch_size=config.batch_size,
+                                                 seed=config.seed, device=config.torch_device, on_batch=on_batch,
+                                                 plan=config.plan(), hidden_error=config.hidden_error)
+        except TrainingStopped as stop:
+            (final, history), stopped = stop.outcome, stop.error
         stored = {f"W{l}": w for l, w in enumerate(final)}
         memory, counters, energy, warnings = {}, {}, None, []
     elif backend == "torch":

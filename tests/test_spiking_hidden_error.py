@@ -81,3 +81,15 @@ def test_barrier_is_counted_per_sample_and_timestep(tmp_path):
     assert phases["inference"]["timesteps"] == run.record["counters"]["inference_samples"] * T
     seconds = run.record["energy"]["static"]["seconds_by_phase"]["forward"]
     assert seconds >= 96 * T * 113e-9  # at least one 113 ns barrier per sample and timestep
+
+
+def test_float_spiking_path_stops_on_non_finite_weights(tmp_path):
+    """An MSE error at a huge lr drives the float spiking net's weights to inf/NaN: the run is recorded as
+    stopped, never complete."""
+    from fo_edge.errors import RunError
+    from fo_edge.runs import read_run
+
+    with pytest.raises(RunError, match="non-finite weights on the float spiking path"):
+        fo_edge.simulate(rule="ftp", device="loihi-like", dataset="digits", model="64-32-10", lr=1e30,
+                         error="mse", backend="torch", out=str(tmp_path / "r"))
+    assert read_run(tmp_path / "r")["status"] == "stopped"

@@ -24,6 +24,7 @@ from ..rules.base import output_error_torch
 from ..rules.foton import FOTONConfig
 from ..rules.ftp import ftp_feedback, ftp_signal
 from ..rules.pepita import pepita_feedback
+from .health import NumericHealthError, TrainingStopped
 from .plan import BatchPlan, epoch_order
 
 __all__ = ["train_spiking_torch"]
@@ -84,6 +85,11 @@ def train_spiking_torch(weights: list[np.ndarray], data: Dataset, rule: str, con
                 ws[l].sub_(lr_step * delta.T @ hins[l] / (steps_t ** 2 * n))
             ws[-1].sub_(lr_step * e.T @ hins[-1] / (steps_t * n))
             step += 1
+            bad = [l for l, w in enumerate(ws) if not bool(torch.isfinite(w).all())]
+            if bad:  # a float run whose weights are no longer numbers is stopped, never recorded as complete
+                error = NumericHealthError(f"numeric health: layer {bad[0] + 1} at step {step}: non-finite weights "
+                                           f"on the float spiking path; lower --lr", bad[0] + 1, step, "non-finite")
+                raise TrainingStopped(error, ([w.cpu().numpy() for w in ws], history))
             if is_foton and config.ortho_every and step % config.ortho_every == 0:
                 for l, w in enumerate(ws):
                     w.copy_(bjorck_torch(w, config.bjorck_iters))
