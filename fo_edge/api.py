@@ -229,6 +229,16 @@ def _record(config: SimulateConfig, dims, rcfg, device: DeviceProfile, data, sta
     }
 
 
+def _default_model(config: SimulateConfig) -> str:
+    """DEFAULT_MODEL (spiking devices: SPIKING_DEFAULT_MODEL), with its input and output widths taken from the
+    dataset when that is not 28x28 with ten classes (``--dataset digits``: 64-256-256-10)."""
+    base = SPIKING_DEFAULT_MODEL if load_device(config.device).spiking is not None else DEFAULT_MODEL
+    if config.data_dir is None and config.dataset in ("mnist", "fashion-mnist"):
+        return base
+    data = load_dataset(config.dataset if config.data_dir is None else None, config.data_dir)
+    return "-".join([str(data.n_features), *base.split("-")[1:-1], str(data.n_classes)])
+
+
 def _resume_config(run_dir) -> tuple[SimulateConfig, dict | None, str | None]:
     """The config of an unfinished run, its last checkpoint (None if it was killed before the first) and its run
     id; a checkpoint written by another run (its run_id differs from run.json's) is refused."""
@@ -269,8 +279,7 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
     else:
         config = dataclasses.replace(config or SimulateConfig(), **overrides)
     if config.model is None:
-        spiking = load_device(config.device).spiking is not None
-        config = dataclasses.replace(config, model=SPIKING_DEFAULT_MODEL if spiking else DEFAULT_MODEL)
+        config = dataclasses.replace(config, model=_default_model(config))
     if is_conv_spec(config.model):
         return _simulate_conv(config, on_batch, on_start)
     config, device, dims, rcfg, backend = _validate(config)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -54,6 +55,42 @@ def _parse_milestones(text: str) -> tuple[int, ...]:
         raise click.UsageError(f"--lr-milestones {text!r} must be epoch numbers joined by commas, e.g. 60,90") from None
 
 
+#: seconds between progress lines when stderr is not a terminal (a log file gets lines, not carriage returns)
+PROGRESS_LINE_SECONDS = 30.0
+
+
+def _progress(tqdm, **kwargs):
+    """A tqdm bar on a terminal; elsewhere plain lines, one every PROGRESS_LINE_SECONDS and one at the end."""
+    if sys.stderr.isatty():
+        return tqdm(file=sys.stderr, **kwargs)
+    return _ProgressLines(**kwargs)
+
+
+class _ProgressLines:
+    """Progress for logs and pipes: ``desc: n/total units (p %), s elapsed`` lines, no carriage returns."""
+
+    def __init__(self, total: int, unit: str, desc: str, disable: bool = False):
+        self.total, self.unit, self.desc, self.disable = total, unit, desc, disable
+        self.n, self.started = 0, time.monotonic()
+        self.last = self.started
+
+    def _line(self) -> None:
+        if not self.disable:
+            share = 100 * self.n / self.total if self.total else 100.0
+            click.echo(f"{self.desc}: {self.n}/{self.total} {self.unit}s ({share:.0f} %), "
+                       f"{time.monotonic() - self.started:.0f} s elapsed", err=True)
+
+    def update(self, n: int) -> None:
+        self.n += n
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_LINE_SECONDS:
+            self.last = now
+            self._line()
+
+    def close(self) -> None:
+        self._line()
+
+
 def _summary_table(result: api.SimulateResult) -> str:
     rec = result.record
     mem = result.memory
@@ -74,6 +111,10 @@ def _summary_table(result: api.SimulateResult) -> str:
     totals = (rec.get("counters") or {}).get("totals")
     if totals:
         rows.append(("saturation events", str(totals["saturation_events"])))
+        rows.append(("overflow wraps", str(totals["overflow_wraps"])))
+        if totals["overflow_wraps"]:
+            rows.append(("warning", f"{totals['overflow_wraps']} accumulator values wrapped around (two's "
+                                    f"complement): widen accumulator_bits or lower weight_frac_bits"))
         rows.append(("updates lost to rounding", f"{totals['updates_lost']} of "
                      f"{totals['updates_lost'] + totals['weight_writes']} nonzero updates"))
     for warning in rec.get("warnings") or []:
@@ -183,7 +224,7 @@ def simulate(ctx: click.Context, resume, as_json, rule_option, recipe, lr_milest
     bar: list = []
 
     def on_start(total: int) -> None:
-        bar.append(tqdm(total=total, unit="sample", desc=label, disable=as_json, file=sys.stderr))
+        bar.append(_progress(tqdm, total=total, unit="sample", desc=label, disable=as_json))
 
     try:
         result = api.simulate(None if resume is not None else config, on_start=on_start,
@@ -269,7 +310,7 @@ def demo(steps, out) -> None:
     bar: list = []
 
     def on_start(total: int) -> None:
-        bar.append(tqdm(total=total, unit="sample", desc="training on mcu-int8", file=sys.stderr))
+        bar.append(_progress(tqdm, total=total, unit="sample", desc="training on mcu-int8"))
 
     try:
         result = api.demo(out, steps=steps, on_start=on_start, on_batch=lambda n: bar[0].update(n))

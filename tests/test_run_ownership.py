@@ -81,3 +81,28 @@ def test_an_interrupted_run_is_recorded_and_resumes(tmp_path, signum):
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert read_run(out)["status"] == "complete"
+
+
+def test_results_get_the_users_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        fo_edge.simulate(**TINY, out=str(tmp_path / "r"))
+    finally:
+        os.umask(old)
+    for name in ("run.json", "weights.npz", "device.toml"):
+        assert (tmp_path / "r" / name).stat().st_mode & 0o777 == 0o640, name
+
+
+def test_progress_on_a_non_terminal_is_lines_not_carriage_returns(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "fo_edge", "simulate", "--rule", "ftp", "--device", "mcu-int8",
+                           "--dataset", "digits", "--model", "64-16-10", "--limit", "200", "--out",
+                           str(tmp_path / "r")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "\r" not in proc.stderr
+    assert "ftp on mcu-int8: 200/200 samples (100 %)" in proc.stderr
+
+
+def test_digits_without_a_model_gets_one_that_fits(tmp_path):
+    run = fo_edge.simulate(rule="ftp", device="mcu-int8", dataset="digits", limit=64, out=str(tmp_path / "r"))
+    assert run.record["config"]["dims"] == [64, 256, 256, 10]
+    spiking = fo_edge.simulate(rule="ftp", device="loihi-like", dataset="digits", limit=64, out=str(tmp_path / "s"))
+    assert spiking.record["config"]["dims"] == [64, 256, 10]
