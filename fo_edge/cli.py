@@ -291,6 +291,8 @@ def export(run_dir, out, int8, nir_out) -> None:
         report, target = api.export_nir_model(run_dir, nir_out), nir_out
     else:
         report, target = api.export_model(run_dir, out, int8=int8), out
+    if report.get("note"):
+        click.echo(f"warning: {report['note']}", err=True)
     click.echo(_export_line(report))
     click.echo(f"report: {target}.verify.json")
     if not report["passed"]:

@@ -24,7 +24,7 @@ import numpy as np
 from .device import DeviceProfile
 from .device.spec import Overflow, Rounding
 from .errors import ConfigError
-from .runs import TrainedRun, load_trained, real_weights, write_file_atomic, write_json_atomic
+from .runs import TrainedRun, load_trained, real_weights, run_status_note, write_file_atomic, write_json_atomic
 
 __all__ = ["export_onnx", "FP32_ATOL", "MIN_AGREEMENT"]
 
@@ -198,6 +198,7 @@ def export_onnx(run_dir: str | Path, out: str | Path, *, int8: bool = False) -> 
     verify = _verify_int8 if int8 else _verify_fp32
     report = {"model": str(out), "run": str(run.path), "kind": "int8" if int8 else "fp32",
               "device": run.profile.id, "test_samples": int(len(data.x_test)), "bytes": len(model_bytes),
+              "run_status": run.record.get("status"), "note": run_status_note(run),
               **verify(run, model_bytes, data.x_test, data.y_test)}
     write_json_atomic(Path(str(out) + ".verify.json"), report)
     return report

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError
-from .runs import TrainedRun, load_trained, real_weights, write_file_atomic, write_json_atomic
+from .runs import TrainedRun, load_trained, real_weights, run_status_note, write_file_atomic, write_json_atomic
 
 __all__ = ["spiking_graph", "export_nir", "NIR_DT", "MIN_NIR_AGREEMENT"]
 
@@ -157,6 +157,7 @@ def export_nir(run_dir: str | Path, out: str | Path) -> dict:
     device_labels = _device_predict(run, x)
     agree = float((nir_labels == float_labels).mean())
     report = {"model": str(out), "run": str(run.path), "kind": "nir", "device": run.profile.id,
+              "run_status": run.record.get("status"), "note": run_status_note(run),
               "test_samples": int(len(x)), "bytes": out.stat().st_size, "readout_steps": steps,
               "timesteps": run.profile.spiking.timesteps, "agreement_float": agree,
               "agreement_device": float((nir_labels == device_labels).mean()), "min_agreement": MIN_NIR_AGREEMENT,

@@ -22,7 +22,8 @@ from .files import TEXT_FILE_BYTES, npz_members, read_bounded
 
 __all__ = ["SCHEMA_VERSION", "prepare_run_dir", "write_json_atomic", "write_file_atomic", "read_run",
            "save_weights", "load_weights", "save_checkpoint", "load_checkpoint", "package_versions",
-           "MAX_CHECKPOINT_BYTES", "CHECKPOINT_KEYS", "TrainedRun", "load_trained", "real_weights"]
+           "MAX_CHECKPOINT_BYTES", "CHECKPOINT_KEYS", "TrainedRun", "load_trained", "real_weights",
+           "run_status_note"]
 
 #: refuse checkpoints larger than this before reading them (4 GiB)
 MAX_CHECKPOINT_BYTES = 4 << 30
@@ -226,6 +227,15 @@ def load_trained(run_dir: str | Path, spiking: bool = False) -> TrainedRun:
     profile = parse_device(text, str(path / "device.toml"))
     dims = [int(d) for d in record["config"]["dims"]]
     return TrainedRun(path, record, profile, load_weights(path, dims), dims, record["config"]["activation"])
+
+
+def run_status_note(run: TrainedRun) -> str | None:
+    """A one-line warning when the run did not complete (its weights are those of a stopped or interrupted run)."""
+    status = run.record.get("status")
+    if status == "complete":
+        return None
+    reason = (run.record.get("stop") or {}).get("message")
+    return f"the run is {status}{': ' + reason if reason else ''}; these are its last weights, not a finished model"
 
 
 def real_weights(run: TrainedRun) -> list[np.ndarray]:
