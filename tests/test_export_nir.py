@@ -71,16 +71,3 @@ def test_non_spiking_runs_are_refused(tmp_path):
         export_nir(tmp_path / "mcu", tmp_path / "x.nir")
     assert not (tmp_path / "x.nir").exists()
 
-
-def test_export_of_a_stopped_run_says_so(tmp_path):
-    """A run the health check stopped still exports its last weights, with a warning and the status recorded."""
-    from fo_edge.errors import RunError
-
-    with pytest.raises(RunError):
-        fo_edge.simulate(rule="bp", device="mcu-int8", dataset="digits", model="64-16-10", lr=1e6,
-                         out=str(tmp_path / "stopped"))
-    result = CliRunner().invoke(cli, ["export", str(tmp_path / "stopped"), "--out",
-                                     str(tmp_path / "s.onnx")])
-    assert "warning: the run is stopped" in result.stderr  # click 8.2+: stderr kept apart
-    report = json.loads((tmp_path / "s.onnx.verify.json").read_text())
-    assert report["run_status"] == "stopped" and "last weights" in report["note"]

@@ -125,3 +125,15 @@ def test_a_failed_verification_exits_nonzero_and_keeps_the_report(mcu_run, tmp_p
     assert result.exit_code == 1 and "FAILED verification" in result.output
     report = json.loads((tmp_path / "f.onnx.verify.json").read_text())
     assert report["passed"] is False and (tmp_path / "f.onnx").exists()
+
+
+def test_export_of_a_stopped_run_says_so(tmp_path):
+    """A run the health check stopped still exports its last weights, with a warning and the status recorded."""
+    with pytest.raises(RunError):
+        fo_edge.simulate(rule="bp", device="mcu-int8", dataset="digits", model="64-16-10", lr=1e6,
+                         out=str(tmp_path / "stopped"))
+    result = CliRunner().invoke(cli, ["export", str(tmp_path / "stopped"), "--out",
+                                     str(tmp_path / "s.onnx")])
+    assert "warning: the run is stopped" in result.stderr  # click 8.2+: stderr kept apart
+    report = json.loads((tmp_path / "s.onnx.verify.json").read_text())
+    assert report["run_status"] == "stopped" and "last weights" in report["note"]
