@@ -24,6 +24,7 @@ setup(
         "snntorch>=0.9",
         "nir>=1.0",
         "nirtorch>=2.0",
+        "pydantic>=2.6",
         "click>=8.1",
         "tqdm>=4.66",
         "scikit-learn>=1.4",

@@ -19,6 +19,7 @@ import numpy as np
 from .device import DeviceProfile, parse_device
 from .errors import RunError
 from .files import TEXT_FILE_BYTES, npz_members, read_bounded
+from .run_schema import validate_record
 
 __all__ = ["SCHEMA_VERSION", "prepare_run_dir", "write_json_atomic", "write_file_atomic", "read_run",
            "save_weights", "load_weights", "save_checkpoint", "load_checkpoint", "package_versions",
@@ -193,6 +194,7 @@ def read_run(run_dir: str | Path) -> dict:
     for key in ("config", "device", "final", "memory", "counters"):
         if not isinstance(data.get(key), dict):
             raise RunError(f"{path} is corrupt: {key!r} is missing or not an object")
+    validate_record(data, f"{path} is corrupt", RunError)
     return data
 
 
