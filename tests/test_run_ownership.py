@@ -68,7 +68,9 @@ def test_an_interrupted_run_is_recorded_and_resumes(tmp_path, signum):
     out = tmp_path / "r"
     args = [sys.executable, "-m", "fo_edge", "simulate", "--rule", "ftp", "--device", "mcu-int8", "--model",
             "784-64-10", "--limit", "16000", "--epochs", "2", "--checkpoint-every", "40", "--out", str(out)]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell's background jobs inherit SIGINT ignored (then Python never raises KeyboardInterrupt): restore it
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not (out / "checkpoint.npz").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
