@@ -98,7 +98,7 @@ def test_truncated_and_misshapen_checkpoints_are_refused(mcu_run, tmp_path):
 def test_demo_runs_end_to_end(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "fo_edge", "demo", "--steps", "10", "--out", str(tmp_path / "d")],
                           capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, proc.stderr + "\n".join(line for line in proc.stdout.splitlines() if "ONNX" in line)
     assert proc.stdout.count("verified in onnxruntime") == 2
     assert "energy / training sample" in proc.stdout and "peak device memory" in proc.stdout
     assert (tmp_path / "d" / "model-int8.onnx").exists() and (tmp_path / "d" / "device.toml").exists()
