@@ -108,9 +108,15 @@ class SimulateResult:
 
 
 def default_run_dir(config: SimulateConfig) -> Path:
-    """``runs/<rule>-<device>-<timestamp>`` under the current directory."""
+    """``runs/<rule>-<device>-<timestamp>`` under the current directory (``-2``, ``-3``, ... appended when runs
+    start within the same second, so a default directory never holds another run)."""
     device = Path(config.device).stem
-    return Path("runs") / f"{config.rule}-{device}-{time.strftime('%Y%m%d-%H%M%S')}"
+    base = Path("runs") / f"{config.rule}-{device}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
 
 
 def _validate(config: SimulateConfig) -> tuple[SimulateConfig, DeviceProfile, tuple[int, ...], object, str]:

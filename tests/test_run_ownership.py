@@ -108,3 +108,9 @@ def test_digits_without_a_model_gets_one_that_fits(tmp_path):
     assert run.record["config"]["dims"] == [64, 256, 256, 10]
     spiking = fo_edge.simulate(rule="ftp", device="loihi-like", dataset="digits", limit=64, out=str(tmp_path / "s"))
     assert spiking.record["config"]["dims"] == [64, 256, 10]
+
+
+def test_default_run_directories_never_collide(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runs = [fo_edge.simulate(**TINY) for _ in range(3)]  # quicker than a second each: same timestamp
+    assert len({r.run_dir for r in runs}) == 3 and all(read_run(r.run_dir)["status"] == "complete" for r in runs)
