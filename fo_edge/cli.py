@@ -55,6 +55,11 @@ def _parse_milestones(text: str) -> tuple[int, ...]:
         raise click.UsageError(f"--lr-milestones {text!r} must be epoch numbers joined by commas, e.g. 60,90") from None
 
 
+def _typed(ctx: click.Context, names) -> set[str]:
+    """The options among ``names`` given on the command line (not defaults)."""
+    return {name for name in names if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+
+
 #: seconds between progress lines when stderr is not a terminal (a log file gets lines, not carriage returns)
 PROGRESS_LINE_SECONDS = 30.0
 
@@ -204,18 +209,17 @@ def simulate(ctx: click.Context, resume, as_json, rule_option, recipe, lr_milest
     from tqdm import tqdm
 
     if resume is not None:
-        given = sorted(name for name in ("rule_option", "recipe", "lr_milestones", *options)
-                       if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE)
+        given = sorted(_typed(ctx, ("rule_option", "recipe", "lr_milestones", *options)))
         if given:
             flags = ", ".join("--" + name.replace("_", "-") for name in given)
             raise click.UsageError(f"--resume continues a run with the options it was started with; drop {flags} "
                                    f"(or start a new run with them)")
-    signal.signal(signal.SIGTERM, _interrupt)  # recorded like Ctrl-C: status interrupted, resumable
+    stop = _StopOnSignal()  # Ctrl-C and SIGTERM: status interrupted, resumable
 
     options["lr_milestones"] = _parse_milestones(lr_milestones)
     options["rule_options"] = _parse_rule_options(rule_option)
     if recipe is not None:
-        given = {name for name in options if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+        given = _typed(ctx, options)
         settings = recipe_settings(recipe, **{name: options[name] for name in given | {"rule_options"}})
         config = api.SimulateConfig(**{**{k: v for k, v in options.items() if k not in settings}, **settings})
     else:
@@ -225,10 +229,15 @@ def simulate(ctx: click.Context, resume, as_json, rule_option, recipe, lr_milest
 
     def on_start(total: int) -> None:
         bar.append(_progress(tqdm, total=total, unit="sample", desc=label, disable=as_json))
+        stop.training = True
+
+    def on_batch(n: int) -> None:
+        bar[0].update(n)
+        stop.check()
 
     try:
-        result = api.simulate(None if resume is not None else config, on_start=on_start,
-                              on_batch=lambda n: bar[0].update(n), resume=resume)
+        result = api.simulate(None if resume is not None else config, on_start=on_start, on_batch=on_batch,
+                              resume=resume)
     finally:
         if bar:
             bar[0].close()
@@ -444,9 +453,25 @@ def rules(as_json: bool) -> None:
         click.echo(f"{r.name:<7} {kind:<12} lr {r.default_lr:<5} {r.default_activation:<5} {r.summary} ({r.paper})")
 
 
-def _interrupt(signum, frame) -> None:
-    """SIGTERM handler: stop the run the way Ctrl-C does (api.simulate records it as interrupted)."""
-    raise KeyboardInterrupt
+class _StopOnSignal:
+    """SIGINT and SIGTERM handlers for a run. Before training they stop at once; during training they only ask,
+    and the run stops at the end of the current step (``check``, from on_batch), so a signal never lands inside
+    a kernel's compilation or a checkpoint write. api.simulate records the stop as interrupted."""
+
+    def __init__(self):
+        self.training = self.requested = False
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(signum) is not signal.SIG_IGN:  # a background job's ignored SIGINT stays ignored
+                signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if not self.training:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> None:

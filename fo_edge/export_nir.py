@@ -70,25 +70,14 @@ def spiking_graph(run: TrainedRun):
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)
 
 
-def _rate_code(x, steps: int):
-    """Yield the input spikes (B, d_0) float32 of kernels.spiking's rate code, step by step."""
-    import torch
-
-    x_q = torch.clamp(torch.round(torch.as_tensor(x) * 256), 0, 256)
-    phase = torch.zeros_like(x_q)
-    for _ in range(steps):
-        phase = phase + x_q
-        spikes = (phase >= 256).to(torch.float32)
-        phase = phase - 256 * spikes
-        yield spikes
-
-
 def _nir_predict(path: Path, x: np.ndarray, steps: int, chunk: int = 1000) -> np.ndarray:
     """Classes from the NIR file read back and imported by snnTorch, run for ``steps`` timesteps."""
     import nir
     import torch
     from snntorch import utils
     from snntorch.import_nir import import_from_nir
+
+    from .models.spiking import rate_code
 
     with contextlib.redirect_stdout(io.StringIO()):  # the importer reports its graph rewrites on stdout
         net = import_from_nir(nir.read(str(path)))
@@ -97,7 +86,7 @@ def _nir_predict(path: Path, x: np.ndarray, steps: int, chunk: int = 1000) -> np
         for begin in range(0, len(x), chunk):
             utils.reset(net)
             total = 0
-            for spikes in _rate_code(x[begin:begin + chunk], steps):
+            for spikes in rate_code(torch.as_tensor(x[begin:begin + chunk]), steps):
                 out = net(spikes)
                 total = total + (out[0] if isinstance(out, tuple) else out)
             labels[begin:begin + chunk] = total.argmax(1).numpy()

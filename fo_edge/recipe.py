@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .files import read_bounded
 from .rules import rule_config
 
 __all__ = ["Recipe", "RecipeError", "load_recipe", "list_recipes", "recipe_settings", "RUN_FIELDS", "MAX_RECIPE_BYTES"]
@@ -83,14 +84,10 @@ def _recipe_text(name_or_path: str) -> tuple[str, str]:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise RecipeError(f"unknown recipe {name_or_path!r}{hint}; `fo-edge recipes` lists them, or pass a "
                               f"path to a .toml recipe")
-    try:
-        if not path.is_file():  # FIFOs, devices and directories are refused before anything is read
-            raise RecipeError(f"recipe file {path} is not a regular file")
-        if path.stat().st_size > MAX_RECIPE_BYTES:
-            raise RecipeError(f"recipe file {path} is larger than {MAX_RECIPE_BYTES >> 10} KiB; not a recipe")
-        return path.read_text(encoding="utf-8"), origin
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(f"cannot read recipe file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:  # FIFOs, devices and directories are refused before anything is read (files.read_bounded)
+        return read_bounded(path, MAX_RECIPE_BYTES, "recipe file", RecipeError).decode("utf-8"), origin
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"cannot read recipe file {path}: {exc}") from None
 
 
 def _unknown(origin: str, section: str, keys, allowed) -> None:

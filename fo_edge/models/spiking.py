@@ -13,9 +13,21 @@ import torch
 
 from ..device.spec import SpikingParams
 
-__all__ = ["SpikingMLP", "PHASE_ONE"]
+__all__ = ["SpikingMLP", "PHASE_ONE", "rate_code"]
 
 PHASE_ONE = 256  # as kernels.spiking: 8-bit input intensities
+
+
+def rate_code(x: torch.Tensor, steps: int):
+    """Yield the input spikes (B, d_0) in x's dtype, step by step, of kernels.spiking's 8-bit rate code: per pixel,
+    phase += round(256 x); a spike, and phase -= 256, when phase >= 256 (x in [0, 1])."""
+    x_q = torch.clamp(torch.round(x * PHASE_ONE), 0, PHASE_ONE)
+    phase = torch.zeros_like(x_q)
+    for _ in range(steps):
+        phase = phase + x_q
+        spikes = (phase >= PHASE_ONE).to(x.dtype)
+        phase = phase - spikes * PHASE_ONE
+        yield spikes
 
 
 class SpikingMLP(torch.nn.Module):
@@ -35,18 +47,13 @@ class SpikingMLP(torch.nn.Module):
     def forward(self, x: torch.Tensor, inject: torch.Tensor | None = None):
         sp, ws = self.sp, self.weights
         batch = x.shape[0]
-        x_q = torch.clamp(torch.round(x * PHASE_ONE), 0, PHASE_ONE)
-        phase = torch.zeros_like(x_q)
         mems = [lif.init_leaky() for lif in self.neurons]
         pending = [torch.zeros(batch, w.shape[0], dtype=x.dtype, device=x.device) for w in ws]
         counts = [torch.zeros(batch, w.shape[0], dtype=x.dtype, device=x.device) for w in ws[:-1]]
         integrals = [torch.zeros_like(c) for c in counts]
         in_counts = torch.zeros_like(x)
         out = torch.zeros(batch, ws[-1].shape[0], dtype=x.dtype, device=x.device)
-        for _ in range(sp.timesteps):
-            phase = phase + x_q
-            spikes = (phase >= PHASE_ONE).to(x.dtype)
-            phase = phase - spikes * PHASE_ONE
+        for spikes in rate_code(x, sp.timesteps):
             in_counts += spikes
             src = spikes
             for l, w in enumerate(ws):
