@@ -96,6 +96,14 @@ class _ProgressLines:
         self._line()
 
 
+def _cores(static: dict) -> str:
+    """"5 cores", or "96 cores as mapped, 5 tightly packed" when the profile names a larger mapping."""
+    charged = static.get("cores_charged", static["cores_used"])
+    if charged == static["cores_used"]:
+        return f"{charged} cores"
+    return f"{charged} cores as mapped, {static['cores_used']} tightly packed"
+
+
 def _summary_table(result: api.SimulateResult) -> str:
     rec = result.record
     mem = result.memory
@@ -133,7 +141,7 @@ def _summary_table(result: api.SimulateResult) -> str:
         static = energy.get("static")
         if static:
             rows.append(("static energy / training sample", f"{format_energy(static['per_training_sample_pj'])} "
-                         f"({static['cores_used']} cores, {1e3 * static['training_s']:.3g} ms device time)"))
+                         f"({_cores(static)}, {1e3 * static['training_s']:.3g} ms device time)"))
     else:
         rows.append(("energy", "counted on the numba path only (use --backend numba)"))
     rows.append(("run directory", str(result.run_dir)))

@@ -8,7 +8,7 @@ layer a CubaLIF whose parameters are the profile's, for snnTorch's discretisatio
   r = tau_mem / dt, w_in = 1, v_leak = v_reset = 0, v_threshold = the profile's threshold (real units)
 Spikes fire when v > threshold and reset v to 0 (Lava's reset; snnTorch's reset_mechanism "zero"). The output
 is read as the sum of the last Linear's output over the presentation (fo-edge's non-spiking integrator), and the
-input is the 8-bit phase-accumulator rate code of kernels.spiking. The graph's metadata records all of this.
+input is the profile's input code of kernels.spiking (the 8-bit phase-accumulator rate code by default). The graph's metadata records all of this.
 
 What the graph does not hold: Lava Dense's one-step synaptic delay. Every layer delays by one step, and delays
 commute with the time-invariant LIF dynamics from zero state, so fo-edge's delayed net read over T steps is the
@@ -39,6 +39,14 @@ def _readout_steps(run: TrainedRun) -> int:
     return sp.timesteps - sp.delay * (len(run.dims) - 1)
 
 
+_CODE_TEXT = {
+    "rate": "8-bit phase accumulator per pixel: phase += round(256 x); spike and subtract 256 when phase >= 256 "
+            "(x in [0, 1])",
+    "single": "one spike per pixel at t = 0 where round(256 x) >= 128 (the binarised image, sent once)",
+    "ttfs": "time to first spike: one spike per pixel at t = ((256 - round(256 x)) (T - 1) + 128) // 256 where x > 0",
+}
+
+
 def spiking_graph(run: TrainedRun):
     """The run's network as a ``nir.NIRGraph`` (module docstring)."""
     import nir
@@ -65,19 +73,19 @@ def spiking_graph(run: TrainedRun):
     metadata = {"producer": "fo-edge", "device": run.profile.id, "dt_s": NIR_DT, "timesteps": sp.timesteps,
                 "synaptic_delay_steps": sp.delay, "readout_steps": _readout_steps(run),
                 "readout": "argmax of the output summed over readout_steps timesteps",
-                "input_coding": "8-bit phase accumulator per pixel: phase += round(256 x); spike and subtract 256 "
-                                "when phase >= 256 (x in [0, 1])"}
+                "input_coding": _CODE_TEXT[sp.input_code.value]}
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)
 
 
-def _nir_predict(path: Path, x: np.ndarray, steps: int, chunk: int = 1000) -> np.ndarray:
-    """Classes from the NIR file read back and imported by snnTorch, run for ``steps`` timesteps."""
+def _nir_predict(path: Path, x: np.ndarray, steps: int, code, chunk: int = 1000) -> np.ndarray:
+    """Classes from the NIR file read back and imported by snnTorch, run for ``steps`` timesteps on the run's
+    input ``code``."""
     import nir
     import torch
     from snntorch import utils
     from snntorch.import_nir import import_from_nir
 
-    from .models.spiking import rate_code
+    from .models.spiking import input_spikes
 
     with contextlib.redirect_stdout(io.StringIO()):  # the importer reports its graph rewrites on stdout
         net = import_from_nir(nir.read(str(path)))
@@ -86,7 +94,7 @@ def _nir_predict(path: Path, x: np.ndarray, steps: int, chunk: int = 1000) -> np
         for begin in range(0, len(x), chunk):
             utils.reset(net)
             total = 0
-            for spikes in rate_code(torch.as_tensor(x[begin:begin + chunk]), steps):
+            for spikes in input_spikes(torch.as_tensor(x[begin:begin + chunk]), steps, code):
                 out = net(spikes)
                 total = total + (out[0] if isinstance(out, tuple) else out)
             labels[begin:begin + chunk] = total.argmax(1).numpy()
@@ -141,7 +149,7 @@ def export_nir(run_dir: str | Path, out: str | Path) -> dict:
     data = data.limited(cfg.get("limit"))
     x, y = data.x_test, data.y_test
     steps = _readout_steps(run)
-    nir_labels = _nir_predict(out, x, steps)
+    nir_labels = _nir_predict(out, x, steps, run.profile.spiking.input_code)
     float_labels = _float_predict(run, x)
     device_labels = _device_predict(run, x)
     agree = float((nir_labels == float_labels).mean())

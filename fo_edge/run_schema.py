@@ -72,6 +72,7 @@ class _Static(_Strict):
     training_s: float
     inference_s: float
     cores_used: int
+    cores_charged: Optional[int] = None
 
 
 class _Energy(_Strict):

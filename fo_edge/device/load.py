@@ -7,6 +7,7 @@ print it and tests can require it. Unknown keys are refused with a "did you mean
 from __future__ import annotations
 
 import difflib
+import enum
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 from ..errors import DeviceProfileError
 from ..files import TEXT_FILE_BYTES, read_bounded
 from .spec import (LOIHI_MAX_WEIGHT_BITS, AnalogParams, Arithmetic, Capacity, DeviceProfile, LoihiWeightFormat,
-                   NumberFormat, Overflow, Rounding, SignMode, SpikingParams)
+                   InputCode, NumberFormat, Overflow, Rounding, SignMode, SpikingParams)
 
 __all__ = ["load_device", "list_devices", "parse_device", "device_text", "FORMAT_KEYS", "NEURONS"]
 
@@ -50,6 +51,8 @@ _SPIKING = {"du": (int, 0, 4095), "dv": (int, 0, 4095), "threshold": (float, 1e-
             "neuron_inactive_ns": (float, 0.0, 1e9), "barrier_ns": (float, 0.0, 1e12)}
 #: the Dense weight format in [spiking] (optional; Lava's Dense defaults: 8 bits, mixed sign, exponent 0)
 _WEIGHT_FORMAT = {"num_weight_bits": (int, 1, LOIHI_MAX_WEIGHT_BITS), "weight_exp": (int, -8, 7)}
+#: optional [spiking] numbers with defaults (0 occupied cores: fo-edge's tight packing)
+_SPIKING_OPTIONAL = {"occupied_cores": (int, 0, 1 << 20)}
 
 
 def list_devices() -> list[str]:
@@ -196,6 +199,8 @@ def _spiking(origin: str, data: dict, arithmetic: Arithmetic, sources: dict) -> 
     if "spiking" not in data:
         raise _fail(origin, "spiking", "a [spiking] table for neuron = 'loihi-cuba'")
     table = dict(data["spiking"])
+    _unknown(origin, "[spiking] ", table, {**_SPIKING, **_WEIGHT_FORMAT, **_SPIKING_OPTIONAL,
+                                           "sign_mode": None, "input_code": None})
     weight_bits = data["formats"].get("weight_bits", {}).get("value") if isinstance(data["formats"], dict) else None
     if weight_bits != LOIHI_MAX_WEIGHT_BITS + 1:
         raise _fail(origin, "[formats] weight_bits", f"{LOIHI_MAX_WEIGHT_BITS + 1} for a loihi-cuba neuron (Loihi's "
@@ -205,25 +210,32 @@ def _spiking(origin: str, data: dict, arithmetic: Arithmetic, sources: dict) -> 
                    _WEIGHT_FORMAT, sources, required=False)
     sign = table.pop("sign_mode", None)
     if sign is not None:
-        fmt["sign_mode"] = _sign_mode(origin, sign, sources)
+        fmt["sign_mode"] = _choice(origin, "sign_mode", sign, SignMode, sources)
     weights = LoihiWeightFormat(**fmt)
     if weights.grid_hi == 0 and weights.sign_mode is SignMode.MIXED:
         raise _fail(origin, "[spiking] num_weight_bits", "at least 2 with sign_mode = 'mixed' (1 bit leaves only "
                     "the weights -256 and 0)", weights.num_weight_bits)
-    return SpikingParams(**_section(origin, {"spiking": table}, "spiking", _SPIKING, sources), weights=weights)
+    extra = _section(origin, {"spiking": {k: table.pop(k) for k in list(table) if k in _SPIKING_OPTIONAL}},
+                     "spiking", _SPIKING_OPTIONAL, sources, required=False)
+    code = table.pop("input_code", None)
+    if code is not None:
+        extra["input_code"] = _choice(origin, "input_code", code, InputCode, sources)
+    return SpikingParams(**_section(origin, {"spiking": table}, "spiking", _SPIKING, sources), weights=weights,
+                         **extra)
 
 
-def _sign_mode(origin: str, raw: Any, sources: dict) -> SignMode:
-    """[spiking] sign_mode = { value = "mixed" | "excitatory" | "inhibitory", source = "..." }."""
-    where = "spiking.sign_mode"
+def _choice(origin: str, key: str, raw: Any, kind: type[enum.Enum], sources: dict):
+    """[spiking] KEY = { value = "<one of kind's values>", source = "..." } -> the enum member."""
+    where = f"spiking.{key}"
+    first = next(iter(kind)).value
     if not isinstance(raw, dict) or set(raw) != {"value", "source"}:
-        raise _fail(origin, where, '{ value = "mixed", source = "<citation>" }', raw)
+        raise _fail(origin, where, f'{{ value = "{first}", source = "<citation>" }}', raw)
     if not isinstance(raw["source"], str) or not raw["source"].strip():
         raise _fail(origin, where + ".source", "a non-empty citation string", raw["source"])
     try:
-        mode = SignMode(raw["value"])
+        member = kind(raw["value"])
     except ValueError:
-        raise _fail(origin, where + ".value", "one of " + ", ".join(repr(m.value) for m in SignMode),
+        raise _fail(origin, where + ".value", "one of " + ", ".join(repr(m.value) for m in kind),
                     raw["value"]) from None
     sources[where] = raw["source"]
-    return mode
+    return member

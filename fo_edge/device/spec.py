@@ -99,6 +99,16 @@ class SignMode(enum.Enum):
     INHIBITORY = "inhibitory"
 
 
+class InputCode(enum.Enum):
+    """How a spiking device presents a sample's pixels (kernels.spiking): ``rate`` (an 8-bit phase accumulator,
+    about x T spikes in T steps), ``single`` (one spike per pixel at t = 0 when x >= 0.5: the binarised image
+    sent once), ``ttfs`` (time to first spike: one spike at t = round((1 - x) (T - 1)), none for x = 0)."""
+
+    RATE = "rate"
+    SINGLE = "single"
+    TTFS = "ttfs"
+
+
 #: Loihi's synaptic weight register: 8 magnitude bits and a sign (lava weightutils ``max_num_weight_bits = 8``)
 LOIHI_MAX_WEIGHT_BITS = 8
 
@@ -157,7 +167,9 @@ class SpikingParams:
     (0..4095, Lava's scale of 4096), ``threshold`` in real units of the layer's input, ``timesteps`` per sample
     presentation, synaptic ``delay`` in steps; packing (``neurons_per_core``, ``synapse_bytes_per_core``,
     ``cores_per_chip``) and per-event times in ns with the per-timestep ``barrier_ns``; ``weights``: the Dense
-    weight format (:class:`LoihiWeightFormat`)."""
+    weight format (:class:`LoihiWeightFormat`); ``input_code`` (:class:`InputCode`); ``occupied_cores``: the
+    cores a mapping occupies and pays static power for (0: fo-edge's tight packing, the fewest that hold the
+    net; a larger figure, e.g. another tool's mapping, is charged instead and the tight figure shown beside it)."""
 
     du: int
     dv: int
@@ -173,6 +185,8 @@ class SpikingParams:
     neuron_inactive_ns: float
     barrier_ns: float
     weights: LoihiWeightFormat = LoihiWeightFormat()
+    input_code: InputCode = InputCode.RATE
+    occupied_cores: int = 0
 
 
 @dataclass(frozen=True)

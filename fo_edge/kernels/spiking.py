@@ -1,9 +1,14 @@
 """A rate-coded spiking MLP run for T timesteps on the bit-accurate Loihi model (kernels.lif), all layers
 advancing together each timestep, as they would on the chip.
 
-Per timestep t: the input spikes come from a deterministic rate code (an 8-bit phase accumulator per pixel:
-phase += round(256 x); spike and subtract 256 when phase >= 256, so a pixel of intensity x fires
-floor-ish x T times in T steps); then for each layer l = 1..L the spikes of layer l-1 at t are accumulated
+Per timestep t: the input spikes come from one of three deterministic input codes (``code``, x_q = round(256 x)):
+- ``CODE_RATE`` (0): an 8-bit phase accumulator per pixel, phase += x_q; spike and subtract 256 when
+  phase >= 256, so a pixel of intensity x fires floor(x T) times in T steps (within one);
+- ``CODE_SINGLE`` (1): one spike per pixel per presentation, at t = 0, for x_q >= 128 (x >= 0.5): the
+  binarised image sent once, as Renner et al.'s gated phases present it (one spike per pixel per phase);
+- ``CODE_TTFS`` (2): time to first spike, one spike at t = round((256 - x_q) (T - 1) / 256) for x_q > 0, so
+  brighter pixels fire earlier (the brightest at t = 0, x -> 0 at t = T - 1) and a dark pixel never fires;
+then for each layer l = 1..L the spikes of layer l-1 at t are accumulated
 through W_l (event driven) and delivered at t + ``delay`` (Lava Dense's one-step synaptic delay); hidden
 layers are CUBA-LIF neurons and count their spikes; the output layer is a non-spiking integrator whose
 accumulated input is the readout (logits = out_acc / (T 2**w_frac)). Optional ``inject`` (B, d_1) adds a
@@ -22,15 +27,34 @@ from numba import njit
 from .counters import NEURON_ACTIVE, TIMESTEPS
 from .lif import dense_events_, lif_int_step_
 
-__all__ = ["spiking_pass_", "PHASE_ONE"]
+__all__ = ["spiking_pass_", "input_spike_", "PHASE_ONE", "CODE_RATE", "CODE_SINGLE", "CODE_TTFS", "INPUT_CODES"]
 
-PHASE_ONE = 256  # input rate code: 8-bit intensities
+PHASE_ONE = 256  # input codes: 8-bit intensities
+CODE_RATE, CODE_SINGLE, CODE_TTFS = 0, 1, 2
+#: [spiking] input_code value -> the kernel's code
+INPUT_CODES = {"rate": CODE_RATE, "single": CODE_SINGLE, "ttfs": CODE_TTFS}
 
 
 @njit(cache=True)
-def spiking_pass_(x_q, steps, w, dims, offs, wexp, vth_eff, du, dv, delay, inject, phase_buf, spk, u, v,
+def input_spike_(code, x, phase, t, steps):
+    """(spike 0/1, new phase) of one pixel of intensity x in [0, 256] at step t of ``steps`` (module docstring)."""
+    if code == CODE_RATE:
+        ph = phase + x
+        if ph >= PHASE_ONE:
+            return 1, ph - PHASE_ONE
+        return 0, ph
+    if code == CODE_SINGLE:
+        return (1 if t == 0 and 2 * x >= PHASE_ONE else 0), phase
+    if x <= 0:
+        return 0, phase
+    fire = ((PHASE_ONE - x) * (steps - 1) + PHASE_ONE // 2) // PHASE_ONE
+    return (1 if t == fire else 0), phase
+
+
+@njit(cache=True)
+def spiking_pass_(x_q, steps, code, w, dims, offs, wexp, vth_eff, du, dv, delay, inject, phase_buf, spk, u, v,
                   pending, a_buf, counts, in_counts, out_acc, in_acc, nnz, C, phase):
-    """Run the net on x_q (B, d_0) int64 intensities in [0, 256] for ``steps`` timesteps.
+    """Run the net on x_q (B, d_0) int64 intensities in [0, 256] for ``steps`` timesteps, inputs in ``code``.
 
     Flat per-neuron buffers cover layers 1..L, layer l's B x d_l block at the sum of the earlier layers'
     blocks: spk, u, v (hidden layers), pending, a_buf (all layers); counts (B, sum of hidden d_l) spike
@@ -73,16 +97,12 @@ def spiking_pass_(x_q, steps, w, dims, offs, wexp, vth_eff, du, dv, delay, injec
             u[lo:hi] = 0
             v[lo:hi] = 0
             pending[lo:hi] = 0
-        for _ in range(steps):
+        for t in range(steps):
             for j in range(d0):
-                ph = phase_buf[b, j] + x_q[b, j]
-                if ph >= 256:
-                    ph -= 256
-                    s_in[b, j] = 1
-                    in_counts[b, j] += 1
-                else:
-                    s_in[b, j] = 0
+                fired, ph = input_spike_(code, x_q[b, j], phase_buf[b, j], t, steps)
                 phase_buf[b, j] = ph
+                s_in[b, j] = fired
+                in_counts[b, j] += fired
             src = s_in[b:b + 1]
             for l in range(n_layers):
                 d_out = dims[l + 1]

@@ -1,6 +1,6 @@
 """The snnTorch reference of the loihi-like spiking MLP (``--backend torch`` on a spiking device).
 
-The same network as kernels.spiking, in float: inputs through the same deterministic 8-bit rate code, each
+The same network as kernels.spiking, in float: inputs through the same deterministic input code, each
 hidden layer an ``nn.Linear`` (bias off) feeding a ``snntorch.Leaky`` neuron (beta = 1 - dv/4096, threshold, reset
 to zero: snnTorch's delayed zero reset spikes exactly when Lava's immediate one does), currents delivered one
 step late (Lava Dense's synaptic delay), and a non-spiking output integrator (logits = summed input / T). Runs
@@ -11,22 +11,30 @@ from __future__ import annotations
 import snntorch as snn
 import torch
 
-from ..device.spec import SpikingParams
+from ..device.spec import InputCode, SpikingParams
 
-__all__ = ["SpikingMLP", "PHASE_ONE", "rate_code"]
+__all__ = ["SpikingMLP", "PHASE_ONE", "input_spikes"]
 
 PHASE_ONE = 256  # as kernels.spiking: 8-bit input intensities
 
 
-def rate_code(x: torch.Tensor, steps: int):
-    """Yield the input spikes (B, d_0) in x's dtype, step by step, of kernels.spiking's 8-bit rate code: per pixel,
-    phase += round(256 x); a spike, and phase -= 256, when phase >= 256 (x in [0, 1])."""
+def input_spikes(x: torch.Tensor, steps: int, code: InputCode = InputCode.RATE):
+    """Yield the input spikes (B, d_0) in x's dtype, step by step, of kernels.spiking's input codes (x in [0, 1],
+    x_q = round(256 x)): ``rate``: per pixel phase += x_q, a spike and phase -= 256 when phase >= 256;
+    ``single``: one spike at t = 0 where x_q >= 128; ``ttfs``: one spike at t = (( 256 - x_q) (T - 1) + 128) // 256
+    where x_q > 0."""
     x_q = torch.clamp(torch.round(x * PHASE_ONE), 0, PHASE_ONE)
     phase = torch.zeros_like(x_q)
-    for _ in range(steps):
-        phase = phase + x_q
-        spikes = (phase >= PHASE_ONE).to(x.dtype)
-        phase = phase - spikes * PHASE_ONE
+    fire = torch.div((PHASE_ONE - x_q) * (steps - 1) + PHASE_ONE // 2, PHASE_ONE, rounding_mode="floor")
+    for t in range(steps):
+        if code is InputCode.RATE:
+            phase = phase + x_q
+            spikes = (phase >= PHASE_ONE).to(x.dtype)
+            phase = phase - spikes * PHASE_ONE
+        elif code is InputCode.SINGLE:
+            spikes = ((2 * x_q >= PHASE_ONE) & (t == 0)).to(x.dtype)
+        else:
+            spikes = ((x_q > 0) & (fire == t)).to(x.dtype)
         yield spikes
 
 
@@ -53,7 +61,7 @@ class SpikingMLP(torch.nn.Module):
         integrals = [torch.zeros_like(c) for c in counts]
         in_counts = torch.zeros_like(x)
         out = torch.zeros(batch, ws[-1].shape[0], dtype=x.dtype, device=x.device)
-        for spikes in rate_code(x, sp.timesteps):
+        for spikes in input_spikes(x, sp.timesteps, sp.input_code):
             in_counts += spikes
             src = spikes
             for l, w in enumerate(ws):

@@ -32,7 +32,7 @@ from ..device.spec import DeviceProfile
 from ..errors import ConfigError
 from ..kernels.counters import FORWARD, INFERENCE, MODULATED, UPDATE
 from ..kernels.linear import outer_update_
-from ..kernels.spiking import PHASE_ONE, spiking_pass_
+from ..kernels.spiking import INPUT_CODES, PHASE_ONE, spiking_pass_
 from ..kernels.steps import Params
 from .ftp import FTPConfig, ftp_feedback, ftp_signal
 from .numba_binding import DeviceNet, from_device, step_scale
@@ -180,7 +180,7 @@ def spiking_forward(net: DeviceNet, bufs: SpikingBuffers, profile: DeviceProfile
     inj = np.zeros((0, 0), dtype=np.int64) if inject is None else inject
     in_acc = (bufs.in_acc_m if second or third else bufs.in_acc)[:n]
     wexp = np.full(net.n_layers, sp.weights.weight_exp, dtype=np.int64)
-    spiking_pass_(x_q, sp.timesteps, net.w, net.dims, net.offs, wexp,
+    spiking_pass_(x_q, sp.timesteps, INPUT_CODES[sp.input_code.value], net.w, net.dims, net.offs, wexp,
                   thresholds(net, profile), sp.du, sp.dv, sp.delay, inj, bufs.phase[:n], bufs.spk[:size],
                   bufs.u[:size], bufs.v[:size], bufs.pending[:size], bufs.a_buf[:size], counts, in_counts,
                   bufs.out_acc[:n], in_acc if bufs.surrogate else bufs.in_acc, _nnz(net), C, phase)
