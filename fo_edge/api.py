@@ -7,7 +7,6 @@ atomically, and returns a :class:`SimulateResult`.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import limits
 from .accounting.counters import counters_array
 from .accounting.energy import energy_record
 from .data import DATASETS, load_dataset
@@ -131,28 +131,20 @@ def _validate(config: SimulateConfig) -> tuple[SimulateConfig, DeviceProfile, tu
         raise ConfigError(f"unknown error {config.error!r}; choose one of {', '.join(ERRORS)}")
     if config.schedule not in ("stream", "store"):
         raise ConfigError(f"unknown schedule {config.schedule!r}; choose stream or store")
-    for name in ("epochs", "batch_size"):
-        if not isinstance(getattr(config, name), int) or getattr(config, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer")
-    if not isinstance(config.checkpoint_every, int) or config.checkpoint_every < 0:
-        raise ConfigError("--checkpoint-every must be a number of steps >= 0 (0: no checkpoints)")
+    for name in ("epochs", "batch_size", "seed", "limit", "checkpoint_every", "stall_steps", "saturation_limit",
+                 "lr", "lr_gamma", "momentum", "weight_decay", "dropout"):
+        limits.check(name, getattr(config, name))
     if config.on_unhealthy not in ("stop", "warn"):
         raise ConfigError(f"--on-unhealthy must be stop or warn, got {config.on_unhealthy!r}")
-    if not 0 < config.saturation_limit <= 1:
-        raise ConfigError(f"--saturation-limit must be a fraction in (0, 1], got {config.saturation_limit}")
-    if not isinstance(config.stall_steps, int) or config.stall_steps < 1:
-        raise ConfigError("--stall-steps must be a positive number of steps")
-    if config.limit is not None and config.limit < 1:
-        raise ConfigError("--limit must be a positive number of samples")
     _validate_pipeline(config)
     lr = RULES[config.rule].default_lr if config.lr is None else config.lr
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ConfigError(f"--lr must be a finite number > 0, got {lr}")
     dims = parse_model_spec(config.model)
     device = load_device(config.device)
     backend = config.backend or ("torch" if device.is_float else "numba")
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "torch":
+        limits.check_torch_device(config.torch_device)
     if backend == "torch" and not device.is_float and device.spiking is None:
         raise ConfigError(f"--backend torch runs float devices only; {device.id} is {device.arithmetic.value}: "
                           f"use --backend numba")
@@ -195,11 +187,6 @@ def _validate_pipeline(config: SimulateConfig) -> None:
         raise ConfigError(f"--init must be one of {', '.join(INITS)}, got {config.init!r}")
     if config.normalize not in NORMALIZATIONS:
         raise ConfigError(f"--normalize must be one of {', '.join(NORMALIZATIONS)}, got {config.normalize!r}")
-    for name, low, high in (("momentum", 0.0, 0.999), ("weight_decay", 0.0, 1.0), ("dropout", 0.0, 0.95)):
-        value = getattr(config, name)
-        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-                and low <= value <= high):
-            raise ConfigError(f"--{name.replace('_', '-')} must be a number in [{low}, {high}], got {value!r}")
     if any(not isinstance(m, int) or isinstance(m, bool) for m in config.lr_milestones):
         raise ConfigError(f"--lr-milestones must be epoch numbers, got {list(config.lr_milestones)}")
     if any(m > config.epochs for m in config.lr_milestones):
@@ -451,11 +438,13 @@ def energy_report(run_dirs, *, by_layer: bool = False, mode: str | None = None, 
 
     if mode not in (None, "op", "system"):
         raise ConfigError(f"unknown energy mode {mode!r}; choose op or system")
-    runs = report.load_runs(run_dirs)
-    rows = report.comparison_rows(runs, mode)
     if plot is not None:
         if not str(plot).lower().endswith(".png"):
             raise ConfigError(f"--plot {plot}: give a .png file name")
+        limits.check_output_file(plot, "--plot")
+    runs = report.load_runs(run_dirs)
+    rows = report.comparison_rows(runs, mode)
+    if plot is not None:
         report.plot_runs(rows, plot)
     return report.layer_rows(runs, mode) if by_layer else rows
 
@@ -464,6 +453,7 @@ def export_model(run_dir, out, *, int8: bool = False) -> dict:
     """ONNX export of a run, verified in onnxruntime (see :mod:`fo_edge.export`); returns the report."""
     from .export import export_onnx
 
+    limits.check_output_file(out, "--out")
     return export_onnx(run_dir, out, int8=int8)
 
 
@@ -471,6 +461,7 @@ def export_nir_model(run_dir, out) -> dict:
     """NIR export of a spiking run, verified through snnTorch's importer (see :mod:`fo_edge.export_nir`)."""
     from .export_nir import export_nir
 
+    limits.check_output_file(out, "--nir")
     return export_nir(run_dir, out)
 
 
@@ -489,8 +480,8 @@ def demo(out: str | None = None, *, steps: int = 300, batch_size: int = 32,
          on_batch: Callable[[int], None] | None = None, on_start: Callable[[int], None] | None = None) -> DemoResult:
     """FTP from scratch on mcu-int8 for ``steps`` steps of MNIST, then int8 and fp32 ONNX exports, each verified
     in onnxruntime. The test set is capped at ``steps * batch_size`` samples (as ``--limit`` does)."""
-    if not isinstance(steps, int) or steps < 1:
-        raise ConfigError("--steps must be a positive integer")
+    limits.check("steps", steps)
+    limits.check("batch_size", batch_size)
     run_dir = Path(out) if out else Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     run = simulate(rule="ftp", device="mcu-int8", model=DEMO_MODEL, batch_size=batch_size, epochs=1,
                    limit=steps * batch_size, out=str(run_dir), on_batch=on_batch, on_start=on_start)
@@ -506,6 +497,9 @@ def diagnose(run_dir=None, *, plot: str | None = None, **fresh) -> dict:
 
     if plot is not None and not str(plot).lower().endswith(".png"):
         raise ConfigError(f"--plot {plot}: give a .png file name")
+    limits.check_output_file(plot, "--plot")
+    for name in ("steps", "every", "batch_size", "lr", "seed"):
+        limits.check(name, fresh.get(name))
     result = diagnostics.diagnose_run(run_dir) if run_dir is not None else diagnostics.diagnose_fresh(**fresh)
     if plot is not None:
         diagnostics.plot_diagnostics(result, plot)

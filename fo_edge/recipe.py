@@ -72,6 +72,11 @@ def list_recipes() -> list[str]:
     return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
+def recipe_text(name_or_path: str) -> tuple[str, str]:
+    """(TOML text, origin) of a bundled recipe by id or of a recipe file by path (bounded read)."""
+    return _recipe_text(name_or_path)
+
+
 def _recipe_text(name_or_path: str) -> tuple[str, str]:
     if name_or_path.endswith(".toml") or "/" in name_or_path:
         path = Path(name_or_path)

@@ -11,17 +11,24 @@ Spec (``[sweep]`` table; a list or ``{ start, stop[, step] }`` range makes an ax
     dataset = "mnist"                       # any other SimulateConfig field, e.g. batch_size, limit, lr
     weight_bits = [6, 8]                    # precision overrides: any [formats] key of the device profile
 
-Each point runs into ``OUT/points/NNNN-<name>`` (its own run.json, weights, device.toml); a point whose run.json
-says complete with the same config is skipped on a rerun; a failing point is recorded with its error and the
+Each point runs into ``OUT/points/NNNN-<name>`` (its own run.json, weights, device.toml); a finished point (below)
+is skipped on a rerun; ranges are integers with a nonzero step, every value is range-checked as the command
+line's options are (fo_edge.limits), and a grid above MAX_SWEEP_POINTS is refused before anything runs; a failing point is recorded with its error and the
 others go on. ``OUT/sweep.json`` lists every point and its status; ``OUT/summary.md``/``summary.csv`` are the
 energy-report table across the finished points, with ``energy.png`` and ``pareto.png`` (accuracy vs energy per
-training sample, the Pareto front marked). Executors: ``local`` (a process pool) or ``ray`` (Ray schedules,
+training sample, the Pareto front marked; when the points' primary energy modes differ, e.g. mcu-int8's system
+mode beside loihi-like's op mode, the front compares every point in op mode, and ``pareto_mode`` says which).
+A point counts as finished only if its run is complete and ``point-key.json`` holds the digest of its settings
+and of the device profile's and recipe's content (``point_key``): editing a device file reruns its points. Executors: ``local`` (a process pool) or ``ray`` (Ray schedules,
 fo-edge runs points; ``ray_address`` joins a cluster).
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
+import json
+import math
 import re
 import time
 import tomllib
@@ -33,6 +40,7 @@ from .device import device_text
 from .device.load import FORMAT_KEYS
 from .errors import ConfigError, FoEdgeError
 from .files import TEXT_FILE_BYTES, read_bounded
+from .limits import LIMITS, MAX_SWEEP_POINTS, check
 from .runs import prepare_run_dir, read_run, write_file_atomic, write_json_atomic
 
 __all__ = ["Point", "load_spec", "expand", "run_sweep", "EXECUTORS"]
@@ -66,10 +74,18 @@ def _axis(key: str, value):
     if isinstance(value, dict):
         if not set(value) <= {"start", "stop", "step"} or "start" not in value or "stop" not in value:
             raise ConfigError(f"sweep spec: {key} range needs start and stop (and optionally step)")
-        values = list(range(value["start"], value["stop"], value.get("step", 1)))
-        if not values:
+        start, stop, step = value["start"], value["stop"], value.get("step", 1)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, stop, step)):
+            raise ConfigError(f"sweep spec: {key} range needs integer start, stop and step, got {value}")
+        if step == 0:
+            raise ConfigError(f"sweep spec: {key} range has step 0")
+        span = range(start, stop, step)
+        if not span:
             raise ConfigError(f"sweep spec: {key} range is empty")
-        return values
+        if len(span) > MAX_SWEEP_POINTS:
+            raise ConfigError(f"sweep spec: {key} range has {len(span):,} values; a sweep holds at most "
+                              f"{MAX_SWEEP_POINTS:,} points")
+        return list(span)
     return [value]
 
 
@@ -96,6 +112,13 @@ def expand(spec: dict) -> list[Point]:
     """The cartesian product of the spec's axes, in a stable order."""
     keys = sorted(spec)
     axes = [_axis(k, spec[k]) for k in keys]
+    total = math.prod(len(a) for a in axes)
+    if total > MAX_SWEEP_POINTS:
+        raise ConfigError(f"sweep spec: the grid has {total:,} points; a sweep holds at most {MAX_SWEEP_POINTS:,}")
+    for key, axis in zip(keys, axes):
+        if key in LIMITS:
+            for value in axis:
+                check(key, value, f"sweep spec: {key}")
     points = []
     for i, combo in enumerate(itertools.product(*axes)):
         values = dict(zip(keys, combo))
@@ -118,6 +141,21 @@ def _device_with_overrides(device: str, formats: dict, target: Path) -> str:
     return str(target)
 
 
+def point_key(point: Point) -> str:
+    """A digest of everything a point's result depends on: its settings and format overrides, and the content
+    of the device profile and recipe it names (so editing a device file reruns its points)."""
+    from .recipe import recipe_text
+
+    settings = dict(point.settings)
+    device = settings.get("device", api.SimulateConfig.device)
+    content = {"settings": settings, "formats": point.formats, "device": device_text(device)[0],
+               "recipe": recipe_text(settings["recipe"])[0] if settings.get("recipe") else None}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+
+
+_KEY_FILE = "point-key.json"
+
+
 def run_point(point: Point, out: str) -> dict:
     """Run one point (in a worker); returns its status record. Never raises for a failing point."""
     run_dir = Path(out) / "points" / point.name
@@ -128,7 +166,9 @@ def run_point(point: Point, out: str) -> dict:
         if point.formats:
             settings["device"] = _device_with_overrides(settings.get("device", api.SimulateConfig.device),
                                                         point.formats, run_dir / "device-override.toml")
+        key = point_key(point)
         result = api.simulate(api.SimulateConfig(**settings, out=str(run_dir), overwrite=True))
+        write_json_atomic(run_dir / _KEY_FILE, {"key": key})
         return {"point": point.name, "status": "complete", "accuracy": result.accuracy,
                 "seconds": time.time() - started}
     except Exception as exc:  # the worker boundary: any failure is this point's record, never the sweep's end
@@ -138,14 +178,15 @@ def run_point(point: Point, out: str) -> dict:
 
 
 def _finished(point: Point, out: Path) -> bool:
+    """A point is finished when its run is complete and was made from the same settings and file contents."""
+    run_dir = out / "points" / point.name
     try:
-        record = read_run(out / "points" / point.name)
-    except FoEdgeError:
+        record = read_run(run_dir)
+        stored = json.loads(read_bounded(run_dir / _KEY_FILE, 4096, "sweep point key", ConfigError))
+        key = point_key(point)
+    except (FoEdgeError, ValueError):
         return False
-    if record.get("status") != "complete":
-        return False
-    config = record["config"]
-    return all(config.get(k) == v for k, v in point.settings.items() if k != "device")
+    return record.get("status") == "complete" and isinstance(stored, dict) and stored.get("key") == key
 
 
 def _executor_local(points, out, workers, on_done):
@@ -184,7 +225,8 @@ def _executor_ray(points, out, workers, on_done, address):
 
 
 def _pareto(rows: list[dict]) -> set[str]:
-    """Runs not dominated in (higher accuracy, lower energy per training sample)."""
+    """Runs not dominated in (higher accuracy, lower energy per training sample); the rows' energies must all be
+    of one mode (run_sweep prices every point in op mode when the points' primary modes differ)."""
     front = set()
     for r in rows:
         if r["train_pj_per_sample"] is None or r["test_accuracy"] is None:
@@ -199,7 +241,7 @@ def _pareto(rows: list[dict]) -> set[str]:
     return front
 
 
-def _plot_pareto(rows: list[dict], front: set[str], path: Path) -> None:
+def _plot_pareto(rows: list[dict], front: set[str], path: Path, mode: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -215,7 +257,7 @@ def _plot_pareto(rows: list[dict], front: set[str], path: Path) -> None:
     best = sorted((r for r in rows if r["run"] in front), key=lambda r: r["train_pj_per_sample"])
     ax.plot([r["train_pj_per_sample"] / 1e6 for r in best], [100 * r["test_accuracy"] for r in best], "k--",
             linewidth=1, label="Pareto front")
-    ax.set(xscale="log", xlabel="energy per training sample (µJ, primary mode)", ylabel="test accuracy (%)",
+    ax.set(xscale="log", xlabel=f"energy per training sample (µJ, {mode} mode)", ylabel="test accuracy (%)",
            title="Accuracy vs energy")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -230,6 +272,7 @@ def run_sweep(spec_path: str | Path, out: str | Path, *, executor: str = "local"
 
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    check("workers", workers)
     points = expand(load_spec(spec_path))
     out = prepare_run_dir(out)
     workers = workers or max(1, min(len(points), os.cpu_count() or 1))
@@ -258,12 +301,16 @@ def run_sweep(spec_path: str | Path, out: str | Path, *, executor: str = "local"
     if finished:
         runs = report.load_runs(finished)
         rows = report.comparison_rows(runs)
-        front = _pareto(rows)
+        modes = {r["energy_mode"] for r in rows if r["energy_mode"]}
+        mode = next(iter(modes)) if len(modes) == 1 else "op"  # one mode for every point: op exists everywhere
+        compared = rows if len(modes) <= 1 else report.comparison_rows(runs, mode)
+        front = _pareto(compared)
         for row in rows:
             row["pareto"] = row["run"] in front
+            row["pareto_mode"] = mode
         md, csv_text = report.render(rows, "markdown"), report.render(rows, "csv")
         write_file_atomic(out / "summary.md", lambda handle: handle.write(md.encode() + b"\n"))
         write_file_atomic(out / "summary.csv", lambda handle: handle.write(csv_text.encode() + b"\n"))
         report.plot_runs(rows, out / "energy.png")
-        _plot_pareto(rows, front, out / "pareto.png")
+        _plot_pareto(compared, front, out / "pareto.png", mode)
     return record()

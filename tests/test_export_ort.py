@@ -130,7 +130,7 @@ def test_a_failed_verification_exits_nonzero_and_keeps_the_report(mcu_run, tmp_p
 def test_export_of_a_stopped_run_says_so(tmp_path):
     """A run the health check stopped still exports its last weights, with a warning and the status recorded."""
     with pytest.raises(RunError):
-        fo_edge.simulate(rule="bp", device="mcu-int8", dataset="digits", model="64-16-10", lr=1e6,
+        fo_edge.simulate(rule="bp", device="mcu-int8", dataset="digits", model="64-16-10", lr=1e3,
                          out=str(tmp_path / "stopped"))
     result = CliRunner().invoke(cli, ["export", str(tmp_path / "stopped"), "--out",
                                      str(tmp_path / "s.onnx")])

@@ -97,8 +97,8 @@ def test_resume_refuses_complete_runs(tmp_path):
         fo_edge.simulate(resume=tmp_path / "done")
 
 
-@pytest.mark.parametrize("device, lr, kind", [("gpu-fp32", 1e30, "non-finite|exploding"),
-                                              ("mcu-int8", 1e4, "saturation storm")])
+@pytest.mark.parametrize("device, lr, kind", [("gpu-fp32", 1e3, "non-finite|exploding"),
+                                              ("mcu-int8", 1e3, "saturation storm")])
 def test_a_diverging_run_stops_naming_layer_and_step(tmp_path, device, lr, kind):
     out = tmp_path / "div"
     proc = _cli("simulate", "--rule", "bp", "--device", device, "--backend", "numba", "--dataset", "digits",
@@ -114,7 +114,7 @@ def test_a_diverging_run_stops_naming_layer_and_step(tmp_path, device, lr, kind)
 
 
 def test_warn_mode_records_and_continues(tmp_path):
-    result = fo_edge.simulate(rule="bp", device="mcu-int8", dataset="digits", model="64-32-10", lr=1e4,
+    result = fo_edge.simulate(rule="bp", device="mcu-int8", dataset="digits", model="64-32-10", lr=1e3,
                               on_unhealthy="warn", out=str(tmp_path / "warn"))
     assert result.record["status"] == "complete"
     assert any("saturation storm" in w for w in result.record["warnings"])
@@ -164,8 +164,8 @@ def test_torch_path_resumes_from_a_checkpoint_to_the_same_weights(digits, rule):
 
 
 def test_torch_path_divergence_stops_and_records(tmp_path):
-    with pytest.raises(RunError, match="numeric health: layer .* at step 1"):
-        fo_edge.simulate(rule="bp", device="gpu-fp32", dataset="digits", model="64-32-10", lr=1e30,
+    with pytest.raises(RunError, match=r"numeric health: layer .* at step \d+"):
+        fo_edge.simulate(rule="bp", device="gpu-fp32", dataset="digits", model="64-32-10", lr=1e3,
                          out=str(tmp_path / "t"))
     record = read_run(tmp_path / "t")
     assert record["status"] == "stopped" and record["config"]["backend"] == "torch"

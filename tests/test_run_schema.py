@@ -56,7 +56,7 @@ def test_every_kind_of_record_fo_edge_writes_validates(good, tmp_path):
     fo_edge.simulate(rule="bp", device="gpu-fp32", dataset="digits", model="64-16-10", limit=64,
                      out=str(tmp_path / "torch"))  # torch path: no counters, no energy
     with pytest.raises(RunError):
-        fo_edge.simulate(rule="bp", device="mcu-int8", dataset="digits", model="64-16-10", lr=1e6,
+        fo_edge.simulate(rule="bp", device="mcu-int8", dataset="digits", model="64-16-10", lr=1e3,
                          out=str(tmp_path / "stopped"))
     for run in (good, tmp_path / "torch", tmp_path / "stopped"):
         assert read_run(run)["schema_version"] == 2

@@ -90,6 +90,6 @@ def test_float_spiking_path_stops_on_non_finite_weights(tmp_path):
     from fo_edge.runs import read_run
 
     with pytest.raises(RunError, match="non-finite weights on the float spiking path"):
-        fo_edge.simulate(rule="ftp", device="loihi-like", dataset="digits", model="64-32-10", lr=1e30,
+        fo_edge.simulate(rule="ftp", device="loihi-like", dataset="digits", model="64-32-10", lr=1e3,
                          error="mse", backend="torch", out=str(tmp_path / "r"))
     assert read_run(tmp_path / "r")["status"] == "stopped"

@@ -1,6 +1,7 @@
 """`fo-edge sweep`: expansion, a 4-point local sweep end to end, rerun skips, a broken point fails alone, spec
 errors are one line, and the same sweep on a local Ray instance."""
 import json
+import re
 import subprocess
 import sys
 
@@ -59,10 +60,45 @@ def test_a_broken_device_fails_its_points_only(tmp_path):
     assert sum(s["status"] == "complete" for s in statuses) == 4
 
 
+def test_editing_a_device_file_reruns_its_points(tmp_path):
+    """Points are keyed by content: the same spec after an edit of the device file runs again."""
+    from importlib import resources
+
+    profile = tmp_path / "mine.toml"
+    text = (resources.files("fo_edge") / "profiles" / "mcu-int8.toml").read_text(encoding="utf-8")
+    profile.write_text(text)
+    spec = tmp_path / "one.toml"
+    spec.write_text('[sweep]\nrule = "ftp"\ndevice = "mine.toml"\nmodel = "64-16-10"\ndataset = "digits"\n'
+                    'limit = 100\n')
+    out = tmp_path / "out"
+    assert [s["status"] for s in run_sweep(spec, out)["statuses"]] == ["complete"]
+    assert [s["status"] for s in run_sweep(spec, out)["statuses"]] == ["skipped (already complete)"]
+    profile.write_text(text.replace('id = "mcu-int8"', 'id = "mcu-int8"  # edited'))
+    assert [s["status"] for s in run_sweep(spec, out)["statuses"]] == ["complete"]
+
+
+def test_pareto_front_compares_one_energy_mode(tmp_path):
+    """mcu-int8's primary mode is system (board level), loihi-like's op: the front prices both in op mode."""
+    spec = tmp_path / "two.toml"
+    spec.write_text('[sweep]\nrule = "ftp"\ndevice = ["mcu-int8", "loihi-like"]\nmodel = "64-16-10"\n'
+                    'dataset = "digits"\nlimit = 100\n')
+    out = tmp_path / "out"
+    run_sweep(spec, out)
+    csv_text = (out / "summary.csv").read_text()
+    header = csv_text.splitlines()[0].split(",")
+    rows = [dict(zip(header, line.split(","))) for line in csv_text.splitlines()[1:] if line]
+    assert {r["energy_mode"] for r in rows} == {"system", "op"} and {r["pareto_mode"] for r in rows} == {"op"}
+
+
 @pytest.mark.parametrize("extra, message", [("bogus = 1\n", "unknown keys"),
-                                            ("epochs = { start = 3, stop = 1 }\n", "range is empty")])
+                                            ("epochs = { start = 3, stop = 1 }\n", "range is empty"),
+                                            ("epochs = { start = 1, stop = 3, step = 0 }\n", "step 0"),
+                                            ("stall_steps = { start = 1, stop = 1000000000 }\n", "at most 100,000"),
+                                            ("epochs = { start = 1, stop = 2.5 }\n", "integer start"),
+                                            ("batch_size = [0, 8]\n", "sweep spec: batch_size must be an integer"),
+                                            ("lr = [1e30]\n", "sweep spec: lr must be a number in (0, 1000]")])
 def test_spec_errors_are_one_line(tmp_path, extra, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         expand(load_spec(_spec(tmp_path, extra=extra)))
 
 

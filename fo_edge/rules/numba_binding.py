@@ -204,6 +204,9 @@ def step_scale(value: float) -> tuple[np.int64, np.int64]:
     """(mul, div), div a power of two, with mul / div ~= value: the fixed-point multiplier of a weight step."""
     m, k = fixed_multiplier(value)
     if k < 0:
+        if m.bit_length() - k > 62:
+            raise ConfigError(f"the weight step multiplier {value:.3g} (lr / batch x 2^(weight - data fraction "
+                              f"bits)) does not fit the device's 64-bit update arithmetic; lower --lr")
         m, k = m << -k, 0
     return np.int64(m), np.int64(1 << min(k, 62))
 
