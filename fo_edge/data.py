@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
+from .files import regular_size
 
 __all__ = ["Dataset", "DATASETS", "load_dataset", "read_idx", "MNIST_SHA256", "FASHION_MNIST_DIR"]
 
@@ -80,38 +83,63 @@ class Dataset:
                        self.x_test[:limit], self.y_test[:limit], self.image_shape, self.n_classes)
 
 
+_CHUNK = 16 << 20
+
+
 def _read_bytes(path: Path) -> bytes:
-    """The file's bytes (decompressed for .gz), refusing more than the IDX size limit before allocating it."""
-    limit = _MAX_IDX_BYTES + 4096  # data plus the largest IDX header
+    """The file's bytes (decompressed for .gz), read in 16 MiB chunks only as far as its IDX header says the
+    data goes (plus one byte, to notice trailing data): memory follows what the file really holds, never what a
+    header claims, and never more than the 2 GiB IDX limit, so a decompression bomb or a lying header is
+    refused before it is inflated."""
+    if not path.exists():
+        raise DataError(f"dataset file not found: {path}")
+    size = regular_size(path, "dataset file", DataError)  # no FIFOs, devices or directories
+    if not path.name.endswith(".gz") and size > _MAX_IDX_BYTES + 4096:
+        raise DataError(f"{path} is larger than the {_MAX_IDX_BYTES >> 30} GiB IDX limit")
     try:
-        if path.stat().st_size > limit:
-            raise DataError(f"{path} is larger than the {_MAX_IDX_BYTES >> 30} GiB IDX limit")
-        if not path.name.endswith(".gz"):
-            return path.read_bytes()
-        with gzip.open(path, "rb") as handle:
-            data = handle.read(limit + 1)  # a decompression bomb stops here
-        if len(data) > limit:
-            raise DataError(f"{path} decompresses to more than the {_MAX_IDX_BYTES >> 30} GiB IDX limit")
-        return data
+        with (gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")) as handle:
+            head = handle.read(4)
+            ndim = head[3] if len(head) == 4 else 0
+            head += handle.read(4 * ndim)
+            want = _claimed_bytes(head, str(path))
+            data = bytearray(head)
+            while len(data) < len(head) + want + 1:
+                chunk = handle.read(min(_CHUNK, len(head) + want + 1 - len(data)))
+                if not chunk:
+                    break
+                data += chunk
+        if len(data) > len(head) + want:
+            verb = "decompresses to" if path.name.endswith(".gz") else "holds"
+            raise DataError(f"{path} {verb} more than the {want} data bytes its IDX header claims (corrupt, or "
+                            f"not this dataset)")
+        return bytes(data)
     except FileNotFoundError:
         raise DataError(f"dataset file not found: {path}") from None
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise DataError(f"cannot read dataset file {path}: {exc}") from None
+
+
+def _claimed_bytes(header: bytes, origin: str) -> int:
+    """The data bytes an IDX header claims (checked: magic, dimensions, the 2 GiB limit)."""
+    if len(header) < 4 or header[0] != 0 or header[1] != 0 or header[2] not in _IDX_DTYPES:
+        raise DataError(f"{origin} is not an IDX file (bad magic number)")
+    ndim = header[3]
+    if ndim == 0 or len(header) < 4 + 4 * ndim:
+        raise DataError(f"{origin}: truncated IDX header")
+    dims = [int.from_bytes(header[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    expected = math.prod(dims) * np.dtype(_IDX_DTYPES[header[2]]).itemsize
+    if expected > _MAX_IDX_BYTES:
+        raise DataError(f"{origin}: IDX header claims {expected} bytes, more than the 2 GiB limit")
+    return expected
 
 
 def parse_idx(data: bytes, origin: str = "<bytes>") -> np.ndarray:
     """Parse IDX bytes (magic 0x0000 TT NN, NN big-endian uint32 dims, then the data) into an array."""
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise DataError(f"{origin} is not an IDX file (bad magic number)")
+    expected = _claimed_bytes(data[:4 + 4 * data[3]] if len(data) >= 4 else data, origin)
     ndim = data[3]
     header = 4 + 4 * ndim
-    if ndim == 0 or len(data) < header:
-        raise DataError(f"{origin}: truncated IDX header")
     dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_DTYPES[data[2]])
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    if expected > _MAX_IDX_BYTES:
-        raise DataError(f"{origin}: IDX header claims {expected} bytes, more than the 2 GiB limit")
     if len(data) - header != expected:
         raise DataError(f"{origin}: IDX header claims {expected} data bytes but the file holds "
                         f"{len(data) - header} (truncated or corrupt)")

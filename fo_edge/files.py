@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["read_bounded", "npz_members", "TEXT_FILE_BYTES"]
+__all__ = ["read_bounded", "regular_size", "npz_members", "TEXT_FILE_BYTES"]
 
 #: the cap for the TOML and JSON files fo-edge reads (device profiles, recipes, sweep specs, run.json)
 TEXT_FILE_BYTES = 64 << 20
@@ -28,6 +28,11 @@ def _regular(path: Path, what: str, error) -> int:
     if not stat.S_ISREG(info.st_mode):
         raise error(f"{what} {path} is not a regular file")
     return info.st_size
+
+
+def regular_size(path: str | Path, what: str, error) -> int:
+    """The size in bytes of ``path`` if it is a regular file (symlinks followed); else ``error``, one line."""
+    return _regular(Path(path), what, error)
 
 
 def read_bounded(path: str | Path, cap: int, what: str, error) -> bytes:

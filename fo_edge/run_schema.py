@@ -1,15 +1,16 @@
-"""The schema of ``run.json`` as fo-edge reads it back (energy-report, export, diagnose, --resume), checked field
-by field with pydantic on load: a missing or mistyped field is one line naming the file and the field, never a
-KeyError or TypeError later. Only the fields readers use are typed (strictly: a string is not a number);
-anything else a record holds is kept as it is.
+"""The schemas of what fo-edge reads back: ``run.json`` (energy-report, export, diagnose, --resume), checked field
+by field with pydantic on load, and a checkpoint's arrays (--resume; ``validate_checkpoint``): a missing or
+mistyped field is one line naming the file and the field, never a KeyError or TypeError later. Only the fields
+readers use are typed (strictly: a string is not a number); anything else a record holds is kept as it is.
 """
 from __future__ import annotations
 
+import json
 from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-__all__ = ["RunRecord", "validate_record"]
+__all__ = ["RunRecord", "validate_record", "validate_checkpoint", "CHECKPOINT_REQUIRED"]
 
 
 class _Strict(BaseModel):
@@ -104,3 +105,43 @@ def validate_record(data: object, origin: str, error) -> None:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "record"
         raise error(f"{origin}: {where}: {first['msg'].lower()} (got {first.get('input')!r:.60})") from None
+
+
+#: a checkpoint's arrays: name -> (dtype kinds allowed, number of dimensions; None: any)
+CHECKPOINT_ARRAYS = {"w": ("fiu", 1), "rng": ("u", 1), "counters": ("i", None), "proj": ("fi", None),
+                     "position": ("i", 1), "history": ("U", 0), "velocity": ("f", 1), "run_id": ("U", 0)}
+CHECKPOINT_REQUIRED = ("w", "rng", "counters", "proj", "position", "history")
+
+
+class _History(_Strict):
+    epochs: list[_Epoch]
+
+
+def validate_checkpoint(state: dict, origin: str, error) -> None:
+    """Raise ``error`` (one line naming ``origin`` and the array) unless ``state`` (name -> array, as np.load
+    gives it) is a training checkpoint: the required arrays present, each of its dtype kind and rank, no
+    unknown arrays, ``position`` five counts >= 0 and ``history`` a JSON list of {epoch, test_accuracy}."""
+    missing = [k for k in CHECKPOINT_REQUIRED if k not in state]
+    if missing:
+        raise error(f"{origin}: not a training checkpoint (missing {', '.join(missing)})")
+    for name, array in state.items():
+        if name not in CHECKPOINT_ARRAYS:
+            raise error(f"{origin}: {name}: unknown array in a checkpoint")
+        kinds, ndim = CHECKPOINT_ARRAYS[name]
+        if array.dtype.kind not in kinds or (ndim is not None and array.ndim != ndim):
+            raise error(f"{origin}: {name}: expected dtype kind {kinds!r} with {ndim} dimensions, got "
+                        f"{array.dtype} {array.shape}")
+    position = state["position"]
+    if position.shape != (5,) or (position < 0).any():
+        raise error(f"{origin}: position: expected 5 counts >= 0 (epoch, begin, step, trained, inferred), got "
+                    f"{position.tolist()!r:.60}")
+    try:
+        history = json.loads(str(state["history"]))
+    except ValueError as exc:
+        raise error(f"{origin}: history: not JSON ({exc})") from None
+    try:
+        _History.model_validate({"epochs": history})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"][1:]) or "history"
+        raise error(f"{origin}: history.{where}: {first['msg'].lower()}") from None

@@ -19,7 +19,7 @@ import numpy as np
 from .device import DeviceProfile, parse_device
 from .errors import RunError
 from .files import TEXT_FILE_BYTES, npz_members, read_bounded
-from .run_schema import validate_record
+from .run_schema import CHECKPOINT_REQUIRED, validate_checkpoint, validate_record
 
 __all__ = ["SCHEMA_VERSION", "prepare_run_dir", "write_json_atomic", "write_file_atomic", "read_run",
            "save_weights", "load_weights", "save_checkpoint", "load_checkpoint", "package_versions",
@@ -156,7 +156,7 @@ def load_weights(run_dir: str | Path, dims: list[int]) -> dict[str, np.ndarray]:
 
 
 #: arrays a training checkpoint holds (engine.stream's state)
-CHECKPOINT_KEYS = ("w", "rng", "counters", "proj", "position", "history")
+CHECKPOINT_KEYS = CHECKPOINT_REQUIRED
 
 
 def save_checkpoint(run_dir: str | Path, state: dict[str, np.ndarray]) -> None:
@@ -172,9 +172,7 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, np.ndarray] | None:
     if path.stat().st_size > MAX_CHECKPOINT_BYTES:
         raise RunError(f"{path} is larger than any fo-edge checkpoint; refusing to read it")
     state = _read_npz(path)
-    missing = [k for k in CHECKPOINT_KEYS if k not in state]
-    if missing or state["position"].shape != (5,):
-        raise RunError(f"{path} is not a training checkpoint (missing {missing or 'a valid position'})")
+    validate_checkpoint(state, str(path), RunError)
     return state
 
 

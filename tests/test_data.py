@@ -91,6 +91,26 @@ def test_decompression_bombs_are_refused_before_allocating(tmp_path, monkeypatch
 
     monkeypatch.setattr(data, "_MAX_IDX_BYTES", 1000)
     bomb = tmp_path / "train-images-idx3-ubyte.gz"
-    bomb.write_bytes(gzip.compress(b"\0" * 200_000))
-    with pytest.raises(DataError, match="decompresses to more than"):
+    bomb.write_bytes(gzip.compress(b"\0" * 200_000))  # no IDX header at all
+    with pytest.raises(DataError, match="not an IDX file"):
+        data.read_idx(bomb)
+    header = bytes([0, 0, 8, 1]) + (10).to_bytes(4, "big")  # claims 10 bytes, then 200 kB of zeros
+    bomb.write_bytes(gzip.compress(header + b"\0" * 200_000))
+    reads = []
+    monkeypatch.setattr(data, "_CHUNK", 4)
+    real_open = gzip.open
+
+    def counting_open(*args, **kwargs):
+        handle = real_open(*args, **kwargs)
+        read = handle.read
+        handle.read = lambda n=-1: reads.append(n) or read(n)
+        return handle
+
+    monkeypatch.setattr(data.gzip, "open", counting_open)
+    with pytest.raises(DataError, match="decompresses to more than the 10 data bytes"):
+        data.read_idx(bomb)
+    assert sum(reads) <= len(header) + 10 + 1  # read only as far as the header says, plus one byte
+    big = bytes([0, 0, 8, 1]) + (1001).to_bytes(4, "big")  # a header beyond the limit: refused unread
+    bomb.write_bytes(gzip.compress(big))
+    with pytest.raises(DataError, match="more than the 2 GiB limit"):
         data.read_idx(bomb)
