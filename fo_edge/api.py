@@ -181,6 +181,28 @@ def _validate(config: SimulateConfig) -> tuple[SimulateConfig, DeviceProfile, tu
     return filled, device, dims, rcfg, backend
 
 
+def _check_weight_memory(dims, device: DeviceProfile, backend: str) -> None:
+    """Refuse, before anything is allocated or written, weights that cannot fit: on the torch path (which has no
+    arena) the float32 weights against the device's capacity, and on every path the host memory the weights
+    and their float64 initialisation need against this machine's physical memory."""
+    import os
+
+    from .accounting.memory import format_bytes
+    from .errors import DeviceMemoryError
+
+    layers = [int(a) * int(b) for a, b in zip(dims[:-1], dims[1:])]
+    weights = 4 * sum(layers)
+    if backend == "torch" and weights > device.capacity.sram_bytes:
+        raise DeviceMemoryError(f"does not fit in {device.id}'s memory: the float32 weights need "
+                                f"{format_bytes(weights)} but its capacity is "
+                                f"{format_bytes(device.capacity.sram_bytes)}; use a smaller model")
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    need = weights + 8 * max(layers)
+    if need > host:
+        raise ConfigError(f"--model needs {format_bytes(need)} of host memory for its weights and their "
+                          f"initialisation; this machine has {format_bytes(host)}")
+
+
 def _validate_pipeline(config: SimulateConfig) -> None:
     """The data-pipeline and optimiser fields (one line each, before anything is written)."""
     if config.init not in INITS:
@@ -280,6 +302,7 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
     if dims[0] != data.n_features or dims[-1] < data.n_classes:
         raise ConfigError(f"--model {config.model} does not fit {data.name}: it needs {data.n_features} inputs "
                           f"and at least {data.n_classes} outputs (e.g. {data.n_features}-256-{data.n_classes})")
+    _check_weight_memory(dims, device, backend)
     if backend == "numba":  # refuse a model that cannot fit before anything is written
         from .engine.stream import plan_memory
 

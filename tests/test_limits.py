@@ -88,3 +88,22 @@ def test_check_accepts_exactly_the_table(name, value):
         with pytest.raises(ConfigError) as info:
             limits.check(name, value)
         assert "\n" not in str(info.value) and str(info.value).startswith("--" + name.replace("_", "-"))
+
+
+def test_weights_that_cannot_fit_are_refused_before_allocating(tmp_path, capsys):
+    """The torch path has no arena: its float32 weights are checked against the device's capacity (gpu-fp32:
+    80 GB), and every path's against the host's memory, before init allocates anything."""
+    import os
+
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    cases = [("64-65536x30-10", "does not fit in gpu-fp32's memory")]  # 464 GiB of weights > 80 GB
+    layers = host // (4 * 65536 * 65536) + 1  # just more 16 GiB layers than the host holds
+    if 4 * 65536 * 65536 * layers < 80e9:  # below the device's capacity, so only the host check can refuse
+        cases.append((f"64-65536x{layers + 1}-10", "of host memory for its weights"))
+    for model, needle in cases:
+        out = tmp_path / model
+        with pytest.raises(SystemExit) as info:
+            main(["simulate", "--device", "gpu-fp32", "--dataset", "digits", "--model", model, "--out", str(out)])
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+        assert not out.exists()
