@@ -7,6 +7,7 @@ atomically, and returns a :class:`SimulateResult`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -273,7 +274,29 @@ def _resume_config(run_dir) -> tuple[SimulateConfig, dict | None, str | None]:
         if owner != run_id:
             raise RunError(f"--resume {run_dir}: checkpoint.npz belongs to another run (run id {owner}) than "
                            f"run.json ({run_id}); start again with --overwrite")
+        if "config_sha" in checkpoint and str(checkpoint["config_sha"]) != _digest(record["config"]):
+            raise RunError(f"--resume {run_dir}: checkpoint.npz was written for another configuration than "
+                           f"run.json records (run.json was edited?); start again with --overwrite")
+        if "w_sha" in checkpoint and str(checkpoint["w_sha"]) != _digest(checkpoint["w"]):
+            raise RunError(f"--resume {run_dir}: checkpoint.npz's weights do not match their fingerprint (the file "
+                           f"is damaged); start again with --overwrite")
     return dataclasses.replace(config, out=str(run_dir)), checkpoint, run_id
+
+
+def _digest(value) -> str:
+    """SHA-256 of a JSON-able record (sorted keys) or of an array's bytes: the fingerprints in a checkpoint."""
+    import hashlib
+
+    if isinstance(value, np.ndarray):
+        return hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _fingerprinted(state: dict, run_id: str, config_sha: str) -> dict:
+    """A checkpoint's arrays with the run's id and the fingerprints of its config (as run.json holds it) and
+    weights: --resume checks all three."""
+    return {**state, "run_id": np.array(run_id), "config_sha": np.array(config_sha),
+            "w_sha": np.array(_digest(state["w"]))}
 
 
 def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], None] | None = None,
@@ -316,13 +339,15 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
     write_file_atomic(run_dir / "device.toml", lambda handle: handle.write(device_toml))
     if checkpoint is None:
         write_json_atomic(run_dir / "run.json", record)
+    config_sha = _digest(read_run(run_dir)["config"])  # as run.json holds it: what --resume will compare
     weights = init_weights(dims, seed=config.seed, init=config.init)
     if on_start is not None:
         on_start(len(data.x_train) * config.epochs)
     started = time.perf_counter()
     health = HealthConfig(config.on_unhealthy, config.saturation_limit, config.stall_steps)
     checkpointing = dict(health=health, checkpoint_every=config.checkpoint_every,
-                         on_checkpoint=lambda state: save_checkpoint(run_dir, {**state, "run_id": np.array(record["run_id"])}),
+                         on_checkpoint=lambda state: save_checkpoint(run_dir, _fingerprinted(state, record["run_id"],
+                                                                                              config_sha)),
                          resume=checkpoint)
     try:
         history, stored, memory, counters, energy, warnings, stopped = _train(

@@ -56,6 +56,32 @@ def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
         fo_edge.simulate(resume=b)
 
 
+def test_resume_checks_the_config_and_weights_fingerprints(tmp_path):
+    """A checkpoint carries SHA-256 fingerprints of run.json's config and of its own weights: an edited
+    run.json or damaged weights are refused, an untouched pair resumes."""
+    out = tmp_path / "r"
+    fo_edge.simulate(**TINY, out=str(out), checkpoint_every=1, epochs=2)
+    record = read_run(out)
+    record["status"] = "running"
+    (out / "run.json").write_text(json.dumps(record))
+    pristine = (out / "checkpoint.npz").read_bytes()
+    state = dict(np.load(out / "checkpoint.npz"))
+    assert {"run_id", "config_sha", "w_sha"} <= set(state)
+    edited = json.loads(json.dumps(record))
+    edited["config"]["lr"] = 0.123
+    (out / "run.json").write_text(json.dumps(edited))
+    with pytest.raises(RunError, match="another configuration than run.json records"):
+        fo_edge.simulate(resume=out)
+    (out / "run.json").write_text(json.dumps(record))
+    state["w"] = state["w"].copy()
+    state["w"].flat[0] += 1
+    np.savez(out / "checkpoint.npz", **state)
+    with pytest.raises(RunError, match="do not match their fingerprint"):
+        fo_edge.simulate(resume=out)
+    (out / "checkpoint.npz").write_bytes(pristine)
+    assert fo_edge.simulate(resume=out).record["status"] == "complete"
+
+
 def test_options_beside_resume_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="options it was started with"):
         fo_edge.simulate(resume=tmp_path, epochs=3)
