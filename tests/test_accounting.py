@@ -200,3 +200,19 @@ def test_spiking_time_and_static_energy_by_hand():
     watts = 104.0e-3 * 3 / 128  # 3 used cores of the chip's 128
     assert record["cores_used"] == 3 and record["training_s"] == pytest.approx(seconds["forward"])
     assert record["per_training_sample_pj"] == pytest.approx(watts * seconds["forward"] * 1e12 / 2)
+
+
+def test_learning_engine_visits_every_plastic_synapse_each_learning_epoch(tmp_path):
+    """Loihi's learning engine processes every plastic synapse once per learning epoch (one per batch), whether
+    or not it changes: 64 samples in batches of 16 are 4 epochs over 64x32 + 32x10 synapses, charged at
+    Davies Table 2's 120 pJ per synaptic update, and nothing else in the update phase."""
+    import fo_edge
+    from fo_edge.kernels.counters import PHASES
+
+    run = fo_edge.simulate(rule="ftp", device="loihi-like", dataset="digits", model="64-32-10", limit=64,
+                           batch_size=16, out=str(tmp_path / "r"))
+    values = np.array(run.record["counters"]["values"])
+    update = PHASES.index("update")
+    assert values[update, :2, COUNTERS.index("synaptic_updates")].tolist() == [4 * 64 * 32, 4 * 32 * 10]
+    op = run.record["energy"]["modes"]["op"]
+    assert op["by_phase_pj"]["update"] == pytest.approx(4 * (64 * 32 + 32 * 10) * 120.0)
