@@ -93,3 +93,21 @@ def test_fixed16_ftp_targets_follow_the_float_reference(small_batch, target):
         ours = g_out[net.offs[l]:net.offs[l + 1]]
         cosine = ours @ g.ravel() / (np.linalg.norm(ours) * np.linalg.norm(g) + 1e-30)
         assert cosine > 0.99, (l, cosine)
+
+
+@pytest.mark.parametrize("target", ["difference", "error_preactivation"])
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_ftp_local_output_loss_equals_torch(small_batch, target, activation):
+    """FTP's output_loss=local (g_L = (y - W_L tau_{L-1})^T h_{L-1} / B) on the Numba float path equals torch;
+    the hidden layers' updates are unchanged by it."""
+    weights, x, t = small_batch
+    opts = {"seed": 5, "target": target, "output_loss": "local"}
+    ref = compute_updates("ftp", weights, x, t, activation=activation, error="ce", **opts)
+    out = compute_updates("ftp", weights, x, t, activation=activation, error="ce", backend="numba", **opts)
+    plain = compute_updates("ftp", weights, x, t, activation=activation, error="ce", seed=5, target=target)
+    for g_ref, g_nb in zip(ref, out):
+        np.testing.assert_allclose(g_nb, g_ref, atol=1e-5, rtol=0)
+    for g_local, g_plain in zip(ref[:-1], plain[:-1]):
+        np.testing.assert_array_equal(g_local.numpy() if hasattr(g_local, "numpy") else g_local,
+                                      g_plain.numpy() if hasattr(g_plain, "numpy") else g_plain)
+    assert not np.allclose(np.asarray(ref[-1]), np.asarray(plain[-1]))

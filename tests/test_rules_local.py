@@ -69,6 +69,19 @@ def test_ftp_label_target_by_hand():
     np.testing.assert_array_equal(g1, [[-0.5, -1.0], [0, 0]])
 
 
+def test_ftp_local_output_loss_by_hand():
+    """output_loss=local: the output layer learns 0.5||y - tau_L||^2 with tau_L = W_L tau_{L-1}.
+    W1 = I, W2 = [[1, 2], [3, 4]], x = [1, 2], G = I, label target: a1 = h1 = [1, 2], tau1 = a1 + t G^T = [2, 2];
+    y = h1 W2^T = [5, 11], tau2 = tau1 W2^T = [6, 14]; g2 = (y - tau2)^T h1 = [[-1, -2], [-3, -6]]; g1 is FTP's
+    usual (h1 - tau1)^T x = [[-1, -2], [0, 0]] (identity activation)."""
+    w2 = np.array([[1.0, 2.0], [3.0, 4.0]])
+    for backend in ("torch", "numba"):
+        g1, g2 = compute_updates("ftp", [I2, w2], X, T, activation="identity", error="mse", feedback=I2,
+                                 target="label", output_loss="local", backend=backend)
+        np.testing.assert_allclose(g1, [[-1.0, -2.0], [0, 0]], atol=1e-12)
+        np.testing.assert_allclose(g2, [[-1.0, -2.0], [-3.0, -6.0]], atol=1e-12)
+
+
 def test_bp_closed_form_two_layer_relu():
     rng = np.random.default_rng(0)
     w1, w2 = rng.standard_normal((5, 4)), rng.standard_normal((3, 5))

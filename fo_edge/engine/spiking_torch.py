@@ -64,9 +64,11 @@ def train_spiking_torch(weights: list[np.ndarray], data: Dataset, rule: str, con
             e = output_error_torch(y, t, error, temperature)
             if rule == "ftp":
                 inject = ftp_signal(config, t, e, y, proj)
-                _, counts_m, in_m, acc_m = net(x, inject=inject)
+                y_m, counts_m, in_m, acc_m = net(x, inject=inject)
                 if hidden_error == "central":
-                    counts_n = net(x, inject=-inject)[1]
+                    y_n, counts_n = net(x, inject=-inject)[:2]
+                if getattr(config, "output_loss", "error") == "local":  # y - tau_L (central: (y^- - y^+) / 2)
+                    e = (y_n - y_m) / 2 if hidden_error == "central" else y - y_m
             else:
                 sign = 1.0 if rule == "pepita" else -1.0
                 _, counts_m, in_m, acc_m = net(torch.clamp(x + sign * (e @ proj), 0.0, 1.0))

@@ -41,6 +41,7 @@ Params = namedtuple("Params", [
     "ftp_diff",             # bool: FTP's difference target tau_1 = h_1 + gamma (f(t G^T) - f(y_hat G^T))
     "ftp_gamma", "ftp_f",   # its gamma (float) and f (an activation code: tanh or identity)
     "ftp_raw",              # bool: y_hat is the raw output y, not e + t (softmax(y / T) for CE)
+    "ftp_local",            # bool: FTP's output layer learns the local loss to tau_L = W_L tau_{L-1}, not e
     "w_bytes", "a_bytes", "e_bytes", "p_bytes",  # bytes per stored weight / activation / error / projection value
     "proj_flash",           # bool: the projection matrix is read from Flash
     "analog",               # bool: crossbar device (kernels.analog); the rest are its parameters
@@ -204,8 +205,37 @@ def forward_only_step_(rule, store_mode, w, dims, offs, w_one, upd_mul, upd_div,
         hm = m_next
     last = n_layers - 1
     hin = hm if rule == 1 else hc
-    outer_update_(w, offs[last], dims[last + 1], dims[last], e, hin, upd_mul[last], upd_div[last],
+    out_err = e
+    if rule == 2 and P.ftp_local and n_layers > 1:
+        out_err = _local_output_error_(w, dims, offs, w_one, hc, hm, P, buf_pre, buf_tmp,
+                                       buf_m1 if (last - 1) % 2 == 0 else buf_m0, C, rng, cache)
+    outer_update_(w, offs[last], dims[last + 1], dims[last], out_err, hin, upd_mul[last], upd_div[last],
                   g_scale[last], P, C[UPDATE, last], rng, g_out)
+
+
+@njit(cache=True)
+def _local_output_error_(w, dims, offs, w_one, hc, hm, P, buf_pre, buf_tmp, buf_out, C, rng, cache):
+    """FTP's local output loss: y = W_L h_{L-1} (recomputed from the clean h_{L-1}, hc) and the output target
+    tau_L = W_L tau_{L-1} (hm), both linear; returns y - tau_L in the error format, (B, d_L) in ``buf_out``
+    (saturated to the error format's range on integer devices)."""
+    batch = hc.shape[0]
+    last = dims.size - 2
+    d_in, d_out = dims[last], dims[last + 1]
+    pre = view(buf_pre, batch, d_out)
+    y = view(buf_out, batch, d_out)
+    tau = view(buf_tmp, batch, d_out)
+    cached_layer_forward_(hc, w, offs[last], d_out, d_in, w_one[last], True, P, pre, y, C[RECOMPUTE, last], rng,
+                          *layer_cache(cache, dims, offs, last))
+    cached_layer_forward_(hm, w, offs[last], d_out, d_in, w_one[last], True, P, pre, tau, C[MODULATED, last], rng,
+                          *layer_cache(cache, dims, offs, last))
+    for b in range(batch):
+        for k in range(d_out):
+            diff = y[b, k] - tau[b, k]
+            if P.quantized:
+                y[b, k] = saturate(np.rint(diff * P.e_one / P.a_one), P.e_lo, P.e_hi, C[UPDATE, last], SATURATION)
+            else:
+                y[b, k] = diff
+    return y
 
 
 @njit(cache=True)

@@ -16,7 +16,12 @@ scaled by a factor gamma (the ICLR-2026 reviews). INFERRED (fo-edge's reading, t
      target="label":                                              tau_1 = sigma(a_1 + t G^T)
   3. target pass: tau_l = sigma(tau_{l-1} W_l^T), l = 2..L-1, through the forward weights
   4. g_l = ((h_l - tau_l) * sigma'(a_l))^T h_{l-1} / B   (local loss 0.5||h_l - tau_l||^2 / B; clean h_{l-1})
-     g_L = e^T h_{L-1} / B                               (ordinary output loss)
+     output_loss="error" (default): g_L = e^T h_{L-1} / B  (the ordinary output loss)
+     output_loss="local": tau_L = tau_{L-1} W_L^T (the target pass continued through the linear output layer),
+                          g_L = (y - tau_L)^T h_{L-1} / B   (the local loss 0.5||y - tau_L||^2 / B, as every
+                          hidden layer's; ALGORITHMS.md lists both as readings of "each layer minimises a local
+                          loss to its target"; on the spiking device y - tau_L is the clean minus the modulated
+                          output, or half the difference of the two modulated passes with the central error)
 Not known from any source: gamma's value, f, G's scale, optimizer, lr, epochs (fo-edge's defaults: gamma 1,
 f tanh, y_hat softmax, g_scale 1). To first order the difference and error_preactivation targets push h_1
 along the same direction G (t - y_hat); they are gated differently (f' at the projections, not sigma' at a_1).
@@ -34,9 +39,10 @@ from ..models.mlp import activate_torch, activation_grad_torch
 from .base import check_shape, feedback_matrix, forward_torch, masked, output_error_torch
 
 __all__ = ["FTPConfig", "ftp_update_torch", "ftp_feedback", "ftp_signal", "TARGETS", "PROJECTION_NONLINEARITIES",
-           "first_target_torch"]
+           "OUTPUT_LOSSES", "first_target_torch"]
 
 TARGETS = ("difference", "error_preactivation", "label")
+OUTPUT_LOSSES = ("error", "local")
 PROJECTION_NONLINEARITIES = ("tanh", "sigmoid", "identity")
 _ALIASES = {"error": "error_preactivation"}  # the name target_mode used before the difference target
 
@@ -47,7 +53,8 @@ class FTPConfig:
     layer's target ("difference", "error_preactivation" or "label", module docstring); gamma, target_f,
     y_hat ("softmax" or "raw"): the difference target's scale, nonlinearity f and current-output vector;
     feedback: an explicit G (d_1, d_L) instead of the seeded one. ``target_mode`` is the old name of
-    ``target`` ("error" means error_preactivation), kept so saved runs and scripts still load."""
+    ``target`` ("error" means error_preactivation), kept so saved runs and scripts still load; output_loss:
+    the output layer's loss, "error" (the label error e) or "local" (to the target pass's tau_L)."""
 
     temperature: float = 1.0
     seed: int = 0
@@ -58,6 +65,7 @@ class FTPConfig:
     y_hat: str = "softmax"
     target_mode: str | None = None
     feedback: object = None
+    output_loss: str = "error"
 
     def __post_init__(self):
         if self.target_mode is not None:  # the old name wins only when given
@@ -75,6 +83,8 @@ class FTPConfig:
                               f"{', '.join(PROJECTION_NONLINEARITIES)}")
         if self.y_hat not in ("softmax", "raw"):
             raise ConfigError(f"unknown FTP y_hat {self.y_hat!r}; choose softmax or raw")
+        if self.output_loss not in OUTPUT_LOSSES:
+            raise ConfigError(f"unknown FTP output_loss {self.output_loss!r}; choose one of {', '.join(OUTPUT_LOSSES)}")
 
 
 def ftp_feedback(dims: tuple[int, ...], config: FTPConfig):
@@ -134,5 +144,10 @@ def ftp_update_torch(weights, x, target, *, activation, error, config: FTPConfig
         if masks is not None:
             delta = delta * (masks[l] != 0)
         grads.append(delta.T @ hs[l] / batch)
-    grads.append(e.T @ hs[-1] / batch)
+    if config.output_loss == "local":
+        if tau is None:
+            raise ConfigError("FTP output_loss=local needs a hidden layer (its target comes from the target pass)")
+        grads.append((pre[-1] - tau @ weights[-1].T).T @ hs[-1] / batch)
+    else:
+        grads.append(e.T @ hs[-1] / batch)
     return grads

@@ -166,18 +166,19 @@ def ftp_kernel_options(config) -> dict:
     if target == "difference" and config.target_f not in _KERNEL_TARGET_F:
         raise ConfigError(f"FTP target_f {config.target_f!r} runs on the torch path only; the device kernels "
                           f"evaluate {' or '.join(_KERNEL_TARGET_F)}")
+    local = getattr(config, "output_loss", "error") == "local"
     if target != "difference":
-        return {"ftp_label": target == "label"}
+        return {"ftp_label": target == "label", "ftp_local": local}
     return {"ftp_diff": True, "ftp_gamma": float(config.gamma), "ftp_f": ACTIVATION_CODES[config.target_f],
-            "ftp_raw": config.y_hat == "raw"}
+            "ftp_raw": config.y_hat == "raw", "ftp_local": local}
 
 
 def make_params(profile: DeviceProfile, activation: str, error: str, temperature: float = 1.0,
                 collect: bool = False, ftp_label: bool = False, ftp_diff: bool = False, ftp_gamma: float = 1.0,
-                ftp_f: int = 1, ftp_raw: bool = False) -> Params:
+                ftp_f: int = 1, ftp_raw: bool = False, ftp_local: bool = False) -> Params:
     """Kernel parameters for ``profile`` (float and analog profiles give float64 values and infinite bounds)."""
     act, err = ACTIVATION_CODES[activation], {"ce": 0, "mse": 1}[error]
-    ftp = (ftp_label, ftp_diff, float(ftp_gamma), ftp_f, ftp_raw)
+    ftp = (ftp_label, ftp_diff, float(ftp_gamma), ftp_f, ftp_raw, ftp_local)
     a, e, w = profile.activation, profile.error, profile.weight
     sizes = (w.bytes_per_value, a.bytes_per_value, e.bytes_per_value, projection_format(profile).bytes_per_value,
              profile.capacity.flash_bytes > 0)

@@ -209,9 +209,12 @@ def spiking_step(rule: str, config, net: DeviceNet, bufs: SpikingBuffers, profil
     if rule == "ftp":
         current = ftp_signal(config, t, e_real, y, bufs.proj)
         inject = np.rint(current * float(input_scale(net, profile)[0])).astype(np.int64)
-        spiking_forward(net, bufs, profile, x, C, MODULATED, inject=inject, second=True)
+        y_m = spiking_forward(net, bufs, profile, x, C, MODULATED, inject=inject, second=True)
         if bufs.central:
-            spiking_forward(net, bufs, profile, x, C, MODULATED, inject=-inject, third=True)
+            y_n = spiking_forward(net, bufs, profile, x, C, MODULATED, inject=-inject, third=True)
+        if getattr(config, "output_loss", "error") == "local":  # y - tau_L (central: (y^- - y^+) / 2)
+            local = (y_n - y_m) / 2 if bufs.central else y - y_m
+            e_q[:] = np.clip(np.rint(local * e_one), profile.error.qmin, profile.error.qmax)
     else:
         sign = 1.0 if rule == "pepita" else -1.0
         shift = sign * (e_real @ bufs.proj)
