@@ -70,21 +70,26 @@ if ! timeout 120 "${engine[@]}" pull -q "$base" >/dev/null 2>&1; then
 fi
 say "base: $base"
 
-# 3. build, with this machine's pip CA bundle and wheel folder mounted when it has them
-pip_value() { python3 -m pip config list 2>/dev/null | sed -n "s/^[a-z:.]*$1='\\(.*\\)'$/\\1/p" | head -1; }
+# 3. build: with podman, this machine's pip CA bundle and CPU-torch wheel folder are mounted into the build when
+# it has them (docker build cannot mount: there the Dockerfile's defaults apply, as on any Docker machine)
+pip_value() {
+  { python3 -m pip config list 2>/dev/null || pip3 config list 2>/dev/null || true; } \
+    | sed -n "s/^[a-z:.]*$1='\\(.*\\)'$/\\1/p" | head -1
+}
 build_args=(--build-arg "BASE=$base")
 mounts=()
-cert="$(pip_value cert || true)"
-links="$(pip_value find-links || true)"
-if [ -n "$cert" ] && [ -f "$cert" ]; then
-  mounts+=(-v "$cert:/run/fo-edge-ca.crt:ro")
-  build_args+=(--build-arg CA_BUNDLE=/run/fo-edge-ca.crt)
+if [ "${engine[0]}" = podman ]; then
+  cert="$(pip_value cert)"
+  links="$(pip_value find-links)"
+  if [ -n "$cert" ] && [ -f "$cert" ]; then
+    mounts+=(-v "$cert:/run/fo-edge-ca.crt:ro")
+    build_args+=(--build-arg CA_BUNDLE=/run/fo-edge-ca.crt)
+  fi
+  if [ -n "$links" ] && [ -d "$links" ] && ls "$links"/torch-2.13.0+cpu-*.whl >/dev/null 2>&1; then
+    mounts+=(-v "$links:/run/fo-edge-wheels:ro")
+    build_args+=(--build-arg FIND_LINKS=/run/fo-edge-wheels --build-arg TORCH_INDEX=)
+  fi
 fi
-if [ -n "$links" ] && [ -d "$links" ] && ls "$links"/torch-2.13.0+cpu-*.whl >/dev/null 2>&1; then
-  mounts+=(-v "$links:/run/fo-edge-wheels:ro")
-  build_args+=(--build-arg FIND_LINKS=/run/fo-edge-wheels --build-arg TORCH_INDEX=)
-fi
-if [ "${engine[0]}" = docker ]; then mounts=(); fi  # docker build has no -v: use its defaults (a normal machine)
 say "building $tag (${build_args[*]})"
 start=$(date +%s)
 if ! "${engine[@]}" build --network host "${mounts[@]}" "${build_args[@]}" -t "$tag" . >"$work/build.log" 2>&1; then
