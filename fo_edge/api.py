@@ -173,10 +173,13 @@ def _validate(config: SimulateConfig) -> tuple[SimulateConfig, DeviceProfile, tu
         if getattr(rcfg, "output_error", "clean") != "clean":
             raise ConfigError(f"PEPITA's output_error={rcfg.output_error} runs on the float torch path only; the "
                               f"{device.id} kernels use the clean pass's error")
-        optimiser = [name for name in ("momentum", "weight_decay", "dropout") if getattr(config, name)]
+        optimiser = [name for name in ("momentum", "weight_decay") if getattr(config, name)]
+        if device.spiking is not None and config.dropout:
+            optimiser.insert(0, "dropout")
         if optimiser:
             raise ConfigError(f"{optimiser[0].replace('_', ' ')} runs on the float torch path only (--backend torch on "
-                              f"a float device); the {device.id} kernels apply plain SGD")
+                              f"a float device); the {device.id} kernels apply plain SGD"
+                              + (" and no dropout" if optimiser[0] == "dropout" else ""))
     filled = dataclasses.replace(config, lr=float(lr), backend=backend, activation=activation,
                                  hidden_error=hidden_error, lr_milestones=tuple(int(m) for m in config.lr_milestones))
     return filled, device, dims, rcfg, backend
@@ -330,7 +333,8 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
         from .engine.stream import plan_memory
 
         plan_memory(dims, device, config.rule, config.batch_size, config.schedule,
-                    ortho=getattr(rcfg, "ortho_every", 0) > 0, hidden_error=config.hidden_error)
+                    ortho=getattr(rcfg, "ortho_every", 0) > 0, hidden_error=config.hidden_error,
+                    dropout=config.dropout)
     run_dir = prepare_run_dir(config.out or default_run_dir(config),
                               "resume" if resume is not None else "replace" if config.overwrite else "refuse")
     record = _record(config, dims, rcfg, device, data, "running")
@@ -419,7 +423,8 @@ def _train(config: SimulateConfig, backend: str, device: DeviceProfile, dims, rc
             outcome = train_stream(weights, data, config.rule, rcfg, device, activation=config.activation,
                                    error=config.error, lr=lr, epochs=config.epochs, batch_size=config.batch_size,
                                    seed=config.seed, schedule=config.schedule, on_batch=on_batch,
-                                   plan=config.plan(), hidden_error=config.hidden_error, **checkpointing)
+                                   plan=config.plan(), hidden_error=config.hidden_error, dropout=config.dropout,
+                                   **checkpointing)
         except TrainingStopped as stop:
             outcome, stopped = stop.outcome, stop.error
         history, stored, memory, counters = outcome.history, outcome.stored, outcome.memory, outcome.counters

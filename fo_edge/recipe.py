@@ -170,14 +170,17 @@ def load_recipe(name_or_path: str) -> Recipe:
     return parse_recipe(*_recipe_text(name_or_path))
 
 
+#: options beside a recipe that say how to run it (where, on how much data, with which checks), not what it is
+RUN_CONTROLS = ("out", "overwrite", "limit", "data_dir", "torch_device", "checkpoint_every", "on_unhealthy",
+                "saturation_limit", "stall_steps")
+
+
 def recipe_settings(name_or_path: str, **overrides) -> dict[str, Any]:
     """SimulateConfig keyword arguments of a recipe, with ``overrides`` replacing single fields (an override of
     ``rule_options`` is merged key by key into the recipe's)."""
     recipe = load_recipe(name_or_path)
     options = {**recipe.rule_options, **overrides.pop("rule_options", {})}
-    unknown = [k for k in overrides if k not in RUN_FIELDS and k not in ("out", "limit", "data_dir", "torch_device",
-                                                                          "checkpoint_every", "on_unhealthy",
-                                                                          "saturation_limit", "stall_steps")]
+    unknown = [k for k in overrides if k not in RUN_FIELDS and k not in RUN_CONTROLS]
     if unknown:
         raise RecipeError(f"cannot override {unknown[0]!r} in a recipe")
     return {**recipe.run, **overrides, "rule_options": options, "recipe": recipe.id}

@@ -21,7 +21,7 @@ from ..kernels.rng import new_state
 from ..accounting.counters import counters_record
 from ..kernels.counters import FORWARD, new_counters
 from ..rules.foton import FOTONConfig
-from ..rules.numba_binding import (allocate_buffers, fill_fixed_projection, ftp_kernel_options, make_params, orthogonalize,
+from ..rules.numba_binding import (allocate_buffers, dropout_drop, fill_fixed_projection, ftp_kernel_options, make_params, orthogonalize,
                                    predict, quantize_input, refresh_projection, run_step, to_device)
 from ..rules.spiking_binding import allocate_spiking, refresh_feedback, spiking_predict, spiking_step
 from .health import HealthConfig, HealthMonitor, NumericHealthError, TrainingStopped
@@ -46,7 +46,7 @@ StreamStopped = TrainingStopped  # what train_stream raises, with a StreamOutcom
 
 
 def plan_memory(dims, profile: DeviceProfile, rule: str, batch_size: int, schedule: str = "stream",
-                ortho: bool = True, hidden_error: str | None = None) -> MemoryArena:
+                ortho: bool = True, hidden_error: str | None = None, dropout: float = 0.0) -> MemoryArena:
     """Allocate exactly what a training run would, and return the arena (raises DeviceMemoryError)."""
     arena = MemoryArena(profile.capacity.sram_bytes, profile.capacity.flash_bytes)
     weights = [np.zeros((int(b), int(a)), dtype=np.float32) for a, b in zip(dims[:-1], dims[1:])]
@@ -56,7 +56,7 @@ def plan_memory(dims, profile: DeviceProfile, rule: str, batch_size: int, schedu
     if profile.spiking is not None:
         allocate_spiking(arena, profile, dims, batch_size, rule, hidden_error or "spike-count")
     else:
-        allocate_buffers(arena, profile, dims, batch_size, rule, schedule, ortho)
+        allocate_buffers(arena, profile, dims, batch_size, rule, schedule, ortho, dropout > 0)
     return arena
 
 
@@ -85,14 +85,17 @@ def train_stream(weights: list[np.ndarray], data: Dataset, rule: str, config, pr
                  schedule: str = "stream", on_batch: Callable[[int], None] | None = None,
                  health: HealthConfig | None = None, checkpoint_every: int = 0,
                  on_checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None,
-                 plan: BatchPlan = BatchPlan(), hidden_error: str | None = None) -> StreamOutcome:
+                 plan: BatchPlan = BatchPlan(), hidden_error: str | None = None,
+                 dropout: float = 0.0) -> StreamOutcome:
     """Train on the device model; see the module docstring.
 
     Every ``checkpoint_every`` steps (and after each epoch's evaluation) ``on_checkpoint(state)`` gets the full
     state as arrays (weights, RNG, counters, FOTON's F, position, history); ``resume=state`` continues from
     one, bit-identically. A numeric-health stop raises :class:`StreamStopped` carrying the partial outcome.
     ``plan``: the batches and the per-step lr (engine.plan). ``hidden_error``: a spiking device's hidden error
-    (rules.spiking_binding.HIDDEN_ERRORS; None: spike counts).
+    (rules.spiking_binding.HIDDEN_ERRORS; None: spike counts). ``dropout``: inverted dropout of the hidden
+    layers with this probability, one mask per step from (seed, step) shared by all the step's passes, the
+    torch path's masks (rules.numba_binding.dropout_drop).
     """
     arena = MemoryArena(profile.capacity.sram_bytes, profile.capacity.flash_bytes)
     net = to_device(weights, profile, arena)
@@ -103,7 +106,7 @@ def train_stream(weights: list[np.ndarray], data: Dataset, rule: str, config, pr
         bufs = allocate_spiking(arena, profile, net.dims, batch_size, rule, hidden_error or "spike-count")
         refresh_feedback(rule, config, net, bufs)
     else:
-        bufs = allocate_buffers(arena, profile, net.dims, batch_size, rule, schedule, ortho)
+        bufs = allocate_buffers(arena, profile, net.dims, batch_size, rule, schedule, ortho, dropout > 0)
         fill_fixed_projection(bufs, profile, rule, net.dims, config)
     params = make_params(profile, "identity" if spiking else activation, error, getattr(config, "temperature", 1.0),
                          **({} if spiking else ftp_kernel_options(config)))
@@ -141,8 +144,9 @@ def train_stream(weights: list[np.ndarray], data: Dataset, rule: str, config, pr
                 x_dev = quantize_input(data.x_train[idx], profile, bufs.x, io, rng)
                 if is_foton and step % config.refresh_every == 0:
                     refresh_projection(net, bufs, profile, counters, rng)
+                drop = dropout_drop(bufs, profile, net.dims, len(idx), dropout, seed, step)
                 run_step(rule, net, bufs, profile, params, x_dev, eye[data.y_train[idx]], lr_step, schedule,
-                         counters, rng)
+                         counters, rng, drop=drop)
             step += 1
             trained += len(idx)
             if ortho and step % config.ortho_every == 0:

@@ -19,7 +19,7 @@ from numba import njit
 from .activations import activate, activate_grad
 from .counters import (BACKWARD, FORWARD, INFERENCE, MACS_DENSE, MACS_EFF, MODULATED, RECOMPUTE, SATURATION,
                        SRAM_READ, SRAM_WRITE, SYN_EVENTS, UPDATE)
-from .fixed import log2_exact, saturate
+from .fixed import log2_exact, round_div, saturate
 from .linear import (activation_table, cached_layer_forward_, effective_macs, exact_matmul, magnitude,
                      outer_update_, project_)
 
@@ -101,9 +101,10 @@ def output_error_(y, t, P, e, C):
 
 
 @njit(cache=True)
-def _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, store, store_mode, C, phase, rng, cache):
+def _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, store, store_mode, C, phase, rng, cache,
+            drop):
     """Clean pass; returns y: (B, d_L) (a view of buf_tmp). Keeps h_l in ``store`` when store_mode; counts
-    into C[phase, l]."""
+    into C[phase, l]. ``drop``: the step's dropout (see ``drop_``; an empty mask: none)."""
     batch = x.shape[0]
     n_layers = dims.size - 1
     src = x
@@ -120,14 +121,52 @@ def _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, store,
             dst = view(buf_c0 if l % 2 == 0 else buf_c1, batch, d_out)
         cached_layer_forward_(src, w, offs[l], d_out, d_in, w_one[l], l == n_layers - 1, P, pre, dst, C[phase, l],
                               rng, *layer_cache(cache, dims, offs, l))
+        if l < n_layers - 1:
+            drop_(pre, dst, drop, mask_offset(dims, batch, l), P, C[phase, l], rng)
         src = dst
     return src
+
+
+@njit(cache=True, inline="always")
+def mask_offset(dims, batch, l):
+    """Where hidden layer l's (B, d_{l+1}) block starts in the step's flat dropout mask."""
+    off = 0
+    for k in range(l):
+        off += batch * dims[k + 1]
+    return off
+
+
+@njit(cache=True)
+def drop_(pre, h, drop, koff, P, C, rng):
+    """Inverted dropout of a hidden layer after its forward, as the FOTON reference's ConsistentDropout
+    (Linear -> dropout -> activation): pre <- pre * keep / (1 - p), h <- sigma(pre). ``drop`` = (keep, mul,
+    shift): keep the step's flat uint8 mask (1 keeps a unit; empty: no dropout), 1 / (1 - p) as mul / 2**shift
+    (integer devices: requantised with the forward rounding and saturated; float: mul is 1 / (1 - p), shift
+    0). The same mask serves every pass of a step."""
+    keep, mul, shift = drop
+    if keep.size == 0:
+        return
+    batch, d = pre.shape
+    table = activation_table(P, batch * d)
+    for b in range(batch):
+        for i in range(d):
+            if keep[koff + b * d + i] == 0:
+                pre[b, i] = 0
+            elif P.quantized:
+                pre[b, i] = saturate(round_div(np.int64(pre[b, i]) * np.int64(mul), np.int64(1) << shift,
+                                               P.fwd_round, rng), P.a_lo, P.a_hi, C, SATURATION)
+            else:
+                pre[b, i] = pre[b, i] * mul
+            if table.size > 0:
+                h[b, i] = table[np.int64(pre[b, i]) - np.int64(P.a_lo)]
+            else:
+                h[b, i] = activate(pre[b, i], P.act, P.a_one, P.quantized)
 
 
 @njit(cache=True)
 def forward_only_step_(rule, store_mode, w, dims, offs, w_one, upd_mul, upd_div, g_scale, x, t, tq, proj,
                        proj_div, P, buf_c0, buf_c1, buf_m0, buf_m1, buf_pre, buf_tmp, store, e, xm, C, rng,
-                       g_out, cache, yq):
+                       g_out, cache, yq, drop):
     """One FOTON (rule 0), PEPITA (1) or FTP (2) step on a batch; see the module docstring.
 
     x: (B, d_0) input mantissas; t: (B, d_L) float one-hot; tq: t in the error format (FTP label targets);
@@ -135,13 +174,15 @@ def forward_only_step_(rule, store_mode, w, dims, offs, w_one, upd_mul, upd_div,
     activation format; upd_mul / upd_div / g_scale: per-layer update scaling (see linear.outer_update_).
     C: (phases, L + 1, counters), see kernels.counters. yq: (B, d_L) scratch for FTP's difference target
     (y_hat in the error format; formed element by element, so not device memory), else (0, d_L).
+    drop: the step's dropout mask and scale (``drop_``), applied in every pass; a dropped unit has no local
+    error.
     """
     batch = x.shape[0]
     n_layers = dims.size - 1
     a_shift = log2_exact(P.a_one)
     cache[2][:] = False  # W may have changed since the last call
     y = _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, store, store_mode, C, FORWARD, rng,
-                cache)
+                cache, drop)
     output_error_(y, t, P, e, C[FORWARD, n_layers])
     if rule == 2 and P.ftp_diff:
         _y_hat_(y, e, tq, P, yq)
@@ -162,9 +203,11 @@ def forward_only_step_(rule, store_mode, w, dims, offs, w_one, upd_mul, upd_div,
             soff += batch * d_out
         else:
             c_next = view(buf_c0 if l % 2 == 0 else buf_c1, batch, d_out)
+        koff = mask_offset(dims, batch, l)
         if not store_mode or (rule == 2 and l == 0):
             cached_layer_forward_(hc, w, offs[l], d_out, d_in, w_one[l], False, P, pre, c_next, C[RECOMPUTE, l], rng,
                                   *layer_cache(cache, dims, offs, l))
+            drop_(pre, c_next, drop, koff, P, C[RECOMPUTE, l], rng)
         if rule == 2 and l == 0 and P.ftp_diff:
             _difference_target_(c_next, tq, yq, proj, proj_div, P, pre, delta, m_next, C[MODULATED, 0], rng)
         elif rule == 2 and l == 0:
@@ -183,8 +226,13 @@ def forward_only_step_(rule, store_mode, w, dims, offs, w_one, upd_mul, upd_div,
         else:
             cached_layer_forward_(hm, w, offs[l], d_out, d_in, w_one[l], False, P, pre, m_next, C[MODULATED, l], rng,
                                   *layer_cache(cache, dims, offs, l))
+            drop_(pre, m_next, drop, koff, P, C[MODULATED, l], rng)
+        keep = drop[0]
         for b in range(batch):
             for i in range(d_out):
+                if keep.size > 0 and keep[koff + b * d_out + i] == 0:  # a dropped unit has no local loss
+                    delta[b, i] = 0
+                    continue
                 diff = c_next[b, i] - m_next[b, i]
                 if rule == 2:  # (h - tau) * sigma'(a), sigma' from h (exact for relu, tanh, identity)
                     grad = activate_grad(c_next[b, i], c_next[b, i], P.act, P.a_one, a_shift, P.quantized)
@@ -273,14 +321,16 @@ def _difference_target_(h1, tq, yq, proj, proj_div, P, p_t, p_y, tau, C, rng):
 
 @njit(cache=True)
 def bp_step_(w, dims, offs, w_one, upd_mul, upd_div, g_scale, x, t, P, buf_c0, buf_c1, buf_m0, buf_m1,
-             buf_pre, buf_tmp, store, e, C, rng, g_out, cache):
+             buf_pre, buf_tmp, store, e, C, rng, g_out, cache, drop):
     """One BP step: pass 1 stores h_1..h_{L-1} in ``store`` (B x sum d_l); then for l = L..1,
-    delta_{l-1} = (delta_l W_l) * sigma'(a_{l-1}) is formed (error format) before W_l is updated."""
+    delta_{l-1} = (delta_l W_l) * sigma'(a_{l-1}) (times the dropout mask's keep / (1 - p) when ``drop`` holds
+    one) is formed (error format) before W_l is updated."""
     batch = x.shape[0]
     n_layers = dims.size - 1
     a_shift = log2_exact(P.a_one)
     cache[2][:] = False
-    y = _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, store, True, C, FORWARD, rng, cache)
+    y = _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, store, True, C, FORWARD, rng, cache,
+                drop)
     output_error_(y, t, P, e, C[FORWARD, n_layers])
     starts = np.zeros(n_layers, dtype=np.int64)  # store offset of h_l (l >= 1)
     for l in range(1, n_layers):
@@ -296,14 +346,22 @@ def bp_step_(w, dims, offs, w_one, upd_mul, upd_div, g_scale, x, t, P, buf_c0, b
             bound = magnitude(P.e_lo, P.e_hi) * magnitude(P.w_lo, P.w_hi) * d_out
             back = exact_matmul(delta, np.ascontiguousarray(w[offs[l]:offs[l] + d_out * d_in].reshape((d_out, d_in)).T),
                                 bound)
+            keep, dmul, dshift = drop
+            koff = mask_offset(dims, batch, l - 1)
             for b in range(batch):
                 for j in range(d_in):
                     grad = activate_grad(hin[b, j], hin[b, j], P.act, P.a_one, a_shift, P.quantized)
                     if P.quantized:  # floor divisions by powers of two
                         acc = ((np.int64(back[b, j]) >> w_shift) * np.int64(grad)) >> a_shift
+                        if keep.size > 0:  # through the dropout: times keep / (1 - p)
+                            acc = 0 if keep[koff + b * d_in + j] == 0 else \
+                                round_div(acc * np.int64(dmul), np.int64(1) << dshift, P.fwd_round, rng)
                         prev[b, j] = saturate(acc, P.e_lo, P.e_hi, cb, SATURATION)
                     else:
-                        prev[b, j] = back[b, j] / w_one[l] * grad
+                        value = back[b, j] / w_one[l] * grad
+                        if keep.size > 0:
+                            value = 0.0 if keep[koff + b * d_in + j] == 0 else value * dmul
+                        prev[b, j] = value
             effective = effective_macs(delta, np.ascontiguousarray(
                 w[offs[l]:offs[l] + d_out * d_in].reshape((d_out, d_in)).T).ravel(), 0, d_in, d_out)
             cb[MACS_DENSE] += batch * d_in * d_out
@@ -318,12 +376,18 @@ def bp_step_(w, dims, offs, w_one, upd_mul, upd_div, g_scale, x, t, P, buf_c0, b
 
 
 @njit(cache=True)
+def no_dropout():
+    """An empty ``drop`` (no dropout): inference, and steps of runs without it."""
+    return np.zeros(0, dtype=np.uint8), 1.0, np.int64(0)
+
+
+@njit(cache=True)
 def predict_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, C, rng, labels, logits, cache):
     """Inference: labels[b] = argmax of the output for each row of x (B, d_0); the outputs (activation
     mantissas) go to logits (B, d_L) when it has B rows; counts into C[INFERENCE]. The caller clears the
     weight cache's ready flags (``cache[2]``) when W has changed since the cache was last filled."""
     y = _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, buf_c0[:0], False, C, INFERENCE,
-                rng, cache)
+                rng, cache, no_dropout())
     for b in range(x.shape[0]):
         labels[b] = np.argmax(y[b])
         if logits.shape[0] > 0:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -254,6 +254,8 @@ class StepBuffers:
     proj_work: np.ndarray
     #: the kernels' float32 copy of W (steps.layer_cache): simulator bookkeeping, not device memory
     cache: tuple
+    #: the step's dropout mask (B x sum of hidden d_l, one byte per unit); empty without dropout
+    keep: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint8))
 
 
 def check_exact(profile: DeviceProfile, dims, batch: int) -> None:
@@ -278,8 +280,9 @@ def check_exact(profile: DeviceProfile, dims, batch: int) -> None:
 
 
 def allocate_buffers(arena: MemoryArena, profile: DeviceProfile, dims, batch: int, rule: str,
-                     schedule: str, ortho: bool) -> StepBuffers:
+                     schedule: str, ortho: bool, dropout: bool = False) -> StepBuffers:
     """Allocate what ``rule`` needs under ``schedule`` from ``arena`` (raising DeviceMemoryError early).
+    ``dropout``: also the step's mask, one byte per hidden unit of the batch.
 
     stream: 6 x (B, max d_l) activation buffers; store (and BP): also B x sum_{0<l<L} d_l stored activations.
     FOTON: F (d_L, d_0) in SRAM plus its row workspace, and the Björck Gram workspace; PEPITA's F and FTP's
@@ -330,7 +333,31 @@ def allocate_buffers(arena: MemoryArena, profile: DeviceProfile, dims, batch: in
     n_weights = sum(a * b for a, b in zip(dims[:-1], dims[1:]))
     cache = (np.zeros(n_weights, dtype=np.float32), np.zeros(sum(dims[:-1]), dtype=np.int32),
              np.zeros(len(dims) - 1, dtype=np.bool_))
-    return StepBuffers(x, c0, c1, m0, m1, pre, tmp, store, e, xm, proj, proj_work, cache)
+    bufs = StepBuffers(x, c0, c1, m0, m1, pre, tmp, store, e, xm, proj, proj_work, cache)
+    if dropout:
+        bufs.keep = arena.alloc("dropout_mask", (batch * hidden,), np.uint8, "activations", 1)
+    return bufs
+
+
+def dropout_drop(bufs: StepBuffers, profile: DeviceProfile, dims, n: int, p: float, seed: int, step: int) -> tuple:
+    """The kernels' ``drop`` for one step of n samples: the mask written into ``bufs.keep`` (the same Bernoulli
+    draws as the torch path's engine.torch_loop.dropout_masks, from (seed, step), so both paths drop the same
+    units) and 1 / (1 - p) as a fixed-point multiplier (m, k) with m / 2**k ~= 1 / (1 - p) on integer
+    devices (12-bit m, kernels.fixed.fixed_multiplier), or the float itself; no dropout when p = 0."""
+    if p <= 0:
+        return np.zeros(0, dtype=np.uint8), 1.0, 0
+    import torch
+
+    gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, 0xD0]).generate_state(1)[0]))
+    keep_p = 1.0 - p
+    blocks = [(torch.rand(n, int(d), generator=gen) < keep_p).numpy().astype(np.uint8).ravel()
+              for d in dims[1:-1]]
+    mask = bufs.keep[:n * sum(int(d) for d in dims[1:-1])]
+    mask[:] = np.concatenate(blocks) if blocks else mask[:0]
+    if profile.is_float or profile.analog is not None:
+        return mask, 1.0 / keep_p, 0
+    m, k = fixed_multiplier(1.0 / keep_p)
+    return mask, float(m), int(k)
 
 
 def fill_fixed_projection(bufs: StepBuffers, profile: DeviceProfile, rule: str, dims, config) -> None:
@@ -409,16 +436,18 @@ def _proj_div(profile: DeviceProfile):
 
 
 def run_step(rule: str, net: DeviceNet, bufs: StepBuffers, profile: DeviceProfile, params: Params, x_dev, t,
-             lr: float, schedule: str, counters, rng, g_out=None) -> None:
+             lr: float, schedule: str, counters, rng, g_out=None, drop=None) -> None:
     """One training step of ``rule`` on a batch already in the device format (x_dev: (n, d_0)); counters:
-    (phases, L + 1, names) from kernels.counters.new_counters."""
+    (phases, L + 1, names) from kernels.counters.new_counters; drop: the step's dropout (``dropout_drop``)."""
     n = x_dev.shape[0]
+    drop = (np.zeros(0, dtype=np.uint8), 1.0, 0) if drop is None else drop
     mul, div, g_scale = update_scales(net, profile, rule, lr, n)
     g_out = np.zeros(0) if g_out is None else g_out
     t = np.ascontiguousarray(t, dtype=np.float64)
     if rule == "bp":
         bp_step_(net.w, net.dims, net.offs, net.w_one, mul, div, g_scale, x_dev, t, params, bufs.c0, bufs.c1,
-                 bufs.m0, bufs.m1, bufs.pre, bufs.tmp, bufs.store, bufs.e[:n], counters, rng, g_out, bufs.cache)
+                 bufs.m0, bufs.m1, bufs.pre, bufs.tmp, bufs.store, bufs.e[:n], counters, rng, g_out, bufs.cache,
+                 drop)
         return
     # only FTP's label targets read t in the error format; other steps get an empty array (no per-step work)
     labels = params.ftp_label or params.ftp_diff
@@ -430,7 +459,7 @@ def run_step(rule: str, net: DeviceNet, bufs: StepBuffers, profile: DeviceProfil
     forward_only_step_(RULE_CODES[rule], schedule == "store", net.w, net.dims, net.offs, net.w_one, mul, div,
                        g_scale, x_dev, t, tq, bufs.proj, _proj_div(profile), params, bufs.c0, bufs.c1, bufs.m0,
                        bufs.m1, bufs.pre, bufs.tmp, bufs.store, bufs.e[:n], bufs.xm[:n], counters, rng, g_out,
-                       bufs.cache, yq)
+                       bufs.cache, yq, drop)
 
 
 def predict(net: DeviceNet, bufs: StepBuffers, profile: DeviceProfile, params: Params, x: np.ndarray,
