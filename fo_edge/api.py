@@ -173,7 +173,8 @@ def _validate(config: SimulateConfig) -> tuple[SimulateConfig, DeviceProfile, tu
         if getattr(rcfg, "output_error", "clean") != "clean":
             raise ConfigError(f"PEPITA's output_error={rcfg.output_error} runs on the float torch path only; the "
                               f"{device.id} kernels use the clean pass's error")
-        optimiser = [name for name in ("momentum", "weight_decay") if getattr(config, name)]
+        optimiser = [name for name in ("momentum", "weight_decay") if getattr(config, name)
+                     and (device.spiking is not None or device.analog is not None)]
         if device.spiking is not None and config.dropout:
             optimiser.insert(0, "dropout")
         if optimiser:
@@ -334,7 +335,7 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
 
         plan_memory(dims, device, config.rule, config.batch_size, config.schedule,
                     ortho=getattr(rcfg, "ortho_every", 0) > 0, hidden_error=config.hidden_error,
-                    dropout=config.dropout)
+                    dropout=config.dropout, momentum=config.momentum > 0 or config.weight_decay > 0)
     run_dir = prepare_run_dir(config.out or default_run_dir(config),
                               "resume" if resume is not None else "replace" if config.overwrite else "refuse")
     record = _record(config, dims, rcfg, device, data, "running")
@@ -424,7 +425,7 @@ def _train(config: SimulateConfig, backend: str, device: DeviceProfile, dims, rc
                                    error=config.error, lr=lr, epochs=config.epochs, batch_size=config.batch_size,
                                    seed=config.seed, schedule=config.schedule, on_batch=on_batch,
                                    plan=config.plan(), hidden_error=config.hidden_error, dropout=config.dropout,
-                                   **checkpointing)
+                                   momentum=config.momentum, weight_decay=config.weight_decay, **checkpointing)
         except TrainingStopped as stop:
             outcome, stopped = stop.outcome, stop.error
         history, stored, memory, counters = outcome.history, outcome.stored, outcome.memory, outcome.counters

@@ -46,7 +46,8 @@ StreamStopped = TrainingStopped  # what train_stream raises, with a StreamOutcom
 
 
 def plan_memory(dims, profile: DeviceProfile, rule: str, batch_size: int, schedule: str = "stream",
-                ortho: bool = True, hidden_error: str | None = None, dropout: float = 0.0) -> MemoryArena:
+                ortho: bool = True, hidden_error: str | None = None, dropout: float = 0.0,
+                momentum: bool = False) -> MemoryArena:
     """Allocate exactly what a training run would, and return the arena (raises DeviceMemoryError)."""
     arena = MemoryArena(profile.capacity.sram_bytes, profile.capacity.flash_bytes)
     weights = [np.zeros((int(b), int(a)), dtype=np.float32) for a, b in zip(dims[:-1], dims[1:])]
@@ -56,7 +57,7 @@ def plan_memory(dims, profile: DeviceProfile, rule: str, batch_size: int, schedu
     if profile.spiking is not None:
         allocate_spiking(arena, profile, dims, batch_size, rule, hidden_error or "spike-count")
     else:
-        allocate_buffers(arena, profile, dims, batch_size, rule, schedule, ortho, dropout > 0)
+        allocate_buffers(arena, profile, dims, batch_size, rule, schedule, ortho, dropout > 0, momentum)
     return arena
 
 
@@ -86,7 +87,7 @@ def train_stream(weights: list[np.ndarray], data: Dataset, rule: str, config, pr
                  health: HealthConfig | None = None, checkpoint_every: int = 0,
                  on_checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None,
                  plan: BatchPlan = BatchPlan(), hidden_error: str | None = None,
-                 dropout: float = 0.0) -> StreamOutcome:
+                 dropout: float = 0.0, momentum: float = 0.0, weight_decay: float = 0.0) -> StreamOutcome:
     """Train on the device model; see the module docstring.
 
     Every ``checkpoint_every`` steps (and after each epoch's evaluation) ``on_checkpoint(state)`` gets the full
@@ -95,7 +96,8 @@ def train_stream(weights: list[np.ndarray], data: Dataset, rule: str, config, pr
     ``plan``: the batches and the per-step lr (engine.plan). ``hidden_error``: a spiking device's hidden error
     (rules.spiking_binding.HIDDEN_ERRORS; None: spike counts). ``dropout``: inverted dropout of the hidden
     layers with this probability, one mask per step from (seed, step) shared by all the step's passes, the
-    torch path's masks (rules.numba_binding.dropout_drop).
+    torch path's masks (rules.numba_binding.dropout_drop). ``momentum`` / ``weight_decay``: SGD as PyTorch's,
+    with a velocity per weight (linear.momentum_update_; checkpointed).
     """
     arena = MemoryArena(profile.capacity.sram_bytes, profile.capacity.flash_bytes)
     net = to_device(weights, profile, arena)
@@ -106,7 +108,8 @@ def train_stream(weights: list[np.ndarray], data: Dataset, rule: str, config, pr
         bufs = allocate_spiking(arena, profile, net.dims, batch_size, rule, hidden_error or "spike-count")
         refresh_feedback(rule, config, net, bufs)
     else:
-        bufs = allocate_buffers(arena, profile, net.dims, batch_size, rule, schedule, ortho, dropout > 0)
+        bufs = allocate_buffers(arena, profile, net.dims, batch_size, rule, schedule, ortho, dropout > 0,
+                                momentum > 0 or weight_decay > 0)
         fill_fixed_projection(bufs, profile, rule, net.dims, config)
     params = make_params(profile, "identity" if spiking else activation, error, getattr(config, "temperature", 1.0),
                          **({} if spiking else ftp_kernel_options(config)))
@@ -117,12 +120,21 @@ def train_stream(weights: list[np.ndarray], data: Dataset, rule: str, config, pr
     first_epoch, first_begin, step, trained, inferred, history = 0, 0, 0, 0, 0, []
     if resume is not None:
         first_epoch, first_begin, step, trained, inferred, history = _restore(resume, net, bufs, counters, rng)
+        if getattr(bufs, "vel", None) is not None and bufs.vel.size:
+            saved = resume.get("velocity")
+            if saved is None or saved.shape != bufs.vel.shape:
+                raise RunError("checkpoint does not match this run: it holds no velocity of the right shape for "
+                               "SGD with momentum or weight decay")
+            bufs.vel[:] = saved
     monitor = HealthMonitor(health, net.n_layers) if health is not None else None
 
     def state(epoch: int, begin: int) -> dict:
-        return {"w": net.w.copy(), "rng": rng.copy(), "counters": counters.copy(), "proj": bufs.proj.copy(),
-                "position": np.array([epoch, begin, step, trained, inferred], dtype=np.int64),
-                "history": np.array(json.dumps(history))}
+        saved = {"w": net.w.copy(), "rng": rng.copy(), "counters": counters.copy(), "proj": bufs.proj.copy(),
+                 "position": np.array([epoch, begin, step, trained, inferred], dtype=np.int64),
+                 "history": np.array(json.dumps(history))}
+        if getattr(bufs, "vel", None) is not None and bufs.vel.size:
+            saved["velocity"] = bufs.vel.copy()
+        return saved
 
     def outcome(warnings: list[str]) -> StreamOutcome:
         record = counters_record(counters, training_samples=trained, inference_samples=inferred)
@@ -146,7 +158,7 @@ def train_stream(weights: list[np.ndarray], data: Dataset, rule: str, config, pr
                     refresh_projection(net, bufs, profile, counters, rng)
                 drop = dropout_drop(bufs, profile, net.dims, len(idx), dropout, seed, step)
                 run_step(rule, net, bufs, profile, params, x_dev, eye[data.y_train[idx]], lr_step, schedule,
-                         counters, rng, drop=drop)
+                         counters, rng, drop=drop, sgd=(momentum, weight_decay))
             step += 1
             trained += len(idx)
             if ortho and step % config.ortho_every == 0:

@@ -451,6 +451,61 @@ def _dense_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, P, C, rng
 
 
 @njit(cache=True)
+def momentum_update_(w, off, d_out, d_in, delta, hin, vel, mom, P, C, rng):
+    """SGD with momentum and weight decay as PyTorch's SGD does it (buf = mu buf + g + wd W; W -= lr buf), for
+    one layer: delta (B, d_out), hin (B, d_in), vel the velocity store (the weight store's layout).
+
+    mom: (8,) float64. Float: (g_scale, -, mu, -, wd, -, lr, -), g the batch-averaged g_scale (delta^T hin).
+    Integer: the fixed-point multiplier pairs (mul, div, div a power of two) of the velocity, held in units of
+    2**-8 weight LSB per unit lr: g (delta^T hin in the data formats) -> g mul_0 / div_0, the decay mu, weight
+    decay wd W_q 2**8, and the step lr v 2**-8; each product rounded with the update rounding, the velocity
+    saturated to int32, the weight to its format. Counts like ``outer_update_`` (velocity reads and writes
+    are SRAM bytes at 4 per value).
+    """
+    batch = delta.shape[0]
+    grads = exact_matmul(np.ascontiguousarray(delta.T), np.ascontiguousarray(hin.T), np.inf)  # (d_out, d_in)
+    writes = lost = clipped = 0
+    v_lo, v_hi = -(np.int64(1) << 31), (np.int64(1) << 31) - 1
+    for i in range(d_out):
+        for j in range(d_in):
+            k = off + i * d_in + j
+            if P.quantized:
+                g = np.int64(grads[i, j])
+                v = round_div(np.int64(vel[k]) * np.int64(mom[2]), np.int64(mom[3]), P.upd_round, rng) \
+                    + round_div(g * np.int64(mom[0]), np.int64(mom[1]), P.upd_round, rng) \
+                    + round_div(np.int64(w[k]) * np.int64(mom[4]), np.int64(mom[5]), P.upd_round, rng)
+                if v > v_hi or v < v_lo:
+                    v = min(max(v, v_lo), v_hi)
+                    clipped += 1
+                vel[k] = v
+                step = round_div(v * np.int64(mom[6]), np.int64(mom[7]), P.upd_round, rng)
+                if step == 0:
+                    if g != 0:
+                        lost += 1
+                    continue
+                new = w[k] - step
+                if new > P.w_hi:
+                    new = P.w_hi
+                    clipped += 1
+                elif new < P.w_lo:
+                    new = P.w_lo
+                    clipped += 1
+            else:
+                vel[k] = mom[2] * vel[k] + grads[i, j] * mom[0] + mom[4] * w[k]
+                new = w[k] - mom[6] * vel[k]
+            if new != w[k]:
+                writes += 1
+                w[k] = new
+    C[WEIGHT_WRITES] += writes
+    C[LOST] += lost
+    C[SATURATION] += clipped
+    C[MACS_DENSE] += batch * d_out * d_in
+    C[SYN_UPDATES] += d_out * d_in
+    C[SRAM_READ] += d_out * d_in * (P.w_bytes + 4) + batch * (d_out + d_in) * P.a_bytes
+    C[SRAM_WRITE] += d_out * d_in * (P.w_bytes + 4)
+
+
+@njit(cache=True)
 def outer_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, P, C, rng, g_out):
     """W_l <- W_l - round(mul * (delta^T hin) / div), in place, one weight at a time.
 

@@ -21,6 +21,7 @@ from .counters import (BACKWARD, FORWARD, INFERENCE, MACS_DENSE, MACS_EFF, MODUL
                        SRAM_READ, SRAM_WRITE, SYN_EVENTS, UPDATE)
 from .fixed import log2_exact, round_div, saturate
 from .linear import (activation_table, cached_layer_forward_, effective_macs, exact_matmul, magnitude,
+                     momentum_update_,
                      outer_update_, project_)
 
 __all__ = ["Params", "RULE_CODES", "forward_only_step_", "bp_step_", "output_error_", "predict_"]
@@ -127,6 +128,17 @@ def _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, store,
     return src
 
 
+@njit(cache=True)
+def update_(w, offs, l, d_out, d_in, delta, hin, upd_mul, upd_div, g_scale, P, C, rng, g_out, opt):
+    """Layer l's weight update: plain SGD (``linear.outer_update_``), or with ``opt`` = (vel, mom) holding a
+    velocity store, SGD with momentum and weight decay (``linear.momentum_update_``, mom[l] its multipliers)."""
+    vel, mom = opt
+    if vel.size > 0:
+        momentum_update_(w, offs[l], d_out, d_in, delta, hin, vel, mom[l], P, C, rng)
+    else:
+        outer_update_(w, offs[l], d_out, d_in, delta, hin, upd_mul[l], upd_div[l], g_scale[l], P, C, rng, g_out)
+
+
 @njit(cache=True, inline="always")
 def mask_offset(dims, batch, l):
     """Where hidden layer l's (B, d_{l+1}) block starts in the step's flat dropout mask."""
@@ -166,7 +178,7 @@ def drop_(pre, h, drop, koff, P, C, rng):
 @njit(cache=True)
 def forward_only_step_(rule, store_mode, w, dims, offs, w_one, upd_mul, upd_div, g_scale, x, t, tq, proj,
                        proj_div, P, buf_c0, buf_c1, buf_m0, buf_m1, buf_pre, buf_tmp, store, e, xm, C, rng,
-                       g_out, cache, yq, drop):
+                       g_out, cache, yq, drop, opt):
     """One FOTON (rule 0), PEPITA (1) or FTP (2) step on a batch; see the module docstring.
 
     x: (B, d_0) input mantissas; t: (B, d_L) float one-hot; tq: t in the error format (FTP label targets);
@@ -175,7 +187,7 @@ def forward_only_step_(rule, store_mode, w, dims, offs, w_one, upd_mul, upd_div,
     C: (phases, L + 1, counters), see kernels.counters. yq: (B, d_L) scratch for FTP's difference target
     (y_hat in the error format; formed element by element, so not device memory), else (0, d_L).
     drop: the step's dropout mask and scale (``drop_``), applied in every pass; a dropped unit has no local
-    error.
+    error. opt: (velocity, multipliers) for SGD with momentum and weight decay (``update_``), or empty.
     """
     batch = x.shape[0]
     n_layers = dims.size - 1
@@ -246,8 +258,7 @@ def forward_only_step_(rule, store_mode, w, dims, offs, w_one, upd_mul, upd_div,
         hin = hm if rule == 1 else hc
         if l == 0 and rule == 1:
             hin = xm
-        outer_update_(w, offs[l], d_out, d_in, delta, hin, upd_mul[l], upd_div[l], g_scale[l], P, C[UPDATE, l],
-                      rng, g_out)
+        update_(w, offs, l, d_out, d_in, delta, hin, upd_mul, upd_div, g_scale, P, C[UPDATE, l], rng, g_out, opt)
         cache[2][l] = False
         hc = c_next
         hm = m_next
@@ -257,8 +268,8 @@ def forward_only_step_(rule, store_mode, w, dims, offs, w_one, upd_mul, upd_div,
     if rule == 2 and P.ftp_local and n_layers > 1:
         out_err = _local_output_error_(w, dims, offs, w_one, hc, hm, P, buf_pre, buf_tmp,
                                        buf_m1 if (last - 1) % 2 == 0 else buf_m0, C, rng, cache)
-    outer_update_(w, offs[last], dims[last + 1], dims[last], out_err, hin, upd_mul[last], upd_div[last],
-                  g_scale[last], P, C[UPDATE, last], rng, g_out)
+    update_(w, offs, last, dims[last + 1], dims[last], out_err, hin, upd_mul, upd_div, g_scale, P,
+            C[UPDATE, last], rng, g_out, opt)
 
 
 @njit(cache=True)
@@ -321,7 +332,7 @@ def _difference_target_(h1, tq, yq, proj, proj_div, P, p_t, p_y, tau, C, rng):
 
 @njit(cache=True)
 def bp_step_(w, dims, offs, w_one, upd_mul, upd_div, g_scale, x, t, P, buf_c0, buf_c1, buf_m0, buf_m1,
-             buf_pre, buf_tmp, store, e, C, rng, g_out, cache, drop):
+             buf_pre, buf_tmp, store, e, C, rng, g_out, cache, drop, opt):
     """One BP step: pass 1 stores h_1..h_{L-1} in ``store`` (B x sum d_l); then for l = L..1,
     delta_{l-1} = (delta_l W_l) * sigma'(a_{l-1}) (times the dropout mask's keep / (1 - p) when ``drop`` holds
     one) is formed (error format) before W_l is updated."""
@@ -369,8 +380,7 @@ def bp_step_(w, dims, offs, w_one, upd_mul, upd_div, g_scale, x, t, P, buf_c0, b
             cb[SYN_EVENTS] += effective
             cb[SRAM_READ] += batch * (d_in * d_out * P.w_bytes + d_out * P.e_bytes + d_in * P.a_bytes)
             cb[SRAM_WRITE] += batch * d_in * P.e_bytes
-        outer_update_(w, offs[l], d_out, d_in, delta, hin, upd_mul[l], upd_div[l], g_scale[l], P, C[UPDATE, l],
-                      rng, g_out)
+        update_(w, offs, l, d_out, d_in, delta, hin, upd_mul, upd_div, g_scale, P, C[UPDATE, l], rng, g_out, opt)
         if l > 0:
             delta = prev
 

@@ -256,6 +256,8 @@ class StepBuffers:
     cache: tuple
     #: the step's dropout mask (B x sum of hidden d_l, one byte per unit); empty without dropout
     keep: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint8))
+    #: SGD's velocity, one value per weight (int32 on integer devices); empty without momentum or weight decay
+    vel: np.ndarray | None = None
 
 
 def check_exact(profile: DeviceProfile, dims, batch: int) -> None:
@@ -280,9 +282,10 @@ def check_exact(profile: DeviceProfile, dims, batch: int) -> None:
 
 
 def allocate_buffers(arena: MemoryArena, profile: DeviceProfile, dims, batch: int, rule: str,
-                     schedule: str, ortho: bool, dropout: bool = False) -> StepBuffers:
+                     schedule: str, ortho: bool, dropout: bool = False, momentum: bool = False) -> StepBuffers:
     """Allocate what ``rule`` needs under ``schedule`` from ``arena`` (raising DeviceMemoryError early).
-    ``dropout``: also the step's mask, one byte per hidden unit of the batch.
+    ``dropout``: also the step's mask, one byte per hidden unit of the batch; ``momentum``: SGD's velocity, one
+    value per weight (4 bytes on integer devices, the weights' width on float ones).
 
     stream: 6 x (B, max d_l) activation buffers; store (and BP): also B x sum_{0<l<L} d_l stored activations.
     FOTON: F (d_L, d_0) in SRAM plus its row workspace, and the Björck Gram workspace; PEPITA's F and FTP's
@@ -336,7 +339,33 @@ def allocate_buffers(arena: MemoryArena, profile: DeviceProfile, dims, batch: in
     bufs = StepBuffers(x, c0, c1, m0, m1, pre, tmp, store, e, xm, proj, proj_work, cache)
     if dropout:
         bufs.keep = arena.alloc("dropout_mask", (batch * hidden,), np.uint8, "activations", 1)
+    bufs.vel = arena.alloc("velocity", (n_weights,), dtype, "optimizer", 4 if dtype == np.int64 else
+                           profile.weight.bytes_per_value) if momentum else np.zeros(0, dtype=dtype)
     return bufs
+
+
+#: fraction bits of the integer velocity below one weight LSB (per unit lr)
+VELOCITY_FRAC_BITS = 8
+
+
+def momentum_multipliers(net: DeviceNet, profile: DeviceProfile, rule: str, lr: float, batch: int, momentum: float,
+                         weight_decay: float) -> np.ndarray:
+    """(L, 8) float64, per layer the multipliers of ``linear.momentum_update_``: float devices (1/B, 1, mu, 1,
+    wd, 1, lr, 1); integer devices the (mul, div) pairs of g -> velocity (2**(w_frac + 8 - d_frac - a_frac) / B,
+    d_frac the error format's for the output layer and BP, the activation format's otherwise), mu, wd 2**8 and
+    lr 2**-8 (``step_scale``: div a power of two)."""
+    n = net.n_layers
+    out = np.zeros((n, 8))
+    if not net.quantized:
+        out[:] = (1.0 / batch, 1.0, momentum, 1.0, weight_decay, 1.0, lr, 1.0)
+        return out
+    a_frac, e_frac, f = profile.activation.frac_bits, profile.error.frac_bits, VELOCITY_FRAC_BITS
+    for l in range(n):
+        d_frac = e_frac if (l == n - 1 or rule == "bp") else a_frac
+        pairs = [step_scale(2.0 ** (int(net.w_frac[l]) + f - d_frac - a_frac) / batch), step_scale(momentum),
+                 step_scale(weight_decay * 2.0 ** f), step_scale(lr * 2.0 ** -f)]
+        out[l] = [float(v) for pair in pairs for v in pair]
+    return out
 
 
 def dropout_drop(bufs: StepBuffers, profile: DeviceProfile, dims, n: int, p: float, seed: int, step: int) -> tuple:
@@ -436,18 +465,21 @@ def _proj_div(profile: DeviceProfile):
 
 
 def run_step(rule: str, net: DeviceNet, bufs: StepBuffers, profile: DeviceProfile, params: Params, x_dev, t,
-             lr: float, schedule: str, counters, rng, g_out=None, drop=None) -> None:
+             lr: float, schedule: str, counters, rng, g_out=None, drop=None, sgd=(0.0, 0.0)) -> None:
     """One training step of ``rule`` on a batch already in the device format (x_dev: (n, d_0)); counters:
-    (phases, L + 1, names) from kernels.counters.new_counters; drop: the step's dropout (``dropout_drop``)."""
+    (phases, L + 1, names) from kernels.counters.new_counters; drop: the step's dropout (``dropout_drop``);
+    sgd: (momentum, weight decay), which need ``bufs.vel`` (allocate_buffers(momentum=True))."""
     n = x_dev.shape[0]
     drop = (np.zeros(0, dtype=np.uint8), 1.0, 0) if drop is None else drop
+    vel = bufs.vel if bufs.vel is not None else net.w[:0]
+    opt = (vel, momentum_multipliers(net, profile, rule, lr, n, *sgd) if vel.size else np.zeros((0, 8)))
     mul, div, g_scale = update_scales(net, profile, rule, lr, n)
     g_out = np.zeros(0) if g_out is None else g_out
     t = np.ascontiguousarray(t, dtype=np.float64)
     if rule == "bp":
         bp_step_(net.w, net.dims, net.offs, net.w_one, mul, div, g_scale, x_dev, t, params, bufs.c0, bufs.c1,
                  bufs.m0, bufs.m1, bufs.pre, bufs.tmp, bufs.store, bufs.e[:n], counters, rng, g_out, bufs.cache,
-                 drop)
+                 drop, opt)
         return
     # only FTP's label targets read t in the error format; other steps get an empty array (no per-step work)
     labels = params.ftp_label or params.ftp_diff
@@ -459,7 +491,7 @@ def run_step(rule: str, net: DeviceNet, bufs: StepBuffers, profile: DeviceProfil
     forward_only_step_(RULE_CODES[rule], schedule == "store", net.w, net.dims, net.offs, net.w_one, mul, div,
                        g_scale, x_dev, t, tq, bufs.proj, _proj_div(profile), params, bufs.c0, bufs.c1, bufs.m0,
                        bufs.m1, bufs.pre, bufs.tmp, bufs.store, bufs.e[:n], bufs.xm[:n], counters, rng, g_out,
-                       bufs.cache, yq, drop)
+                       bufs.cache, yq, drop, opt)
 
 
 def predict(net: DeviceNet, bufs: StepBuffers, profile: DeviceProfile, params: Params, x: np.ndarray,
