@@ -238,7 +238,7 @@ def test_pipeline_options_are_range_checked_and_refused_where_unsupported():
         with pytest.raises(ConfigError, match=match):
             fo_edge.simulate(rule="bp", device="gpu-fp32", dataset="digits", model="64-10", **kwargs)
     with pytest.raises(ConfigError, match="momentum runs on the float torch path only"):
-        fo_edge.simulate(rule="ftp", device="mcu-int8", dataset="digits", model="64-10", momentum=0.9)
+        fo_edge.simulate(rule="ftp", device="loihi-like", dataset="digits", model="64-10", momentum=0.9)
     with pytest.raises(ConfigError, match="rate-codes pixel intensities"):
         fo_edge.simulate(rule="ftp", device="loihi-like", dataset="digits", model="64-10", normalize="standard")
 
