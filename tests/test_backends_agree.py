@@ -111,3 +111,21 @@ def test_ftp_local_output_loss_equals_torch(small_batch, target, activation):
         np.testing.assert_array_equal(g_local.numpy() if hasattr(g_local, "numpy") else g_local,
                                       g_plain.numpy() if hasattr(g_plain, "numpy") else g_plain)
     assert not np.allclose(np.asarray(ref[-1]), np.asarray(plain[-1]))
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("error", ["ce", "mse"])
+def test_pepita_modulated_output_error_equals_torch(small_batch, activation, error):
+    """PEPITA's output_error=modulated (g_L = e_mod^T h^mod_{L-1} / B, e_mod the modulated pass's output
+    error) on the Numba float path equals torch; the hidden layers' updates do not change."""
+    weights, x, t = small_batch
+    ref = compute_updates("pepita", weights, x, t, activation=activation, error=error, seed=5,
+                          output_error="modulated")
+    out = compute_updates("pepita", weights, x, t, activation=activation, error=error, seed=5,
+                          output_error="modulated", backend="numba")
+    clean = compute_updates("pepita", weights, x, t, activation=activation, error=error, seed=5, backend="numba")
+    for g_ref, g_nb in zip(ref, out):
+        np.testing.assert_allclose(g_nb, g_ref, atol=1e-5, rtol=0)
+    for g_mod, g_clean in zip(out[:-1], clean[:-1]):
+        np.testing.assert_array_equal(g_mod, g_clean)
+    assert not np.allclose(out[-1], clean[-1])

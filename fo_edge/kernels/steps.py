@@ -43,6 +43,7 @@ Params = namedtuple("Params", [
     "ftp_gamma", "ftp_f",   # its gamma (float) and f (an activation code: tanh or identity)
     "ftp_raw",              # bool: y_hat is the raw output y, not e + t (softmax(y / T) for CE)
     "ftp_local",            # bool: FTP's output layer learns the local loss to tau_L = W_L tau_{L-1}, not e
+    "out_modulated",        # bool: PEPITA's output layer learns the modulated pass's error (output_error=modulated)
     "w_bytes", "a_bytes", "e_bytes", "p_bytes",  # bytes per stored weight / activation / error / projection value
     "proj_flash",           # bool: the projection matrix is read from Flash
     "analog",               # bool: crossbar device (kernels.analog); the rest are its parameters
@@ -265,6 +266,12 @@ def forward_only_step_(rule, store_mode, w, dims, offs, w_one, upd_mul, upd_div,
     last = n_layers - 1
     hin = hm if rule == 1 else hc
     out_err = e
+    if rule == 1 and P.out_modulated:  # e_mod = softmax(W_L h^mod_{L-1} / T) - t, into e (its clean value is spent)
+        y_mod = view(buf_tmp, batch, dims[last + 1])
+        cached_layer_forward_(hm, w, offs[last], dims[last + 1], dims[last], w_one[last], True, P,
+                              view(buf_pre, batch, dims[last + 1]), y_mod, C[MODULATED, last], rng,
+                              *layer_cache(cache, dims, offs, last))
+        output_error_(y_mod, t, P, e, C[MODULATED, n_layers])
     if rule == 2 and P.ftp_local and n_layers > 1:
         out_err = _local_output_error_(w, dims, offs, w_one, hc, hm, P, buf_pre, buf_tmp,
                                        buf_m1 if (last - 1) % 2 == 0 else buf_m0, C, rng, cache)

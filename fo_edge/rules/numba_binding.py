@@ -161,7 +161,10 @@ _KERNEL_TARGET_F = ("tanh", "identity")
 
 
 def ftp_kernel_options(config) -> dict:
-    """make_params' FTP keywords from an FTPConfig (anything else: the defaults, which no kernel reads)."""
+    """make_params' rule keywords: FTP's from an FTPConfig, PEPITA's output_error from a PEPITAConfig (anything
+    else: the defaults, which no kernel reads)."""
+    if getattr(config, "output_error", "clean") == "modulated":
+        return {"out_modulated": True}
     target = getattr(config, "target", "error_preactivation")
     if target == "difference" and config.target_f not in _KERNEL_TARGET_F:
         raise ConfigError(f"FTP target_f {config.target_f!r} runs on the torch path only; the device kernels "
@@ -175,10 +178,11 @@ def ftp_kernel_options(config) -> dict:
 
 def make_params(profile: DeviceProfile, activation: str, error: str, temperature: float = 1.0,
                 collect: bool = False, ftp_label: bool = False, ftp_diff: bool = False, ftp_gamma: float = 1.0,
-                ftp_f: int = 1, ftp_raw: bool = False, ftp_local: bool = False) -> Params:
+                ftp_f: int = 1, ftp_raw: bool = False, ftp_local: bool = False,
+                out_modulated: bool = False) -> Params:
     """Kernel parameters for ``profile`` (float and analog profiles give float64 values and infinite bounds)."""
     act, err = ACTIVATION_CODES[activation], {"ce": 0, "mse": 1}[error]
-    ftp = (ftp_label, ftp_diff, float(ftp_gamma), ftp_f, ftp_raw, ftp_local)
+    ftp = (ftp_label, ftp_diff, float(ftp_gamma), ftp_f, ftp_raw, ftp_local, out_modulated)
     a, e, w = profile.activation, profile.error, profile.weight
     sizes = (w.bytes_per_value, a.bytes_per_value, e.bytes_per_value, projection_format(profile).bytes_per_value,
              profile.capacity.flash_bytes > 0)
