@@ -92,10 +92,14 @@ if [ "${engine[0]}" = podman ]; then
 fi
 say "building $tag (${build_args[*]})"
 start=$(date +%s)
-if ! "${engine[@]}" build --network host "${mounts[@]}" "${build_args[@]}" -t "$tag" . >"$work/build.log" 2>&1; then
-  tail -20 "$work/build.log"
-  say "FAILED: the image did not build"
-  exit 1
+build() { "${engine[@]}" build --network host "${mounts[@]}" "${build_args[@]}" -t "$tag" . >"$work/build.log" 2>&1; }
+if ! build; then  # once more: the build downloads from package registries, and a network hiccup is not the image's
+  say "the build failed ($(tail -1 "$work/build.log")); retrying once"
+  if ! build; then
+    tail -20 "$work/build.log"
+    say "FAILED: the image did not build (twice)"
+    exit 1
+  fi
 fi
 made+=("$tag")
 build_s=$(( $(date +%s) - start ))
