@@ -74,10 +74,6 @@ def list_recipes() -> list[str]:
 
 def recipe_text(name_or_path: str) -> tuple[str, str]:
     """(TOML text, origin) of a bundled recipe by id or of a recipe file by path (bounded read)."""
-    return _recipe_text(name_or_path)
-
-
-def _recipe_text(name_or_path: str) -> tuple[str, str]:
     if name_or_path.endswith(".toml") or "/" in name_or_path:
         path = Path(name_or_path)
         origin = str(path)
@@ -167,7 +163,7 @@ def parse_recipe(text: str, origin: str = "<recipe>") -> Recipe:
 
 def load_recipe(name_or_path: str) -> Recipe:
     """A bundled recipe by id (``foton-mnist-mlp``) or a recipe file by path (anything ending in .toml)."""
-    return parse_recipe(*_recipe_text(name_or_path))
+    return parse_recipe(*recipe_text(name_or_path))
 
 
 #: options beside a recipe that say how to run it (where, on how much data, with which checks), not what it is

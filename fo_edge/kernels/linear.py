@@ -412,6 +412,24 @@ def _integer_update_(w, off, d_in, delta, hin, mul, shift, P, rng):
     return writes, lost, clipped
 
 
+@njit(cache=True, inline="always")
+def _take_step_(w, k, step, P):
+    """w[k] -= step (an integer step in weight LSBs), saturated to the weight format; returns (writes,
+    clipped): 1 when the stored value changed, 1 when it was saturated."""
+    new = w[k] - step
+    clipped = 0
+    if new > P.w_hi:
+        new = P.w_hi
+        clipped = 1
+    elif new < P.w_lo:
+        new = P.w_lo
+        clipped = 1
+    if new != w[k]:
+        w[k] = new
+        return 1, clipped
+    return 0, clipped
+
+
 @njit(cache=True)
 def _dense_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, P, C, rng, g_out):
     """``outer_update_`` visiting every weight: float, analog, collect mode, or a divisor not a power of two;
@@ -432,16 +450,9 @@ def _dense_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, P, C, rng
                     if g != 0:
                         lost += 1
                     continue
-                new = w[k] - step
-                if new > P.w_hi:
-                    new = P.w_hi
-                    clipped += 1
-                elif new < P.w_lo:
-                    new = P.w_lo
-                    clipped += 1
-                if new != w[k]:
-                    writes += 1
-                    w[k] = new
+                n_writes, n_clipped = _take_step_(w, k, step, P)
+                writes += n_writes
+                clipped += n_clipped
             else:
                 new = w[k] - grads[i, j] * mul
                 if new != w[k]:
@@ -483,19 +494,15 @@ def momentum_update_(w, off, d_out, d_in, delta, hin, vel, mom, P, C, rng):
                     if g != 0:
                         lost += 1
                     continue
-                new = w[k] - step
-                if new > P.w_hi:
-                    new = P.w_hi
-                    clipped += 1
-                elif new < P.w_lo:
-                    new = P.w_lo
-                    clipped += 1
+                n_writes, n_clipped = _take_step_(w, k, step, P)
+                writes += n_writes
+                clipped += n_clipped
             else:
                 vel[k] = mom[2] * vel[k] + grads[i, j] * mom[0] + mom[4] * w[k]
                 new = w[k] - mom[6] * vel[k]
-            if new != w[k]:
-                writes += 1
-                w[k] = new
+                if new != w[k]:
+                    writes += 1
+                    w[k] = new
     C[WEIGHT_WRITES] += writes
     C[LOST] += lost
     C[SATURATION] += clipped

@@ -241,9 +241,10 @@ def forward_only_step_(rule, store_mode, w, dims, offs, w_one, upd_mul, upd_div,
                                   *layer_cache(cache, dims, offs, l))
             drop_(pre, m_next, drop, koff, P, C[MODULATED, l], rng)
         keep = drop[0]
+        masked = keep.size > 0
         for b in range(batch):
             for i in range(d_out):
-                if keep.size > 0 and keep[koff + b * d_out + i] == 0:  # a dropped unit has no local loss
+                if masked and keep[koff + b * d_out + i] == 0:  # a dropped unit has no local loss
                     delta[b, i] = 0
                     continue
                 diff = c_next[b, i] - m_next[b, i]
