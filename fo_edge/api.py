@@ -6,6 +6,7 @@ atomically, and returns a :class:`SimulateResult`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -23,6 +24,7 @@ from .data import DATASETS, load_dataset
 from .device import DeviceProfile, device_text, load_device
 from .engine.health import HealthConfig, TrainingStopped
 from .engine.plan import BatchPlan
+from .engine.threads import kernel_threads
 from .errors import ConfigError, RunError, RunInterrupted
 from .models.conv import is_conv_spec, parse_conv_spec
 from .models.mlp import ACTIVATIONS, INITS, init_weights, parse_model_spec
@@ -84,6 +86,7 @@ class SimulateConfig:
     recipe: str | None = None
     hidden_error: str | None = None
     overwrite: bool = False
+    threads: int | None = None
 
     def plan(self) -> BatchPlan:
         """The batches and per-step learning rate these options ask for (engine.plan)."""
@@ -133,8 +136,9 @@ def _validate(config: SimulateConfig) -> tuple[SimulateConfig, DeviceProfile, tu
     if config.schedule not in ("stream", "store"):
         raise ConfigError(f"unknown schedule {config.schedule!r}; choose stream or store")
     for name in ("epochs", "batch_size", "seed", "limit", "checkpoint_every", "stall_steps", "saturation_limit",
-                 "lr", "lr_gamma", "momentum", "weight_decay", "dropout"):
+                 "lr", "lr_gamma", "momentum", "weight_decay", "dropout", "threads"):
         limits.check(name, getattr(config, name))
+    _validate_threads(config.threads)
     if config.on_unhealthy not in ("stop", "warn"):
         raise ConfigError(f"--on-unhealthy must be stop or warn, got {config.on_unhealthy!r}")
     _validate_pipeline(config)
@@ -206,6 +210,15 @@ def _check_weight_memory(dims, device: DeviceProfile, backend: str) -> None:
     if need > host:
         raise ConfigError(f"--model needs {format_bytes(need)} of host memory for its weights and their "
                           f"initialisation; this machine has {format_bytes(host)}")
+
+
+def _validate_threads(threads: int | None) -> None:
+    """--threads may not exceed the cores this process may use (Numba's thread pool)."""
+    from .engine.threads import available_threads
+
+    if threads is not None and threads > available_threads():
+        raise ConfigError(f"--threads {threads}: this machine gives the process {available_threads()} core(s); "
+                          f"use at most that many")
 
 
 def _validate_pipeline(config: SimulateConfig) -> None:
@@ -355,8 +368,9 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
                                                                                               config_sha)),
                          resume=checkpoint)
     try:
-        history, stored, memory, counters, energy, warnings, stopped = _train(
-            config, backend, device, dims, rcfg, data, weights, on_batch, checkpointing)
+        with _threads(backend, config.threads):
+            history, stored, memory, counters, energy, warnings, stopped = _train(
+                config, backend, device, dims, rcfg, data, weights, on_batch, checkpointing)
     except KeyboardInterrupt:
         record.update(status="interrupted", interrupted={"seconds": time.perf_counter() - started})
         write_json_atomic(run_dir / "run.json", record)
@@ -381,6 +395,28 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
     if stopped is not None:
         raise RunError(f"{stopped}; the partial run is recorded in {run_dir}")
     return SimulateResult(accuracy, history, run_dir, memory, record)
+
+
+@contextlib.contextmanager
+def _threads(backend: str, threads: int | None):
+    """The numba backend's kernel threads (engine.threads; every core by default), or torch's intra-op threads
+    set to ``threads`` for the block (None: torch's as they are). A torch run leaves Numba's threading layer
+    unstarted, so torch's own OpenMP pool sets its float results as before."""
+    if backend != "torch":
+        with kernel_threads(threads):
+            yield
+        return
+    if threads is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _train(config: SimulateConfig, backend: str, device: DeviceProfile, dims, rcfg, data, weights,
@@ -466,6 +502,8 @@ def _simulate_conv(config: SimulateConfig, on_batch, on_start) -> SimulateResult
     if config.data_dir is None and config.dataset not in DATASETS:
         raise ConfigError(f"unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)} or --data-dir")
     _validate_pipeline(config)
+    limits.check("threads", config.threads)
+    _validate_threads(config.threads)
     optimiser = [name for name in ("momentum", "weight_decay", "dropout") if getattr(config, name)]
     if optimiser:
         raise ConfigError(f"{optimiser[0].replace('_', ' ')} is not implemented for conv models (plain SGD)")
@@ -480,8 +518,9 @@ def _simulate_conv(config: SimulateConfig, on_batch, on_start) -> SimulateResult
     run_dir = prepare_run_dir(config.out or default_run_dir(config), "replace" if config.overwrite else "refuse")
     if on_start is not None:
         on_start(len(data.x_train) * config.epochs)
-    record = run_conv(config.model, train_config, data, device, device_text(config.device)[0].encode(), run_dir,
-                      on_batch=on_batch)
+    with _threads(backend, config.threads):
+        record = run_conv(config.model, train_config, data, device, device_text(config.device)[0].encode(), run_dir,
+                          on_batch=on_batch)
     return SimulateResult(record["final"]["test_accuracy"], record["history"], run_dir, {}, record)
 
 

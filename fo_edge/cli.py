@@ -183,6 +183,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
               help="Continue an interrupted run directory from its last checkpoint, with the options it was started "
                    "with (other run options are refused beside it).")
 @click.option("--overwrite", is_flag=True, help="Replace the run that --out already holds.")
+@click.option("--threads", type=int, default=None,
+              help="Threads for the kernels (and torch on the torch path); default: every available core. Numba "
+                   "results do not depend on it.")
 @click.option("--on-unhealthy", type=click.Choice(["stop", "warn"]), default="stop", show_default=True,
               help="What NaN/Inf, exploding weights, saturation storms or stalled updates do.")
 @click.option("--saturation-limit", type=float, default=0.5, show_default=True,

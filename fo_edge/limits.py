@@ -56,6 +56,7 @@ LIMITS: dict[str, Bound] = {
     "steps": Bound(int, 1, 10**7, "training steps"),
     "every": Bound(int, 1, 10**7, "steps between samples"),
     "workers": Bound(int, 1, 1024, "parallel points"),
+    "threads": Bound(int, 1, 1024, "threads of the kernels (and of torch on the torch path)"),
 }
 
 #: the most points one sweep may expand to (a range with a tiny step must not allocate a billion points)

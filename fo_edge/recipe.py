@@ -168,7 +168,7 @@ def load_recipe(name_or_path: str) -> Recipe:
 
 #: options beside a recipe that say how to run it (where, on how much data, with which checks), not what it is
 RUN_CONTROLS = ("out", "overwrite", "limit", "data_dir", "torch_device", "checkpoint_every", "on_unhealthy",
-                "saturation_limit", "stall_steps")
+                "saturation_limit", "stall_steps", "threads")
 
 
 def recipe_settings(name_or_path: str, **overrides) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from numba import njit
 from fo_edge.accounting.memory import MemoryArena
 from fo_edge.data import load_dataset
 from fo_edge.device import load_device
+from fo_edge.engine.threads import kernel_threads
 from fo_edge.kernels.counters import new_counters
 from fo_edge.kernels.fixed import ROUND_NEAREST_EVEN
 from fo_edge.kernels.rng import new_state, next_u53
@@ -99,7 +100,16 @@ def main() -> None:
     parser.add_argument("--model", default="784-256-256-10")
     parser.add_argument("--batches", default="1,8,32,128")
     parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--threads", type=int, default=None, help="threads for torch and the kernels "
+                        "(default: every available core)")
     args = parser.parse_args()
+    with kernel_threads(args.threads) as threads:
+        torch.set_num_threads(threads)
+        table(args)
+
+
+def table(args) -> None:
+    """Time every cell and print the table."""
     data = load_dataset("mnist")
     dims = parse_model_spec(args.model)
     weights = init_weights(dims, seed=0)

@@ -3,13 +3,17 @@
     python tools/kernel_fingerprint.py --out before.json          # on the old code
     python tools/kernel_fingerprint.py --out after.json --against before.json
     python tools/kernel_fingerprint.py --out after.json --against before.json --ftp-option target_mode=error
+    python tools/kernel_fingerprint.py --out after.json --against before.json --nearest-updates
 
 Each run is ``fo_edge.simulate`` on the first ``--limit`` MNIST samples: the four MLP rules on mcu-int8,
 fpga-fixed16, memristor-rram and gpu-fp32 at batches 1, 3, 8 and 32 (784-64-32-10, tanh, so every kernel path
 is taken: direct sums, BLAS, the sparse and dense updates, stochastic and nearest rounding), FTP with ReLU,
 and FTP, FOTON and PEPITA on the spiking loihi-like device. The fingerprint of a run is the SHA-256 of its
 final weights, its test accuracy and every counter in run.json. ``--against`` lists the runs whose
-fingerprint differs and exits 1 when any does.
+fingerprint differs and exits 1 when any does. ``--nearest-updates`` runs every integer device with
+``update_rounding = "nearest-even"`` (copies of the bundled profiles, one line changed), so the updates draw
+no random numbers: a change to the random draws alone leaves these fingerprints unchanged, and a change to
+anything else shows. The old code runs this script by path (it only needs ``fo_edge.api.simulate``).
 """
 import argparse
 import hashlib
@@ -40,11 +44,26 @@ def configs(limit: int, ftp_options: dict | None = None) -> list[dict]:
     return runs
 
 
-def fingerprint(config: dict) -> dict:
-    """Weights hash, accuracy and counters of one run (or the error it raised)."""
+def nearest_update_profiles(folder: Path) -> dict[str, str]:
+    """Paths of copies of the bundled profiles with ``update_rounding = "nearest-even"``, by profile id."""
+    bundled = Path(__import__("fo_edge").__file__).parent / "profiles"
+    paths = {}
+    for source in sorted(bundled.glob("*.toml")):
+        lines = [('update_rounding = "nearest-even"' if line.split("=")[0].strip() == "update_rounding" else line)
+                 for line in source.read_text().splitlines()]
+        target = folder / source.name
+        target.write_text("\n".join(lines) + "\n")
+        paths[source.stem] = str(target)
+    return paths
+
+
+def fingerprint(config: dict, profiles: dict[str, str] | None = None) -> dict:
+    """Weights hash, accuracy and counters of one run (or the error it raised); ``profiles`` maps device ids
+    to the profile files to run instead."""
     with tempfile.TemporaryDirectory() as folder:
         try:
-            result = simulate(out=str(Path(folder) / "run"), **config)
+            device = (profiles or {}).get(config["device"], config["device"])
+            result = simulate(out=str(Path(folder) / "run"), **{**config, "device": device})
         except Exception as error:  # a run that fails must fail the same way on both sides
             return {"error": f"{type(error).__name__}: {error}"}
         weights = np.load(Path(folder) / "run" / "weights.npz")
@@ -77,6 +96,8 @@ def main() -> None:
     parser.add_argument("--ftp-option", action="append", default=[],
                         help="KEY=VALUE rule option for every FTP run, e.g. target_mode=error (the form older code "
                              "knows) to fingerprint FTP's error_preactivation target on both sides")
+    parser.add_argument("--nearest-updates", action="store_true",
+                        help="round every update to nearest-even (no random draws): see above")
     args = parser.parse_args()
     ftp_options = dict(pair.split("=", 1) for pair in args.ftp_option)
     before = None
@@ -86,9 +107,11 @@ def main() -> None:
         except (OSError, ValueError) as error:
             sys.exit(f"error: cannot read {args.against}: {error}")
     prints = {}
+    folder = tempfile.TemporaryDirectory()
+    profiles = nearest_update_profiles(Path(folder.name)) if args.nearest_updates else None
     for config in configs(args.limit, ftp_options):
         key = json.dumps(config, sort_keys=True)
-        prints[key] = fingerprint(config)
+        prints[key] = fingerprint(config, profiles)
         print(key, prints[key].get("accuracy", prints[key].get("error")), flush=True)
     tmp = Path(args.out).with_name(Path(args.out).name + ".tmp")
     tmp.write_text(json.dumps(prints, indent=0, sort_keys=True))

@@ -15,9 +15,10 @@ import math
 import numpy as np
 from numba import njit
 
-from .rng import next_u53, xorshift_u53
+from .rng import counter_u53, next_u53, xorshift_u53
 
 __all__ = ["ROUND_NEAREST_EVEN", "ROUND_TOWARD_ZERO", "ROUND_STOCHASTIC", "round_div", "round_shift", "round_by",
+           "round_shift_at", "round_div_at",
            "log2_exact", "saturate",
            "wrap", "quantize_array", "quantize_affine", "dequantize_affine", "affine_params", "fixed_multiplier"]
 
@@ -65,6 +66,42 @@ def round_shift(x, k, mode, s):
         return (q + 1 if x < 0 else q), s
     s, u = xorshift_u53(s)
     return (q + 1 if (u & mask) < rem else q), s
+
+
+@njit(cache=True, inline="always")
+def round_shift_at(x, k, mode, key, index):
+    """``round_shift`` without branches, its stochastic draw the counter-based ``counter_u53(key, index)``:
+    x: int64, k: int64 in [0, 53]; returns q = floor(x / 2**k) + up, where up is 1 when the remainder r rounds
+    up (nearest-even: 2r > 2**k, or 2r = 2**k and q odd; toward zero: r > 0 and x < 0; stochastic: the draw's
+    low k bits < r, i.e. with probability r / 2**k). The same (x, key, index) give the same result in any
+    order, which lets an update round its weights in parallel."""
+    q = x >> k
+    mask = (np.int64(1) << k) - 1
+    rem = x & mask
+    if mode == ROUND_NEAREST_EVEN:
+        twice = 2 * rem
+        up = (twice > mask + 1) | ((twice == mask + 1) & ((q & 1) != 0))
+    elif mode == ROUND_TOWARD_ZERO:
+        up = (rem != 0) & (x < 0)
+    else:
+        up = (counter_u53(key, index) & mask) < rem
+    return q + np.int64(up)
+
+
+@njit(cache=True, inline="always")
+def round_div_at(x, d, mode, key, index):
+    """``round_div`` (any positive int64 divisor d) with the stochastic draw ``counter_u53(key, index)``:
+    up with probability rem / d, from the draw modulo d."""
+    q = x // d
+    rem = x - q * d
+    if rem == 0:
+        return q
+    if mode == ROUND_NEAREST_EVEN:
+        twice = 2 * rem
+        return q + 1 if twice > d or (twice == d and q % 2 != 0) else q
+    if mode == ROUND_TOWARD_ZERO:
+        return q + 1 if x < 0 else q
+    return q + 1 if counter_u53(key, index) % d < rem else q
 
 
 @njit(cache=True, inline="always")

@@ -9,15 +9,15 @@ Weights of every layer live in one flat array ``w`` (as in one SRAM region); lay
 matrix-vector product and the update through :mod:`fo_edge.kernels.analog`.
 """
 import numpy as np
-from numba import njit, types
+from numba import njit, prange, types
 from numba.extending import overload
 
-from .activations import TANH, activate
+from .activations import RELU, TANH, activate
 from .analog import analog_forward_, pulse_update_
 from .counters import (FLASH_READ, LOST, MACS_DENSE, MACS_EFF, NEURON_ACTIVE, NEURON_INACTIVE, SATURATION,
                        SRAM_READ, SRAM_WRITE, SYN_EVENTS, SYN_UPDATES, WEIGHT_WRITES, WRAPS)
-from .fixed import ROUND_STOCHASTIC, log2_exact, round_by, round_div, round_shift, saturate, wrap
-from .rng import xorshift_u53
+from .fixed import ROUND_STOCHASTIC, log2_exact, round_by, round_div_at, round_shift_at, saturate, wrap
+from .rng import next_u53
 
 __all__ = ["layer_forward_", "cached_layer_forward_", "no_weight_cache", "project_", "outer_update_", "exact_matmul",
            "effective_macs", "activation_table", "SMALL_BATCH"]
@@ -27,6 +27,9 @@ SMALL_BATCH = 4
 #: the layer forward sums only the nonzero inputs directly while they number at most this many times d_in
 #: (measured crossover with BLAS on MNIST activity in 784-256-256 int8 layers: about 1.2 d_in)
 SPARSE_INPUTS = 1.0
+#: from this many rows on (or once the step's float32 W^T exists) an integer forward converts W^T and runs
+#: ``_fused_forward_``; below it the direct sums over the nonzero inputs cost less than the conversion
+FUSED_BATCH = 8
 #: integers of magnitude up to 2**24 are exact in float32
 FLOAT32_EXACT = 16777216.0
 #: with the step's float32 copy of W at hand, a few-row forward goes through BLAS once more than 1/DENSE_INPUTS
@@ -124,25 +127,37 @@ def _effective_from_columns(hin, weights):
     return total
 
 
-@njit(cache=True)
+#: rows of W transposed together into W^T (one 64-byte line of float32 per input column)
+TRANSPOSE_ROWS = 16
+
+
+@njit(cache=True, parallel=True)
 def _weights_float32_into(w, off, d_out, d_in, out, nonzero):
-    """out: (d_out, d_in) float32 = layer W; nonzero: (d_in,) int32 = its nonzero weights per input column."""
-    row32 = np.empty(d_in, dtype=np.int32)  # widening first lets both loops vectorise
+    """out: (d_in, d_out) float32 = layer W^T; nonzero: (d_in,) int32 = its nonzero weights per input column.
+    Transposed in blocks of TRANSPOSE_ROWS rows (one block per parallel iteration), so each write fills a
+    line; the column counts are summed over the blocks in order."""
+    n_blocks = (d_out + TRANSPOSE_ROWS - 1) // TRANSPOSE_ROWS
+    counts = np.zeros((n_blocks, d_in), dtype=np.int32)
+    for blk in prange(n_blocks):
+        lo = blk * TRANSPOSE_ROWS
+        hi = min(lo + TRANSPOSE_ROWS, d_out)
+        for j in range(d_in):
+            count = 0
+            for i in range(lo, hi):
+                v = w[off + i * d_in + j]
+                out[j, i] = v
+                count += v != 0
+            counts[blk, j] = count
     nonzero[:] = 0
-    for i in range(d_out):
-        base = off + i * d_in
+    for blk in range(n_blocks):
         for j in range(d_in):
-            row32[j] = w[base + j]
-        row = out[i]
-        for j in range(d_in):
-            row[j] = row32[j]
-            nonzero[j] += np.int32(row32[j] != 0)
+            nonzero[j] += counts[blk, j]
 
 
 @njit(cache=True)
 def _weights_float32(w, off, d_out, d_in):
-    """Layer W: (d_out, d_in) as float32 and its nonzero weights per input column (int32), row by row."""
-    out = np.empty((d_out, d_in), dtype=np.float32)
+    """Layer W^T: (d_in, d_out) as float32 and its nonzero weights per input column (int32)."""
+    out = np.empty((d_in, d_out), dtype=np.float32)
     nonzero = np.empty(d_in, dtype=np.int32)
     _weights_float32_into(w, off, d_out, d_in, out, nonzero)
     return out, nonzero
@@ -201,6 +216,69 @@ def layer_forward_(hin, w, off, d_out, d_in, w_one, linear, P, pre, h, C, rng):
     cached_layer_forward_(hin, w, off, d_out, d_in, w_one, linear, P, pre, h, C, rng, *no_weight_cache())
 
 
+@njit(cache=True, parallel=True)
+def _fused_forward_(hin, wt, nonzero, shift, linear, P, pre, h, C):
+    """The integer layer forward, one sample per parallel iteration: acc = sum_j hin[b, j] W^T[j, :] over the
+    nonzero inputs only (float32 rows of wt: (d_in, d_out), exact since every partial sum is an integer below
+    2**24), then wrap to the accumulator, round by 2**shift (nearest-even or toward zero: no draws), saturate,
+    activate, exactly as ``cached_layer_forward_``'s serial loop. Each sample's counts go to its own row of a
+    tally and are added to C in sample order; effective MACs and synaptic events are sum_b sum_{j: hin[b, j]
+    != 0} nonzero[j]. The caller adds the dense MACs and bytes."""
+    batch, d_in = hin.shape
+    d_out = wt.shape[1]
+    table = activation_table(P, batch * d_out)
+    tallies = np.zeros((batch, C.size), dtype=np.int64)
+    effective = np.zeros(batch, dtype=np.int64)
+    acc_lo, acc_hi = np.int64(P.acc_lo), np.int64(P.acc_hi)
+    span = acc_hi - acc_lo + 1
+    a_lo, a_hi = np.int64(P.a_lo), np.int64(P.a_hi)
+    for b in prange(batch):
+        acc = np.zeros(d_out, dtype=np.float32)
+        eff = 0
+        for j in range(d_in):
+            v = hin[b, j]
+            if v != 0:
+                fv = np.float32(v)
+                row = wt[j]
+                for i in range(d_out):
+                    acc[i] += fv * row[i]
+                eff += nonzero[j]
+        effective[b] = eff
+        wraps = clipped = active = 0
+        for i in range(d_out):
+            q = np.int64(acc[i])
+            if q > acc_hi or q < acc_lo:  # two's-complement wrap of the accumulator (kernels.fixed.wrap)
+                wraps += 1
+                q = (q - acc_lo) % span + acc_lo
+            q = round_shift_at(q, shift, P.fwd_round, np.uint64(0), 0)
+            if q > a_hi:
+                q = a_hi
+                clipped += 1
+            elif q < a_lo:
+                q = a_lo
+                clipped += 1
+            pre[b, i] = q
+            if linear:
+                out = q
+            elif P.act == RELU:
+                out = q if q > 0 else 0
+            elif table.size > 0:
+                out = table[q - a_lo]
+            else:
+                out = activate(q, P.act, P.a_one, True)
+            h[b, i] = out
+            active += out != 0
+        tallies[b, WRAPS] = wraps
+        tallies[b, SATURATION] = clipped
+        tallies[b, NEURON_ACTIVE] = active
+        tallies[b, NEURON_INACTIVE] = d_out - active
+    for b in range(batch):
+        for k in range(C.size):
+            C[k] += tallies[b, k]
+        C[MACS_EFF] += effective[b]
+        C[SYN_EVENTS] += effective[b]
+
+
 @njit(cache=True)
 def no_weight_cache():
     """Empty cache arguments for ``cached_layer_forward_``: convert the layer on every call."""
@@ -210,15 +288,31 @@ def no_weight_cache():
 @njit(cache=True)
 def cached_layer_forward_(hin, w, off, d_out, d_in, w_one, linear, P, pre, h, C, rng, w32, nonzero, ready):
     """``layer_forward_`` with a simulator-side float32 copy of the layer kept between calls of one step:
-    w32: (d_out, d_in) float32, nonzero: (d_in,) int32 nonzero weights per column, ready: (1,) bool, filled
-    on first use (ready[0] set); the caller clears ready[0] whenever W changes. Empty arrays: no cache."""
+    w32: (d_in, d_out) float32 = W^T, nonzero: (d_in,) int32 nonzero weights per column, ready: (1,) bool,
+    filled on first use (ready[0] set); the caller clears ready[0] whenever W changes. Empty arrays: no cache.
+
+    Integer layers whose sums are exact in float32 and whose rounding draws nothing go through
+    ``_fused_forward_`` (parallel over samples); the others through the paths below."""
     if P.analog:
         analog_forward_(hin, w, off, d_out, d_in, w_one, linear, P, pre, h, C, rng)
         return
     batch = hin.shape[0]
-    nnz = np.count_nonzero(hin)
     bound = magnitude(P.a_lo, P.a_hi) * magnitude(P.w_lo, P.w_hi) * d_in
     use32 = integral(hin) and integral(w) and bound <= FLOAT32_EXACT  # exact_matmul's float32 case
+    shift = log2_exact(w_one) if P.quantized else -1
+    fused = use32 and P.quantized and P.fwd_round != ROUND_STOCHASTIC and shift >= 0
+    if fused and (batch >= FUSED_BATCH or (ready.size > 0 and ready[0])):
+        if ready.size == 0:
+            w32, nonzero = _weights_float32(w, off, d_out, d_in)
+        elif not ready[0]:
+            _weights_float32_into(w, off, d_out, d_in, w32, nonzero)
+            ready[0] = True
+        _fused_forward_(hin, w32, nonzero, shift, linear, P, pre, h, C)
+        C[MACS_DENSE] += batch * d_out * d_in
+        C[SRAM_READ] += batch * (d_out * d_in * P.w_bytes + d_in * P.a_bytes)
+        C[SRAM_WRITE] += batch * d_out * P.a_bytes
+        return
+    nnz = np.count_nonzero(hin)
     if ready.size > 0:  # the conversion is paid once per step: BLAS unless the inputs are sparse
         blas = use32 and nnz * DENSE_INPUTS > batch * d_in
     else:
@@ -233,12 +327,11 @@ def cached_layer_forward_(hin, w, off, d_out, d_in, w_one, linear, P, pre, h, C,
             elif not ready[0]:
                 _weights_float32_into(w, off, d_out, d_in, w32, nonzero)
                 ready[0] = True
-            sums = np.dot(_as_float32(hin), w32.T).astype(np.float64)
+            sums = np.dot(_as_float32(hin), w32).astype(np.float64)
             effective = _effective_from_columns(hin, nonzero)
         else:
             sums = exact_matmul(hin, w[off:off + d_out * d_in].reshape((d_out, d_in)), bound)
             effective = effective_macs(hin, w, off, d_out, d_in)
-    shift = log2_exact(w_one) if P.quantized else -1
     table = activation_table(P, batch * d_out)
     s = rng[0]
     for b in range(batch):
@@ -283,8 +376,74 @@ def project_(base, src, mat, sign, div, P, out, C, rng):
     """
     batch, k_dim = src.shape
     d = mat.shape[1]
-    effective = 0
     shift = log2_exact(div) if P.quantized else -1
+    if not (P.quantized and P.fwd_round == ROUND_STOCHASTIC):
+        effective = _project_rows_(base, src, mat, sign, div, shift, P, out, C)
+    else:
+        effective = _project_serial_(base, src, mat, sign, div, shift, P, out, C, rng)
+    C[MACS_DENSE] += batch * d * k_dim
+    C[MACS_EFF] += effective
+    C[SYN_EVENTS] += effective
+    matrix_bytes = batch * d * k_dim * P.p_bytes
+    if P.proj_flash:
+        C[FLASH_READ] += matrix_bytes
+    else:
+        C[SRAM_READ] += matrix_bytes
+    C[SRAM_READ] += batch * (k_dim * P.e_bytes + d * P.a_bytes)
+    C[SRAM_WRITE] += batch * d * P.a_bytes
+
+
+@njit(cache=True, parallel=True)
+def _project_rows_(base, src, mat, sign, div, shift, P, out, C):
+    """``project_`` when its rounding draws nothing: one sample per parallel iteration, the sum over k formed
+    for a whole row at once (k ascending for every j, skipping zero terms, as the serial loop sums), saturations
+    tallied per sample and added to C in order; returns the effective MACs."""
+    batch, k_dim = src.shape
+    d = mat.shape[1]
+    clipped = np.zeros(batch, dtype=np.int64)
+    effective = np.zeros(batch, dtype=np.int64)
+    for b in prange(batch):
+        acc = np.zeros(d, dtype=out.dtype)
+        eff = 0
+        for k in range(k_dim):
+            v = src[b, k]
+            if v != 0:
+                m_row = mat[k]
+                for j in range(d):
+                    m = m_row[j]
+                    acc[j] = acc[j] + v * m if m != 0 else acc[j]
+                    eff += m != 0
+        effective[b] = eff
+        n_clipped = 0
+        for j in range(d):
+            if P.quantized:
+                q = round_shift_at(np.int64(acc[j]), shift, P.fwd_round, np.uint64(0), 0) if shift >= 0 else \
+                    round_div_at(np.int64(acc[j]), np.int64(div), P.fwd_round, np.uint64(0), 0)
+                value = base[b, j] + sign * q
+                if value > P.a_hi:
+                    value = P.a_hi
+                    n_clipped += 1
+                elif value < P.a_lo:
+                    value = P.a_lo
+                    n_clipped += 1
+                out[b, j] = value
+            else:
+                out[b, j] = base[b, j] + sign * acc[j]
+        clipped[b] = n_clipped
+    total = 0
+    for b in range(batch):
+        C[SATURATION] += clipped[b]
+        total += effective[b]
+    return total
+
+
+@njit(cache=True)
+def _project_serial_(base, src, mat, sign, div, shift, P, out, C, rng):
+    """``project_`` drawing from the stream (stochastic forward rounding), sample by sample; returns the
+    effective MACs."""
+    batch, k_dim = src.shape
+    d = mat.shape[1]
+    effective = 0
     state = rng[0]
     for b in range(batch):
         for j in range(d):
@@ -300,16 +459,7 @@ def project_(base, src, mat, sign, div, P, out, C, rng):
             else:
                 out[b, j] = base[b, j] + sign * acc
     rng[0] = state
-    C[MACS_DENSE] += batch * d * k_dim
-    C[MACS_EFF] += effective
-    C[SYN_EVENTS] += effective
-    matrix_bytes = batch * d * k_dim * P.p_bytes
-    if P.proj_flash:
-        C[FLASH_READ] += matrix_bytes
-    else:
-        C[SRAM_READ] += matrix_bytes
-    C[SRAM_READ] += batch * (k_dim * P.e_bytes + d * P.a_bytes)
-    C[SRAM_WRITE] += batch * d * P.a_bytes
+    return effective
 
 
 @njit(cache=True)
@@ -334,81 +484,112 @@ def _gather_columns(a, idx):
 
 
 @njit(cache=True, inline="always")
-def _apply_row_(w, base, cols, row, shift, mode, w_lo, w_hi, s):
-    """w[base + cols[c]] -= round(row[c] / 2**shift), saturated to [w_lo, w_hi]; returns (s, writes, lost,
-    clipped). Stochastic rounding runs branch-free (its outcomes are coin flips a predictor cannot learn) and
-    draws only for a nonzero remainder, as round_div does; only changed weights are stored."""
-    mask = (np.int64(1) << shift) - 1
+def _apply_row_(w, base, cols, row, shift, mode, w_lo, w_hi, key, kbase):
+    """w[base + cols[c]] -= round(row[c] / 2**shift), saturated to [w_lo, w_hi], for every c; the weight at
+    layer index kbase + cols[c] rounds with the draw ``counter_u53(key, kbase + cols[c])``. Branch-free (the
+    stores are unconditional), so the loop vectorises. Returns (writes, lost, clipped): stored values that
+    changed, nonzero steps that rounded to 0, saturated weights."""
     writes = lost = clipped = 0
     for c in range(cols.size):
         scaled = row[c]
-        if mode == ROUND_STOCHASTIC:
-            rem = scaled & mask
-            drawn, u = xorshift_u53(s)
-            s = drawn if rem != 0 else s
-            step = (scaled >> shift) + ((u & mask) < rem)
-        else:
-            step, s = round_shift(scaled, shift, mode, s)
-        lost += (step == 0) & (scaled != 0)
-        if step != 0:
-            j = base + cols[c]
-            old = np.int64(w[j])
-            wanted = old - step
-            new = min(max(wanted, w_lo), w_hi)
-            clipped += new != wanted
-            if new != old:  # an unconditional store costs twice the time
-                writes += 1
-                w[j] = new
-    return s, writes, lost, clipped
+        step = round_shift_at(scaled, shift, mode, key, kbase + cols[c])
+        j = base + cols[c]
+        old = np.int64(w[j])
+        wanted = old - step
+        new = min(max(wanted, w_lo), w_hi)
+        lost += np.int64((step == 0) & (scaled != 0))
+        clipped += np.int64(new != wanted)
+        writes += np.int64(new != old)
+        w[j] = new
+    return writes, lost, clipped
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
+def _apply_contiguous_(w, base, row, shift, mode, w_lo, w_hi, key, kbase):
+    """``_apply_row_`` over every column of a row: w[base + j] -= round(row[j] / 2**shift), draws
+    ``counter_u53(key, kbase + j)``; contiguous, so the loop vectorises. Returns (writes, lost, clipped)."""
+    writes = lost = clipped = 0
+    for j in range(row.size):
+        scaled = row[j]
+        step = round_shift_at(scaled, shift, mode, key, kbase + j)
+        old = np.int64(w[base + j])
+        wanted = old - step
+        new = min(max(wanted, w_lo), w_hi)
+        lost += np.int64((step == 0) & (scaled != 0))
+        clipped += np.int64(new != wanted)
+        writes += np.int64(new != old)
+        w[base + j] = new
+    return writes, lost, clipped
+
+
+@njit(cache=True, parallel=True)
+def _rows_from_sums_(w, off, d_in, rows, grads, imul, shift, mode, w_lo, w_hi, key, tallies):
+    """For every r (in parallel): layer row i = rows[r] takes the step round(imul * grads[r, j] / 2**shift) at
+    every column j (``_apply_contiguous_``); its (writes, lost, clipped) go to tallies[r]. grads: (len(rows),
+    d_in) exact integer sums in float32 or float64."""
+    for r in prange(rows.size):
+        i = rows[r]
+        row = np.empty(d_in, dtype=np.int64)  # one row of mul * g (the device's accumulator row)
+        for j in range(d_in):
+            row[j] = np.int64(grads[r, j]) * imul
+        n_w, n_l, n_c = _apply_contiguous_(w, off + i * d_in, row, shift, mode, w_lo, w_hi, key, i * d_in)
+        tallies[r, 0], tallies[r, 1], tallies[r, 2] = n_w, n_l, n_c
+
+
+@njit(cache=True, parallel=True)
 def _integer_update_(w, off, d_in, delta, hin, mul, shift, P, rng):
     """The integer update W[i, j] -= round(mul * g_ij / 2**shift) of ``outer_update_``; returns (writes,
     lost, clipped).
 
-    Only rows i with a nonzero delta[:, i] and columns j with a nonzero hin[:, j] can have g_ij != 0, and a
-    zero g changes nothing and draws no random number, so visiting just those pairs (in the same row-major
-    order) leaves the weights, the counters and the RNG sequence exactly as a visit of every weight would.
-    g is summed directly for a few samples, else through ``exact_matmul`` on the gathered operands.
+    Stochastic rounding draws ``counter_u53(key, i * d_in + j)`` for weight (i, j), with key one draw of the
+    run's stream per update (kernels.rng), so no weight's result depends on the visiting order: rows are
+    updated in parallel (``prange``) and each row's tallies go to its own slot, summed in row order, which
+    makes weights and counters bit-identical for any thread count. Only rows i with a nonzero delta[:, i] can
+    change. From SMALL_BATCH samples on, row i's g = sum_b delta[b, i] hin[b, :] is accumulated over the
+    nonzero delta[b, i] (float32 rows where every partial sum is an integer below 2**24, else int64) and the
+    whole row is rounded and written contiguously; below it only the columns with a nonzero input are visited
+    (a zero g changes nothing and, the draws being counter-based, consumes nothing).
     """
     batch = delta.shape[0]
-    rows, cols = _nonzero_columns(delta), _nonzero_columns(hin)
-    n_rows, n_cols = rows.size, cols.size
-    grads = np.zeros((0, 0))
-    if batch >= SMALL_BATCH and n_rows > 0 and n_cols > 0:
-        d_rows = np.ascontiguousarray(_gather_columns(delta, rows).T)  # (n_rows, B), (n_cols, B)
-        h_cols = np.ascontiguousarray(_gather_columns(hin, cols).T)
-        # the operands' largest magnitudes bound the sums (spike counts have no format)
-        grads = exact_matmul(d_rows, h_cols, np.abs(d_rows).max() * np.abs(h_cols).max() * float(batch))
-    h_one = np.zeros(n_cols if batch == 1 else 0, dtype=np.int64)  # batch 1: g_ij = delta_i h_j
-    for c in range(h_one.size):
-        h_one[c] = hin[0, cols[c]]
+    key = np.uint64(next_u53(rng))
+    rows = _nonzero_columns(delta)
+    n_rows = rows.size
     imul = np.int64(mul)  # (a float only when compiled for the float reference, which never runs this)
     w_lo, w_hi = np.int64(P.w_lo), np.int64(P.w_hi)
-    row = np.empty(n_cols, dtype=np.int64)  # one row of mul * g (the device's accumulator row)
+    tallies = np.zeros((n_rows, 3), dtype=np.int64)
+    if batch >= SMALL_BATCH:
+        if n_rows > 0:  # g = delta[:, rows]^T hin through BLAS (float32 where exact), then rows in parallel
+            d_rows = np.ascontiguousarray(_gather_columns(delta, rows).T)  # (n_rows, B)
+            h_t = np.ascontiguousarray(hin.T)  # (d_in, B)
+            # the operands' largest magnitudes bound the sums (spike counts have no format)
+            bound = float(np.abs(d_rows).max()) * float(np.abs(h_t).max()) * float(batch)
+            if integral(d_rows) and integral(h_t) and bound <= FLOAT32_EXACT:
+                _rows_from_sums_(w, off, d_in, rows, np.dot(_as_float32(d_rows), _as_float32(h_t).T), imul,
+                                    shift, P.upd_round, w_lo, w_hi, key, tallies)
+            else:
+                _rows_from_sums_(w, off, d_in, rows, exact_matmul(d_rows, h_t, bound), imul, shift,
+                                    P.upd_round, w_lo, w_hi, key, tallies)
+    else:
+        cols = _nonzero_columns(hin)
+        n_cols = cols.size
+        h_sel = np.zeros((batch, n_cols), dtype=np.int64)
+        for b in range(batch):
+            for c in range(n_cols):
+                h_sel[b, c] = hin[b, cols[c]]
+        for r in prange(n_rows):
+            i = rows[r]
+            row = np.zeros(n_cols, dtype=np.int64)
+            for b in range(batch):
+                d_b = np.int64(delta[b, i]) * imul
+                for c in range(n_cols):
+                    row[c] += d_b * h_sel[b, c]
+            n_w, n_l, n_c = _apply_row_(w, off + i * d_in, cols, row, shift, P.upd_round, w_lo, w_hi, key, i * d_in)
+            tallies[r, 0], tallies[r, 1], tallies[r, 2] = n_w, n_l, n_c
     writes = lost = clipped = 0
-    s = rng[0]
     for r in range(n_rows):
-        i = rows[r]
-        if batch == 1:
-            d_one = np.int64(delta[0, i]) * imul
-            for c in range(n_cols):
-                row[c] = d_one * h_one[c]
-        elif batch >= SMALL_BATCH:
-            for c in range(n_cols):
-                row[c] = np.int64(grads[r, c]) * imul
-        else:
-            for c in range(n_cols):
-                g = np.int64(0)
-                for b in range(batch):
-                    g += np.int64(delta[b, i]) * np.int64(hin[b, cols[c]])
-                row[c] = g * imul
-        s, n_writes, n_lost, n_clipped = _apply_row_(w, off + i * d_in, cols, row, shift, P.upd_round, w_lo, w_hi, s)
-        writes += n_writes
-        lost += n_lost
-        clipped += n_clipped
-    rng[0] = s
+        writes += tallies[r, 0]
+        lost += tallies[r, 1]
+        clipped += tallies[r, 2]
     return writes, lost, clipped
 
 
@@ -435,6 +616,8 @@ def _dense_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, P, C, rng
     """``outer_update_`` visiting every weight: float, analog, collect mode, or a divisor not a power of two;
     returns (writes, lost, clipped)."""
     grads = exact_matmul(np.ascontiguousarray(delta.T), np.ascontiguousarray(hin.T), np.inf)  # (d_out, d_in)
+    integer = P.quantized and not P.collect and not P.analog
+    key = np.uint64(next_u53(rng)) if integer else np.uint64(0)  # counter-based draws, as _integer_update_
     writes = lost = clipped = 0  # local tallies (C may alias nothing, but the compiler cannot know that)
     for i in range(d_out):
         for j in range(d_in):
@@ -443,9 +626,9 @@ def _dense_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, P, C, rng
                 g_out[k] = grads[i, j] * g_scale
             elif P.analog:
                 pulse_update_(w, k, -grads[i, j] * mul, P, C, rng)
-            elif P.quantized:
+            elif integer:
                 g = np.int64(grads[i, j])
-                step = round_div(g * mul, div, P.upd_round, rng)
+                step = round_div_at(g * mul, div, P.upd_round, key, i * d_in + j)
                 if step == 0:
                     if g != 0:
                         lost += 1
@@ -461,7 +644,42 @@ def _dense_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, P, C, rng
     return writes, lost, clipped
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
+def _momentum_row_(w, vel, base, grads_row, mom, P, key, kbase, v_lo, v_hi):
+    """One row of ``momentum_update_`` (weights w[base:base + d_in]); returns (writes, lost, clipped). The
+    integer weight at layer index k = kbase + j rounds its four products with the draws
+    ``counter_u53(key, 4 k + m)``, m = 0..3."""
+    writes = lost = clipped = 0
+    for j in range(grads_row.size):
+        k = base + j
+        if P.quantized:
+            g = np.int64(grads_row[j])
+            idx = 4 * (kbase + j)
+            v = round_div_at(np.int64(vel[k]) * np.int64(mom[2]), np.int64(mom[3]), P.upd_round, key, idx) \
+                + round_div_at(g * np.int64(mom[0]), np.int64(mom[1]), P.upd_round, key, idx + 1) \
+                + round_div_at(np.int64(w[k]) * np.int64(mom[4]), np.int64(mom[5]), P.upd_round, key, idx + 2)
+            if v > v_hi or v < v_lo:
+                v = min(max(v, v_lo), v_hi)
+                clipped += 1
+            vel[k] = v
+            step = round_div_at(v * np.int64(mom[6]), np.int64(mom[7]), P.upd_round, key, idx + 3)
+            if step == 0:
+                if g != 0:
+                    lost += 1
+                continue
+            n_writes, n_clipped = _take_step_(w, k, step, P)
+            writes += n_writes
+            clipped += n_clipped
+        else:
+            vel[k] = mom[2] * vel[k] + grads_row[j] * mom[0] + mom[4] * w[k]
+            new = w[k] - mom[6] * vel[k]
+            if new != w[k]:
+                writes += 1
+                w[k] = new
+    return writes, lost, clipped
+
+
+@njit(cache=True, parallel=True)
 def momentum_update_(w, off, d_out, d_in, delta, hin, vel, mom, P, C, rng):
     """SGD with momentum and weight decay as PyTorch's SGD does it (buf = mu buf + g + wd W; W -= lr buf), for
     one layer: delta (B, d_out), hin (B, d_in), vel the velocity store (the weight store's layout).
@@ -469,40 +687,24 @@ def momentum_update_(w, off, d_out, d_in, delta, hin, vel, mom, P, C, rng):
     mom: (8,) float64. Float: (g_scale, -, mu, -, wd, -, lr, -), g the batch-averaged g_scale (delta^T hin).
     Integer: the fixed-point multiplier pairs (mul, div, div a power of two) of the velocity, held in units of
     2**-8 weight LSB per unit lr: g (delta^T hin in the data formats) -> g mul_0 / div_0, the decay mu, weight
-    decay wd W_q 2**8, and the step lr v 2**-8; each product rounded with the update rounding, the velocity
-    saturated to int32, the weight to its format. Counts like ``outer_update_`` (velocity reads and writes
-    are SRAM bytes at 4 per value).
+    decay wd W_q 2**8, and the step lr v 2**-8; each product rounded with the update rounding (counter-based
+    draws, one key per update from the stream: see ``_momentum_row_``), the velocity saturated to int32, the
+    weight to its format. Rows run in parallel with per-row tallies. Counts like ``outer_update_`` (velocity
+    reads and writes are SRAM bytes at 4 per value).
     """
     batch = delta.shape[0]
     grads = exact_matmul(np.ascontiguousarray(delta.T), np.ascontiguousarray(hin.T), np.inf)  # (d_out, d_in)
-    writes = lost = clipped = 0
+    key = np.uint64(next_u53(rng)) if P.quantized else np.uint64(0)
     v_lo, v_hi = -(np.int64(1) << 31), (np.int64(1) << 31) - 1
+    tallies = np.zeros((d_out, 3), dtype=np.int64)
+    for i in prange(d_out):
+        tallies[i, 0], tallies[i, 1], tallies[i, 2] = _momentum_row_(w, vel, off + i * d_in, grads[i], mom, P, key,
+                                                                     i * d_in, v_lo, v_hi)
+    writes = lost = clipped = 0
     for i in range(d_out):
-        for j in range(d_in):
-            k = off + i * d_in + j
-            if P.quantized:
-                g = np.int64(grads[i, j])
-                v = round_div(np.int64(vel[k]) * np.int64(mom[2]), np.int64(mom[3]), P.upd_round, rng) \
-                    + round_div(g * np.int64(mom[0]), np.int64(mom[1]), P.upd_round, rng) \
-                    + round_div(np.int64(w[k]) * np.int64(mom[4]), np.int64(mom[5]), P.upd_round, rng)
-                if v > v_hi or v < v_lo:
-                    v = min(max(v, v_lo), v_hi)
-                    clipped += 1
-                vel[k] = v
-                step = round_div(v * np.int64(mom[6]), np.int64(mom[7]), P.upd_round, rng)
-                if step == 0:
-                    if g != 0:
-                        lost += 1
-                    continue
-                n_writes, n_clipped = _take_step_(w, k, step, P)
-                writes += n_writes
-                clipped += n_clipped
-            else:
-                vel[k] = mom[2] * vel[k] + grads[i, j] * mom[0] + mom[4] * w[k]
-                new = w[k] - mom[6] * vel[k]
-                if new != w[k]:
-                    writes += 1
-                    w[k] = new
+        writes += tallies[i, 0]
+        lost += tallies[i, 1]
+        clipped += tallies[i, 2]
     C[WEIGHT_WRITES] += writes
     C[LOST] += lost
     C[SATURATION] += clipped

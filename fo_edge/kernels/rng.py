@@ -1,12 +1,23 @@
-"""A seeded xorshift64* generator whose state is passed in explicitly (a ``(1,) uint64`` array).
+"""Random numbers for the kernels: a seeded serial stream and an order-independent, counter-based draw.
 
-Numba kernels draw from it for stochastic rounding, so that a run with the same seed is bit-identical on
-every machine, and a checkpoint can store the state.
+The stream is xorshift64* with its state passed in explicitly (a ``(1,) uint64`` array), so a run with the same
+seed is bit-identical on every machine and a checkpoint can store the state.
+
+The weight updates' stochastic rounding draws instead from ``counter_u53(key, index)``: SplitMix64's output
+function (Steele, Lea & Flood, OOPSLA 2014) applied to ``key + (index + 1) * golden``, a strong 64-bit hash of
+the counter. Each update takes one ``key`` from the stream (one draw per layer update, so the key is a
+function of the seed, the step and the layer), and the weight with flat index ``index`` inside the layer
+draws ``counter_u53(key, index)``: its draw depends on its coordinates only, never on the order in which the
+update visits the weights, so the update runs vectorised and across threads with bit-identical results for
+any thread count.
 """
 import numpy as np
 from numba import njit
 
-__all__ = ["new_state", "next_u53", "xorshift_u53", "uniform"]
+__all__ = ["new_state", "next_u53", "xorshift_u53", "uniform", "counter_u53", "GOLDEN"]
+
+#: 2**64 / golden ratio, SplitMix64's counter increment
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 def new_state(seed: int) -> np.ndarray:
@@ -40,3 +51,18 @@ def next_u53(state):
 def uniform(state):
     """A uniform float64 in [0, 1)."""
     return next_u53(state) / 9007199254740992.0
+
+
+@njit(cache=True, inline="always")
+def counter_u53(key, index):
+    """A uniform int64 in [0, 2**53) that depends only on (key, index): key uint64, index int64 >= 0.
+
+    z = key + (index + 1) * GOLDEN (mod 2**64), then SplitMix64's finaliser
+    z ^= z >> 30; z *= 0xBF58476D1CE4E5B9; z ^= z >> 27; z *= 0x94D049BB133111EB; z ^= z >> 31,
+    and the top 53 bits of z.
+    """
+    z = key + (np.uint64(index) + np.uint64(1)) * GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return np.int64(z >> np.uint64(11))

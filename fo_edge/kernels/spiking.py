@@ -22,7 +22,7 @@ per timestep is stored. Counters go to C[phase, l] (layer l's synapses and neuro
 barrier).
 """
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from .counters import NEURON_ACTIVE, TIMESTEPS
 from .lif import dense_events_, lif_int_step_
@@ -51,7 +51,7 @@ def input_spike_(code, x, phase, t, steps):
     return (1 if t == fire else 0), phase
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def spiking_pass_(x_q, steps, code, w, dims, offs, wexp, vth_eff, du, dv, delay, inject, phase_buf, spk, u, v,
                   pending, a_buf, counts, in_counts, out_acc, in_acc, nnz, C, phase):
     """Run the net on x_q (B, d_0) int64 intensities in [0, 256] for ``steps`` timesteps, inputs in ``code``.
@@ -61,9 +61,9 @@ def spiking_pass_(x_q, steps, code, w, dims, offs, wexp, vth_eff, du, dv, delay,
     counts, in_counts (B, d_0) input spike counts, out_acc (B, d_L), in_acc (B, sum of hidden d_l) or (0, 0).
     wexp, vth_eff: per layer; nnz: the layers' nonzero-per-input counts, concatenated (layer l's at the sum of
     earlier d_in); delay: 0 or 1.
-    Samples are independent presentations, simulated one after the other (each with its own counter rows,
-    summed at the end). A sample-parallel loop (prange) was measured slower on this 2-vCPU machine for
-    784-256-256-10 at batch 32, so the loop is serial.
+    Samples are independent presentations (on the chip, one after the other); the simulator runs them in
+    parallel (``prange`` over samples; engine.threads), each with its own state rows, accumulator and counter
+    rows, the counter rows summed in sample order at the end, so results do not depend on the thread count.
     """
     batch = x_q.shape[0]
     n_layers = dims.size - 1
@@ -75,15 +75,18 @@ def spiking_pass_(x_q, steps, code, w, dims, offs, wexp, vth_eff, du, dv, delay,
         noff[l + 1] = noff[l] + batch * dims[l + 1]
         coff[l + 1] = coff[l] + dims[l]
         hoff[l + 1] = hoff[l] + (dims[l + 1] if l < n_layers - 1 else 0)
-    wts = []  # each layer's weights indexed by input axon (Loihi's fan-out lists), for this presentation
+    # each layer's weights indexed by input axon (Loihi's fan-out lists), for this presentation: layer l's
+    # (d_in, d_out) block at offs[l]
+    wts = np.empty(offs[n_layers], dtype=np.int32)
     for l in range(n_layers):
         d_in, d_out = dims[l], dims[l + 1]
-        wts.append(np.ascontiguousarray(w[offs[l]:offs[l] + d_out * d_in].reshape((d_out, d_in)).T).astype(np.int32))
+        wts[offs[l]:offs[l + 1]] = np.ascontiguousarray(
+            w[offs[l]:offs[l] + d_out * d_in].reshape((d_out, d_in)).T).reshape(-1)
     local = np.zeros((batch, n_layers, C.shape[2]), dtype=np.int64)
     s_in = np.zeros((batch, d0), dtype=np.int64)  # simulator view of this step's input spikes
     acc = np.zeros((batch, dims[1:].max()), dtype=np.int32)  # per-sample dendritic accumulators
     integrate = in_acc.shape[0] > 0
-    for b in range(batch):
+    for b in prange(batch):
         phase_buf[b, :] = 0
         counts[b, :] = 0
         if integrate:
@@ -109,7 +112,8 @@ def spiking_pass_(x_q, steps, code, w, dims, offs, wexp, vth_eff, du, dv, delay,
                 row = local[b, l]
                 lo = noff[l] + b * d_out
                 arrive = a_buf[lo:lo + d_out].reshape((1, d_out))
-                dense_events_(src, wts[l], wexp[l], nnz[coff[l]:coff[l + 1]], acc[b], arrive, row)
+                wt = wts[offs[l]:offs[l + 1]].reshape((dims[l], d_out))
+                dense_events_(src, wt, wexp[l], nnz[coff[l]:coff[l + 1]], acc[b], arrive, row)
                 if delay > 0:  # deliver last step's accumulation, keep this step's for the next
                     for i in range(d_out):
                         a_old = pending[lo + i]

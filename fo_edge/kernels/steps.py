@@ -19,7 +19,7 @@ from numba import njit
 from .activations import activate, activate_grad
 from .counters import (BACKWARD, FORWARD, INFERENCE, MACS_DENSE, MACS_EFF, MODULATED, RECOMPUTE, SATURATION,
                        SRAM_READ, SRAM_WRITE, SYN_EVENTS, UPDATE)
-from .fixed import log2_exact, round_div, saturate
+from .fixed import ROUND_STOCHASTIC, log2_exact, round_div, saturate
 from .linear import (activation_table, cached_layer_forward_, effective_macs, exact_matmul, magnitude,
                      momentum_update_,
                      outer_update_, project_)
@@ -54,15 +54,15 @@ Params = namedtuple("Params", [
 
 @njit(cache=True, inline="always")
 def layer_cache(cache, dims, offs, l):
-    """Layer l's slices of the step's weight cache ``(w32, nonzero, ready)``: w32 (total weights,) float32 in
-    the weight store's layout, nonzero (sum_l d_l,) int32 column counts, ready (L,) bool; see
+    """Layer l's slices of the step's weight cache ``(w32, nonzero, ready)``: w32 (total weights,) float32,
+    each layer's W^T (d_in, d_out) at the layer's offset, nonzero (sum_l d_l,) int32 column counts, ready (L,) bool; see
     ``linear.cached_layer_forward_``. Simulator bookkeeping, not device memory."""
     w32, nonzero, ready = cache
     d_in, d_out = dims[l], dims[l + 1]
     col = 0
     for k in range(l):
         col += dims[k]
-    return (w32[offs[l]:offs[l + 1]].reshape((d_out, d_in)), nonzero[col:col + d_in], ready[l:l + 1])
+    return (w32[offs[l]:offs[l + 1]].reshape((d_in, d_out)), nonzero[col:col + d_in], ready[l:l + 1])
 
 
 def _view(buf, batch, d):
@@ -104,9 +104,10 @@ def output_error_(y, t, P, e, C):
 
 @njit(cache=True)
 def _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, store, store_mode, C, phase, rng, cache,
-            drop):
-    """Clean pass; returns y: (B, d_L) (a view of buf_tmp). Keeps h_l in ``store`` when store_mode; counts
-    into C[phase, l]. ``drop``: the step's dropout (see ``drop_``; an empty mask: none)."""
+            drop, pre0):
+    """Clean pass; returns y: (B, d_L) (a view of buf_tmp). Keeps h_l in ``store`` when store_mode, and
+    layer 0's (dropped-out) pre-activation a_1 in ``pre0`` when that is not empty; counts into C[phase, l].
+    ``drop``: the step's dropout (see ``drop_``; an empty mask: none)."""
     batch = x.shape[0]
     n_layers = dims.size - 1
     src = x
@@ -125,6 +126,8 @@ def _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, store,
                               rng, *layer_cache(cache, dims, offs, l))
         if l < n_layers - 1:
             drop_(pre, dst, drop, mask_offset(dims, batch, l), P, C[phase, l], rng)
+        if l == 0 and pre0.size > 0:
+            pre0[:batch * d_out] = pre.reshape(-1)
         src = dst
     return src
 
@@ -179,7 +182,7 @@ def drop_(pre, h, drop, koff, P, C, rng):
 @njit(cache=True)
 def forward_only_step_(rule, store_mode, w, dims, offs, w_one, upd_mul, upd_div, g_scale, x, t, tq, proj,
                        proj_div, P, buf_c0, buf_c1, buf_m0, buf_m1, buf_pre, buf_tmp, store, e, xm, C, rng,
-                       g_out, cache, yq, drop, opt):
+                       g_out, cache, yq, drop, opt, kept):
     """One FOTON (rule 0), PEPITA (1) or FTP (2) step on a batch; see the module docstring.
 
     x: (B, d_0) input mantissas; t: (B, d_L) float one-hot; tq: t in the error format (FTP label targets);
@@ -189,13 +192,22 @@ def forward_only_step_(rule, store_mode, w, dims, offs, w_one, upd_mul, upd_div,
     (y_hat in the error format; formed element by element, so not device memory), else (0, d_L).
     drop: the step's dropout mask and scale (``drop_``), applied in every pass; a dropped unit has no local
     error. opt: (velocity, multipliers) for SGD with momentum and weight decay (``update_``), or empty.
+    kept: (activations (B x sum of hidden d_l,), a_1 (B x d_1,), counts (L + 1, counters)), the simulator's
+    own copies (not device memory) that spare it the schedule's recompute of the clean pass (see
+    ``_reuses_pass1``); empty arrays: recompute.
     """
     batch = x.shape[0]
     n_layers = dims.size - 1
     a_shift = log2_exact(P.a_one)
     cache[2][:] = False  # W may have changed since the last call
-    y = _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, store, store_mode, C, FORWARD, rng,
-                cache, drop)
+    kept_h, kept_pre, kept_counts = kept
+    reuse = kept_h.size > 0 and _reuses_pass1(P)
+    if reuse:  # pass 1's counts of this step, charged again to RECOMPUTE where the device recomputes
+        kept_counts[:] = C[FORWARD]
+    y = _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, kept_h if reuse else store,
+                store_mode or reuse, C, FORWARD, rng, cache, drop, kept_pre if reuse else kept_pre[:0])
+    if reuse:
+        kept_counts[:] = C[FORWARD] - kept_counts
     output_error_(y, t, P, e, C[FORWARD, n_layers])
     if rule == 2 and P.ftp_diff:
         _y_hat_(y, e, tq, P, yq)
@@ -211,16 +223,24 @@ def forward_only_step_(rule, store_mode, w, dims, offs, w_one, upd_mul, upd_div,
         pre = view(buf_pre, batch, d_out)
         delta = view(buf_tmp, batch, d_out)
         m_next = view(buf_m0 if l % 2 == 0 else buf_m1, batch, d_out)
-        if store_mode:
+        if reuse:
+            c_next = kept_h[soff:soff + batch * d_out].reshape((batch, d_out))
+            soff += batch * d_out
+        elif store_mode:
             c_next = store[soff:soff + batch * d_out].reshape((batch, d_out))
             soff += batch * d_out
         else:
             c_next = view(buf_c0 if l % 2 == 0 else buf_c1, batch, d_out)
         koff = mask_offset(dims, batch, l)
-        if not store_mode or (rule == 2 and l == 0):
-            cached_layer_forward_(hc, w, offs[l], d_out, d_in, w_one[l], False, P, pre, c_next, C[RECOMPUTE, l], rng,
-                                  *layer_cache(cache, dims, offs, l))
-            drop_(pre, c_next, drop, koff, P, C[RECOMPUTE, l], rng)
+        if not store_mode or (rule == 2 and l == 0):  # the device recomputes h_{l+1} (FTP: also a_1)
+            if reuse:  # bit-identical to pass 1 (no draws; W_l is not yet updated): charged, not computed
+                C[RECOMPUTE, l] += kept_counts[l]
+                if rule == 2 and l == 0:
+                    pre.reshape(-1)[:] = kept_pre[:batch * d_out]
+            else:
+                cached_layer_forward_(hc, w, offs[l], d_out, d_in, w_one[l], False, P, pre, c_next, C[RECOMPUTE, l],
+                                      rng, *layer_cache(cache, dims, offs, l))
+                drop_(pre, c_next, drop, koff, P, C[RECOMPUTE, l], rng)
         if rule == 2 and l == 0 and P.ftp_diff:
             _difference_target_(c_next, tq, yq, proj, proj_div, P, pre, delta, m_next, C[MODULATED, 0], rng)
         elif rule == 2 and l == 0:
@@ -278,6 +298,15 @@ def forward_only_step_(rule, store_mode, w, dims, offs, w_one, upd_mul, upd_div,
                                        buf_m1 if (last - 1) % 2 == 0 else buf_m0, C, rng, cache)
     update_(w, offs, last, dims[last + 1], dims[last], out_err, hin, upd_mul, upd_div, g_scale, P,
             C[UPDATE, last], rng, g_out, opt)
+
+
+@njit(cache=True, inline="always")
+def _reuses_pass1(P):
+    """Whether recomputing the clean pass gives pass 1's values and counts again: its forward draws nothing
+    (no stochastic forward rounding, no analog read noise). Layer l's recompute happens before W_l's update,
+    on the same inputs, so it would repeat pass 1 exactly; the simulator then keeps pass 1's activations and
+    counts instead (its own memory), and the device is charged the recompute all the same."""
+    return not P.analog and not (P.quantized and P.fwd_round == ROUND_STOCHASTIC)
 
 
 @njit(cache=True)
@@ -349,7 +378,7 @@ def bp_step_(w, dims, offs, w_one, upd_mul, upd_div, g_scale, x, t, P, buf_c0, b
     a_shift = log2_exact(P.a_one)
     cache[2][:] = False
     y = _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, store, True, C, FORWARD, rng, cache,
-                drop)
+                drop, buf_pre[:0])
     output_error_(y, t, P, e, C[FORWARD, n_layers])
     starts = np.zeros(n_layers, dtype=np.int64)  # store offset of h_l (l >= 1)
     for l in range(1, n_layers):
@@ -405,7 +434,7 @@ def predict_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, C, rn
     mantissas) go to logits (B, d_L) when it has B rows; counts into C[INFERENCE]. The caller clears the
     weight cache's ready flags (``cache[2]``) when W has changed since the cache was last filled."""
     y = _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, buf_c0[:0], False, C, INFERENCE,
-                rng, cache, no_dropout())
+                rng, cache, no_dropout(), buf_pre[:0])
     for b in range(x.shape[0]):
         labels[b] = np.argmax(y[b])
         if logits.shape[0] > 0:

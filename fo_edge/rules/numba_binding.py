@@ -33,7 +33,7 @@ from .pepita import pepita_feedback
 __all__ = ["DeviceNet", "mantissa_dtype", "step_scale",
            "to_device", "from_device", "from_stored", "make_params", "StepBuffers", "allocate_buffers",
            "run_step", "compute_updates_numba", "check_exact", "quantize_input", "refresh_projection", "orthogonalize",
-           "predict", "projection_format", "FLOAT64", "ftp_kernel_options"]
+           "predict", "projection_format", "FLOAT64", "ftp_kernel_options", "kept_pass1"]
 
 #: the float reference as a kernel profile (float64 values, no quantisation)
 FLOAT64 = NumberFormat(64, 0, float_format=True)
@@ -262,6 +262,9 @@ class StepBuffers:
     keep: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint8))
     #: SGD's velocity, one value per weight (int32 on integer devices); empty without momentum or weight decay
     vel: np.ndarray | None = None
+    #: the simulator's copies of pass 1 (hidden activations, a_1, per-layer counts) that spare it the
+    #: schedule's recompute (kernels.steps.forward_only_step_, ``kept``); not device memory. Empty: recompute.
+    kept: tuple = ()
 
 
 def check_exact(profile: DeviceProfile, dims, batch: int) -> None:
@@ -341,11 +344,20 @@ def allocate_buffers(arena: MemoryArena, profile: DeviceProfile, dims, batch: in
     cache = (np.zeros(n_weights, dtype=np.float32), np.zeros(sum(dims[:-1]), dtype=np.int32),
              np.zeros(len(dims) - 1, dtype=np.bool_))
     bufs = StepBuffers(x, c0, c1, m0, m1, pre, tmp, store, e, xm, proj, proj_work, cache)
+    bufs.kept = kept_pass1(dtype, dims, batch, keep=not bp)
     if dropout:
         bufs.keep = arena.alloc("dropout_mask", (batch * hidden,), np.uint8, "activations", 1)
     bufs.vel = arena.alloc("velocity", (n_weights,), dtype, "optimizer", 4 if dtype == np.int64 else
                            profile.weight.bytes_per_value) if momentum else np.zeros(0, dtype=dtype)
     return bufs
+
+
+def kept_pass1(dtype, dims, batch: int, keep: bool = True) -> tuple:
+    """``StepBuffers.kept``: (B x sum of hidden d_l,) activations and (B x d_1,) a_1 in ``dtype``, and the
+    (L + 1, counters) per-layer counts of pass 1; with keep=False empty arrays (the step recomputes)."""
+    hidden = sum(dims[1:-1]) if keep else 0
+    return (np.zeros(batch * hidden, dtype=dtype), np.zeros(batch * dims[1] if keep else 0, dtype=dtype),
+            np.zeros((len(dims), len(COUNTERS)), dtype=np.int64))
 
 
 #: fraction bits of the integer velocity below one weight LSB (per unit lr)
@@ -495,7 +507,7 @@ def run_step(rule: str, net: DeviceNet, bufs: StepBuffers, profile: DeviceProfil
     forward_only_step_(RULE_CODES[rule], schedule == "store", net.w, net.dims, net.offs, net.w_one, mul, div,
                        g_scale, x_dev, t, tq, bufs.proj, _proj_div(profile), params, bufs.c0, bufs.c1, bufs.m0,
                        bufs.m1, bufs.pre, bufs.tmp, bufs.store, bufs.e[:n], bufs.xm[:n], counters, rng, g_out,
-                       bufs.cache, yq, drop, opt)
+                       bufs.cache, yq, drop, opt, bufs.kept)
 
 
 def predict(net: DeviceNet, bufs: StepBuffers, profile: DeviceProfile, params: Params, x: np.ndarray,
