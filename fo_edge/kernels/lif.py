@@ -30,9 +30,11 @@ RESET_SUBTRACT, RESET_ZERO = 0, 1
 
 @njit(cache=True, inline="always")
 def _decay(x, keep):
-    """sign(x * keep) * (|x * keep| >> 12): multiply by keep / 4096, rounding toward zero."""
+    """sign(x * keep) * (|x * keep| >> 12): multiply by keep / 4096, rounding toward zero. Branch-free: with
+    s = p >> 63 (all ones for p < 0), |p| = (p ^ s) - s and the signed result is ((|p| >> 12) ^ s) - s."""
     p = x * keep
-    return (p >> 12) if p >= 0 else -((-p) >> 12)
+    s = p >> 63
+    return ((((p ^ s) - s) >> 12) ^ s) - s
 
 
 @njit(cache=True)
@@ -42,37 +44,28 @@ def lif_int_step_(u, v, a_in, du, dv, vth_eff, bias_eff, spikes, C):
     u, v: int64 (n,) states; a_in: int64 (n,) synaptic input after the weight exponent; du, dv: 12-bit decays
     (0..4095); vth_eff = vth << 6; bias_eff: int; spikes: int64 (n,) out (0/1). C: one counter row (spikes,
     wraps, saturations, active/inactive neuron updates: a neuron is active when it has input or state).
+    The loop body has no branches (selects and counts of comparisons), so it vectorises.
     """
     keep_u = 4096 - (du + 1)
     keep_v = 4096 - dv
     lim = UV_MAX - 1
+    span = 2 * UV_MAX
     fired = wraps = clipped = active = 0
     for i in range(u.size):
-        busy = u[i] != 0 or v[i] != 0 or a_in[i] != 0
-        cur = _decay(u[i], keep_u) + (a_in[i] << 6)
-        if cur > UV_MAX:
-            cur -= 2 * UV_MAX
-            wraps += 1
-        elif cur <= -UV_MAX:
-            cur += 2 * UV_MAX
-            wraps += 1
+        ui, vi, ai = u[i], v[i], a_in[i]
+        active += (ui != 0) | (vi != 0) | (ai != 0)
+        cur = _decay(ui, keep_u) + (ai << 6)
+        over, under = cur > UV_MAX, cur <= -UV_MAX
+        wraps += over | under
+        cur = cur - span * over + span * under
         u[i] = cur
-        volt = _decay(v[i], keep_v) + cur + bias_eff
-        if volt > lim:
-            volt = lim
-            clipped += 1
-        elif volt < -lim:
-            volt = -lim
-            clipped += 1
-        if volt > vth_eff:
-            spikes[i] = 1
-            volt = 0
-            fired += 1
-        else:
-            spikes[i] = 0
-        v[i] = volt
-        if busy:
-            active += 1
+        volt = _decay(vi, keep_v) + cur + bias_eff
+        clipped += (volt > lim) | (volt < -lim)
+        volt = min(max(volt, -lim), lim)
+        spike = volt > vth_eff
+        fired += spike
+        spikes[i] = spike
+        v[i] = 0 if spike else volt
     C[SPIKES] += fired
     C[WRAPS] += wraps
     C[SATURATION] += clipped

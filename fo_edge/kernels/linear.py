@@ -523,17 +523,27 @@ def _apply_contiguous_(w, base, row, shift, mode, w_lo, w_hi, key, kbase):
 
 
 @njit(cache=True, parallel=True)
-def _rows_from_sums_(w, off, d_in, rows, grads, imul, shift, mode, w_lo, w_hi, key, tallies):
-    """For every r (in parallel): layer row i = rows[r] takes the step round(imul * grads[r, j] / 2**shift) at
-    every column j (``_apply_contiguous_``); its (writes, lost, clipped) go to tallies[r]. grads: (len(rows),
-    d_in) exact integer sums in float32 or float64."""
+def _rows_from_sums_(w, off, d_in, rows, cols, dense, grads, imul, shift, mode, w_lo, w_hi, key, tallies):
+    """For every r (in parallel): layer row i = rows[r] takes the step round(imul * grads[r, c] / 2**shift) at
+    column cols[c] (``_apply_row_``; every column, contiguously, when ``dense``: ``_apply_contiguous_``); its
+    (writes, lost, clipped) go to tallies[r]. grads: (len(rows), len(cols)) exact integer sums in float32 or
+    float64."""
+    n_cols = cols.size
     for r in prange(rows.size):
         i = rows[r]
-        row = np.empty(d_in, dtype=np.int64)  # one row of mul * g (the device's accumulator row)
-        for j in range(d_in):
-            row[j] = np.int64(grads[r, j]) * imul
-        n_w, n_l, n_c = _apply_contiguous_(w, off + i * d_in, row, shift, mode, w_lo, w_hi, key, i * d_in)
+        row = np.empty(n_cols, dtype=np.int64)  # one row of mul * g (the device's accumulator row)
+        for c in range(n_cols):
+            row[c] = np.int64(grads[r, c]) * imul
+        if dense:
+            n_w, n_l, n_c = _apply_contiguous_(w, off + i * d_in, row, shift, mode, w_lo, w_hi, key, i * d_in)
+        else:
+            n_w, n_l, n_c = _apply_row_(w, off + i * d_in, cols, row, shift, mode, w_lo, w_hi, key, i * d_in)
         tallies[r, 0], tallies[r, 1], tallies[r, 2] = n_w, n_l, n_c
+
+
+#: the update visits every column of a row (contiguously) once at least this fraction of the columns has a
+#: nonzero input, and only the nonzero columns below it
+DENSE_COLUMNS = 0.6
 
 
 @njit(cache=True, parallel=True)
@@ -545,10 +555,10 @@ def _integer_update_(w, off, d_in, delta, hin, mul, shift, P, rng):
     run's stream per update (kernels.rng), so no weight's result depends on the visiting order: rows are
     updated in parallel (``prange``) and each row's tallies go to its own slot, summed in row order, which
     makes weights and counters bit-identical for any thread count. Only rows i with a nonzero delta[:, i] can
-    change. From SMALL_BATCH samples on, row i's g = sum_b delta[b, i] hin[b, :] is accumulated over the
-    nonzero delta[b, i] (float32 rows where every partial sum is an integer below 2**24, else int64) and the
-    whole row is rounded and written contiguously; below it only the columns with a nonzero input are visited
-    (a zero g changes nothing and, the draws being counter-based, consumes nothing).
+    change, and of their columns only those j with a nonzero hin[:, j] (a zero g changes nothing and, the
+    draws being counter-based, consumes nothing): those are visited when they are few, all columns
+    contiguously when they are most (DENSE_COLUMNS). From SMALL_BATCH samples on g comes from BLAS on the
+    gathered operands (float32 where every sum is an integer below 2**24), below it from direct sums.
     """
     batch = delta.shape[0]
     key = np.uint64(next_u53(rng))
@@ -557,20 +567,24 @@ def _integer_update_(w, off, d_in, delta, hin, mul, shift, P, rng):
     imul = np.int64(mul)  # (a float only when compiled for the float reference, which never runs this)
     w_lo, w_hi = np.int64(P.w_lo), np.int64(P.w_hi)
     tallies = np.zeros((n_rows, 3), dtype=np.int64)
-    if batch >= SMALL_BATCH:
-        if n_rows > 0:  # g = delta[:, rows]^T hin through BLAS (float32 where exact), then rows in parallel
-            d_rows = np.ascontiguousarray(_gather_columns(delta, rows).T)  # (n_rows, B)
-            h_t = np.ascontiguousarray(hin.T)  # (d_in, B)
-            # the operands' largest magnitudes bound the sums (spike counts have no format)
-            bound = float(np.abs(d_rows).max()) * float(np.abs(h_t).max()) * float(batch)
-            if integral(d_rows) and integral(h_t) and bound <= FLOAT32_EXACT:
-                _rows_from_sums_(w, off, d_in, rows, np.dot(_as_float32(d_rows), _as_float32(h_t).T), imul,
-                                    shift, P.upd_round, w_lo, w_hi, key, tallies)
-            else:
-                _rows_from_sums_(w, off, d_in, rows, exact_matmul(d_rows, h_t, bound), imul, shift,
-                                    P.upd_round, w_lo, w_hi, key, tallies)
-    else:
-        cols = _nonzero_columns(hin)
+    cols = _nonzero_columns(hin)
+    if batch >= SMALL_BATCH and n_rows > 0:
+        # g = delta[:, rows]^T hin[:, cols] through BLAS (float32 where exact), then the rows in parallel: all
+        # columns contiguously when most inputs are active, else only the active ones
+        dense = cols.size >= DENSE_COLUMNS * d_in
+        if dense:
+            cols = np.arange(d_in)
+        d_rows = np.ascontiguousarray(_gather_columns(delta, rows).T)  # (n_rows, B)
+        h_t = np.ascontiguousarray(hin.T) if dense else np.ascontiguousarray(_gather_columns(hin, cols).T)
+        # the operands' largest magnitudes bound the sums (spike counts have no format)
+        bound = float(np.abs(d_rows).max()) * float(np.abs(h_t).max()) * float(batch) if cols.size > 0 else 0.0
+        if integral(d_rows) and integral(h_t) and bound <= FLOAT32_EXACT:
+            _rows_from_sums_(w, off, d_in, rows, cols, dense, np.dot(_as_float32(d_rows), _as_float32(h_t).T),
+                             imul, shift, P.upd_round, w_lo, w_hi, key, tallies)
+        else:
+            _rows_from_sums_(w, off, d_in, rows, cols, dense, exact_matmul(d_rows, h_t, bound), imul, shift,
+                             P.upd_round, w_lo, w_hi, key, tallies)
+    elif n_rows > 0:
         n_cols = cols.size
         h_sel = np.zeros((batch, n_cols), dtype=np.int64)
         for b in range(batch):

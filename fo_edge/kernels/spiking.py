@@ -101,11 +101,19 @@ def spiking_pass_(x_q, steps, code, w, dims, offs, wexp, vth_eff, du, dv, delay,
             v[lo:hi] = 0
             pending[lo:hi] = 0
         for t in range(steps):
-            for j in range(d0):
-                fired, ph = input_spike_(code, x_q[b, j], phase_buf[b, j], t, steps)
-                phase_buf[b, j] = ph
-                s_in[b, j] = fired
-                in_counts[b, j] += fired
+            if code == CODE_RATE:  # input_spike_'s rate code, branch-free so that it vectorises
+                for j in range(d0):
+                    ph = phase_buf[b, j] + x_q[b, j]
+                    fired = np.int64(ph >= PHASE_ONE)
+                    phase_buf[b, j] = ph - PHASE_ONE * fired
+                    s_in[b, j] = fired
+                    in_counts[b, j] += fired
+            else:
+                for j in range(d0):
+                    fired, ph = input_spike_(code, x_q[b, j], phase_buf[b, j], t, steps)
+                    phase_buf[b, j] = ph
+                    s_in[b, j] = fired
+                    in_counts[b, j] += fired
             src = s_in[b:b + 1]
             for l in range(n_layers):
                 d_out = dims[l + 1]
