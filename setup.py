@@ -29,6 +29,7 @@ setup(
         "tqdm>=4.66",
         "scikit-learn>=1.4",
         "scipy>=1.11",
+        "threadpoolctl>=3.1",
         "matplotlib>=3.8",
     ],
     extras_require={

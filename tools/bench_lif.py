@@ -7,7 +7,9 @@ Both run the same rate-coded MLP on the same real MNIST batch (kernels.spiking w
 neurons, samples in parallel on ``--threads`` Numba threads; models.spiking with snnTorch Leaky layers,
 float32 on the CPU with as many torch threads), after a warm-up call (JIT compilation excluded), each timed
 over ``--seconds``. Prints a Markdown table with the
-ratio and the two paths' test-batch agreement (the fraction of samples with the same predicted class).
+ratio and the two paths' test-batch agreement (the fraction of samples with the same predicted class), and the
+Numba path on an all-zero batch (no input spikes, so no synaptic events: what the neuron and bookkeeping
+loops cost alone).
 """
 import argparse
 import dataclasses
@@ -55,6 +57,8 @@ def table(args, threads: int) -> None:
     counters = new_counters(len(dims) - 1)
     numba_s = timed(lambda: spiking_forward(net, bufs, profile, x, counters, FORWARD), args.seconds)
     labels_numba = np.argmax(spiking_forward(net, bufs, profile, x, counters, FORWARD), axis=1)
+    blank = np.zeros_like(x)
+    blank_s = timed(lambda: spiking_forward(net, bufs, profile, blank, counters, FORWARD), args.seconds)
     ws = [torch.tensor(w, dtype=torch.float32) for w in from_device(net)]  # the device's weights, in float
     model = SpikingMLP(ws, profile.spiking)
     xt = torch.tensor(x, dtype=torch.float32)
@@ -66,6 +70,7 @@ def table(args, threads: int) -> None:
     print("| path | sample-timesteps/s | ms per presentation of the batch |\n|---|---|---|")
     print(f"| snnTorch (float32, {threads} torch threads) | {rate / torch_s:,.0f} | {1e3 * torch_s:.1f} |")
     print(f"| Numba bit-accurate Loihi ({threads} threads) | {rate / numba_s:,.0f} | {1e3 * numba_s:.1f} |")
+    print(f"| Numba, an all-zero batch (no input spikes) | {rate / blank_s:,.0f} | {1e3 * blank_s:.1f} |")
     print(f"\nNumba / snnTorch: {torch_s / numba_s:.2f}x; same predicted class on "
           f"{100 * np.mean(labels_numba == labels_torch):.1f} % of the batch")
 
