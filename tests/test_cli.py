@@ -129,3 +129,30 @@ def test_simulate_spiking_device_end_to_end(tmp_path, backend):
     bad = run_cli("simulate", "--device", "loihi-like", "--rule", "bp", "--dataset", "digits", "--out",
                   str(tmp_path / "bad"))
     assert bad.returncode == 2 and "backward pass through the spike trains" in bad.stderr
+
+
+def test_threads_change_no_numba_result_and_too_many_are_refused(tmp_path):
+    """--threads 1 and --threads 2 train the same int8 weights and counters (the kernels' parallel loops keep
+    per-row tallies and draw counter-based); a count beyond the machine's cores is one line, exit 2."""
+    import numpy as np
+
+    from fo_edge.engine.threads import available_threads
+
+    records = []
+    for threads in sorted({1, min(2, available_threads())}):
+        out = tmp_path / f"t{threads}"
+        proc = run_cli("simulate", "--device", "mcu-int8", "--rule", "ftp", "--dataset", "digits", "--model",
+                       "64-32-10", "--batch-size", "16", "--limit", "400", "--threads", str(threads), "--out", str(out))
+        assert proc.returncode == 0, proc.stderr
+        weights = np.load(out / "weights.npz")
+        records.append(({k: weights[k] for k in weights.files}, json.loads((out / "run.json").read_text())))
+    for (w_a, r_a), (w_b, r_b) in zip(records, records[1:]):
+        assert all(np.array_equal(w_a[k], w_b[k]) for k in w_a)
+        assert r_a["counters"] == r_b["counters"]
+    proc = run_cli("simulate", "--device", "mcu-int8", "--rule", "ftp", "--dataset", "digits", "--model",
+                   "64-10", "--threads", str(available_threads() + 1), "--out", str(tmp_path / "many"))
+    assert proc.returncode == 2 and "--threads" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "many").exists()
+    proc = run_cli("simulate", "--device", "mcu-int8", "--rule", "ftp", "--dataset", "digits", "--model",
+                   "64-10", "--threads", "0", "--out", str(tmp_path / "zero"))
+    assert proc.returncode == 2 and "threads" in proc.stderr and "Traceback" not in proc.stderr
