@@ -88,7 +88,7 @@ def test_integer_momentum_step_by_hand():
     factor 1/4, nearest rounding: v = round(8/2) + round(6/2) = 7, step round(7/4) = 2, w 10 -> 8; v = 0 +
     round(-2/2) = -1, step round(-1/4) = 0: the update is lost and counted."""
     from fo_edge.kernels.fixed import ROUND_NEAREST_EVEN
-    from fo_edge.kernels.linear import momentum_update_
+    from fo_edge.kernels.update import momentum_update_
 
     P = make_params(load_device("mcu-int8"), "relu", "ce")._replace(upd_round=ROUND_NEAREST_EVEN)
     w = np.array([10, 10], dtype=np.int64)

@@ -9,9 +9,9 @@ from hypothesis.extra.numpy import arrays
 from fo_edge.device import load_device
 from fo_edge.kernels.counters import COUNTERS
 from fo_edge.kernels.fixed import ROUND_NEAREST_EVEN, ROUND_STOCHASTIC, ROUND_TOWARD_ZERO
-from fo_edge.kernels.linear import (FLOAT32_EXACT, _dense_update_, _integer_update_, cached_layer_forward_,
-                                    effective_macs, exact_matmul, layer_forward_)
+from fo_edge.kernels.linear import FLOAT32_EXACT, cached_layer_forward_, effective_macs, exact_matmul, layer_forward_
 from fo_edge.kernels.rng import new_state
+from fo_edge.kernels.update import _dense_update_, _integer_update_
 from fo_edge.models import init_weights
 from fo_edge.rules.numba_binding import make_params, to_device
 

@@ -11,7 +11,7 @@ from hypothesis.extra.numpy import arrays
 from fo_edge.device import load_device
 from fo_edge.kernels.counters import COUNTERS, PHASES, new_counters
 from fo_edge.kernels.fixed import ROUND_NEAREST_EVEN, ROUND_STOCHASTIC, ROUND_TOWARD_ZERO, round_shift_at
-from fo_edge.kernels.linear import momentum_update_, outer_update_
+from fo_edge.kernels.update import momentum_update_, outer_update_
 from fo_edge.kernels.rng import counter_u53, new_state, next_u53
 from fo_edge.rules.numba_binding import make_params
 

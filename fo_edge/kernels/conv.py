@@ -5,7 +5,7 @@ is a matrix product on unfolded patches: ``cols: (B*H*W, C_in*k*k)`` (circular p
 the kernel stored as ``W: (C_out, C_in*k*k)`` (torch's (C_out, C_in, k, k) flattened), so it reuses
 :func:`fo_edge.kernels.linear.layer_forward_` and its accumulate / wrap / requantise / saturate / count
 sequence unchanged, and the update correlation ``delta^T cols`` (the adjoint convolution) reuses
-``outer_update_``. Counting follows layer_forward_'s traffic model per output pixel (each pixel re-reads its
+``update.outer_update_``. Counting follows layer_forward_'s traffic model per output pixel (each pixel re-reads its
 patch and the kernel: no reuse, an upper bound on a naive device). ``cols`` is simulator workspace.
 
 Pooling sums each 2 x 2 block and halves it (models.conv.pool2): ``round(sum / 2)`` with the forward

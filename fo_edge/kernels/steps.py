@@ -20,9 +20,8 @@ from .activations import activate, activate_grad
 from .counters import (BACKWARD, FORWARD, INFERENCE, MACS_DENSE, MACS_EFF, MODULATED, RECOMPUTE, SATURATION,
                        SRAM_READ, SRAM_WRITE, SYN_EVENTS, UPDATE)
 from .fixed import ROUND_STOCHASTIC, log2_exact, round_div, saturate
-from .linear import (activation_table, cached_layer_forward_, effective_macs, exact_matmul, magnitude,
-                     momentum_update_,
-                     outer_update_, project_)
+from .linear import activation_table, cached_layer_forward_, effective_macs, exact_matmul, magnitude, project_
+from .update import momentum_update_, outer_update_
 
 __all__ = ["Params", "RULE_CODES", "forward_only_step_", "bp_step_", "output_error_", "predict_"]
 
@@ -55,8 +54,8 @@ Params = namedtuple("Params", [
 @njit(cache=True, inline="always")
 def layer_cache(cache, dims, offs, l):
     """Layer l's slices of the step's weight cache ``(w32, nonzero, ready)``: w32 (total weights,) float32,
-    each layer's W^T (d_in, d_out) at the layer's offset, nonzero (sum_l d_l,) int32 column counts, ready (L,) bool; see
-    ``linear.cached_layer_forward_``. Simulator bookkeeping, not device memory."""
+    each layer's W^T (d_in, d_out) at the layer's offset, nonzero (sum_l d_l,) int32 column counts, ready
+    (L,) bool; see ``linear.cached_layer_forward_``. Simulator bookkeeping, not device memory."""
     w32, nonzero, ready = cache
     d_in, d_out = dims[l], dims[l + 1]
     col = 0

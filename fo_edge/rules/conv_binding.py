@@ -26,7 +26,8 @@ from ..kernels.conv import conv_forward_, pool2_
 from ..kernels.counters import (COUNTERS, FORWARD, INFERENCE, MACS_DENSE, MODULATED, RECOMPUTE, REFRESH, SATURATION,
                                 SRAM_WRITE, UPDATE, WEIGHT_WRITES)
 from ..kernels.fixed import quantize_array
-from ..kernels.linear import layer_forward_, outer_update_, project_
+from ..kernels.linear import layer_forward_, project_
+from ..kernels.update import outer_update_
 from ..kernels.rng import new_state
 from ..kernels.steps import Params, output_error_
 from ..models.conv import ConvSpec

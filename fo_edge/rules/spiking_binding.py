@@ -31,7 +31,7 @@ from ..device.loihi_weights import from_steps, to_steps
 from ..device.spec import DeviceProfile
 from ..errors import ConfigError
 from ..kernels.counters import FORWARD, INFERENCE, MODULATED, UPDATE
-from ..kernels.linear import outer_update_
+from ..kernels.update import outer_update_
 from ..kernels.spiking import INPUT_CODES, PHASE_ONE, spiking_pass_
 from ..kernels.steps import Params
 from .ftp import FTPConfig, ftp_feedback, ftp_signal

@@ -1,0 +1,315 @@
+"""Weight updates in place on the flat weight store: the rank-B outer-product update of plain SGD
+(``outer_update_``), and SGD with momentum and weight decay (``momentum_update_``).
+
+Layout, dtypes, ``P``, ``C`` and ``rng`` as in :mod:`fo_edge.kernels.linear`. Integer devices round each weight
+step with the update rounding; stochastic rounding draws ``rng.counter_u53(key, index)``, one key per layer
+update from the run's stream and the weight's flat index inside the layer as the counter, so the rows are
+updated in parallel (``prange``) with per-row tallies, bit-identical for any thread count. Analog devices
+apply the step as pulses (:mod:`fo_edge.kernels.analog`, from the serial stream).
+"""
+import numpy as np
+from numba import njit, prange
+
+from .analog import pulse_update_
+from .counters import LOST, MACS_DENSE, SATURATION, SRAM_READ, SRAM_WRITE, SYN_UPDATES, WEIGHT_WRITES
+from .fixed import log2_exact, round_div_at, round_shift_at
+from .linear import FLOAT32_EXACT, SMALL_BATCH, _as_float32, exact_matmul, integral
+from .rng import next_u53
+
+__all__ = ["outer_update_", "momentum_update_", "DENSE_COLUMNS"]
+
+
+@njit(cache=True)
+def _nonzero_columns(a):
+    """Indices j (ascending, int64) where some row of a: (B, D) is nonzero."""
+    keep = np.zeros(a.shape[1], dtype=np.bool_)
+    for b in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            if a[b, j] != 0:
+                keep[j] = True
+    return np.nonzero(keep)[0].astype(np.int64)
+
+
+@njit(cache=True)
+def _gather_columns(a, idx):
+    """a[:, idx] for a: (B, D) and ascending idx: (K,) int64 -> (B, K), same dtype."""
+    out = np.empty((a.shape[0], idx.size), dtype=a.dtype)
+    for b in range(a.shape[0]):
+        for k in range(idx.size):
+            out[b, k] = a[b, idx[k]]
+    return out
+
+
+@njit(cache=True, inline="always")
+def _apply_row_(w, base, cols, row, shift, mode, w_lo, w_hi, key, kbase):
+    """w[base + cols[c]] -= round(row[c] / 2**shift), saturated to [w_lo, w_hi], for every c; the weight at
+    layer index kbase + cols[c] rounds with the draw ``counter_u53(key, kbase + cols[c])``. Branch-free (the
+    stores are unconditional), so the loop vectorises. Returns (writes, lost, clipped): stored values that
+    changed, nonzero steps that rounded to 0, saturated weights."""
+    writes = lost = clipped = 0
+    for c in range(cols.size):
+        scaled = row[c]
+        step = round_shift_at(scaled, shift, mode, key, kbase + cols[c])
+        j = base + cols[c]
+        old = np.int64(w[j])
+        wanted = old - step
+        new = min(max(wanted, w_lo), w_hi)
+        lost += np.int64((step == 0) & (scaled != 0))
+        clipped += np.int64(new != wanted)
+        writes += np.int64(new != old)
+        w[j] = new
+    return writes, lost, clipped
+
+
+@njit(cache=True, inline="always")
+def _apply_contiguous_(w, base, row, shift, mode, w_lo, w_hi, key, kbase):
+    """``_apply_row_`` over every column of a row: w[base + j] -= round(row[j] / 2**shift), draws
+    ``counter_u53(key, kbase + j)``; contiguous, so the loop vectorises. Returns (writes, lost, clipped)."""
+    writes = lost = clipped = 0
+    for j in range(row.size):
+        scaled = row[j]
+        step = round_shift_at(scaled, shift, mode, key, kbase + j)
+        old = np.int64(w[base + j])
+        wanted = old - step
+        new = min(max(wanted, w_lo), w_hi)
+        lost += np.int64((step == 0) & (scaled != 0))
+        clipped += np.int64(new != wanted)
+        writes += np.int64(new != old)
+        w[base + j] = new
+    return writes, lost, clipped
+
+
+@njit(cache=True, parallel=True)
+def _rows_from_sums_(w, off, d_in, rows, cols, dense, grads, imul, shift, mode, w_lo, w_hi, key, tallies):
+    """For every r (in parallel): layer row i = rows[r] takes the step round(imul * grads[r, c] / 2**shift) at
+    column cols[c] (``_apply_row_``; every column, contiguously, when ``dense``: ``_apply_contiguous_``); its
+    (writes, lost, clipped) go to tallies[r]. grads: (len(rows), len(cols)) exact integer sums in float32 or
+    float64."""
+    n_cols = cols.size
+    for r in prange(rows.size):
+        i = rows[r]
+        row = np.empty(n_cols, dtype=np.int64)  # one row of mul * g (the device's accumulator row)
+        for c in range(n_cols):
+            row[c] = np.int64(grads[r, c]) * imul
+        if dense:
+            n_w, n_l, n_c = _apply_contiguous_(w, off + i * d_in, row, shift, mode, w_lo, w_hi, key, i * d_in)
+        else:
+            n_w, n_l, n_c = _apply_row_(w, off + i * d_in, cols, row, shift, mode, w_lo, w_hi, key, i * d_in)
+        tallies[r, 0], tallies[r, 1], tallies[r, 2] = n_w, n_l, n_c
+
+
+#: the update visits every column of a row (contiguously) once at least this fraction of the columns has a
+#: nonzero input, and only the nonzero columns below it
+DENSE_COLUMNS = 0.6
+
+
+@njit(cache=True, parallel=True)
+def _integer_update_(w, off, d_in, delta, hin, mul, shift, P, rng):
+    """The integer update W[i, j] -= round(mul * g_ij / 2**shift) of ``outer_update_``; returns (writes,
+    lost, clipped).
+
+    Stochastic rounding draws ``counter_u53(key, i * d_in + j)`` for weight (i, j), with key one draw of the
+    run's stream per update (kernels.rng), so no weight's result depends on the visiting order: rows are
+    updated in parallel (``prange``) and each row's tallies go to its own slot, summed in row order, which
+    makes weights and counters bit-identical for any thread count. Only rows i with a nonzero delta[:, i] can
+    change, and of their columns only those j with a nonzero hin[:, j] (a zero g changes nothing and, the
+    draws being counter-based, consumes nothing): those are visited when they are few, all columns
+    contiguously when they are most (DENSE_COLUMNS). From SMALL_BATCH samples on g comes from BLAS on the
+    gathered operands (float32 where every sum is an integer below 2**24), below it from direct sums.
+    """
+    batch = delta.shape[0]
+    key = np.uint64(next_u53(rng))
+    rows = _nonzero_columns(delta)
+    n_rows = rows.size
+    imul = np.int64(mul)  # (a float only when compiled for the float reference, which never runs this)
+    w_lo, w_hi = np.int64(P.w_lo), np.int64(P.w_hi)
+    tallies = np.zeros((n_rows, 3), dtype=np.int64)
+    cols = _nonzero_columns(hin)
+    if batch >= SMALL_BATCH and n_rows > 0:
+        # g = delta[:, rows]^T hin[:, cols] through BLAS (float32 where exact), then the rows in parallel: all
+        # columns contiguously when most inputs are active, else only the active ones
+        dense = cols.size >= DENSE_COLUMNS * d_in
+        if dense:
+            cols = np.arange(d_in)
+        d_rows = np.ascontiguousarray(_gather_columns(delta, rows).T)  # (n_rows, B)
+        h_t = np.ascontiguousarray(hin.T) if dense else np.ascontiguousarray(_gather_columns(hin, cols).T)
+        # the operands' largest magnitudes bound the sums (spike counts have no format)
+        bound = float(np.abs(d_rows).max()) * float(np.abs(h_t).max()) * float(batch) if cols.size > 0 else 0.0
+        if integral(d_rows) and integral(h_t) and bound <= FLOAT32_EXACT:
+            _rows_from_sums_(w, off, d_in, rows, cols, dense, np.dot(_as_float32(d_rows), _as_float32(h_t).T),
+                             imul, shift, P.upd_round, w_lo, w_hi, key, tallies)
+        else:
+            _rows_from_sums_(w, off, d_in, rows, cols, dense, exact_matmul(d_rows, h_t, bound), imul, shift,
+                             P.upd_round, w_lo, w_hi, key, tallies)
+    elif n_rows > 0:
+        n_cols = cols.size
+        h_sel = np.zeros((batch, n_cols), dtype=np.int64)
+        for b in range(batch):
+            for c in range(n_cols):
+                h_sel[b, c] = hin[b, cols[c]]
+        for r in prange(n_rows):
+            i = rows[r]
+            row = np.zeros(n_cols, dtype=np.int64)
+            for b in range(batch):
+                d_b = np.int64(delta[b, i]) * imul
+                for c in range(n_cols):
+                    row[c] += d_b * h_sel[b, c]
+            n_w, n_l, n_c = _apply_row_(w, off + i * d_in, cols, row, shift, P.upd_round, w_lo, w_hi, key, i * d_in)
+            tallies[r, 0], tallies[r, 1], tallies[r, 2] = n_w, n_l, n_c
+    writes = lost = clipped = 0
+    for r in range(n_rows):
+        writes += tallies[r, 0]
+        lost += tallies[r, 1]
+        clipped += tallies[r, 2]
+    return writes, lost, clipped
+
+
+@njit(cache=True, inline="always")
+def _take_step_(w, k, step, P):
+    """w[k] -= step (an integer step in weight LSBs), saturated to the weight format; returns (writes,
+    clipped): 1 when the stored value changed, 1 when it was saturated."""
+    new = w[k] - step
+    clipped = 0
+    if new > P.w_hi:
+        new = P.w_hi
+        clipped = 1
+    elif new < P.w_lo:
+        new = P.w_lo
+        clipped = 1
+    if new != w[k]:
+        w[k] = new
+        return 1, clipped
+    return 0, clipped
+
+
+@njit(cache=True)
+def _dense_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, P, C, rng, g_out):
+    """``outer_update_`` visiting every weight: float, analog, collect mode, or a divisor not a power of two;
+    returns (writes, lost, clipped)."""
+    grads = exact_matmul(np.ascontiguousarray(delta.T), np.ascontiguousarray(hin.T), np.inf)  # (d_out, d_in)
+    integer = P.quantized and not P.collect and not P.analog
+    key = np.uint64(next_u53(rng)) if integer else np.uint64(0)  # counter-based draws, as _integer_update_
+    writes = lost = clipped = 0  # local tallies (C may alias nothing, but the compiler cannot know that)
+    for i in range(d_out):
+        for j in range(d_in):
+            k = off + i * d_in + j
+            if P.collect:
+                g_out[k] = grads[i, j] * g_scale
+            elif P.analog:
+                pulse_update_(w, k, -grads[i, j] * mul, P, C, rng)
+            elif integer:
+                g = np.int64(grads[i, j])
+                step = round_div_at(g * mul, div, P.upd_round, key, i * d_in + j)
+                if step == 0:
+                    if g != 0:
+                        lost += 1
+                    continue
+                n_writes, n_clipped = _take_step_(w, k, step, P)
+                writes += n_writes
+                clipped += n_clipped
+            else:
+                new = w[k] - grads[i, j] * mul
+                if new != w[k]:
+                    writes += 1
+                    w[k] = new
+    return writes, lost, clipped
+
+
+@njit(cache=True, inline="always")
+def _momentum_row_(w, vel, base, grads_row, mom, P, key, kbase, v_lo, v_hi):
+    """One row of ``momentum_update_`` (weights w[base:base + d_in]); returns (writes, lost, clipped). The
+    integer weight at layer index k = kbase + j rounds its four products with the draws
+    ``counter_u53(key, 4 k + m)``, m = 0..3."""
+    writes = lost = clipped = 0
+    for j in range(grads_row.size):
+        k = base + j
+        if P.quantized:
+            g = np.int64(grads_row[j])
+            idx = 4 * (kbase + j)
+            v = round_div_at(np.int64(vel[k]) * np.int64(mom[2]), np.int64(mom[3]), P.upd_round, key, idx) \
+                + round_div_at(g * np.int64(mom[0]), np.int64(mom[1]), P.upd_round, key, idx + 1) \
+                + round_div_at(np.int64(w[k]) * np.int64(mom[4]), np.int64(mom[5]), P.upd_round, key, idx + 2)
+            if v > v_hi or v < v_lo:
+                v = min(max(v, v_lo), v_hi)
+                clipped += 1
+            vel[k] = v
+            step = round_div_at(v * np.int64(mom[6]), np.int64(mom[7]), P.upd_round, key, idx + 3)
+            if step == 0:
+                if g != 0:
+                    lost += 1
+                continue
+            n_writes, n_clipped = _take_step_(w, k, step, P)
+            writes += n_writes
+            clipped += n_clipped
+        else:
+            vel[k] = mom[2] * vel[k] + grads_row[j] * mom[0] + mom[4] * w[k]
+            new = w[k] - mom[6] * vel[k]
+            if new != w[k]:
+                writes += 1
+                w[k] = new
+    return writes, lost, clipped
+
+
+@njit(cache=True, parallel=True)
+def momentum_update_(w, off, d_out, d_in, delta, hin, vel, mom, P, C, rng):
+    """SGD with momentum and weight decay as PyTorch's SGD does it (buf = mu buf + g + wd W; W -= lr buf), for
+    one layer: delta (B, d_out), hin (B, d_in), vel the velocity store (the weight store's layout).
+
+    mom: (8,) float64. Float: (g_scale, -, mu, -, wd, -, lr, -), g the batch-averaged g_scale (delta^T hin).
+    Integer: the fixed-point multiplier pairs (mul, div, div a power of two) of the velocity, held in units of
+    2**-8 weight LSB per unit lr: g (delta^T hin in the data formats) -> g mul_0 / div_0, the decay mu, weight
+    decay wd W_q 2**8, and the step lr v 2**-8; each product rounded with the update rounding (counter-based
+    draws, one key per update from the stream: see ``_momentum_row_``), the velocity saturated to int32, the
+    weight to its format. Rows run in parallel with per-row tallies. Counts like ``outer_update_`` (velocity
+    reads and writes are SRAM bytes at 4 per value).
+    """
+    batch = delta.shape[0]
+    grads = exact_matmul(np.ascontiguousarray(delta.T), np.ascontiguousarray(hin.T), np.inf)  # (d_out, d_in)
+    key = np.uint64(next_u53(rng)) if P.quantized else np.uint64(0)
+    v_lo, v_hi = -(np.int64(1) << 31), (np.int64(1) << 31) - 1
+    tallies = np.zeros((d_out, 3), dtype=np.int64)
+    for i in prange(d_out):
+        tallies[i, 0], tallies[i, 1], tallies[i, 2] = _momentum_row_(w, vel, off + i * d_in, grads[i], mom, P, key,
+                                                                     i * d_in, v_lo, v_hi)
+    writes = lost = clipped = 0
+    for i in range(d_out):
+        writes += tallies[i, 0]
+        lost += tallies[i, 1]
+        clipped += tallies[i, 2]
+    C[WEIGHT_WRITES] += writes
+    C[LOST] += lost
+    C[SATURATION] += clipped
+    C[MACS_DENSE] += batch * d_out * d_in
+    C[SYN_UPDATES] += d_out * d_in
+    C[SRAM_READ] += d_out * d_in * (P.w_bytes + 4) + batch * (d_out + d_in) * P.a_bytes
+    C[SRAM_WRITE] += d_out * d_in * (P.w_bytes + 4)
+
+
+@njit(cache=True)
+def outer_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, P, C, rng, g_out):
+    """W_l <- W_l - round(mul * (delta^T hin) / div), in place, one weight at a time.
+
+    delta: (B, d_out), hin: (B, d_in). The device forms g row by row (accounted as one accumulator row); the
+    simulator computes g exactly through BLAS where that is exact. Device: the integer sum
+    g = sum_b delta[b, i] hin[b, j] is scaled by the fixed-point multiplier mul / div (= lr / B in weight LSBs)
+    with the update rounding, and the new weight saturates to the weight format; updates that round to 0 are
+    counted as lost. Float: W -= g * mul. Analog: the conductance step -g * mul is applied as pulses. With
+    P.collect, nothing changes and
+    g_out[off + i * d_in + j] = g * g_scale (the real, batch-averaged gradient estimate).
+    """
+    batch = delta.shape[0]
+    shift = log2_exact(div) if P.quantized and not P.collect else -1
+    if shift >= 0:
+        writes, lost, clipped = _integer_update_(w, off, d_in, delta, hin, mul, shift, P, rng)
+    else:
+        writes, lost, clipped = _dense_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, P, C, rng,
+                                               g_out)
+    C[WEIGHT_WRITES] += writes
+    C[LOST] += lost
+    C[SATURATION] += clipped
+    C[MACS_DENSE] += batch * d_out * d_in
+    C[SYN_UPDATES] += d_out * d_in
+    if not P.analog:
+        C[SRAM_READ] += d_out * d_in * P.w_bytes
+        C[SRAM_WRITE] += d_out * d_in * P.w_bytes
+    C[SRAM_READ] += batch * (d_out + d_in) * P.a_bytes
