@@ -1,7 +1,7 @@
 """How many threads the Numba kernels use, and BLAS beside them.
 
-The kernels parallelise with Numba's threading layer (``prange``: rows of an update, row blocks of a matrix
-product, samples of a spiking presentation), so their BLAS calls run single-threaded: OpenBLAS's own threads
+The kernels parallelise with Numba's threading layer (``prange``: the rows of an update; the samples of an
+integer layer forward, a projection or a spiking presentation), so their BLAS calls run single-threaded: OpenBLAS's own threads
 busy-wait after every call and would hold the cores the parallel loops need next. Results do not depend on
 the thread count (every parallel loop writes disjoint outputs and reduces its tallies in a fixed order).
 
