@@ -38,6 +38,7 @@ from typing import Callable
 from . import api, report
 from .device import device_text
 from .device.load import FORMAT_KEYS
+from .engine.threads import available_threads
 from .errors import ConfigError, FoEdgeError
 from .files import TEXT_FILE_BYTES, read_bounded
 from .limits import LIMITS, MAX_SWEEP_POINTS, check
@@ -156,13 +157,16 @@ def point_key(point: Point) -> str:
 _KEY_FILE = "point-key.json"
 
 
-def run_point(point: Point, out: str) -> dict:
-    """Run one point (in a worker); returns its status record. Never raises for a failing point."""
+def run_point(point: Point, out: str, threads: int = 1) -> dict:
+    """Run one point (in a worker) on ``threads`` kernel threads unless the point sets its own (the cores
+    shared out among the workers, so that parallel kernels in parallel workers do not oversubscribe them);
+    returns its status record. Never raises for a failing point."""
     run_dir = Path(out) / "points" / point.name
     started = time.time()
     try:
         prepare_run_dir(run_dir, "replace")  # a point's directory is the sweep's: an unfinished attempt is redone
         settings = dict(point.settings)
+        settings.setdefault("threads", threads)  # a run control: not part of the point's key
         if point.formats:
             settings["device"] = _device_with_overrides(settings.get("device", api.SimulateConfig.device),
                                                         point.formats, run_dir / "device-override.toml")
@@ -196,7 +200,8 @@ def _executor_local(points, out, workers, on_done):
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch/numba threads
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
     try:
-        futures = [pool.submit(run_point, p, str(out)) for p in points]
+        threads = max(1, available_threads() // workers)
+        futures = [pool.submit(run_point, p, str(out), threads) for p in points]
         for future in as_completed(futures):
             on_done(future.result())
     except KeyboardInterrupt:

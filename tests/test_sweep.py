@@ -45,6 +45,10 @@ def test_local_sweep_end_to_end_then_rerun_skips(tmp_path):
     for name in ("summary.md", "summary.csv", "energy.png", "pareto.png"):
         assert (out / name).stat().st_size > 0
     assert (out / "summary.md").read_text().count("| 000") == 4
+    from fo_edge.engine.threads import available_threads
+
+    share = max(1, available_threads() // 2)  # two workers share the cores: no oversubscribed kernels
+    assert {json.loads(p.read_text())["config"]["threads"] for p in out.glob("points/*/run.json")} == {share}
     again = run_sweep(_spec(tmp_path), out)
     assert [s["status"] for s in again["statuses"]] == ["skipped (already complete)"] * 4
 
