@@ -182,6 +182,25 @@ def _take_step_(w, k, step, P):
     return 0, clipped
 
 
+@njit(cache=True, inline="always")
+def _integer_step_(w, k, step, g, P):
+    """``_take_step_`` for a rounded step of gradient g; returns (writes, lost, clipped): a nonzero g whose
+    step rounded to 0 is a lost update and leaves w[k] as it is."""
+    if step == 0:
+        return np.int64(0), np.int64(g != 0), np.int64(0)
+    n_writes, n_clipped = _take_step_(w, k, step, P)
+    return np.int64(n_writes), np.int64(0), np.int64(n_clipped)
+
+
+@njit(cache=True, inline="always")
+def _float_write_(w, k, new):
+    """w[k] = new (float weights); returns 1 when the stored value changed."""
+    if new != w[k]:
+        w[k] = new
+        return 1
+    return 0
+
+
 @njit(cache=True)
 def _dense_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, P, C, rng, g_out):
     """``outer_update_`` visiting every weight: float, analog, collect mode, or a divisor not a power of two;
@@ -199,19 +218,13 @@ def _dense_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, P, C, rng
                 pulse_update_(w, k, -grads[i, j] * mul, P, C, rng)
             elif integer:
                 g = np.int64(grads[i, j])
-                step = round_div_at(g * mul, div, P.upd_round, key, i * d_in + j)
-                if step == 0:
-                    if g != 0:
-                        lost += 1
-                    continue
-                n_writes, n_clipped = _take_step_(w, k, step, P)
-                writes += n_writes
-                clipped += n_clipped
+                n_w, n_l, n_c = _integer_step_(w, k, round_div_at(g * mul, div, P.upd_round, key, i * d_in + j), g,
+                                               P)
+                writes += n_w
+                lost += n_l
+                clipped += n_c
             else:
-                new = w[k] - grads[i, j] * mul
-                if new != w[k]:
-                    writes += 1
-                    w[k] = new
+                writes += _float_write_(w, k, w[k] - grads[i, j] * mul)
     return writes, lost, clipped
 
 
@@ -233,20 +246,14 @@ def _momentum_row_(w, vel, base, grads_row, mom, P, key, kbase, v_lo, v_hi):
                 v = min(max(v, v_lo), v_hi)
                 clipped += 1
             vel[k] = v
-            step = round_div_at(v * np.int64(mom[6]), np.int64(mom[7]), P.upd_round, key, idx + 3)
-            if step == 0:
-                if g != 0:
-                    lost += 1
-                continue
-            n_writes, n_clipped = _take_step_(w, k, step, P)
-            writes += n_writes
-            clipped += n_clipped
+            n_w, n_l, n_c = _integer_step_(w, k, round_div_at(v * np.int64(mom[6]), np.int64(mom[7]), P.upd_round,
+                                                              key, idx + 3), g, P)
+            writes += n_w
+            lost += n_l
+            clipped += n_c
         else:
             vel[k] = mom[2] * vel[k] + grads_row[j] * mom[0] + mom[4] * w[k]
-            new = w[k] - mom[6] * vel[k]
-            if new != w[k]:
-                writes += 1
-                w[k] = new
+            writes += _float_write_(w, k, w[k] - mom[6] * vel[k])
     return writes, lost, clipped
 
 
