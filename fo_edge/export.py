@@ -97,7 +97,8 @@ def _int8_model_bytes(run: TrainedRun) -> bytes:
     for l in range(n_layers):
         w_t = np.ascontiguousarray(run.stored[f"W{l}"].T).astype(np.int8)  # (d_in, d_out)
         inits.append(numpy_helper.from_array(w_t, f"W{l}_t"))
-        scale = const(f"shift{l}", 2.0 ** int(run.stored[f"exp{l}"]))
+        # 2**exp: a scalar, or one per output channel (per-channel scales), broadcast over acc's last axis
+        scale = const(f"shift{l}", 2.0 ** run.stored[f"exp{l}"].astype(np.float64))
         p = f"l{l}_"
         nodes += [helper.make_node("MatMulInteger", [h, f"W{l}_t"], [p + "acc"]),
                   helper.make_node("Cast", [p + "acc"], [p + "acc64"], to=TensorProto.DOUBLE),

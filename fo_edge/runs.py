@@ -130,7 +130,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 
 def load_weights(run_dir: str | Path, dims: list[int]) -> dict[str, np.ndarray]:
     """The arrays of ``RUN_DIR/weights.npz``, checked against ``dims`` (W{l}: (d_{l+1}, d_l) float32 or int32,
-    exp{l}: int32 scalars). Pickled objects, truncated or foreign files and wrong shapes raise RunError."""
+    exp{l}: int32 scalars, or (d_{l+1},) int32 per-row exponents of per-channel scales). Pickled objects, truncated or foreign files and wrong shapes raise RunError."""
     path = Path(run_dir) / "weights.npz"
     try:
         size = path.stat().st_size
@@ -147,8 +147,8 @@ def load_weights(run_dir: str | Path, dims: list[int]) -> dict[str, np.ndarray]:
             got = None if w is None else f"{w.dtype} {w.shape}"
             raise RunError(f"{path}: W{l} should be float32 or int32 of shape {shape}, got {got}")
         exp = out.get(f"exp{l}")
-        if exp is not None and (exp.shape != () or exp.dtype != np.int32):
-            raise RunError(f"{path}: exp{l} should be an int32 scalar")
+        if exp is not None and (exp.shape not in ((), (shape[0],)) or exp.dtype != np.int32):
+            raise RunError(f"{path}: exp{l} should be an int32 scalar or {shape[0]} per-row int32 exponents")
     extra = set(out) - {f"W{l}" for l in range(n)} - {f"exp{l}" for l in range(n)}
     if extra:
         raise RunError(f"{path}: unexpected arrays {sorted(extra)}")
@@ -239,12 +239,13 @@ def run_status_note(run: TrainedRun) -> str | None:
 
 
 def real_weights(run: TrainedRun) -> list[np.ndarray]:
-    """W_l: (d_{l+1}, d_l) float32 real values (mantissa x 2**exp for integer runs)."""
+    """W_l: (d_{l+1}, d_l) float32 real values (mantissa x 2**exp for integer runs, exp per row for per-channel
+    scales)."""
     out = []
     for l in range(len(run.dims) - 1):
         w = run.stored[f"W{l}"].astype(np.float64)
         if f"exp{l}" in run.stored:
-            w = w * 2.0 ** int(run.stored[f"exp{l}"])
+            w = w * 2.0 ** run.stored[f"exp{l}"].astype(np.float64).reshape(-1, 1)
         out.append(w.astype(np.float32))
     return out
 

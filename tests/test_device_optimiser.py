@@ -95,8 +95,8 @@ def test_integer_momentum_step_by_hand():
     vel = np.array([8, 0], dtype=np.int64)
     C = new_counters(1)
     mom = np.array([1.0, 2.0, 1.0, 2.0, 0.0, 1.0, 1.0, 4.0])
-    momentum_update_(w, 0, 1, 2, np.array([[2]], dtype=np.int64), np.array([[3, -1]], dtype=np.int64), vel, mom, P,
-                     C[0, 0], new_state(0))
+    momentum_update_(w, 0, 1, 2, np.array([[2]], dtype=np.int64), np.array([[3, -1]], dtype=np.int64), vel, mom,
+                     np.zeros(1, dtype=np.int64), P, C[0, 0], new_state(0))
     assert vel.tolist() == [7, -1] and w.tolist() == [8, 10]
     assert C[0, 0, COUNTERS.index("weight_writes")] == 1 and C[0, 0, COUNTERS.index("updates_lost")] == 1
 

@@ -49,8 +49,10 @@ def test_float32_matmul_falls_back_past_the_bound():
        mode=st.sampled_from([ROUND_NEAREST_EVEN, ROUND_TOWARD_ZERO, ROUND_STOCHASTIC]),
        mul=st.integers(1, 4095), shift=st.integers(0, 20), seed=seeds)
 def test_sparse_integer_update_equals_the_dense_visit(data, batch, mode, mul, shift, seed):
-    """Visiting only nonzero rows and columns changes no weight, counter or random draw."""
+    """Visiting only nonzero rows and columns changes no weight, counter or random draw, with or without
+    per-row exponent offsets (per-channel scales; the offsets may exceed the update's shift)."""
     d_out, d_in = 6, 9
+    rs = data.draw(arrays(np.int64, d_out, elements=st.integers(0, 3)))
     delta = data.draw(sparse_int8((batch, d_out)))
     hin = data.draw(sparse_int8((batch, d_in)))
     start = data.draw(arrays(np.int8, d_out * d_in + 3, elements=INT8))
@@ -58,9 +60,9 @@ def test_sparse_integer_update_equals_the_dense_visit(data, batch, mode, mul, sh
     w_fast, w_dense = start.copy(), start.copy()
     rng_fast, rng_dense = new_state(seed), new_state(seed)
     counters = np.zeros(len(COUNTERS), dtype=np.int64)
-    fast = _integer_update_(w_fast, 3, d_in, delta, hin, np.int64(mul), np.int64(shift), params, rng_fast)
-    dense = _dense_update_(w_dense, 3, d_out, d_in, delta, hin, np.int64(mul), np.int64(1 << shift), 0.0, params,
-                           counters, rng_dense, np.zeros(0))
+    fast = _integer_update_(w_fast, 3, d_in, delta, hin, np.int64(mul), np.int64(shift), rs, params, rng_fast)
+    dense = _dense_update_(w_dense, 3, d_out, d_in, delta, hin, np.int64(mul), np.int64(1 << shift), 0.0, rs,
+                           params, counters, rng_dense, np.zeros(0))
     np.testing.assert_array_equal(w_fast, w_dense)
     assert fast == dense
     assert rng_fast[0] == rng_dense[0]
@@ -124,8 +126,8 @@ def test_cached_forward_reuses_the_layer_until_cleared():
         pre, out = np.zeros((8, 12), dtype=np.int64), np.zeros((8, 12), dtype=np.int64)
         counters = np.zeros(len(COUNTERS), dtype=np.int64)
         if cached:
-            cached_layer_forward_(hin, net.w, 0, 12, 40, net.w_one[0], False, params, pre, out, counters,
-                                  new_state(0), *cache)
+            cached_layer_forward_(hin, net.w, 0, 12, 40, net.w_one[0], net.row_shift, False, params, pre, out,
+                                  counters, new_state(0), *cache)
         else:
             layer_forward_(hin, net.w, 0, 12, 40, net.w_one[0], False, params, pre, out, counters, new_state(0))
         return out, counters

@@ -134,7 +134,8 @@ def test_parallel_integer_update_equals_the_serial_reference(data, batch, d_out,
     w = start.copy()
     C = new_counters(1)
     with_threads(threads, lambda: outer_update_(w, 2, d_out, d_in, delta, hin, np.int64(mul), np.int64(1 << shift),
-                                                0.0, P, C[0, 0], rng, np.zeros(0)))
+                                                0.0, np.zeros(d_out, dtype=np.int64), P, C[0, 0], rng,
+                                                np.zeros(0)))
     np.testing.assert_array_equal(w.astype(np.int64), expected_w)
     names = ("weight_writes", "updates_lost", "saturation_events")
     assert tuple(int(C[0, 0, COUNTERS.index(n)]) for n in names) == expected
@@ -157,7 +158,8 @@ def test_parallel_momentum_update_is_the_same_at_one_and_two_threads(data, d_out
     results = []
     for threads in (1, 2):
         w, vel, C, rng = start.copy(), vel0.copy(), new_counters(1), new_state(seed)
-        with_threads(threads, lambda: momentum_update_(w, 0, d_out, d_in, delta, hin, vel, mom, P, C[0, 0], rng))
+        with_threads(threads, lambda: momentum_update_(w, 0, d_out, d_in, delta, hin, vel, mom,
+                                                       np.zeros(d_out, dtype=np.int64), P, C[0, 0], rng))
         results.append((w, vel, C, rng))
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)

@@ -12,6 +12,7 @@ them unbiased in expectation (Gupta et al. 2015); the ``updates lost`` column co
 to zero. FOTON uses the bench_accuracy.py options (T = 0.25, Björck every 10 steps, 5 iterations).
 """
 import argparse
+from pathlib import Path
 
 import fo_edge
 from fo_edge.errors import DeviceMemoryError
@@ -42,8 +43,8 @@ def main() -> None:
                 for device in ("gpu-fp32", args.device):
                     result = fo_edge.simulate(rule=rule, device=device, model=args.model, epochs=args.epochs,
                                               batch_size=args.batch_size, backend="numba", seed=seed,
-                                              out=f"runs/bench-device-accuracy/{rule}-{device}-seed{seed}",
-                                              rule_options=OPTIONS.get(rule, {}))
+                                              out=f"runs/bench-device-accuracy/{rule}-{Path(device).stem}-seed{seed}",
+                                              rule_options=OPTIONS.get(rule, {}), overwrite=True)
                     accuracy[device] = 100 * result.accuracy
                     totals = result.record["counters"]["totals"]
             except DeviceMemoryError as exc:

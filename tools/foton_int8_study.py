@@ -28,6 +28,14 @@ VARIANTS = [
     ("activations and errors 16 bit", {"activation_bits": 16, "activation_frac_bits": 12, "error_bits": 16,
                                        "error_frac_bits": 14, **BIG_SRAM}),
     ("weights 16 bit", {"weight_bits": 16, **BIG_SRAM}),
+    ("per-channel weight scales", {"weight_scale": "per-channel"}),
+    ("per-channel, no headroom bit (frac 0)", {"weight_scale": "per-channel", "weight_frac_bits": 0}),
+    ("per-channel, activations and errors 16 bit", {"weight_scale": "per-channel", "activation_bits": 16,
+                                                    "activation_frac_bits": 12, "error_bits": 16,
+                                                    "error_frac_bits": 14, **BIG_SRAM}),
+    ("weights 16 bit, activations and errors 16 bit", {"weight_bits": 16, "activation_bits": 16,
+                                                       "activation_frac_bits": 12, "error_bits": 16,
+                                                       "error_frac_bits": 14, **BIG_SRAM}),
 ]
 
 
@@ -62,7 +70,7 @@ def accuracy(device: str, args, hidden_updates: bool = True) -> float:
     try:
         result = fo_edge.simulate(rule="foton", device=device, model=args.model, epochs=args.epochs,
                                   batch_size=args.batch_size, backend="numba", rule_options=OPTIONS["foton"],
-                                  out=f"runs/foton-int8-study/{Path(device).stem}-{hidden_updates}")
+                                  out=f"runs/foton-int8-study/{Path(device).stem}-{hidden_updates}", overwrite=True)
     finally:
         numba_binding.update_scales = original
     return 100 * result.accuracy
@@ -73,9 +81,12 @@ def main() -> None:
     parser.add_argument("--model", default="784-128-128-10")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--only", default="", help="comma-separated words: run only the variants whose label "
+                        "contains one of them (and skip the output-layer-only row)")
     args = parser.parse_args()
+    only = [word for word in args.only.split(",") if word]
     print(f"command: python tools/foton_int8_study.py --model {args.model} --epochs {args.epochs} "
-          f"--batch-size {args.batch_size}\n")
+          f"--batch-size {args.batch_size}" + (f" --only {args.only}" if only else "") + "\n")
     fp32 = accuracy("gpu-fp32", args)
     print("| profile | FOTON % | against fp32 pp |\n|---|---|---|")
     print(f"| gpu-fp32 | {fp32:.2f} | |", flush=True)
@@ -83,8 +94,12 @@ def main() -> None:
     print(f"| mcu-int8 | {base:.2f} | {base - fp32:+.2f} |", flush=True)
     with tempfile.TemporaryDirectory() as folder:
         for i, (label, changes) in enumerate(VARIANTS):
+            if only and not any(word in label for word in only):
+                continue
             value = accuracy(str(variant_file(Path(folder), f"v{i}", changes)), args)
             print(f"| mcu-int8, {label} | {value:.2f} | {value - fp32:+.2f} |", flush=True)
+    if only:
+        return
     readout_fp32 = accuracy("gpu-fp32", args, hidden_updates=False)
     readout_int8 = accuracy("mcu-int8", args, hidden_updates=False)
     print(f"| output layer only: gpu-fp32 {readout_fp32:.2f}, mcu-int8 | {readout_int8:.2f} | "

@@ -16,12 +16,12 @@ from typing import Any
 from ..errors import DeviceProfileError
 from ..files import TEXT_FILE_BYTES, read_bounded
 from .spec import (LOIHI_MAX_WEIGHT_BITS, AnalogParams, Arithmetic, Capacity, DeviceProfile, LoihiWeightFormat,
-                   InputCode, NumberFormat, Overflow, Rounding, SignMode, SpikingParams)
+                   InputCode, NumberFormat, Overflow, Rounding, SignMode, SpikingParams, WeightScale)
 
 __all__ = ["load_device", "list_devices", "parse_device", "device_text", "FORMAT_KEYS", "NEURONS"]
 
 _TOP = {"id": str, "name": str, "arithmetic": Arithmetic, "forward_rounding": Rounding,
-        "update_rounding": Rounding, "accumulator_overflow": Overflow,
+        "update_rounding": Rounding, "accumulator_overflow": Overflow, "weight_scale": WeightScale,
         "formats": dict, "capacity": dict, "energy": dict, "analog": dict, "neuron": str, "spiking": dict}
 _REQUIRED_TOP = ("id", "name", "arithmetic", "forward_rounding", "update_rounding", "accumulator_overflow",
                  "formats", "capacity", "energy")
@@ -175,6 +175,12 @@ def parse_device(text: str, origin: str = "<device>") -> DeviceProfile:
 
     if is_float and fmt["weight_bits"] != 32:
         raise _fail(origin, "[formats] weight_bits", "32 for arithmetic = 'float'", fmt["weight_bits"])
+    weight_scale = _enum(origin, data, "weight_scale", WeightScale) if "weight_scale" in data \
+        else WeightScale.PER_LAYER
+    if weight_scale is WeightScale.PER_CHANNEL and (arithmetic is not Arithmetic.FIXED or spiking is not None):
+        raise _fail(origin, "weight_scale", "'per-layer' unless arithmetic = 'fixed' without a spiking neuron "
+                    "(per-channel scales are fixed-point requantisation; Loihi's Dense has one weight_exp)",
+                    weight_scale.value)
     return DeviceProfile(
         id=data["id"], name=data["name"], arithmetic=arithmetic,
         weight=number_format("weight"), activation=number_format("activation"), error=number_format("error"),
@@ -182,7 +188,8 @@ def parse_device(text: str, origin: str = "<device>") -> DeviceProfile:
         forward_rounding=_enum(origin, data, "forward_rounding", Rounding),
         update_rounding=_enum(origin, data, "update_rounding", Rounding),
         accumulator_overflow=_enum(origin, data, "accumulator_overflow", Overflow),
-        capacity=Capacity(**cap), energy_pj=energy, analog=analog, spiking=spiking, sources=sources,
+        capacity=Capacity(**cap), energy_pj=energy, analog=analog, spiking=spiking, weight_scale=weight_scale,
+        sources=sources,
         path=origin)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-__all__ = ["Arithmetic", "Rounding", "Overflow", "NumberFormat", "Capacity", "AnalogParams", "SignMode",
+__all__ = ["Arithmetic", "Rounding", "Overflow", "WeightScale", "NumberFormat", "Capacity", "AnalogParams", "SignMode",
            "LoihiWeightFormat", "SpikingParams", "DeviceProfile"]
 
 
@@ -32,6 +32,14 @@ class Rounding(enum.Enum):
 class Overflow(enum.Enum):
     SATURATE = "saturate"
     WRAP = "wrap"
+
+
+class WeightScale(enum.Enum):
+    """How many power-of-two weight exponents a fixed-point layer has: one per layer (a per-tensor scale), or
+    one per output channel, i.e. per row of W (CMSIS-NN's and TFLite Micro's per-channel requantisation, with
+    its multipliers restricted to powers of two)."""
+    PER_LAYER = "per-layer"
+    PER_CHANNEL = "per-channel"
 
 
 @dataclass(frozen=True)
@@ -207,6 +215,7 @@ class DeviceProfile:
     energy_pj: dict[str, float]
     analog: AnalogParams | None = None
     spiking: SpikingParams | None = None
+    weight_scale: WeightScale = WeightScale.PER_LAYER
     sources: dict[str, str] = field(default_factory=dict)
     path: str = ""
 

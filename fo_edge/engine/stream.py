@@ -67,9 +67,10 @@ def _stored(net) -> dict[str, np.ndarray]:
         chunk = net.w[net.offs[l]:net.offs[l + 1]].reshape(int(net.dims[l + 1]), int(net.dims[l]))
         if net.quantized:
             stored[f"W{l}"] = chunk.astype(np.int32)
-            stored[f"exp{l}"] = np.array(-int(net.w_frac[l]), dtype=np.int32)
+            exps = net.row_exponents(l)  # one per row for per-channel scales, else the layer's as a scalar
+            stored[f"exp{l}"] = (-exps if net.per_channel else np.array(-exps[0])).astype(np.int32)
         else:  # float, or analog conductances as the real weights they encode
-            stored[f"W{l}"] = (chunk / float(net.w_one[l])).astype(np.float32)
+            stored[f"W{l}"] = (chunk / net.real_scale(l)).astype(np.float32)
     return stored
 
 

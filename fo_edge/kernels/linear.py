@@ -8,6 +8,11 @@ Weights of every layer live in one flat array ``w`` (as in one SRAM region); lay
 :mod:`fo_edge.kernels.counters`); ``rng`` the (1,) uint64 RNG state. Analog devices (``P.analog``) route the
 matrix-vector product through :mod:`fo_edge.kernels.analog`. The integer forward and the projection run
 sample-parallel (``prange``) where their rounding draws nothing, with per-sample tallies added in order.
+
+Per-channel weight scales (a profile's ``weight_scale = "per-channel"``, CMSIS-NN's per-output-channel
+requantisation with power-of-two multipliers): row i of layer l holds W_l[i, :] * 2**(w_frac_l + rs_i), its
+own exponent offset rs_i >= 0 above the layer's coarsest row (``rs``: (d_out,) int64, the layer's slice of
+the network's ``row_shift``; all zero for per-layer scales, where every kernel reduces to the per-layer one).
 """
 import numpy as np
 from numba import njit, prange, types
@@ -20,7 +25,7 @@ from .counters import (FLASH_READ, MACS_DENSE, MACS_EFF, NEURON_ACTIVE, NEURON_I
 from .fixed import ROUND_STOCHASTIC, log2_exact, round_by, round_div_at, round_shift_at, saturate, wrap
 
 __all__ = ["layer_forward_", "cached_layer_forward_", "no_weight_cache", "project_", "exact_matmul",
-           "effective_macs", "activation_table", "SMALL_BATCH", "FUSED_BATCH"]
+           "effective_macs", "activation_table", "layer_rows", "no_row_shift", "SMALL_BATCH", "FUSED_BATCH"]
 
 #: below this many rows (or inner terms) exact_matmul sums directly instead of going through BLAS
 SMALL_BATCH = 4
@@ -204,23 +209,40 @@ def activation_table(P, uses):
     return table
 
 
+@njit(cache=True, inline="always")
+def layer_rows(rs, dims, l):
+    """Layer l's slice of a network's per-row exponent offsets ``rs``: (sum_l d_{l+1},) int64 -> (d_{l+1},)."""
+    start = 0
+    for k in range(l):
+        start += dims[k + 1]
+    return rs[start:start + dims[l + 1]]
+
+
+@njit(cache=True)
+def no_row_shift(d_out):
+    """Per-layer scales: (d_out,) zero exponent offsets."""
+    return np.zeros(d_out, dtype=np.int64)
+
+
 @njit(cache=True)
 def layer_forward_(hin, w, off, d_out, d_in, w_one, linear, P, pre, h, C, rng):
-    """pre = requant(hin @ W^T), h = sigma(pre) (h = pre when ``linear``).
+    """pre = requant(hin @ W^T), h = sigma(pre) (h = pre when ``linear``), with one scale per layer.
 
     hin: (B, d_in) activation mantissas; acc = sum_j hin[b, j] W[i, j] has scale one_a * w_one, is wrapped to
     the accumulator width, divided by w_one with the forward rounding, then saturated to the activation
     format. pre, h: (B, d_out). Counts dense and effective (nonzero input x nonzero weight) MACs, synaptic
     events, active/inactive neuron updates and bytes.
     """
-    cached_layer_forward_(hin, w, off, d_out, d_in, w_one, linear, P, pre, h, C, rng, *no_weight_cache())
+    cached_layer_forward_(hin, w, off, d_out, d_in, w_one, no_row_shift(d_out), linear, P, pre, h, C, rng,
+                          *no_weight_cache())
 
 
 @njit(cache=True, parallel=True)
-def _fused_forward_(hin, wt, nonzero, shift, linear, P, pre, h, C):
+def _fused_forward_(hin, wt, nonzero, shift, rs, linear, P, pre, h, C):
     """The integer layer forward, one sample per parallel iteration: acc = sum_j hin[b, j] W^T[j, :] over the
     nonzero inputs only (float32 rows of wt: (d_in, d_out), exact since every partial sum is an integer below
-    2**24), then wrap to the accumulator, round by 2**shift (nearest-even or toward zero: no draws), saturate,
+    2**24), then wrap to the accumulator, round by 2**(shift + rs[i]) (nearest-even or toward zero: no draws),
+    saturate,
     activate, exactly as ``cached_layer_forward_``'s serial loop. Each sample's counts go to its own row of a
     tally and are added to C in sample order; effective MACs and synaptic events are sum_b sum_{j: hin[b, j]
     != 0} nonzero[j]. The caller adds the dense MACs and bytes."""
@@ -250,7 +272,7 @@ def _fused_forward_(hin, wt, nonzero, shift, linear, P, pre, h, C):
             if q > acc_hi or q < acc_lo:  # two's-complement wrap of the accumulator (kernels.fixed.wrap)
                 wraps += 1
                 q = (q - acc_lo) % span + acc_lo
-            q = round_shift_at(q, shift, P.fwd_round, np.uint64(0), 0)
+            q = round_shift_at(q, shift + rs[i], P.fwd_round, np.uint64(0), 0)
             if q > a_hi:
                 q = a_hi
                 clipped += 1
@@ -286,8 +308,9 @@ def no_weight_cache():
 
 
 @njit(cache=True)
-def cached_layer_forward_(hin, w, off, d_out, d_in, w_one, linear, P, pre, h, C, rng, w32, nonzero, ready):
-    """``layer_forward_`` with a simulator-side float32 copy of the layer kept between calls of one step:
+def cached_layer_forward_(hin, w, off, d_out, d_in, w_one, rs, linear, P, pre, h, C, rng, w32, nonzero, ready):
+    """``layer_forward_`` with row i's exponent offset rs[i] (its accumulator is divided by w_one * 2**rs[i]),
+    and a simulator-side float32 copy of the layer kept between calls of one step:
     w32: (d_in, d_out) float32 = W^T, nonzero: (d_in,) int32 nonzero weights per column, ready: (1,) bool,
     filled on first use (ready[0] set); the caller clears ready[0] whenever W changes. Empty arrays: no cache.
 
@@ -307,7 +330,7 @@ def cached_layer_forward_(hin, w, off, d_out, d_in, w_one, linear, P, pre, h, C,
         elif not ready[0]:
             _weights_float32_into(w, off, d_out, d_in, w32, nonzero)
             ready[0] = True
-        _fused_forward_(hin, w32, nonzero, shift, linear, P, pre, h, C)
+        _fused_forward_(hin, w32, nonzero, shift, rs, linear, P, pre, h, C)
         C[MACS_DENSE] += batch * d_out * d_in
         C[SRAM_READ] += batch * (d_out * d_in * P.w_bytes + d_in * P.a_bytes)
         C[SRAM_WRITE] += batch * d_out * P.a_bytes
@@ -338,7 +361,8 @@ def cached_layer_forward_(hin, w, off, d_out, d_in, w_one, linear, P, pre, h, C,
         for i in range(d_out):
             if P.quantized:
                 acc = np.int64(wrap(np.int64(sums[b, i]), P.acc_lo, P.acc_hi, C, WRAPS))
-                acc, s = round_by(acc, w_one, shift, P.fwd_round, s, rng)
+                acc, s = round_by(acc, w_one * (np.int64(1) << rs[i]), shift + rs[i] if shift >= 0 else -1,
+                                  P.fwd_round, s, rng)
                 acc = saturate(acc, P.a_lo, P.a_hi, C, SATURATION)
                 pre[b, i] = acc
                 if table.size > 0:

@@ -9,7 +9,9 @@ BP stores every clean activation, then runs the backward pass, updating each W_l
 has been formed from the old W_l.
 
 All arrays are preallocated by the caller (from the device memory arena); these kernels allocate nothing.
-Mantissas are int64 (integer devices) or float64 (float reference); ``Params`` carries the formats.
+Mantissas are int64 (integer devices) or float64 (float reference); ``Params`` carries the formats. ``w_one``:
+(L,) each layer's weight scale 2**w_frac_l; ``rs``: (sum_l d_l,) int64 per-row exponent offsets (row i of
+layer l has scale w_one_l * 2**rs_i; per-channel weight scales, see :mod:`fo_edge.kernels.linear`).
 """
 from collections import namedtuple
 
@@ -20,7 +22,8 @@ from .activations import activate, activate_grad
 from .counters import (BACKWARD, FORWARD, INFERENCE, MACS_DENSE, MACS_EFF, MODULATED, RECOMPUTE, SATURATION,
                        SRAM_READ, SRAM_WRITE, SYN_EVENTS, UPDATE)
 from .fixed import ROUND_STOCHASTIC, log2_exact, round_div, saturate
-from .linear import activation_table, cached_layer_forward_, effective_macs, exact_matmul, magnitude, project_
+from .linear import (activation_table, cached_layer_forward_, effective_macs, exact_matmul, layer_rows, magnitude,
+                     project_)
 from .update import momentum_update_, outer_update_
 
 __all__ = ["Params", "RULE_CODES", "forward_only_step_", "bp_step_", "output_error_", "predict_"]
@@ -102,7 +105,7 @@ def output_error_(y, t, P, e, C):
 
 
 @njit(cache=True)
-def _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, store, store_mode, C, phase, rng, cache,
+def _pass1_(w, dims, offs, w_one, rs, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, store, store_mode, C, phase, rng, cache,
             drop, pre0):
     """Clean pass; returns y: (B, d_L) (a view of buf_tmp). Keeps h_l in ``store`` when store_mode, and
     layer 0's (dropped-out) pre-activation a_1 in ``pre0`` when that is not empty; counts into C[phase, l].
@@ -121,8 +124,8 @@ def _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, store,
             soff += batch * d_out
         else:
             dst = view(buf_c0 if l % 2 == 0 else buf_c1, batch, d_out)
-        cached_layer_forward_(src, w, offs[l], d_out, d_in, w_one[l], l == n_layers - 1, P, pre, dst, C[phase, l],
-                              rng, *layer_cache(cache, dims, offs, l))
+        cached_layer_forward_(src, w, offs[l], d_out, d_in, w_one[l], layer_rows(rs, dims, l), l == n_layers - 1, P,
+                              pre, dst, C[phase, l], rng, *layer_cache(cache, dims, offs, l))
         if l < n_layers - 1:
             drop_(pre, dst, drop, mask_offset(dims, batch, l), P, C[phase, l], rng)
         if l == 0 and pre0.size > 0:
@@ -132,14 +135,16 @@ def _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, store,
 
 
 @njit(cache=True)
-def update_(w, offs, l, d_out, d_in, delta, hin, upd_mul, upd_div, g_scale, P, C, rng, g_out, opt):
+def update_(w, dims, offs, rs, l, d_out, d_in, delta, hin, upd_mul, upd_div, g_scale, P, C, rng, g_out, opt):
     """Layer l's weight update: plain SGD (``linear.outer_update_``), or with ``opt`` = (vel, mom) holding a
     velocity store, SGD with momentum and weight decay (``linear.momentum_update_``, mom[l] its multipliers)."""
     vel, mom = opt
+    rows = layer_rows(rs, dims, l)
     if vel.size > 0:
-        momentum_update_(w, offs[l], d_out, d_in, delta, hin, vel, mom[l], P, C, rng)
+        momentum_update_(w, offs[l], d_out, d_in, delta, hin, vel, mom[l], rows, P, C, rng)
     else:
-        outer_update_(w, offs[l], d_out, d_in, delta, hin, upd_mul[l], upd_div[l], g_scale[l], P, C, rng, g_out)
+        outer_update_(w, offs[l], d_out, d_in, delta, hin, upd_mul[l], upd_div[l], g_scale[l], rows, P, C, rng,
+                      g_out)
 
 
 @njit(cache=True, inline="always")
@@ -179,7 +184,7 @@ def drop_(pre, h, drop, koff, P, C, rng):
 
 
 @njit(cache=True)
-def forward_only_step_(rule, store_mode, w, dims, offs, w_one, upd_mul, upd_div, g_scale, x, t, tq, proj,
+def forward_only_step_(rule, store_mode, w, dims, offs, w_one, rs, upd_mul, upd_div, g_scale, x, t, tq, proj,
                        proj_div, P, buf_c0, buf_c1, buf_m0, buf_m1, buf_pre, buf_tmp, store, e, xm, C, rng,
                        g_out, cache, yq, drop, opt, kept):
     """One FOTON (rule 0), PEPITA (1) or FTP (2) step on a batch; see the module docstring.
@@ -203,7 +208,7 @@ def forward_only_step_(rule, store_mode, w, dims, offs, w_one, upd_mul, upd_div,
     reuse = kept_h.size > 0 and _reuses_pass1(P)
     if reuse:  # pass 1's counts of this step, charged again to RECOMPUTE where the device recomputes
         kept_counts[:] = C[FORWARD]
-    y = _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, kept_h if reuse else store,
+    y = _pass1_(w, dims, offs, w_one, rs, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, kept_h if reuse else store,
                 store_mode or reuse, C, FORWARD, rng, cache, drop, kept_pre if reuse else kept_pre[:0])
     if reuse:
         kept_counts[:] = C[FORWARD] - kept_counts
@@ -237,8 +242,8 @@ def forward_only_step_(rule, store_mode, w, dims, offs, w_one, upd_mul, upd_div,
                 if rule == 2 and l == 0:
                     pre.reshape(-1)[:] = kept_pre[:batch * d_out]
             else:
-                cached_layer_forward_(hc, w, offs[l], d_out, d_in, w_one[l], False, P, pre, c_next, C[RECOMPUTE, l],
-                                      rng, *layer_cache(cache, dims, offs, l))
+                cached_layer_forward_(hc, w, offs[l], d_out, d_in, w_one[l], layer_rows(rs, dims, l), False, P, pre,
+                                      c_next, C[RECOMPUTE, l], rng, *layer_cache(cache, dims, offs, l))
                 drop_(pre, c_next, drop, koff, P, C[RECOMPUTE, l], rng)
         if rule == 2 and l == 0 and P.ftp_diff:
             _difference_target_(c_next, tq, yq, proj, proj_div, P, pre, delta, m_next, C[MODULATED, 0], rng)
@@ -256,8 +261,8 @@ def forward_only_step_(rule, store_mode, w, dims, offs, w_one, upd_mul, upd_div,
                     else:
                         m_next[b, i] = activate(delta[b, i], P.act, P.a_one, P.quantized)
         else:
-            cached_layer_forward_(hm, w, offs[l], d_out, d_in, w_one[l], False, P, pre, m_next, C[MODULATED, l], rng,
-                                  *layer_cache(cache, dims, offs, l))
+            cached_layer_forward_(hm, w, offs[l], d_out, d_in, w_one[l], layer_rows(rs, dims, l), False, P, pre,
+                                  m_next, C[MODULATED, l], rng, *layer_cache(cache, dims, offs, l))
             drop_(pre, m_next, drop, koff, P, C[MODULATED, l], rng)
         keep = drop[0]
         masked = keep.size > 0
@@ -279,7 +284,8 @@ def forward_only_step_(rule, store_mode, w, dims, offs, w_one, upd_mul, upd_div,
         hin = hm if rule == 1 else hc
         if l == 0 and rule == 1:
             hin = xm
-        update_(w, offs, l, d_out, d_in, delta, hin, upd_mul, upd_div, g_scale, P, C[UPDATE, l], rng, g_out, opt)
+        update_(w, dims, offs, rs, l, d_out, d_in, delta, hin, upd_mul, upd_div, g_scale, P, C[UPDATE, l], rng, g_out,
+                opt)
         cache[2][l] = False
         hc = c_next
         hm = m_next
@@ -288,14 +294,14 @@ def forward_only_step_(rule, store_mode, w, dims, offs, w_one, upd_mul, upd_div,
     out_err = e
     if rule == 1 and P.out_modulated:  # e_mod = softmax(W_L h^mod_{L-1} / T) - t, into e (its clean value is spent)
         y_mod = view(buf_tmp, batch, dims[last + 1])
-        cached_layer_forward_(hm, w, offs[last], dims[last + 1], dims[last], w_one[last], True, P,
-                              view(buf_pre, batch, dims[last + 1]), y_mod, C[MODULATED, last], rng,
+        cached_layer_forward_(hm, w, offs[last], dims[last + 1], dims[last], w_one[last], layer_rows(rs, dims, last),
+                              True, P, view(buf_pre, batch, dims[last + 1]), y_mod, C[MODULATED, last], rng,
                               *layer_cache(cache, dims, offs, last))
         output_error_(y_mod, t, P, e, C[MODULATED, n_layers])
     if rule == 2 and P.ftp_local and n_layers > 1:
-        out_err = _local_output_error_(w, dims, offs, w_one, hc, hm, P, buf_pre, buf_tmp,
+        out_err = _local_output_error_(w, dims, offs, w_one, rs, hc, hm, P, buf_pre, buf_tmp,
                                        buf_m1 if (last - 1) % 2 == 0 else buf_m0, C, rng, cache)
-    update_(w, offs, last, dims[last + 1], dims[last], out_err, hin, upd_mul, upd_div, g_scale, P,
+    update_(w, dims, offs, rs, last, dims[last + 1], dims[last], out_err, hin, upd_mul, upd_div, g_scale, P,
             C[UPDATE, last], rng, g_out, opt)
 
 
@@ -309,7 +315,7 @@ def _reuses_pass1(P):
 
 
 @njit(cache=True)
-def _local_output_error_(w, dims, offs, w_one, hc, hm, P, buf_pre, buf_tmp, buf_out, C, rng, cache):
+def _local_output_error_(w, dims, offs, w_one, rs, hc, hm, P, buf_pre, buf_tmp, buf_out, C, rng, cache):
     """FTP's local output loss: y = W_L h_{L-1} (recomputed from the clean h_{L-1}, hc) and the output target
     tau_L = W_L tau_{L-1} (hm), both linear; returns y - tau_L in the error format, (B, d_L) in ``buf_out``
     (saturated to the error format's range on integer devices)."""
@@ -319,10 +325,11 @@ def _local_output_error_(w, dims, offs, w_one, hc, hm, P, buf_pre, buf_tmp, buf_
     pre = view(buf_pre, batch, d_out)
     y = view(buf_out, batch, d_out)
     tau = view(buf_tmp, batch, d_out)
-    cached_layer_forward_(hc, w, offs[last], d_out, d_in, w_one[last], True, P, pre, y, C[RECOMPUTE, last], rng,
-                          *layer_cache(cache, dims, offs, last))
-    cached_layer_forward_(hm, w, offs[last], d_out, d_in, w_one[last], True, P, pre, tau, C[MODULATED, last], rng,
-                          *layer_cache(cache, dims, offs, last))
+    rows = layer_rows(rs, dims, last)
+    cached_layer_forward_(hc, w, offs[last], d_out, d_in, w_one[last], rows, True, P, pre, y, C[RECOMPUTE, last],
+                          rng, *layer_cache(cache, dims, offs, last))
+    cached_layer_forward_(hm, w, offs[last], d_out, d_in, w_one[last], rows, True, P, pre, tau, C[MODULATED, last],
+                          rng, *layer_cache(cache, dims, offs, last))
     for b in range(batch):
         for k in range(d_out):
             diff = y[b, k] - tau[b, k]
@@ -367,7 +374,7 @@ def _difference_target_(h1, tq, yq, proj, proj_div, P, p_t, p_y, tau, C, rng):
 
 
 @njit(cache=True)
-def bp_step_(w, dims, offs, w_one, upd_mul, upd_div, g_scale, x, t, P, buf_c0, buf_c1, buf_m0, buf_m1,
+def bp_step_(w, dims, offs, w_one, rs, upd_mul, upd_div, g_scale, x, t, P, buf_c0, buf_c1, buf_m0, buf_m1,
              buf_pre, buf_tmp, store, e, C, rng, g_out, cache, drop, opt):
     """One BP step: pass 1 stores h_1..h_{L-1} in ``store`` (B x sum d_l); then for l = L..1,
     delta_{l-1} = (delta_l W_l) * sigma'(a_{l-1}) (times the dropout mask's keep / (1 - p) when ``drop`` holds
@@ -376,7 +383,7 @@ def bp_step_(w, dims, offs, w_one, upd_mul, upd_div, g_scale, x, t, P, buf_c0, b
     n_layers = dims.size - 1
     a_shift = log2_exact(P.a_one)
     cache[2][:] = False
-    y = _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, store, True, C, FORWARD, rng, cache,
+    y = _pass1_(w, dims, offs, w_one, rs, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, store, True, C, FORWARD, rng, cache,
                 drop, buf_pre[:0])
     output_error_(y, t, P, e, C[FORWARD, n_layers])
     starts = np.zeros(n_layers, dtype=np.int64)  # store offset of h_l (l >= 1)
@@ -390,9 +397,18 @@ def bp_step_(w, dims, offs, w_one, upd_mul, upd_div, g_scale, x, t, P, buf_c0, b
             prev = view(buf_m0 if l % 2 == 0 else buf_m1, batch, d_in)
             cb = C[BACKWARD, l]
             w_shift = log2_exact(w_one[l])
-            bound = magnitude(P.e_lo, P.e_hi) * magnitude(P.w_lo, P.w_hi) * d_out
-            back = exact_matmul(delta, np.ascontiguousarray(w[offs[l]:offs[l] + d_out * d_in].reshape((d_out, d_in)).T),
-                                bound)
+            rows = layer_rows(rs, dims, l)
+            top = rows.max()  # per-channel: delta_i scaled by 2**(top - rs_i) puts every row at the finest LSB
+            bound = magnitude(P.e_lo, P.e_hi) * magnitude(P.w_lo, P.w_hi) * d_out * 2.0 ** top
+            aligned = delta
+            if top > 0:
+                aligned = np.empty_like(delta)
+                for b in range(batch):
+                    for i in range(d_out):
+                        aligned[b, i] = delta[b, i] * (np.int64(1) << (top - rows[i]))
+            w_shift += top
+            back = exact_matmul(aligned,
+                                np.ascontiguousarray(w[offs[l]:offs[l] + d_out * d_in].reshape((d_out, d_in)).T), bound)
             keep, dmul, dshift = drop
             koff = mask_offset(dims, batch, l - 1)
             for b in range(batch):
@@ -416,7 +432,8 @@ def bp_step_(w, dims, offs, w_one, upd_mul, upd_div, g_scale, x, t, P, buf_c0, b
             cb[SYN_EVENTS] += effective
             cb[SRAM_READ] += batch * (d_in * d_out * P.w_bytes + d_out * P.e_bytes + d_in * P.a_bytes)
             cb[SRAM_WRITE] += batch * d_in * P.e_bytes
-        update_(w, offs, l, d_out, d_in, delta, hin, upd_mul, upd_div, g_scale, P, C[UPDATE, l], rng, g_out, opt)
+        update_(w, dims, offs, rs, l, d_out, d_in, delta, hin, upd_mul, upd_div, g_scale, P, C[UPDATE, l], rng, g_out,
+                opt)
         if l > 0:
             delta = prev
 
@@ -428,11 +445,11 @@ def no_dropout():
 
 
 @njit(cache=True)
-def predict_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, C, rng, labels, logits, cache):
+def predict_(w, dims, offs, w_one, rs, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, C, rng, labels, logits, cache):
     """Inference: labels[b] = argmax of the output for each row of x (B, d_0); the outputs (activation
     mantissas) go to logits (B, d_L) when it has B rows; counts into C[INFERENCE]. The caller clears the
     weight cache's ready flags (``cache[2]``) when W has changed since the cache was last filled."""
-    y = _pass1_(w, dims, offs, w_one, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, buf_c0[:0], False, C, INFERENCE,
+    y = _pass1_(w, dims, offs, w_one, rs, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, buf_c0[:0], False, C, INFERENCE,
                 rng, cache, no_dropout(), buf_pre[:0])
     for b in range(x.shape[0]):
         labels[b] = np.argmax(y[b])

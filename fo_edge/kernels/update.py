@@ -6,6 +6,10 @@ step with the update rounding; stochastic rounding draws ``rng.counter_u53(key, 
 update from the run's stream and the weight's flat index inside the layer as the counter, so the rows are
 updated in parallel (``prange``) with per-row tallies, bit-identical for any thread count. Analog devices
 apply the step as pulses (:mod:`fo_edge.kernels.analog`, from the serial stream).
+
+``rs``: the layer's per-row exponent offsets (see :mod:`fo_edge.kernels.linear`): row i's LSB is 2**-rs[i] of
+the layer's, so its step in its own LSBs is the layer's step times 2**rs[i] (one shift fewer, or a multiplier
+shifted left, never a division more). All zero for per-layer scales.
 """
 import numpy as np
 from numba import njit, prange
@@ -79,22 +83,32 @@ def _apply_contiguous_(w, base, row, shift, mode, w_lo, w_hi, key, kbase):
     return writes, lost, clipped
 
 
+@njit(cache=True, inline="always")
+def _row_scale(imul, shift, r_shift):
+    """(multiplier, shift) of a row r_shift exponent bits finer than the layer: imul / 2**(shift - r_shift),
+    the multiplier shifted left where r_shift exceeds shift."""
+    if r_shift <= shift:
+        return imul, shift - r_shift
+    return imul << (r_shift - shift), np.int64(0)
+
+
 @njit(cache=True, parallel=True)
-def _rows_from_sums_(w, off, d_in, rows, cols, dense, grads, imul, shift, mode, w_lo, w_hi, key, tallies):
-    """For every r (in parallel): layer row i = rows[r] takes the step round(imul * grads[r, c] / 2**shift) at
-    column cols[c] (``_apply_row_``; every column, contiguously, when ``dense``: ``_apply_contiguous_``); its
-    (writes, lost, clipped) go to tallies[r]. grads: (len(rows), len(cols)) exact integer sums in float32 or
-    float64."""
+def _rows_from_sums_(w, off, d_in, rows, cols, dense, grads, imul, shift, rs, mode, w_lo, w_hi, key, tallies):
+    """For every r (in parallel): layer row i = rows[r] takes the step round(imul * grads[r, c] * 2**rs[i] /
+    2**shift) at column cols[c] (``_apply_row_``; every column, contiguously, when ``dense``:
+    ``_apply_contiguous_``); its (writes, lost, clipped) go to tallies[r]. grads: (len(rows), len(cols)) exact
+    integer sums in float32 or float64."""
     n_cols = cols.size
     for r in prange(rows.size):
         i = rows[r]
+        r_mul, r_shift = _row_scale(imul, shift, rs[i])
         row = np.empty(n_cols, dtype=np.int64)  # one row of mul * g (the device's accumulator row)
         for c in range(n_cols):
-            row[c] = np.int64(grads[r, c]) * imul
+            row[c] = np.int64(grads[r, c]) * r_mul
         if dense:
-            n_w, n_l, n_c = _apply_contiguous_(w, off + i * d_in, row, shift, mode, w_lo, w_hi, key, i * d_in)
+            n_w, n_l, n_c = _apply_contiguous_(w, off + i * d_in, row, r_shift, mode, w_lo, w_hi, key, i * d_in)
         else:
-            n_w, n_l, n_c = _apply_row_(w, off + i * d_in, cols, row, shift, mode, w_lo, w_hi, key, i * d_in)
+            n_w, n_l, n_c = _apply_row_(w, off + i * d_in, cols, row, r_shift, mode, w_lo, w_hi, key, i * d_in)
         tallies[r, 0], tallies[r, 1], tallies[r, 2] = n_w, n_l, n_c
 
 
@@ -104,9 +118,9 @@ DENSE_COLUMNS = 0.6
 
 
 @njit(cache=True, parallel=True)
-def _integer_update_(w, off, d_in, delta, hin, mul, shift, P, rng):
-    """The integer update W[i, j] -= round(mul * g_ij / 2**shift) of ``outer_update_``; returns (writes,
-    lost, clipped).
+def _integer_update_(w, off, d_in, delta, hin, mul, shift, rs, P, rng):
+    """The integer update W[i, j] -= round(mul * g_ij * 2**rs[i] / 2**shift) of ``outer_update_``; returns
+    (writes, lost, clipped).
 
     Stochastic rounding draws ``counter_u53(key, i * d_in + j)`` for weight (i, j), with key one draw of the
     run's stream per update (kernels.rng), so no weight's result depends on the visiting order: rows are
@@ -137,9 +151,9 @@ def _integer_update_(w, off, d_in, delta, hin, mul, shift, P, rng):
         bound = float(np.abs(d_rows).max()) * float(np.abs(h_t).max()) * float(batch) if cols.size > 0 else 0.0
         if integral(d_rows) and integral(h_t) and bound <= FLOAT32_EXACT:
             _rows_from_sums_(w, off, d_in, rows, cols, dense, np.dot(_as_float32(d_rows), _as_float32(h_t).T),
-                             imul, shift, P.upd_round, w_lo, w_hi, key, tallies)
+                             imul, shift, rs, P.upd_round, w_lo, w_hi, key, tallies)
         else:
-            _rows_from_sums_(w, off, d_in, rows, cols, dense, exact_matmul(d_rows, h_t, bound), imul, shift,
+            _rows_from_sums_(w, off, d_in, rows, cols, dense, exact_matmul(d_rows, h_t, bound), imul, shift, rs,
                              P.upd_round, w_lo, w_hi, key, tallies)
     elif n_rows > 0:
         n_cols = cols.size
@@ -149,12 +163,14 @@ def _integer_update_(w, off, d_in, delta, hin, mul, shift, P, rng):
                 h_sel[b, c] = hin[b, cols[c]]
         for r in prange(n_rows):
             i = rows[r]
+            r_mul, r_shift = _row_scale(imul, shift, rs[i])
             row = np.zeros(n_cols, dtype=np.int64)
             for b in range(batch):
-                d_b = np.int64(delta[b, i]) * imul
+                d_b = np.int64(delta[b, i]) * r_mul
                 for c in range(n_cols):
                     row[c] += d_b * h_sel[b, c]
-            n_w, n_l, n_c = _apply_row_(w, off + i * d_in, cols, row, shift, P.upd_round, w_lo, w_hi, key, i * d_in)
+            n_w, n_l, n_c = _apply_row_(w, off + i * d_in, cols, row, r_shift, P.upd_round, w_lo, w_hi, key,
+                                        i * d_in)
             tallies[r, 0], tallies[r, 1], tallies[r, 2] = n_w, n_l, n_c
     writes = lost = clipped = 0
     for r in range(n_rows):
@@ -202,14 +218,21 @@ def _float_write_(w, k, new):
 
 
 @njit(cache=True)
-def _dense_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, P, C, rng, g_out):
+def _dense_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, rs, P, C, rng, g_out):
     """``outer_update_`` visiting every weight: float, analog, collect mode, or a divisor not a power of two;
     returns (writes, lost, clipped)."""
     grads = exact_matmul(np.ascontiguousarray(delta.T), np.ascontiguousarray(hin.T), np.inf)  # (d_out, d_in)
     integer = P.quantized and not P.collect and not P.analog
     key = np.uint64(next_u53(rng)) if integer else np.uint64(0)  # counter-based draws, as _integer_update_
     writes = lost = clipped = 0  # local tallies (C may alias nothing, but the compiler cannot know that)
+    k_div = log2_exact(div)
     for i in range(d_out):
+        # row i's (multiplier, divisor): a power-of-two divisor takes the row's shift as _integer_update_ does
+        # (the same draws), any other divisor a multiplier times 2**rs[i]
+        r_mul, r_div = np.int64(mul) * (np.int64(1) << rs[i]), np.int64(div)
+        if k_div >= 0:
+            r_mul, r_shift = _row_scale(np.int64(mul), k_div, rs[i])
+            r_div = np.int64(1) << r_shift
         for j in range(d_in):
             k = off + i * d_in + j
             if P.collect:
@@ -218,8 +241,8 @@ def _dense_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, P, C, rng
                 pulse_update_(w, k, -grads[i, j] * mul, P, C, rng)
             elif integer:
                 g = np.int64(grads[i, j])
-                n_w, n_l, n_c = _integer_step_(w, k, round_div_at(g * mul, div, P.upd_round, key, i * d_in + j), g,
-                                               P)
+                step = round_div_at(g * r_mul, r_div, P.upd_round, key, i * d_in + j)
+                n_w, n_l, n_c = _integer_step_(w, k, step, g, P)
                 writes += n_w
                 lost += n_l
                 clipped += n_c
@@ -229,10 +252,10 @@ def _dense_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, P, C, rng
 
 
 @njit(cache=True, inline="always")
-def _momentum_row_(w, vel, base, grads_row, mom, P, key, kbase, v_lo, v_hi):
-    """One row of ``momentum_update_`` (weights w[base:base + d_in]); returns (writes, lost, clipped). The
-    integer weight at layer index k = kbase + j rounds its four products with the draws
-    ``counter_u53(key, 4 k + m)``, m = 0..3."""
+def _momentum_row_(w, vel, base, grads_row, mom, r_shift, P, key, kbase, v_lo, v_hi):
+    """One row of ``momentum_update_`` (weights w[base:base + d_in], exponent offset r_shift: g enters its
+    velocity times 2**r_shift); returns (writes, lost, clipped). The integer weight at layer index
+    k = kbase + j rounds its four products with the draws ``counter_u53(key, 4 k + m)``, m = 0..3."""
     writes = lost = clipped = 0
     for j in range(grads_row.size):
         k = base + j
@@ -240,7 +263,7 @@ def _momentum_row_(w, vel, base, grads_row, mom, P, key, kbase, v_lo, v_hi):
             g = np.int64(grads_row[j])
             idx = 4 * (kbase + j)
             v = round_div_at(np.int64(vel[k]) * np.int64(mom[2]), np.int64(mom[3]), P.upd_round, key, idx) \
-                + round_div_at(g * np.int64(mom[0]), np.int64(mom[1]), P.upd_round, key, idx + 1) \
+                + round_div_at((g * np.int64(mom[0])) << r_shift, np.int64(mom[1]), P.upd_round, key, idx + 1) \
                 + round_div_at(np.int64(w[k]) * np.int64(mom[4]), np.int64(mom[5]), P.upd_round, key, idx + 2)
             if v > v_hi or v < v_lo:
                 v = min(max(v, v_lo), v_hi)
@@ -258,7 +281,7 @@ def _momentum_row_(w, vel, base, grads_row, mom, P, key, kbase, v_lo, v_hi):
 
 
 @njit(cache=True, parallel=True)
-def momentum_update_(w, off, d_out, d_in, delta, hin, vel, mom, P, C, rng):
+def momentum_update_(w, off, d_out, d_in, delta, hin, vel, mom, rs, P, C, rng):
     """SGD with momentum and weight decay as PyTorch's SGD does it (buf = mu buf + g + wd W; W -= lr buf), for
     one layer: delta (B, d_out), hin (B, d_in), vel the velocity store (the weight store's layout).
 
@@ -276,8 +299,8 @@ def momentum_update_(w, off, d_out, d_in, delta, hin, vel, mom, P, C, rng):
     v_lo, v_hi = -(np.int64(1) << 31), (np.int64(1) << 31) - 1
     tallies = np.zeros((d_out, 3), dtype=np.int64)
     for i in prange(d_out):
-        tallies[i, 0], tallies[i, 1], tallies[i, 2] = _momentum_row_(w, vel, off + i * d_in, grads[i], mom, P, key,
-                                                                     i * d_in, v_lo, v_hi)
+        tallies[i, 0], tallies[i, 1], tallies[i, 2] = _momentum_row_(w, vel, off + i * d_in, grads[i], mom, rs[i], P,
+                                                                     key, i * d_in, v_lo, v_hi)
     writes = lost = clipped = 0
     for i in range(d_out):
         writes += tallies[i, 0]
@@ -293,8 +316,8 @@ def momentum_update_(w, off, d_out, d_in, delta, hin, vel, mom, P, C, rng):
 
 
 @njit(cache=True)
-def outer_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, P, C, rng, g_out):
-    """W_l <- W_l - round(mul * (delta^T hin) / div), in place, one weight at a time.
+def outer_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, rs, P, C, rng, g_out):
+    """W_l <- W_l - round(mul * (delta^T hin) * 2**rs[i] / div) (row i), in place, one weight at a time.
 
     delta: (B, d_out), hin: (B, d_in). The device forms g row by row (accounted as one accumulator row); the
     simulator computes g exactly through BLAS where that is exact. Device: the integer sum
@@ -307,9 +330,9 @@ def outer_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, P, C, rng,
     batch = delta.shape[0]
     shift = log2_exact(div) if P.quantized and not P.collect else -1
     if shift >= 0:
-        writes, lost, clipped = _integer_update_(w, off, d_in, delta, hin, mul, shift, P, rng)
+        writes, lost, clipped = _integer_update_(w, off, d_in, delta, hin, mul, shift, rs, P, rng)
     else:
-        writes, lost, clipped = _dense_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, P, C, rng,
+        writes, lost, clipped = _dense_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, rs, P, C, rng,
                                                g_out)
     C[WEIGHT_WRITES] += writes
     C[LOST] += lost

@@ -26,7 +26,7 @@ from ..kernels.conv import conv_forward_, pool2_
 from ..kernels.counters import (COUNTERS, FORWARD, INFERENCE, MACS_DENSE, MODULATED, RECOMPUTE, REFRESH, SATURATION,
                                 SRAM_WRITE, UPDATE, WEIGHT_WRITES)
 from ..kernels.fixed import quantize_array
-from ..kernels.linear import layer_forward_, project_
+from ..kernels.linear import layer_forward_, no_row_shift, project_
 from ..kernels.update import outer_update_
 from ..kernels.rng import new_state
 from ..kernels.steps import Params, output_error_
@@ -211,12 +211,12 @@ def foton_conv_step(passes: ConvPasses, profile: DeviceProfile, P: Params, x_dev
             _saturate_all(delta, P, counters[UPDATE, l])
         cols = passes.bufs["c", "cols", l][:delta.shape[0]]
         outer_update_(net.w, net.offs[l], spec.channels[l], cols.shape[1], delta, cols, one[0], one[0],
-                      2.0 ** -(2 * a_frac) / n, P, counters[UPDATE, l], rng, g_out)
+                      2.0 ** -(2 * a_frac) / n, no_row_shift(spec.channels[l]), P, counters[UPDATE, l], rng, g_out)
     c_last, h_last, w_last = spec.channels[L - 2], *passes.shapes[L - 2][1:]
     dense_in = passes.bufs["c", "in", L - 1][:n]  # the dense update needs only the pooled clean input
     pool2_(hc, c_last, h_last, w_last, P, dense_in, counters[RECOMPUTE, L - 1], rng)
     outer_update_(net.w, net.offs[L - 1], spec.n_classes, spec.dense_in, e, dense_in, one[0], one[0],
-                  2.0 ** -(a_frac + e_frac) / n, P, counters[UPDATE, L - 1], rng, g_out)
+                  2.0 ** -(a_frac + e_frac) / n, no_row_shift(spec.n_classes), P, counters[UPDATE, L - 1], rng, g_out)
     return _unflatten(net, g_out)
 
 

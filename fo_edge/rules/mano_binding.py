@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..device.spec import DeviceProfile
+from ..device.spec import DeviceProfile, WeightScale
 from ..errors import ConfigError
 from ..kernels.counters import INFERENCE, new_counters
 from ..kernels.linear import layer_forward_
@@ -30,6 +30,9 @@ class DeviceLinears:
     def __init__(self, model: torch.nn.Module, profile: DeviceProfile):
         if profile.analog is not None or profile.spiking is not None:
             raise ConfigError(f"device {profile.id}: MANO runs on digital non-spiking profiles")
+        if profile.weight_scale is WeightScale.PER_CHANNEL:
+            raise ConfigError(f"device {profile.id}: MANO's device linears use one weight scale per layer; "
+                              "per-channel scales run on MLP models")
         self.model, self.profile = model, profile
         self.linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
         if any(m.bias is not None for m in self.linears):

@@ -3,7 +3,9 @@ parameters derived from a device profile, the step buffers (allocated from the m
 
 Weights are stored as integer mantissas with a shared power-of-two exponent per layer, calibrated once from
 the initial weights so that max|W_l| leaves ``weight_frac_bits`` bits of headroom (Lava's
-``optimize_weight_bits`` idea; the power-of-two case of a per-tensor int8 scale). Activations, errors and
+``optimize_weight_bits`` idea; the power-of-two case of a per-tensor int8 scale), or, on a profile with
+``weight_scale = "per-channel"``, one exponent per row calibrated the same way from the row's own max|W_l[i]|
+(CMSIS-NN's per-output-channel requantisation with power-of-two multipliers). Activations, errors and
 projections use the profile's formats. The float profile runs the same kernels on float64 values.
 Analog profiles store conductances on the profile's level grid, with a per-layer digital scale chosen so that
 max|W_l| maps to g_max / 2**weight_frac_bits (aihwkit's weight_scaling_omega idea); their periphery (errors,
@@ -19,7 +21,7 @@ import numpy as np
 
 from ..accounting.memory import MemoryArena
 from ..device.loihi_weights import from_steps, quantize_to_format, to_steps
-from ..device.spec import DeviceProfile, NumberFormat
+from ..device.spec import DeviceProfile, NumberFormat, WeightScale
 from ..errors import ConfigError
 from ..kernels.activations import ACTIVATION_CODES
 from ..kernels.counters import COUNTERS, FORWARD, INFERENCE, ORTHOGONALIZE, REFRESH, SATURATION, new_counters
@@ -63,7 +65,8 @@ class DeviceNet:
     """w: flat mantissas (the weight format's integer dtype, see ``mantissa_dtype``, or float64 for float
     devices); dims: (L+1,) int64; offs: (L+1,) int64 layer offsets into w; w_frac: (L,) per-layer exponents;
     w_one: (L,) 2**w_frac (int64; float for float devices; analog: the float digital scale, real W = g /
-    w_one)."""
+    w_one); row_shift: (sum_l d_l,) int64, row i of layer l holds W_l[i, :] * 2**(w_frac_l + row_shift_i)
+    (per-channel scales, ``per_channel``; zeros, the default, for per-layer ones)."""
 
     w: np.ndarray
     dims: np.ndarray
@@ -71,10 +74,27 @@ class DeviceNet:
     w_frac: np.ndarray
     w_one: np.ndarray
     quantized: bool
+    row_shift: np.ndarray | None = None
+    per_channel: bool = False
+
+    def __post_init__(self) -> None:
+        if self.row_shift is None:
+            self.row_shift = np.zeros(int(self.dims[1:].sum()), dtype=np.int64)
 
     @property
     def n_layers(self) -> int:
         return self.dims.size - 1
+
+    def row_exponents(self, l: int) -> np.ndarray:
+        """Layer l's exponent per row, (d_l,) int64: real W_l[i, :] = mantissas / 2**exponent_i."""
+        start = int(self.dims[1:l + 1].sum())
+        return int(self.w_frac[l]) + self.row_shift[start:start + int(self.dims[l + 1])]
+
+    def real_scale(self, l: int) -> np.ndarray:
+        """(d_l, 1) float64 divisors of layer l's stored values (w_one, times 2**row_shift per row)."""
+        start = int(self.dims[1:l + 1].sum())
+        rows = self.row_shift[start:start + int(self.dims[l + 1])]
+        return (float(self.w_one[l]) * 2.0 ** rows.astype(np.float64)).reshape(-1, 1)
 
     @property
     def value_dtype(self) -> type:
@@ -83,8 +103,14 @@ class DeviceNet:
 
 
 def _calibrate(w: np.ndarray, fmt: NumberFormat) -> int:
+    """The exponent f that puts max|w| within qmax / 2**weight_frac_bits: floor(log2(qmax / max|w|)) - headroom."""
     peak = float(np.abs(w).max()) or 1.0
     return max(0, int(math.floor(math.log2(fmt.qmax / peak))) - fmt.frac_bits)
+
+
+def _row_exponents(w: np.ndarray, fmt: NumberFormat) -> np.ndarray:
+    """Per-row ``_calibrate`` of W: (d_out, d_in) -> (d_out,) int64."""
+    return np.array([_calibrate(row, fmt) for row in np.asarray(w)], dtype=np.int64)
 
 
 def to_device(weights: list[np.ndarray], profile: DeviceProfile, arena: MemoryArena | None = None) -> DeviceNet:
@@ -98,7 +124,14 @@ def to_device(weights: list[np.ndarray], profile: DeviceProfile, arena: MemoryAr
     shape = (int(offs[-1]),)
     flat = arena.alloc("weights", shape, dtype, "weights", profile.weight.bytes_per_value) if arena \
         else np.zeros(shape, dtype=dtype)
+    per_channel = quantized and profile.weight_scale is WeightScale.PER_CHANNEL
     fracs = np.array([_calibrate(w, profile.weight) if quantized else 0 for w in weights], dtype=np.int64)
+    row_fracs = [_row_exponents(w, profile.weight) if per_channel else np.full(w.shape[0], fracs[l], dtype=np.int64)
+                 for l, w in enumerate(weights)]
+    if per_channel:  # the layer's exponent is its coarsest row's; every other row sits row_shift bits finer
+        fracs = np.array([int(r.min()) for r in row_fracs], dtype=np.int64)
+    if arena is not None and per_channel:
+        arena.alloc("weight scales", (int(dims[1:].sum()),), np.int32, "weights", 4)
     if analog is not None:
         return _to_crossbar(weights, profile, flat, dims, offs)
     counters = np.zeros(len(COUNTERS), dtype=np.int64)
@@ -107,13 +140,19 @@ def to_device(weights: list[np.ndarray], profile: DeviceProfile, arena: MemoryAr
         chunk = flat[offs[l]:offs[l + 1]]
         if quantized and profile.spiking is not None:  # Loihi: the Dense weight format (device.loihi_weights)
             chunk[:] = quantize_to_format(np.asarray(w).ravel(), float(2 ** int(fracs[l])), profile.spiking.weights)[0]
+        elif per_channel:
+            rows = chunk.reshape(w.shape)
+            for i, f in enumerate(row_fracs[l]):
+                quantize_array(np.ascontiguousarray(w[i], dtype=np.float64), float(2 ** int(f)), profile.weight.qmin,
+                               profile.weight.qmax, 0, rng, rows[i], counters, SATURATION)
         elif quantized:
             quantize_array(np.ascontiguousarray(w, dtype=np.float64).ravel(), float(2 ** int(fracs[l])),
                            profile.weight.qmin, profile.weight.qmax, 0, rng, chunk, counters, SATURATION)
         else:
             chunk[:] = np.asarray(w, dtype=np.float64).ravel()
     one = (2 ** fracs).astype(np.int64) if quantized else np.ones(len(weights))
-    return DeviceNet(flat, dims, offs, fracs, one, quantized)
+    shift = np.concatenate([r - fracs[l] for l, r in enumerate(row_fracs)]).astype(np.int64)
+    return DeviceNet(flat, dims, offs, fracs, one, quantized, shift, per_channel)
 
 
 def _to_crossbar(weights, profile: DeviceProfile, flat, dims, offs) -> DeviceNet:
@@ -130,8 +169,9 @@ def _to_crossbar(weights, profile: DeviceProfile, flat, dims, offs) -> DeviceNet
 
 
 def from_stored(stored: dict[str, np.ndarray], profile: DeviceProfile) -> DeviceNet:
-    """The DeviceNet of a checkpoint as ``engine.stream`` stores it (W{l} mantissas int32 with exp{l} = -frac,
-    or float32 real weights for float and analog profiles)."""
+    """The DeviceNet of a checkpoint as ``engine.stream`` stores it (W{l} mantissas int32 with exp{l} = -frac, a
+    scalar per layer or a (d_l,) vector per row for per-channel scales; or float32 real weights for float and
+    analog profiles)."""
     n = sum(1 for k in stored if k.startswith("W"))
     mats = [stored[f"W{l}"] for l in range(n)]
     dims = np.array([mats[0].shape[1]] + [m.shape[0] for m in mats], dtype=np.int64)
@@ -142,17 +182,22 @@ def from_stored(stored: dict[str, np.ndarray], profile: DeviceProfile) -> Device
             return to_device([m.astype(np.float64) for m in mats], profile)
         flat = np.concatenate([m.astype(np.float64).ravel() for m in mats])
         return DeviceNet(flat, dims, offs, np.zeros(n, dtype=np.int64), np.ones(n), False)
-    fracs = np.array([-int(stored[f"exp{l}"]) for l in range(n)], dtype=np.int64)
+    row_fracs = [np.broadcast_to(-np.asarray(stored[f"exp{l}"], dtype=np.int64), (int(dims[l + 1]),))
+                 for l in range(n)]
+    fracs = np.array([int(r.min()) for r in row_fracs], dtype=np.int64)
+    shift = np.concatenate([r - fracs[l] for l, r in enumerate(row_fracs)]).astype(np.int64)
     flat = np.concatenate([m.astype(mantissa_dtype(profile.weight)).ravel() for m in mats])
-    return DeviceNet(flat, dims, offs, fracs, (2 ** fracs).astype(np.int64), True)
+    return DeviceNet(flat, dims, offs, fracs, (2 ** fracs).astype(np.int64), True, shift,
+                     profile.weight_scale is WeightScale.PER_CHANNEL)
 
 
 def from_device(net: DeviceNet) -> list[np.ndarray]:
-    """The real-valued weights ``W_l: (d_l, d_{l-1})`` float64 (mantissa / 2**w_frac)."""
+    """The real-valued weights ``W_l: (d_l, d_{l-1})`` float64 (mantissa / 2**w_frac, per row for per-channel
+    scales)."""
     out = []
     for l in range(net.n_layers):
-        chunk = net.w[net.offs[l]:net.offs[l + 1]].astype(np.float64) / float(net.w_one[l])
-        out.append(chunk.reshape(int(net.dims[l + 1]), int(net.dims[l])))
+        chunk = net.w[net.offs[l]:net.offs[l + 1]].astype(np.float64).reshape(int(net.dims[l + 1]), int(net.dims[l]))
+        out.append(chunk / net.real_scale(l))
     return out
 
 
@@ -433,7 +478,7 @@ def refresh_projection(net: DeviceNet, bufs: StepBuffers, profile: DeviceProfile
     lo, hi = (np.int64(fmt.qmin), np.int64(fmt.qmax)) if net.quantized else (-np.inf, np.inf)
     half = bufs.proj_work.size // 2
     params = make_params(profile, "identity", "mse")
-    projection_rows_(net.w, net.dims, net.offs, net.w_one, p_one, lo, hi, params, rng, bufs.proj,
+    projection_rows_(net.w, net.dims, net.offs, net.w_one, net.row_shift, p_one, lo, hi, params, rng, bufs.proj,
                      bufs.proj_work[:half], bufs.proj_work[half:], counters[REFRESH, net.n_layers])
 
 
@@ -443,8 +488,8 @@ def orthogonalize(net: DeviceNet, profile: DeviceProfile, iters: int, counters, 
     params = make_params(profile, "identity", "mse")
     fmt = profile.spiking.weights if profile.spiking is not None else None
     if fmt is None:
-        return [int(bjorck_(net.w, net.offs[l], net.dims[l + 1], net.dims[l], net.w_one[l], iters, params, rng,
-                            counters[ORTHOGONALIZE, l], float(tol))) for l in range(net.n_layers)]
+        return [int(bjorck_(net.w, net.offs[l], net.dims[l + 1], net.dims[l], net.w_one[l], _rows(net, l), iters,
+                            params, rng, counters[ORTHOGONALIZE, l], float(tol))) for l in range(net.n_layers)]
     # Loihi: iterate on the format's step counts, so every written weight is representable (device.loihi_weights)
     params = params._replace(w_lo=np.int64(fmt.grid_lo), w_hi=np.int64(fmt.grid_hi))
     used = []
@@ -453,11 +498,17 @@ def orthogonalize(net: DeviceNet, profile: DeviceProfile, iters: int, counters, 
         to_steps(chunk, fmt)
         try:
             used.append(int(bjorck_(net.w, net.offs[l], net.dims[l + 1], net.dims[l],
-                                    np.int64(max(int(net.w_one[l]) >> fmt.truncate_bits, 1)), iters, params, rng,
-                                    counters[ORTHOGONALIZE, l], float(tol))))
+                                    np.int64(max(int(net.w_one[l]) >> fmt.truncate_bits, 1)), _rows(net, l), iters,
+                                    params, rng, counters[ORTHOGONALIZE, l], float(tol))))
         finally:
             from_steps(chunk, fmt)
     return used
+
+
+def _rows(net: DeviceNet, l: int) -> np.ndarray:
+    """Layer l's slice of ``net.row_shift`` (a view: the kernels' rs)."""
+    start = int(net.dims[1:l + 1].sum())
+    return net.row_shift[start:start + int(net.dims[l + 1])]
 
 
 def quantize_input(x: np.ndarray, profile: DeviceProfile, out: np.ndarray, counters, rng) -> np.ndarray:
@@ -493,7 +544,7 @@ def run_step(rule: str, net: DeviceNet, bufs: StepBuffers, profile: DeviceProfil
     g_out = np.zeros(0) if g_out is None else g_out
     t = np.ascontiguousarray(t, dtype=np.float64)
     if rule == "bp":
-        bp_step_(net.w, net.dims, net.offs, net.w_one, mul, div, g_scale, x_dev, t, params, bufs.c0, bufs.c1,
+        bp_step_(net.w, net.dims, net.offs, net.w_one, net.row_shift, mul, div, g_scale, x_dev, t, params, bufs.c0, bufs.c1,
                  bufs.m0, bufs.m1, bufs.pre, bufs.tmp, bufs.store, bufs.e[:n], counters, rng, g_out, bufs.cache,
                  drop, opt)
         return
@@ -504,8 +555,8 @@ def run_step(rule: str, net: DeviceNet, bufs: StepBuffers, profile: DeviceProfil
     yq = np.zeros_like(tq) if params.ftp_diff else tq[:0]
     if params.quantized and params.ftp_diff:  # one-hot 1.0 saturates to the error format's largest value
         np.minimum(tq, params.e_hi, out=tq)
-    forward_only_step_(RULE_CODES[rule], schedule == "store", net.w, net.dims, net.offs, net.w_one, mul, div,
-                       g_scale, x_dev, t, tq, bufs.proj, _proj_div(profile), params, bufs.c0, bufs.c1, bufs.m0,
+    forward_only_step_(RULE_CODES[rule], schedule == "store", net.w, net.dims, net.offs, net.w_one, net.row_shift,
+                       mul, div, g_scale, x_dev, t, tq, bufs.proj, _proj_div(profile), params, bufs.c0, bufs.c1, bufs.m0,
                        bufs.m1, bufs.pre, bufs.tmp, bufs.store, bufs.e[:n], bufs.xm[:n], counters, rng, g_out,
                        bufs.cache, yq, drop, opt, bufs.kept)
 
@@ -521,7 +572,7 @@ def predict(net: DeviceNet, bufs: StepBuffers, profile: DeviceProfile, params: P
     bufs.cache[2][:] = False  # W is fixed while predicting: each layer is converted once for all chunks
     for start in range(0, len(x), batch):
         x_dev = quantize_input(x[start:start + batch], profile, bufs.x, counters[INFERENCE, net.n_layers], rng)
-        predict_(net.w, net.dims, net.offs, net.w_one, x_dev, params, bufs.pre, bufs.tmp, bufs.m0, bufs.m1,
+        predict_(net.w, net.dims, net.offs, net.w_one, net.row_shift, x_dev, params, bufs.pre, bufs.tmp, bufs.m0, bufs.m1,
                  counters, rng, labels[start:start + batch], raw[start:start + batch], bufs.cache)
     if logits is not None:
         logits[:] = raw / float(params.a_one)

@@ -31,6 +31,7 @@ from ..device.loihi_weights import from_steps, to_steps
 from ..device.spec import DeviceProfile
 from ..errors import ConfigError
 from ..kernels.counters import FORWARD, INFERENCE, MODULATED, UPDATE
+from ..kernels.linear import no_row_shift
 from ..kernels.update import outer_update_
 from ..kernels.spiking import INPUT_CODES, PHASE_ONE, spiking_pass_
 from ..kernels.steps import Params
@@ -261,7 +262,7 @@ def _update_layer(net: DeviceNet, l: int, delta: np.ndarray, hin: np.ndarray, sc
     to_steps(chunk, fmt)
     try:
         outer_update_(net.w, net.offs[l], int(net.dims[l + 1]), int(net.dims[l]), np.ascontiguousarray(delta),
-                      np.ascontiguousarray(hin), mul, div, 0.0,
+                      np.ascontiguousarray(hin), mul, div, 0.0, no_row_shift(int(net.dims[l + 1])),
                       params._replace(w_lo=np.int64(fmt.grid_lo), w_hi=np.int64(fmt.grid_hi)), C[UPDATE, l], rng,
                       np.zeros(0))
     finally:

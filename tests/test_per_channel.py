@@ -1,0 +1,169 @@
+"""Per-channel weight scales (``weight_scale = "per-channel"``): one power-of-two exponent per output row,
+honoured by the forward, the update, Björck, FOTON's F, BP's backward, checkpoints and the int8 ONNX export."""
+from importlib import resources
+
+import numpy as np
+import pytest
+
+import fo_edge
+from fo_edge.accounting.memory import MemoryArena
+from fo_edge.device import load_device, parse_device
+from fo_edge.errors import DeviceProfileError
+from fo_edge.export import export_onnx
+from fo_edge.kernels.counters import new_counters
+from fo_edge.kernels.linear import cached_layer_forward_, no_weight_cache
+from fo_edge.kernels.orth import projection_rows_
+from fo_edge.kernels.rng import new_state
+from fo_edge.kernels.update import outer_update_
+from fo_edge.rules.numba_binding import from_device, from_stored, make_params, to_device
+from fo_edge.runs import load_weights
+
+MCU = (resources.files("fo_edge") / "profiles" / "mcu-int8.toml").read_text()
+
+
+def per_channel_text(text: str = MCU) -> str:
+    assert 'weight_scale = "per-layer"' in text
+    return text.replace('weight_scale = "per-layer"', 'weight_scale = "per-channel"')
+
+
+@pytest.fixture(scope="module")
+def profile():
+    return parse_device(per_channel_text(), "mcu-int8-pc")
+
+
+@pytest.fixture(scope="module")
+def profile_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pc") / "mcu-int8-pc.toml"
+    path.write_text(per_channel_text().replace('id = "mcu-int8"', 'id = "mcu-int8-pc"'))
+    return path
+
+
+def test_each_row_gets_the_exponent_of_its_own_peak(profile):
+    # peaks 0.9, 0.2, 0.03: floor(log2(127 / peak)) - 1 headroom bit = 6, 8, 11
+    w = np.array([[0.9, -0.1], [0.2, 0.05], [-0.03, 0.01]])
+    net = to_device([w], profile)
+    assert net.row_exponents(0).tolist() == [6, 8, 11] and int(net.w_frac[0]) == 6
+    assert net.w.reshape(3, 2).tolist() == [[58, -6], [51, 13], [-61, 20]]  # rint(w * 2**exponent)
+    np.testing.assert_allclose(from_device(net)[0], w, atol=2.0 ** -7)
+    layer = to_device([w], load_device("mcu-int8"))
+    assert layer.row_exponents(0).tolist() == [6, 6, 6] and np.abs(layer.w).max() == 58
+
+
+def test_forward_requantises_each_row_by_its_own_shift(profile):
+    # x = (1, 0.5) in the activation format (frac 4): (16, 8); row i's sum is divided by 2**exponent_i
+    net = to_device([np.array([[0.9, -0.1], [0.2, 0.05], [-0.03, 0.01]])], profile)
+    P = make_params(profile, "relu", "ce")
+    x = np.array([[16, 8]], dtype=np.int64)
+    sums = [16 * 58 + 8 * -6, 16 * 51 + 8 * 13, 16 * -61 + 8 * 20]  # 880, 920, -816
+    expected = [round(s / 2 ** e) for s, e in zip(sums, (6, 8, 11))]  # 13.75 -> 14, 3.59 -> 4, -0.40 -> 0
+    for batch in (1, 8):  # the direct sums and the fused (float32 W^T) forward
+        pre, h = np.zeros((batch, 3), dtype=np.int64), np.zeros((batch, 3), dtype=np.int64)
+        cached_layer_forward_(np.repeat(x, batch, 0), net.w, 0, 3, 2, net.w_one[0], net.row_shift, True, P, pre, h,
+                              new_counters(1)[0, 0], new_state(0), *no_weight_cache())
+        assert pre.tolist() == [expected] * batch == [[14, 4, 0]] * batch
+
+
+def test_update_steps_each_row_in_its_own_lsb(profile):
+    # the same real step lands as 2**row_shift times more LSBs in a finer row (nearest rounding: no draws)
+    net = to_device([np.array([[0.9, -0.1], [0.2, 0.05], [-0.03, 0.01]])], profile)
+    P = make_params(profile, "relu", "ce")._replace(upd_round=0)
+    start = net.w.copy()
+    delta, hin = np.array([[3, -2, 1]], dtype=np.int64), np.array([[4, 1]], dtype=np.int64)
+    shift = 10
+    outer_update_(net.w, 0, 3, 2, delta, hin, np.int64(64), np.int64(1 << shift), 0.0, net.row_shift, P,
+                  new_counters(1)[0, 0], new_state(0), np.zeros(0))
+    g = delta[0][:, None] * hin[0][None, :]  # (3, 2)
+    steps = [[round(64 * gij * 2 ** int(s) / 2 ** shift) for gij in row] for row, s in zip(g, net.row_shift)]
+    assert (start.reshape(3, 2) - net.w.reshape(3, 2)).tolist() == steps == [[1, 0], [-2, 0], [8, 2]]
+
+
+def test_foton_projection_aligns_the_rows_of_each_layer(profile):
+    rng = np.random.default_rng(0)
+    w1 = 0.3 * rng.standard_normal((6, 5)) * np.array([[1.0], [0.1], [0.5], [0.02], [1.0], [0.3]])
+    w2 = 0.3 * rng.standard_normal((3, 6)) * np.array([[1.0], [0.05], [0.4]])
+    net = to_device([w1, w2], profile)
+    assert len(set(net.row_shift.tolist())) > 2
+    P = make_params(profile, "identity", "mse")
+    p_one = np.int64(1 << 14)
+    out = np.zeros((3, 5), dtype=np.int64)
+    projection_rows_(net.w, net.dims, net.offs, net.w_one, net.row_shift, p_one, np.int64(-2 ** 15),
+                     np.int64(2 ** 15 - 1), P, new_state(0), out, np.zeros(6, dtype=np.int64),
+                     np.zeros(6, dtype=np.int64), new_counters(1)[0, 0])
+    real = from_device(net)
+    exact = real[1] @ real[0]  # F = W_2 W_1 of the stored weights
+    # the first rounding (W_2's rows into the projection format) is the only one before the exact sums
+    np.testing.assert_allclose(out / float(p_one), exact, atol=(0.5 * np.abs(real[0]).sum(0).max() + 0.5) / p_one)
+
+
+def test_checkpoint_keeps_per_row_exponents(tmp_path, profile_path):
+    kwargs = dict(rule="ftp", device=str(profile_path), dataset="digits", model="64-16-10", limit=200, seed=3)
+    fo_edge.simulate(**kwargs, out=str(tmp_path / "a"))
+    stored = load_weights(tmp_path / "a", [64, 16, 10])
+    assert stored["exp0"].shape == (16,) and stored["exp1"].shape == (10,)
+    net = from_stored(stored, parse_device(profile_path.read_text(), "pc"))
+    again = {f"W{l}": net.w[net.offs[l]:net.offs[l + 1]].reshape(stored[f"W{l}"].shape) for l in range(2)}
+    assert all(np.array_equal(again[k], stored[k]) for k in again)
+    assert all(np.array_equal(-net.row_exponents(l), stored[f"exp{l}"]) for l in range(2))
+
+
+def test_scales_are_accounted_in_the_arena(profile):
+    arena = MemoryArena(2 ** 30, 0)
+    to_device([np.ones((16, 64)), np.ones((10, 16))], profile, arena)
+    scales = arena.live["weight scales"]
+    assert scales.device_bytes == 4 * (16 + 10)  # one int32 exponent per output channel, as CMSIS-NN stores it
+
+
+@pytest.mark.parametrize("rule", ["ftp", "foton", "bp"])
+def test_int8_export_with_per_channel_scales_verifies_in_onnxruntime(tmp_path, profile_path, rule):
+    out = tmp_path / rule
+    fo_edge.simulate(rule=rule, device=str(profile_path), dataset="digits", model="64-32-10", epochs=2, lr=0.1,
+                     out=str(out))
+    report = export_onnx(out, out / "m8.onnx", int8=True)
+    assert report["passed"] and report["onnx_accuracy"] == report["device_accuracy"], report
+    assert report["max_logit_diff"] <= report["logit_tolerance"]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s.replace('weight_scale = "per-channel"', 'weight_scale = "per-row"'),
+     "weight_scale: expected one of"),
+    (lambda s: s.replace('arithmetic = "fixed"', 'arithmetic = "float"').replace(
+        "value = 8, source = \"DEVICES.md 7.2: int8 weights", "value = 32, source = \"x"),
+     "weight_scale: expected 'per-layer' unless arithmetic = 'fixed'"),
+])
+def test_inconsistent_scale_settings_are_refused_in_one_line(change, message):
+    with pytest.raises(DeviceProfileError) as exc:
+        parse_device(change(per_channel_text()), "bad.toml")
+    assert message in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_a_spiking_profile_cannot_be_per_channel():
+    text = (resources.files("fo_edge") / "profiles" / "loihi-like.toml").read_text()
+    text = text.replace('accumulator_overflow = ', 'weight_scale = "per-channel"\naccumulator_overflow = ', 1)
+    with pytest.raises(DeviceProfileError, match="spiking neuron"):
+        parse_device(text, "loihi-pc.toml")
+
+
+def _bp_step_weights(profile, weights):
+    """Real weights after one nearest-rounded BP step of 4 samples on ``profile``."""
+    from fo_edge.rules.numba_binding import allocate_buffers, quantize_input, run_step
+
+    net = to_device(weights, profile)
+    bufs = allocate_buffers(MemoryArena(2 ** 30, 0), profile, net.dims, 4, "bp", "stream", ortho=False)
+    params = make_params(profile, "relu", "ce")._replace(upd_round=0)
+    counters, rng = new_counters(net.n_layers), new_state(0)
+    x = np.array([[1.0, 0.5, 0.25], [0.5, 1.0, 0.0], [0.25, 0.75, 1.0], [1.0, 1.0, 0.5]])
+    t = np.eye(2)[[0, 1, 1, 0]]
+    run_step("bp", net, bufs, profile, params, quantize_input(x, profile, bufs.x, counters[0, -1], rng), t, 0.5,
+             "stream", counters, rng)
+    return from_device(net)
+
+
+def test_bp_backward_through_rows_of_different_scales_is_exact(profile):
+    # W_1's rows have peaks 0.5 and 0.0625 (exponents 6 and 9 per channel, 6 for the layer), all weights exact
+    # in both: the error reaching layer 0 is the same real number, so W_0 (one exponent either way) moves alike
+    w0 = np.array([[0.5, -0.25, 0.125], [0.25, 0.5, -0.5]])
+    w1 = np.array([[0.5, -0.25], [0.0625, 0.03125]])
+    layer, channel = _bp_step_weights(load_device("mcu-int8"), [w0, w1]), _bp_step_weights(profile, [w0, w1])
+    assert to_device([w0, w1], profile).row_exponents(1).tolist() == [6, 9]
+    np.testing.assert_array_equal(layer[0], channel[0])
+    assert not np.array_equal(layer[0], w0)  # the step did reach layer 0
