@@ -21,7 +21,7 @@ from . import limits
 from .accounting.counters import counters_array
 from .accounting.energy import energy_record
 from .data import DATASETS, load_dataset
-from .device import DeviceProfile, WeightScale, device_text, load_device
+from .device import DeviceProfile, device_text, load_device
 from .engine.health import HealthConfig, TrainingStopped
 from .engine.plan import BatchPlan
 from .engine.threads import kernel_threads
@@ -495,9 +495,6 @@ def _simulate_conv(config: SimulateConfig, on_batch, on_start) -> SimulateResult
     if device.spiking is not None:
         raise ConfigError(f"{device.id} is spiking; conv models run on gpu-fp32, mcu-int8 or fpga-fixed16 "
                           "(pass --device)")
-    if device.weight_scale is WeightScale.PER_CHANNEL:
-        raise ConfigError(f"{device.id} has per-channel weight scales, which the MLP kernels implement; conv models "
-                          "run with one scale per layer (use a weight_scale = \"per-layer\" profile)")
     backend = config.backend or ("torch" if device.is_float else "numba")
     if backend == "torch" and not device.is_float:
         raise ConfigError(f"--backend torch runs float devices only; {device.id} is {device.arithmetic.value}: "

@@ -167,3 +167,46 @@ def test_bp_backward_through_rows_of_different_scales_is_exact(profile):
     assert to_device([w0, w1], profile).row_exponents(1).tolist() == [6, 9]
     np.testing.assert_array_equal(layer[0], channel[0])
     assert not np.array_equal(layer[0], w0)  # the step did reach layer 0
+
+
+def test_conv_kernels_keep_one_exponent_per_output_channel(profile):
+    import torch
+
+    from fo_edge.models.conv import init_conv_params, kernels_of, parse_conv_spec
+    from fo_edge.rules.conv_binding import ConvPasses, conv_to_device, dequantize
+
+    spec = parse_conv_spec("c4-c6-10", (2, 8, 8))
+    kernels = [k.numpy() for k in kernels_of(spec, init_conv_params(spec, seed=2))]
+    kernels[0] = kernels[0] * np.array([1.0, 0.1, 0.5, 0.02]).reshape(4, 1, 1, 1)  # channels of unlike range
+    channel, layer = conv_to_device(spec, kernels, profile), conv_to_device(spec, kernels, load_device("mcu-int8"))
+    assert channel.row_shift[0].tolist() != [0, 0, 0, 0] and not any(np.any(r) for r in layer.row_shift)
+    for net in (channel, layer):  # every channel within half an LSB of its own scale
+        for got, want, scale in zip(dequantize(net), kernels, (net.real_scale(l) for l in range(3))):
+            err = np.abs(got - want).reshape(scale.shape[0], -1)
+            assert np.all(err <= 0.5 / scale + 1e-12)
+    small = [np.abs(dequantize(n)[0][3] - kernels[0][3]).max() for n in (channel, layer)]
+    assert small[0] < small[1] / 8  # the small channel gets its bits back
+    x = torch.rand(3, 128, dtype=torch.float64).numpy()
+    P = make_params(profile, "tanh", "ce")
+    passes = ConvPasses(channel, 3)
+    from fo_edge.rules.numba_binding import quantize_input
+    C = new_counters(spec.n_layers)
+    y = passes.forward("c", quantize_input(x, profile, passes.x, C[0, -1], new_state(0)), P, C, 0, new_state(0))
+    assert y.shape == (3, 10) and np.any(y != 0)
+
+
+def test_mano_linears_run_per_channel(profile):
+    import torch
+
+    from fo_edge.models.mano import MANOClassifier
+    from fo_edge.rules.mano_binding import DeviceLinears
+
+    torch.manual_seed(3)
+    model = MANOClassifier((1, 8, 8), 10, dim=8, depth=1, heads=2, patch=2, window=2).eval()
+    x = torch.rand(5, 64)
+    with torch.no_grad():
+        ref = model(x)
+        with DeviceLinears(model, profile) as dev:
+            out = model(x)
+    assert any(np.any(net.row_shift) for net in dev.nets)
+    assert torch.allclose(out, ref, atol=0.25) and not torch.equal(out, ref)

@@ -23,41 +23,50 @@ OPTIONS = {"foton": {"temperature": 0.25, "ortho_every": 10, "bjorck_iters": 5}}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rules", default="ftp,foton")
-    parser.add_argument("--device", default="mcu-int8")
+    parser.add_argument("--device", default="mcu-int8", help="comma-separated profile ids or paths: each seed's "
+                        "fp32 run is shared by all of them")
     parser.add_argument("--model", default="784-128-128-10")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (init, data order, rounding draws); "
-                        "with more than one, a last row gives the differences' mean and range")
+                        "with more than one, a last row per device gives the differences' mean and range")
     args = parser.parse_args()
     seeds = [int(seed) for seed in args.seeds.split(",")]
+    devices = args.device.split(",")
     print(f"command: python tools/bench_device_accuracy.py --rules {args.rules} --device {args.device} --model "
           f"{args.model} --epochs {args.epochs} --batch-size {args.batch_size} --seeds {args.seeds}\n")
-    print(f"| rule | seed | fp32 % | {args.device} % | difference pp | updates lost | saturation events |")
-    print("|---|---|---|---|---|---|---|")
+    print("| rule | device | seed | fp32 % | device % | difference pp | updates lost | saturation events |")
+    print("|---|---|---|---|---|---|---|---|")
     for rule in args.rules.split(","):
-        differences = []
+        differences = {device: [] for device in devices}
         for seed in seeds:
-            accuracy = {}
-            try:
-                for device in ("gpu-fp32", args.device):
-                    result = fo_edge.simulate(rule=rule, device=device, model=args.model, epochs=args.epochs,
-                                              batch_size=args.batch_size, backend="numba", seed=seed,
-                                              out=f"runs/bench-device-accuracy/{rule}-{Path(device).stem}-seed{seed}",
-                                              rule_options=OPTIONS.get(rule, {}), overwrite=True)
-                    accuracy[device] = 100 * result.accuracy
-                    totals = result.record["counters"]["totals"]
-            except DeviceMemoryError as exc:
-                print(f"| {rule} | {seed} | | does not fit: {str(exc).split('[')[0].strip()} | | | |", flush=True)
-                break
-            lost = totals["updates_lost"] / max(totals["updates_lost"] + totals["weight_writes"], 1)
-            differences.append(accuracy[args.device] - accuracy["gpu-fp32"])
-            print(f"| {rule} | {seed} | {accuracy['gpu-fp32']:.2f} | {accuracy[args.device]:.2f} | "
-                  f"{differences[-1]:+.2f} | {100 * lost:.0f} % of nonzero | {totals['saturation_events']} |",
-                  flush=True)
-        if len(differences) > 1:
-            print(f"| {rule} | mean of {len(differences)} | | | {sum(differences) / len(differences):+.2f} "
-                  f"({min(differences):+.2f} .. {max(differences):+.2f}) | | |", flush=True)
+            fp32 = 100 * run(rule, "gpu-fp32", seed, args).accuracy
+            for device in devices:
+                try:
+                    result = run(rule, device, seed, args)
+                except DeviceMemoryError as exc:
+                    print(f"| {rule} | {Path(device).stem} | {seed} | | does not fit: "
+                          f"{str(exc).split('[')[0].strip()} | | | |", flush=True)
+                    continue
+                totals = result.record["counters"]["totals"]
+                lost = totals["updates_lost"] / max(totals["updates_lost"] + totals["weight_writes"], 1)
+                differences[device].append(100 * result.accuracy - fp32)
+                print(f"| {rule} | {Path(device).stem} | {seed} | {fp32:.2f} | {100 * result.accuracy:.2f} | "
+                      f"{differences[device][-1]:+.2f} | {100 * lost:.0f} % of nonzero | "
+                      f"{totals['saturation_events']} |", flush=True)
+        for device, diffs in differences.items():
+            if len(diffs) > 1:
+                print(f"| {rule} | {Path(device).stem} | mean of {len(diffs)} | | | {sum(diffs) / len(diffs):+.2f} "
+                      f"({min(diffs):+.2f} .. {max(diffs):+.2f}) | | |", flush=True)
+
+
+def run(rule: str, device: str, seed: int, args):
+    """One Numba-path run of ``rule`` on ``device`` (a profile id or path) with the table's settings."""
+    return fo_edge.simulate(rule=rule, device=device, model=args.model, epochs=args.epochs,
+                            batch_size=args.batch_size, backend="numba", seed=seed,
+                            out=f"runs/bench-device-accuracy/{rule}-{Path(device).stem}-seed{seed}",
+                            rule_options=OPTIONS.get(rule, {}), overwrite=True)
+
 
 if __name__ == "__main__":
     main()

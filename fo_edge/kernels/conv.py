@@ -15,7 +15,7 @@ from numba import njit
 
 from .counters import NEURON_ACTIVE, NEURON_INACTIVE, SATURATION, SRAM_READ, SRAM_WRITE
 from .fixed import round_div, saturate
-from .linear import layer_forward_
+from .linear import cached_layer_forward_, no_weight_cache
 
 __all__ = ["im2col_", "rows_to_maps_", "maps_to_rows_", "pool2_", "conv_forward_"]
 
@@ -81,12 +81,14 @@ def pool2_(h, c, hgt, wid, P, out, C, rng):
 
 
 @njit(cache=True)
-def conv_forward_(hin, c_in, hgt, wid, k, w, off, c_out, w_one, P, cols, pre_rows, h_rows, out, C, rng):
+def conv_forward_(hin, c_in, hgt, wid, k, w, off, c_out, w_one, rs, P, cols, pre_rows, h_rows, out, C, rng):
     """out (B, C_out*H*W) = sigma(requant(circular conv of hin (B, C_in*H*W) with W_l)).
 
     cols: (B*H*W, C_in*k*k) workspace (left holding hin's patches, which the update reuses); pre_rows, h_rows:
-    (B*H*W, C_out) pre-activations and activities pixel-major.
+    (B*H*W, C_out) pre-activations and activities pixel-major. rs: (C_out,) per-channel exponent offsets
+    (kernels.linear; zeros for a per-layer scale).
     """
     im2col_(hin, c_in, hgt, wid, k, cols)
-    layer_forward_(cols, w, off, c_out, c_in * k * k, w_one, False, P, pre_rows, h_rows, C, rng)
+    cached_layer_forward_(cols, w, off, c_out, c_in * k * k, w_one, rs, False, P, pre_rows, h_rows, C, rng,
+                          *no_weight_cache())
     rows_to_maps_(h_rows, hin.shape[0], hgt * wid, out)

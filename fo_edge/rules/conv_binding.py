@@ -3,7 +3,8 @@ clean and modulated, run in lockstep layer by layer) and FOTON's update correlat
 profiles.
 
 What runs where. The device holds the kernels ``W_l: (C_out, C_in*k*k)`` and the dense W as integer mantissas
-with a per-layer power-of-two exponent (calibrated once, as rules.numba_binding does), and runs every pass
+with a per-layer power-of-two exponent, or one per output channel on a per-channel profile (calibrated once,
+as rules.numba_binding does), and runs every pass
 and every correlation ``g = delta^T patches`` in its formats (kernels.conv). The BCOP parameters (H and the
 Q's of models.conv) are the master copy: the host maps g to them by the chain rule through the kernel
 construction alone (models.conv.param_grads), applies the step and Björck, and writes the new kernels back
@@ -20,19 +21,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..device.spec import DeviceProfile
+from ..device.spec import DeviceProfile, WeightScale
 from ..errors import ConfigError
 from ..kernels.conv import conv_forward_, pool2_
 from ..kernels.counters import (COUNTERS, FORWARD, INFERENCE, MACS_DENSE, MODULATED, RECOMPUTE, REFRESH, SATURATION,
                                 SRAM_WRITE, UPDATE, WEIGHT_WRITES)
 from ..kernels.fixed import quantize_array
-from ..kernels.linear import layer_forward_, no_row_shift, project_
+from ..kernels.linear import cached_layer_forward_, no_row_shift, no_weight_cache, project_
 from ..kernels.update import outer_update_
 from ..kernels.rng import new_state
 from ..kernels.steps import Params, output_error_
 from ..models.conv import ConvSpec
 from .foton_conv import conv_projection_torch
-from .numba_binding import _calibrate, _proj_div, _store_projection, quantize_input
+from .numba_binding import _calibrate, _proj_div, _row_exponents, _store_projection, quantize_input
 
 __all__ = ["ConvDeviceNet", "conv_to_device", "store_kernels", "dequantize", "ConvPasses", "foton_conv_step",
            "refresh_conv_projection", "projection_buffer", "check_conv_exact",
@@ -42,7 +43,9 @@ __all__ = ["ConvDeviceNet", "conv_to_device", "store_kernels", "dequantize", "Co
 @dataclass
 class ConvDeviceNet:
     """w: flat mantissas (int64; float64 on float profiles); offs: (L+1,) layer offsets; w_frac / w_one: per
-    layer exponents and scales; rows / cols: each layer's stored matrix shape (C_out, C_in*k*k) or (d_L, d)."""
+    layer exponents and scales; shapes: each layer's stored matrix shape (C_out, C_in*k*k) or (d_L, d);
+    row_shift: per layer, (rows,) int64 exponent offsets of its output channels (per-channel scales: row i
+    holds W_l[i] * 2**(w_frac_l + row_shift_l[i]); zeros for per-layer ones)."""
 
     spec: ConvSpec
     w: np.ndarray
@@ -51,6 +54,11 @@ class ConvDeviceNet:
     w_one: np.ndarray
     shapes: list
     quantized: bool
+    row_shift: list
+
+    def real_scale(self, l: int) -> np.ndarray:
+        """(rows, 1) float64 divisors of layer l's stored values."""
+        return (float(self.w_one[l]) * 2.0 ** self.row_shift[l].astype(np.float64)).reshape(-1, 1)
 
 
 def check_conv_exact(spec: ConvSpec, profile: DeviceProfile, batch: int) -> None:
@@ -78,9 +86,14 @@ def conv_to_device(spec: ConvSpec, weights: list[np.ndarray], profile: DevicePro
     offs[1:] = np.cumsum([m.size for m in mats])
     quantized = not profile.is_float
     fracs = np.array([_calibrate(m, profile.weight) if quantized else 0 for m in mats], dtype=np.int64)
+    shifts = [np.zeros(m.shape[0], dtype=np.int64) for m in mats]
+    if quantized and profile.weight_scale is WeightScale.PER_CHANNEL:  # each output channel its own exponent
+        rows = [_row_exponents(m, profile.weight) for m in mats]
+        fracs = np.array([int(r.min()) for r in rows], dtype=np.int64)
+        shifts = [r - f for r, f in zip(rows, fracs)]
     one = (2 ** fracs).astype(np.int64) if quantized else np.ones(len(mats))
     net = ConvDeviceNet(spec, np.zeros(int(offs[-1]), dtype=np.int64 if quantized else np.float64), offs, fracs,
-                        one, [m.shape for m in mats], quantized)
+                        one, [m.shape for m in mats], quantized, shifts)
     store_kernels(net, weights, profile, np.zeros(len(COUNTERS), dtype=np.int64))
     return net
 
@@ -92,10 +105,16 @@ def store_kernels(net: ConvDeviceNet, weights: list, profile: DeviceProfile, cou
     for l, w in enumerate(weights):
         chunk = net.w[net.offs[l]:net.offs[l + 1]]
         old = chunk.copy()
-        flat = np.ascontiguousarray(np.asarray(w, dtype=np.float64)).ravel()
-        if net.quantized:
+        mat = np.ascontiguousarray(np.asarray(w, dtype=np.float64)).reshape(net.shapes[l])
+        flat = mat.ravel()
+        if net.quantized and not np.any(net.row_shift[l]):
             quantize_array(flat, float(net.w_one[l]), profile.weight.qmin, profile.weight.qmax, 0, rng, chunk,
                            counters, SATURATION)
+        elif net.quantized:  # per-channel: each output channel at its own scale
+            rows = chunk.reshape(net.shapes[l])
+            for i, scale in enumerate(net.real_scale(l)[:, 0]):
+                quantize_array(mat[i], float(scale), profile.weight.qmin, profile.weight.qmax, 0, rng, rows[i],
+                               counters, SATURATION)
         else:
             chunk[:] = flat
         changed = int(np.count_nonzero(chunk != old))
@@ -108,7 +127,7 @@ def dequantize(net: ConvDeviceNet) -> list[np.ndarray]:
     spec, out = net.spec, []
     shapes = spec.layer_shapes()
     for l in range(len(net.shapes)):
-        mat = net.w[net.offs[l]:net.offs[l + 1]].astype(np.float64) / float(net.w_one[l])
+        mat = net.w[net.offs[l]:net.offs[l + 1]].astype(np.float64).reshape(net.shapes[l]) / net.real_scale(l)
         if l < len(spec.channels):
             out.append(mat.reshape(spec.channels[l], shapes[l][0], spec.kernel, spec.kernel))
         else:
@@ -154,12 +173,13 @@ class ConvPasses:
             src = pooled
         if l == len(spec.channels):
             y = self.y[:n]
-            layer_forward_(src, net.w, net.offs[l], spec.n_classes, spec.dense_in, net.w_one[l], True, P,
-                           self.pre_y[:n], y, C_row, rng)
+            cached_layer_forward_(src, net.w, net.offs[l], spec.n_classes, spec.dense_in, net.w_one[l],
+                                  net.row_shift[l], True, P, self.pre_y[:n], y, C_row, rng, *no_weight_cache())
             return y
         c_in, h, w = self.shapes[l]
         out = self.bufs[tag, "out", l][:n]
-        conv_forward_(src, c_in, h, w, spec.kernel, net.w, net.offs[l], spec.channels[l], net.w_one[l], P,
+        conv_forward_(src, c_in, h, w, spec.kernel, net.w, net.offs[l], spec.channels[l], net.w_one[l],
+                      net.row_shift[l], P,
                       b("cols"), b("pre"), b("rows"), out, C_row, rng)
         return out
 

@@ -1,8 +1,9 @@
 """MANO inference with its linear maps on a device's quantised kernels (the Numba path).
 
 Every bias-free ``nn.Linear`` of a MANO model (q/k/v and output projections, MLPs, embedding, lift, heads) is
-run by :func:`fo_edge.kernels.linear.layer_forward_` in the device's formats: its weight quantised once into
-the flat store (per-layer power-of-two exponent, rules.numba_binding.to_device), its input rounded into the
+run by :func:`fo_edge.kernels.linear.cached_layer_forward_` in the device's formats: its weight quantised once
+into the flat store (a power-of-two exponent per layer, or per output channel on a per-channel profile:
+rules.numba_binding.to_device), its input rounded into the
 activation format (nearest-even, saturating; the saturations counted), int accumulation with the device's
 wrap, requantisation and saturation. LayerNorm, softmax, GELU, pooling and the residual sums stay in float on
 the host: the device runs the matrix products, where nearly all the MACs are. Counters are charged to the
@@ -13,10 +14,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..device.spec import DeviceProfile, WeightScale
+from ..device.spec import DeviceProfile
 from ..errors import ConfigError
 from ..kernels.counters import INFERENCE, new_counters
-from ..kernels.linear import layer_forward_
+from ..kernels.linear import cached_layer_forward_, no_weight_cache
 from ..kernels.rng import new_state
 from .numba_binding import check_exact, make_params, quantize_input, to_device
 
@@ -30,9 +31,6 @@ class DeviceLinears:
     def __init__(self, model: torch.nn.Module, profile: DeviceProfile):
         if profile.analog is not None or profile.spiking is not None:
             raise ConfigError(f"device {profile.id}: MANO runs on digital non-spiking profiles")
-        if profile.weight_scale is WeightScale.PER_CHANNEL:
-            raise ConfigError(f"device {profile.id}: MANO's device linears use one weight scale per layer; "
-                              "per-channel scales run on MLP models")
         self.model, self.profile = model, profile
         self.linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
         if any(m.bias is not None for m in self.linears):
@@ -53,7 +51,8 @@ class DeviceLinears:
         x_dev = quantize_input(flat, self.profile, buf, row, self.rng)
         pre = np.zeros((len(flat), d_out), dtype=net.value_dtype)
         out = np.zeros_like(pre)
-        layer_forward_(x_dev, net.w, 0, d_out, d_in, net.w_one[0], True, self.params, pre, out, row, self.rng)
+        cached_layer_forward_(x_dev, net.w, 0, d_out, d_in, net.w_one[0], net.row_shift, True, self.params, pre, out,
+                              row, self.rng, *no_weight_cache())
         real = out / float(self.params.a_one)
         return torch.as_tensor(real, dtype=x.dtype).reshape(*x.shape[:-1], d_out)
 
