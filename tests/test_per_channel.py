@@ -210,3 +210,50 @@ def test_mano_linears_run_per_channel(profile):
             out = model(x)
     assert any(np.any(net.row_shift) for net in dev.nets)
     assert torch.allclose(out, ref, atol=0.25) and not torch.equal(out, ref)
+
+
+def dynamic_profile():
+    return parse_device(per_channel_text().replace('"per-channel"', '"per-channel-dynamic"'), "mcu-int8-pcd")
+
+
+def test_dynamic_rows_move_one_bit_by_hand():
+    from fo_edge.kernels.update import rescale_rows_
+
+    profile = dynamic_profile()
+    P = make_params(profile, "relu", "ce")
+    w = np.array([127, -3, 5,    # peak at the bound: halved, nearest-even (-1.5 -> -2, 2.5 -> 2)
+                  40, -7, 0,     # 2 * 40 + 31 <= 127: doubled
+                  60, 1, 2,      # 2 * 60 + 31 > 127: stays
+                  0, 0, 0,       # zero row: stays
+                  -128, 9, 1], dtype=np.int8)  # -128 reached the bound, but rs is already at its floor
+    rs = np.array([2, 0, 1, 0, -1], dtype=np.int64)
+    C = new_counters(1)[0, 0]
+    rescale_rows_(w, 0, 5, 3, rs, np.int64(-1), P, C)
+    assert w.reshape(5, 3).tolist() == [[64, -2, 2], [80, -14, 0], [60, 1, 2], [0, 0, 0], [-128, 9, 1]]
+    assert rs.tolist() == [1, 1, 1, 0, -1]
+
+
+def test_a_dynamic_net_rebases_keeps_its_real_weights_and_resumes_bit_identically():
+    from fo_edge.data import load_dataset
+    from fo_edge.engine.stream import train_stream
+    from fo_edge.models import init_weights
+    from fo_edge.rules import rule_config
+    from fo_edge.rules.numba_binding import rescale_rows
+
+    profile = dynamic_profile()
+    net = to_device([np.array([[0.9, -0.1], [0.2, 0.05], [-0.03, 0.01]])], profile)
+    net.w[:2] = [127, 100]  # row 0 at the bound: it moves coarser than the layer's exponent
+    before = from_device(net)[0]
+    rescale_rows(net, make_params(profile, "relu", "ce"), new_counters(1))
+    assert net.row_exponents(0).tolist() == [5, 8, 11] and int(net.row_shift.min()) == 0
+    np.testing.assert_allclose(from_device(net)[0], before, atol=2.0 ** -6)
+    data = load_dataset("digits")
+    kw = dict(activation="relu", error="ce", lr=0.05, epochs=2, batch_size=16, seed=2)
+    saved = []
+    full = train_stream(init_weights((64, 32, 10), seed=2), data, "ftp", rule_config("ftp"), profile,
+                        checkpoint_every=25, on_checkpoint=saved.append, **kw)
+    assert any(np.ptp(full.stored[f"exp{l}"]) > 0 for l in range(2))
+    resumed = train_stream(init_weights((64, 32, 10), seed=2), data, "ftp", rule_config("ftp"), profile,
+                           resume=saved[1], **kw)
+    for name in full.stored:
+        np.testing.assert_array_equal(resumed.stored[name], full.stored[name])

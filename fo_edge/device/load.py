@@ -177,7 +177,7 @@ def parse_device(text: str, origin: str = "<device>") -> DeviceProfile:
         raise _fail(origin, "[formats] weight_bits", "32 for arithmetic = 'float'", fmt["weight_bits"])
     weight_scale = _enum(origin, data, "weight_scale", WeightScale) if "weight_scale" in data \
         else WeightScale.PER_LAYER
-    if weight_scale is WeightScale.PER_CHANNEL and (arithmetic is not Arithmetic.FIXED or spiking is not None):
+    if weight_scale.per_channel and (arithmetic is not Arithmetic.FIXED or spiking is not None):
         raise _fail(origin, "weight_scale", "'per-layer' unless arithmetic = 'fixed' without a spiking neuron "
                     "(per-channel scales are fixed-point requantisation; Loihi's Dense has one weight_exp)",
                     weight_scale.value)

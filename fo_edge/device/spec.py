@@ -40,6 +40,18 @@ class WeightScale(enum.Enum):
     its multipliers restricted to powers of two)."""
     PER_LAYER = "per-layer"
     PER_CHANNEL = "per-channel"
+    #: per-channel exponents that follow their weights (dynamic fixed point, Courbariaux et al. 2014): after
+    #: each update a channel whose weights reached the format's bound moves one bit coarser, one whose peak
+    #: fell below a quarter of the range (kernels.update.rescale_rows_) one bit finer
+    PER_CHANNEL_DYNAMIC = "per-channel-dynamic"
+
+    @property
+    def per_channel(self) -> bool:
+        return self is not WeightScale.PER_LAYER
+
+    @property
+    def dynamic(self) -> bool:
+        return self is WeightScale.PER_CHANNEL_DYNAMIC
 
 
 @dataclass(frozen=True)

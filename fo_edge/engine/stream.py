@@ -127,6 +127,12 @@ def train_stream(weights: list[np.ndarray], data: Dataset, rule: str, config, pr
                 raise RunError("checkpoint does not match this run: it holds no velocity of the right shape for "
                                "SGD with momentum or weight decay")
             bufs.vel[:] = saved
+        if net.per_channel:
+            exps = resume.get("w_exp")
+            if exps is None or exps.shape != net.row_shift.shape:
+                raise RunError("checkpoint does not match this run: it holds no per-channel weight exponents of the "
+                               "right shape")
+            net.set_row_exponents(exps.astype(np.int64))
     monitor = HealthMonitor(health, net.n_layers) if health is not None else None
 
     def state(epoch: int, begin: int) -> dict:
@@ -135,6 +141,8 @@ def train_stream(weights: list[np.ndarray], data: Dataset, rule: str, config, pr
                  "history": np.array(json.dumps(history))}
         if getattr(bufs, "vel", None) is not None and bufs.vel.size:
             saved["velocity"] = bufs.vel.copy()
+        if net.per_channel:  # their exponents (a dynamic net's change during the run)
+            saved["w_exp"] = net.all_row_exponents()
         return saved
 
     def outcome(warnings: list[str]) -> StreamOutcome:

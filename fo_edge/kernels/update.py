@@ -16,11 +16,11 @@ from numba import njit, prange
 
 from .analog import pulse_update_
 from .counters import LOST, MACS_DENSE, SATURATION, SRAM_READ, SRAM_WRITE, SYN_UPDATES, WEIGHT_WRITES
-from .fixed import log2_exact, round_div_at, round_shift_at
+from .fixed import ROUND_NEAREST_EVEN, log2_exact, round_div_at, round_shift_at
 from .linear import FLOAT32_EXACT, SMALL_BATCH, _as_float32, exact_matmul, integral
 from .rng import next_u53
 
-__all__ = ["outer_update_", "momentum_update_", "DENSE_COLUMNS"]
+__all__ = ["outer_update_", "momentum_update_", "rescale_rows_", "DENSE_COLUMNS", "MAX_ROW_SHIFT"]
 
 
 @njit(cache=True)
@@ -343,3 +343,51 @@ def outer_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, rs, P, C, 
         C[SRAM_READ] += d_out * d_in * P.w_bytes
         C[SRAM_WRITE] += d_out * d_in * P.w_bytes
     C[SRAM_READ] += batch * (d_out + d_in) * P.a_bytes
+
+
+#: the finest a dynamic row may get above its layer's coarsest (keeps the row alignment of BP's backward pass and
+#: FOTON's F exact: kernels.steps, kernels.orth)
+MAX_ROW_SHIFT = 16
+
+
+@njit(cache=True, parallel=True)
+def rescale_rows_(w, off, d_out, d_in, rs, rs_min, P, C):
+    """Dynamic per-channel exponents (dynamic fixed point, Courbariaux et al. 2014, per output channel): each
+    row i of the layer whose peak |mantissa| reached the weight format's bound is halved (nearest-even, one bit
+    coarser: rs[i] -= 1), and each nonzero row whose doubled peak stays a quarter of the range below the bound
+    is doubled (exact, one bit finer: rs[i] += 1, at most MAX_ROW_SHIFT), so every row keeps its weights in the
+    top of the format without clipping them; rows run in parallel. rs_min: the coarsest offset allowed (minus
+    the layer's exponent: no row gets a negative exponent). rs may go negative here: the caller
+    re-bases the layer (rules.numba_binding.rescale_rows). Counts the row scan as SRAM reads and the rewritten
+    weights as weight writes."""
+    w_lo, w_hi = np.int64(P.w_lo), np.int64(P.w_hi)
+    margin = w_hi // 4
+    changed = np.zeros(d_out, dtype=np.int64)
+    for i in prange(d_out):
+        base = off + i * d_in
+        peak = np.int64(0)
+        for j in range(d_in):
+            peak = max(peak, abs(np.int64(w[base + j])))
+        if peak >= w_hi and rs[i] > rs_min:
+            count = 0
+            for j in range(d_in):
+                old = np.int64(w[base + j])
+                new = min(max(round_shift_at(old, 1, ROUND_NEAREST_EVEN, np.uint64(0), 0), w_lo), w_hi)
+                count += new != old
+                w[base + j] = new
+            rs[i] -= 1
+            changed[i] = count
+        elif peak > 0 and 2 * peak + margin <= w_hi and rs[i] < MAX_ROW_SHIFT:
+            count = 0
+            for j in range(d_in):
+                old = np.int64(w[base + j])
+                count += old != 0
+                w[base + j] = 2 * old
+            rs[i] += 1
+            changed[i] = count
+    writes = 0
+    for i in range(d_out):
+        writes += changed[i]
+    C[WEIGHT_WRITES] += writes
+    C[SRAM_READ] += d_out * d_in * P.w_bytes
+    C[SRAM_WRITE] += writes * P.w_bytes

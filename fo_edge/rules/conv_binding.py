@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..device.spec import DeviceProfile, WeightScale
+from ..device.spec import DeviceProfile
 from ..errors import ConfigError
 from ..kernels.conv import conv_forward_, pool2_
 from ..kernels.counters import (COUNTERS, FORWARD, INFERENCE, MACS_DENSE, MODULATED, RECOMPUTE, REFRESH, SATURATION,
@@ -55,6 +55,8 @@ class ConvDeviceNet:
     shapes: list
     quantized: bool
     row_shift: list
+    #: per-channel exponents re-calibrated from the kernels at every store (``weight_scale = per-channel-dynamic``)
+    dynamic: bool = False
 
     def real_scale(self, l: int) -> np.ndarray:
         """(rows, 1) float64 divisors of layer l's stored values."""
@@ -87,19 +89,21 @@ def conv_to_device(spec: ConvSpec, weights: list[np.ndarray], profile: DevicePro
     quantized = not profile.is_float
     fracs = np.array([_calibrate(m, profile.weight) if quantized else 0 for m in mats], dtype=np.int64)
     shifts = [np.zeros(m.shape[0], dtype=np.int64) for m in mats]
-    if quantized and profile.weight_scale is WeightScale.PER_CHANNEL:  # each output channel its own exponent
+    if quantized and profile.weight_scale.per_channel:  # each output channel its own exponent
         rows = [_row_exponents(m, profile.weight) for m in mats]
         fracs = np.array([int(r.min()) for r in rows], dtype=np.int64)
         shifts = [r - f for r, f in zip(rows, fracs)]
     one = (2 ** fracs).astype(np.int64) if quantized else np.ones(len(mats))
     net = ConvDeviceNet(spec, np.zeros(int(offs[-1]), dtype=np.int64 if quantized else np.float64), offs, fracs,
-                        one, [m.shape for m in mats], quantized, shifts)
+                        one, [m.shape for m in mats], quantized, shifts,
+                        quantized and profile.weight_scale.dynamic)
     store_kernels(net, weights, profile, np.zeros(len(COUNTERS), dtype=np.int64))
     return net
 
 
 def store_kernels(net: ConvDeviceNet, weights: list, profile: DeviceProfile, counters: np.ndarray) -> None:
-    """Write real-valued weights into the store with the calibrated exponents (nearest-even, saturating);
+    """Write real-valued weights into the store with the calibrated exponents (nearest-even, saturating; a
+    dynamic per-channel net re-calibrates each channel's exponent from the kernel first);
     counters: one row, charged with the weights that changed and their bytes."""
     rng = new_state(0)
     for l, w in enumerate(weights):
@@ -107,6 +111,11 @@ def store_kernels(net: ConvDeviceNet, weights: list, profile: DeviceProfile, cou
         old = chunk.copy()
         mat = np.ascontiguousarray(np.asarray(w, dtype=np.float64)).reshape(net.shapes[l])
         flat = mat.ravel()
+        if net.dynamic:  # each channel's exponent from the kernel being written (its own peak, as at init)
+            rows = _row_exponents(mat, profile.weight)
+            net.w_frac[l] = rows.min()
+            net.w_one[l] = 2 ** net.w_frac[l]
+            net.row_shift[l] = rows - rows.min()
         if net.quantized and not np.any(net.row_shift[l]):
             quantize_array(flat, float(net.w_one[l]), profile.weight.qmin, profile.weight.qmax, 0, rng, chunk,
                            counters, SATURATION)

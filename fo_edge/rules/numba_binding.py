@@ -5,7 +5,8 @@ Weights are stored as integer mantissas with a shared power-of-two exponent per 
 the initial weights so that max|W_l| leaves ``weight_frac_bits`` bits of headroom (Lava's
 ``optimize_weight_bits`` idea; the power-of-two case of a per-tensor int8 scale), or, on a profile with
 ``weight_scale = "per-channel"``, one exponent per row calibrated the same way from the row's own max|W_l[i]|
-(CMSIS-NN's per-output-channel requantisation with power-of-two multipliers). Activations, errors and
+(CMSIS-NN's per-output-channel requantisation with power-of-two multipliers); with ``"per-channel-dynamic"``
+each row's exponent then follows its weights after every step (``rescale_rows``). Activations, errors and
 projections use the profile's formats. The float profile runs the same kernels on float64 values.
 Analog profiles store conductances on the profile's level grid, with a per-layer digital scale chosen so that
 max|W_l| maps to g_max / 2**weight_frac_bits (aihwkit's weight_scaling_omega idea); their periphery (errors,
@@ -21,14 +22,16 @@ import numpy as np
 
 from ..accounting.memory import MemoryArena
 from ..device.loihi_weights import from_steps, quantize_to_format, to_steps
-from ..device.spec import DeviceProfile, NumberFormat, WeightScale
+from ..device.spec import DeviceProfile, NumberFormat
 from ..errors import ConfigError
 from ..kernels.activations import ACTIVATION_CODES
-from ..kernels.counters import COUNTERS, FORWARD, INFERENCE, ORTHOGONALIZE, REFRESH, SATURATION, new_counters
+from ..kernels.counters import (COUNTERS, FORWARD, INFERENCE, ORTHOGONALIZE, REFRESH, SATURATION, UPDATE,
+                                new_counters)
 from ..kernels.fixed import fixed_multiplier, quantize_array
 from ..kernels.orth import bjorck_, projection_rows_
 from ..kernels.rng import new_state
 from ..kernels.steps import RULE_CODES, Params, bp_step_, forward_only_step_, predict_
+from ..kernels.update import rescale_rows_
 from .ftp import ftp_feedback
 from .pepita import pepita_feedback
 
@@ -76,6 +79,8 @@ class DeviceNet:
     quantized: bool
     row_shift: np.ndarray | None = None
     per_channel: bool = False
+    #: per-channel exponents that follow the weights (``rescale_rows``) after every update
+    dynamic: bool = False
 
     def __post_init__(self) -> None:
         if self.row_shift is None:
@@ -89,6 +94,21 @@ class DeviceNet:
         """Layer l's exponent per row, (d_l,) int64: real W_l[i, :] = mantissas / 2**exponent_i."""
         start = int(self.dims[1:l + 1].sum())
         return int(self.w_frac[l]) + self.row_shift[start:start + int(self.dims[l + 1])]
+
+    def all_row_exponents(self) -> np.ndarray:
+        """Every row's exponent, layer after layer: (sum_l d_l,) int64."""
+        return np.concatenate([self.row_exponents(l) for l in range(self.n_layers)])
+
+    def set_row_exponents(self, exps: np.ndarray) -> None:
+        """Take every row's exponent from ``exps`` (as ``all_row_exponents`` gives them), re-basing each layer
+        on its coarsest row."""
+        start = 0
+        for l in range(self.n_layers):
+            rows = exps[start:start + int(self.dims[l + 1])]
+            self.w_frac[l] = rows.min()
+            self.w_one[l] = 2 ** int(rows.min())
+            self.row_shift[start:start + rows.size] = rows - rows.min()
+            start += rows.size
 
     def real_scale(self, l: int) -> np.ndarray:
         """(d_l, 1) float64 divisors of layer l's stored values (w_one, times 2**row_shift per row)."""
@@ -124,7 +144,7 @@ def to_device(weights: list[np.ndarray], profile: DeviceProfile, arena: MemoryAr
     shape = (int(offs[-1]),)
     flat = arena.alloc("weights", shape, dtype, "weights", profile.weight.bytes_per_value) if arena \
         else np.zeros(shape, dtype=dtype)
-    per_channel = quantized and profile.weight_scale is WeightScale.PER_CHANNEL
+    per_channel = quantized and profile.weight_scale.per_channel
     fracs = np.array([_calibrate(w, profile.weight) if quantized else 0 for w in weights], dtype=np.int64)
     row_fracs = [_row_exponents(w, profile.weight) if per_channel else np.full(w.shape[0], fracs[l], dtype=np.int64)
                  for l, w in enumerate(weights)]
@@ -152,7 +172,8 @@ def to_device(weights: list[np.ndarray], profile: DeviceProfile, arena: MemoryAr
             chunk[:] = np.asarray(w, dtype=np.float64).ravel()
     one = (2 ** fracs).astype(np.int64) if quantized else np.ones(len(weights))
     shift = np.concatenate([r - fracs[l] for l, r in enumerate(row_fracs)]).astype(np.int64)
-    return DeviceNet(flat, dims, offs, fracs, one, quantized, shift, per_channel)
+    return DeviceNet(flat, dims, offs, fracs, one, quantized, shift, per_channel,
+                     per_channel and profile.weight_scale.dynamic)
 
 
 def _to_crossbar(weights, profile: DeviceProfile, flat, dims, offs) -> DeviceNet:
@@ -188,7 +209,7 @@ def from_stored(stored: dict[str, np.ndarray], profile: DeviceProfile) -> Device
     shift = np.concatenate([r - fracs[l] for l, r in enumerate(row_fracs)]).astype(np.int64)
     flat = np.concatenate([m.astype(mantissa_dtype(profile.weight)).ravel() for m in mats])
     return DeviceNet(flat, dims, offs, fracs, (2 ** fracs).astype(np.int64), True, shift,
-                     profile.weight_scale is WeightScale.PER_CHANNEL)
+                     profile.weight_scale.per_channel, profile.weight_scale.dynamic)
 
 
 def from_device(net: DeviceNet) -> list[np.ndarray]:
@@ -544,9 +565,10 @@ def run_step(rule: str, net: DeviceNet, bufs: StepBuffers, profile: DeviceProfil
     g_out = np.zeros(0) if g_out is None else g_out
     t = np.ascontiguousarray(t, dtype=np.float64)
     if rule == "bp":
-        bp_step_(net.w, net.dims, net.offs, net.w_one, net.row_shift, mul, div, g_scale, x_dev, t, params, bufs.c0, bufs.c1,
-                 bufs.m0, bufs.m1, bufs.pre, bufs.tmp, bufs.store, bufs.e[:n], counters, rng, g_out, bufs.cache,
+        bp_step_(net.w, net.dims, net.offs, net.w_one, net.row_shift, mul, div, g_scale, x_dev, t, params, bufs.c0,
+                 bufs.c1, bufs.m0, bufs.m1, bufs.pre, bufs.tmp, bufs.store, bufs.e[:n], counters, rng, g_out, bufs.cache,
                  drop, opt)
+        rescale_rows(net, params, counters)
         return
     # only FTP's label targets read t in the error format; other steps get an empty array (no per-step work)
     labels = params.ftp_label or params.ftp_diff
@@ -559,6 +581,24 @@ def run_step(rule: str, net: DeviceNet, bufs: StepBuffers, profile: DeviceProfil
                        mul, div, g_scale, x_dev, t, tq, bufs.proj, _proj_div(profile), params, bufs.c0, bufs.c1, bufs.m0,
                        bufs.m1, bufs.pre, bufs.tmp, bufs.store, bufs.e[:n], bufs.xm[:n], counters, rng, g_out,
                        bufs.cache, yq, drop, opt, bufs.kept)
+    rescale_rows(net, params, counters)
+
+
+def rescale_rows(net: DeviceNet, params: Params, counters) -> None:
+    """Dynamic per-channel exponents (``net.dynamic``; else nothing): every layer's rows re-scaled after the
+    step (``kernels.update.rescale_rows_``, charged to the update phase), then each layer re-based so that its
+    coarsest row has row_shift 0 (w_frac and w_one follow)."""
+    if not net.dynamic or params.collect:
+        return
+    for l in range(net.n_layers):
+        rows = _rows(net, l)
+        rescale_rows_(net.w, net.offs[l], net.dims[l + 1], net.dims[l], rows, np.int64(-net.w_frac[l]), params,
+                      counters[UPDATE, l])
+        low = int(rows.min())
+        if low != 0:
+            rows -= low
+            net.w_frac[l] += low
+            net.w_one[l] = np.int64(2) ** net.w_frac[l]
 
 
 def predict(net: DeviceNet, bufs: StepBuffers, profile: DeviceProfile, params: Params, x: np.ndarray,
