@@ -130,7 +130,8 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 
 def load_weights(run_dir: str | Path, dims: list[int]) -> dict[str, np.ndarray]:
     """The arrays of ``RUN_DIR/weights.npz``, checked against ``dims`` (W{l}: (d_{l+1}, d_l) float32 or int32,
-    exp{l}: int32 scalars, or (d_{l+1},) int32 per-row exponents of per-channel scales). Pickled objects, truncated or foreign files and wrong shapes raise RunError."""
+    exp{l}: int32 scalars, or (d_{l+1},) int32 per-row exponents of per-channel scales). Pickled objects,
+    truncated or foreign files and wrong shapes raise RunError."""
     path = Path(run_dir) / "weights.npz"
     try:
         size = path.stat().st_size

@@ -273,7 +273,8 @@ def test_bjorck_tolerance_on_the_numba_kernel_matches_torch():
     ref = bjorck_torch(torch.as_tensor(rand), 60, tol=1e-8, used=used).numpy()
     assert done == used[0] and np.allclose(flat.reshape(12, 8), ref, atol=1e-12)
     fixed = rand.ravel().copy()
-    assert bjorck_(fixed, 0, 12, 8, 1.0, np.zeros(12, dtype=np.int64), 20, params, new_state(0), new_counters(1)[0, 0]) == 20
+    assert bjorck_(fixed, 0, 12, 8, 1.0, np.zeros(12, dtype=np.int64), 20, params, new_state(0),
+                   new_counters(1)[0, 0]) == 20
 
 
 def _float_profile():

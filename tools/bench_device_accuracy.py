@@ -1,15 +1,17 @@
 """MNIST accuracy of a rule on an integer device beside its fp32 self (same seed, model, epochs, data order).
 
     python tools/bench_device_accuracy.py --rules ftp,foton --device mcu-int8 --epochs 1
+    python tools/bench_device_accuracy.py --rules foton --batch-size 16 --seeds 0,1,2 \
+        --device mcu-int8,tools/profiles/mcu-int8-per-layer.toml
 
-Both columns are Numba-path runs of ``fo_edge.simulate`` (fp32 = the ``gpu-fp32`` profile), so the only
+``--device`` takes profile ids or paths (tools/profiles holds the int8 variants); every device of a seed is
+compared with that seed's one fp32 run. Both columns are Numba-path runs of ``fo_edge.simulate`` (fp32 = the ``gpu-fp32`` profile), so the only
 difference is the arithmetic. Updates on the integer device use stochastic rounding (the profile's
 ``update_rounding``). The default model, 784-128-128-10, fits the MCU's 256 KB with its step buffers
 (784-256-256-10 needs 262.5 KiB for its int8 weights alone). With lr / B of about 1e-3 nearly every
 per-weight step is below one weight LSB (2**-8 .. 2**-10 of the layer's range), so nearest rounding would drop
-them all, while stochastic rounding keeps
-them unbiased in expectation (Gupta et al. 2015); the ``updates lost`` column counts those that still rounded
-to zero. FOTON uses the bench_accuracy.py options (T = 0.25, Björck every 10 steps, 5 iterations).
+them all, while stochastic rounding keeps them unbiased in expectation (Gupta et al. 2015); the ``updates
+lost`` column counts those that still rounded to zero. FOTON uses the bench_accuracy.py options (T = 0.25, Björck every 10 steps, 5 iterations).
 """
 import argparse
 from pathlib import Path

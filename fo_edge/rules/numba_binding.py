@@ -566,8 +566,8 @@ def run_step(rule: str, net: DeviceNet, bufs: StepBuffers, profile: DeviceProfil
     t = np.ascontiguousarray(t, dtype=np.float64)
     if rule == "bp":
         bp_step_(net.w, net.dims, net.offs, net.w_one, net.row_shift, mul, div, g_scale, x_dev, t, params, bufs.c0,
-                 bufs.c1, bufs.m0, bufs.m1, bufs.pre, bufs.tmp, bufs.store, bufs.e[:n], counters, rng, g_out, bufs.cache,
-                 drop, opt)
+                 bufs.c1, bufs.m0, bufs.m1, bufs.pre, bufs.tmp, bufs.store, bufs.e[:n], counters, rng, g_out,
+                 bufs.cache, drop, opt)
         rescale_rows(net, params, counters)
         return
     # only FTP's label targets read t in the error format; other steps get an empty array (no per-step work)
@@ -578,8 +578,8 @@ def run_step(rule: str, net: DeviceNet, bufs: StepBuffers, profile: DeviceProfil
     if params.quantized and params.ftp_diff:  # one-hot 1.0 saturates to the error format's largest value
         np.minimum(tq, params.e_hi, out=tq)
     forward_only_step_(RULE_CODES[rule], schedule == "store", net.w, net.dims, net.offs, net.w_one, net.row_shift,
-                       mul, div, g_scale, x_dev, t, tq, bufs.proj, _proj_div(profile), params, bufs.c0, bufs.c1, bufs.m0,
-                       bufs.m1, bufs.pre, bufs.tmp, bufs.store, bufs.e[:n], bufs.xm[:n], counters, rng, g_out,
+                       mul, div, g_scale, x_dev, t, tq, bufs.proj, _proj_div(profile), params, bufs.c0, bufs.c1,
+                       bufs.m0, bufs.m1, bufs.pre, bufs.tmp, bufs.store, bufs.e[:n], bufs.xm[:n], counters, rng, g_out,
                        bufs.cache, yq, drop, opt, bufs.kept)
     rescale_rows(net, params, counters)
 
@@ -612,8 +612,8 @@ def predict(net: DeviceNet, bufs: StepBuffers, profile: DeviceProfile, params: P
     bufs.cache[2][:] = False  # W is fixed while predicting: each layer is converted once for all chunks
     for start in range(0, len(x), batch):
         x_dev = quantize_input(x[start:start + batch], profile, bufs.x, counters[INFERENCE, net.n_layers], rng)
-        predict_(net.w, net.dims, net.offs, net.w_one, net.row_shift, x_dev, params, bufs.pre, bufs.tmp, bufs.m0, bufs.m1,
-                 counters, rng, labels[start:start + batch], raw[start:start + batch], bufs.cache)
+        predict_(net.w, net.dims, net.offs, net.w_one, net.row_shift, x_dev, params, bufs.pre, bufs.tmp, bufs.m0,
+                 bufs.m1, counters, rng, labels[start:start + batch], raw[start:start + batch], bufs.cache)
     if logits is not None:
         logits[:] = raw / float(params.a_one)
     return labels
