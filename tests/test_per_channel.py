@@ -1,5 +1,6 @@
 """Per-channel weight scales (``weight_scale = "per-channel"``): one power-of-two exponent per output row,
 honoured by the forward, the update, Björck, FOTON's F, BP's backward, checkpoints and the int8 ONNX export."""
+import re
 from importlib import resources
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 
 import fo_edge
 from fo_edge.accounting.memory import MemoryArena
-from fo_edge.device import load_device, parse_device
+from fo_edge.device import parse_device
 from fo_edge.errors import DeviceProfileError
 from fo_edge.export import export_onnx
 from fo_edge.kernels.counters import new_counters
@@ -21,9 +22,21 @@ from fo_edge.runs import load_weights
 MCU = (resources.files("fo_edge") / "profiles" / "mcu-int8.toml").read_text()
 
 
-def per_channel_text(text: str = MCU) -> str:
-    assert 'weight_scale = "per-layer"' in text
-    return text.replace('weight_scale = "per-layer"', 'weight_scale = "per-channel"')
+def mcu_text(scale: str, headroom: int = 1) -> str:
+    """devices/mcu-int8.toml with ``weight_scale = scale`` and ``headroom`` weight_frac_bits (the hand-worked
+    numbers below take one headroom bit)."""
+    text, n = re.subn(r'^weight_scale = "[^"]*"', f'weight_scale = "{scale}"', MCU, flags=re.M)
+    text, m = re.subn(r"^(weight_frac_bits = \{ value = )\d+,", rf"\g<1>{headroom},", text, flags=re.M)
+    assert n == m == 1
+    return text
+
+
+def per_channel_text() -> str:
+    return mcu_text("per-channel")
+
+
+def per_layer():
+    return parse_device(mcu_text("per-layer"), "mcu-int8-per-layer")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +58,7 @@ def test_each_row_gets_the_exponent_of_its_own_peak(profile):
     assert net.row_exponents(0).tolist() == [6, 8, 11] and int(net.w_frac[0]) == 6
     assert net.w.reshape(3, 2).tolist() == [[58, -6], [51, 13], [-61, 20]]  # rint(w * 2**exponent)
     np.testing.assert_allclose(from_device(net)[0], w, atol=2.0 ** -7)
-    layer = to_device([w], load_device("mcu-int8"))
+    layer = to_device([w], per_layer())
     assert layer.row_exponents(0).tolist() == [6, 6, 6] and np.abs(layer.w).max() == 58
 
 
@@ -124,7 +137,7 @@ def test_int8_export_with_per_channel_scales_verifies_in_onnxruntime(tmp_path, p
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda s: s.replace('weight_scale = "per-channel"', 'weight_scale = "per-row"'),
+    (lambda s: s.replace('weight_scale = "per-channel"', 'weight_scale = "per-row"', 1),
      "weight_scale: expected one of"),
     (lambda s: s.replace('arithmetic = "fixed"', 'arithmetic = "float"').replace(
         "value = 8, source = \"DEVICES.md 7.2: int8 weights", "value = 32, source = \"x"),
@@ -163,7 +176,7 @@ def test_bp_backward_through_rows_of_different_scales_is_exact(profile):
     # in both: the error reaching layer 0 is the same real number, so W_0 (one exponent either way) moves alike
     w0 = np.array([[0.5, -0.25, 0.125], [0.25, 0.5, -0.5]])
     w1 = np.array([[0.5, -0.25], [0.0625, 0.03125]])
-    layer, channel = _bp_step_weights(load_device("mcu-int8"), [w0, w1]), _bp_step_weights(profile, [w0, w1])
+    layer, channel = _bp_step_weights(per_layer(), [w0, w1]), _bp_step_weights(profile, [w0, w1])
     assert to_device([w0, w1], profile).row_exponents(1).tolist() == [6, 9]
     np.testing.assert_array_equal(layer[0], channel[0])
     assert not np.array_equal(layer[0], w0)  # the step did reach layer 0
@@ -178,7 +191,7 @@ def test_conv_kernels_keep_one_exponent_per_output_channel(profile):
     spec = parse_conv_spec("c4-c6-10", (2, 8, 8))
     kernels = [k.numpy() for k in kernels_of(spec, init_conv_params(spec, seed=2))]
     kernels[0] = kernels[0] * np.array([1.0, 0.1, 0.5, 0.02]).reshape(4, 1, 1, 1)  # channels of unlike range
-    channel, layer = conv_to_device(spec, kernels, profile), conv_to_device(spec, kernels, load_device("mcu-int8"))
+    channel, layer = conv_to_device(spec, kernels, profile), conv_to_device(spec, kernels, per_layer())
     assert channel.row_shift[0].tolist() != [0, 0, 0, 0] and not any(np.any(r) for r in layer.row_shift)
     for net in (channel, layer):  # every channel within half an LSB of its own scale
         for got, want, scale in zip(dequantize(net), kernels, (net.real_scale(l) for l in range(3))):
@@ -213,7 +226,7 @@ def test_mano_linears_run_per_channel(profile):
 
 
 def dynamic_profile():
-    return parse_device(per_channel_text().replace('"per-channel"', '"per-channel-dynamic"'), "mcu-int8-pcd")
+    return parse_device(mcu_text("per-channel-dynamic"), "mcu-int8-pcd")
 
 
 def test_dynamic_rows_move_one_bit_by_hand():

@@ -7,8 +7,11 @@ Every row is a Numba-path ``fo_edge.simulate`` run of 784-128-128-10 on MNIST wi
 and bench_device_accuracy.py's FOTON options (T = 0.25, Björck every 10 steps, 5 iterations). The variants
 are written as profile files (a copy of devices/mcu-int8.toml with the named keys changed, as a user would
 make one) into a temporary folder; those with wider formats get 4 MiB of SRAM so that memory is not what
-they test. A last row trains only the output layer on fp32 and on mcu-int8 (the hidden layers' update
-multipliers set to 0), which shows how much of the gap a linear readout on fixed features already has.
+they test. The variants include per-channel weight exponents (``weight_scale = "per-channel"``) alone and
+with each other change, so the table shows what per-channel scales recover and what remains. A last row
+trains only the output layer on fp32 and on mcu-int8 (the hidden layers' update multipliers set to 0), which
+shows how much of the gap a linear readout on fixed features already has. ``--only WORD,...`` runs the
+variants whose label contains one of the words (and not the last row).
 """
 import argparse
 import re
@@ -45,11 +48,12 @@ VARIANTS = [
 ]
 
 
-def variant_file(folder: Path, name: str, changes: dict) -> Path:
-    """devices/mcu-int8.toml with each ``key`` (a top-level key, a ``{ value = ... }`` entry, or section.key)
+def variant_file(folder: Path, name: str, changes: dict, base: str = "mcu-int8") -> Path:
+    """The ``base`` profile (an id or a path; devices/mcu-int8.toml by default) with each ``key`` (a top-level
+    key, a ``{ value = ... }`` entry, or section.key)
     set to the given value; raises if a key is not found, so the study never runs an unchanged profile."""
-    text = device_text("mcu-int8")[0]
-    text = re.sub(r'^id = "mcu-int8"', f'id = "mcu-int8-{name}"', text, flags=re.M)
+    text = device_text(base)[0]
+    text = re.sub(r'^id = "[^"]*"', f'id = "mcu-int8-{name}"', text, flags=re.M)
     for key, value in changes.items():
         leaf = key.split(".")[-1]
         literal = f'"{value}"' if isinstance(value, str) else str(value)
@@ -57,7 +61,7 @@ def variant_file(folder: Path, name: str, changes: dict) -> Path:
         if n == 0:
             text, n = re.subn(rf'^({leaf} = )"[^"]*"', rf"\g<1>{literal}", text, flags=re.M)
         if n != 1:
-            raise SystemExit(f"variant {name}: key {key} not found once in mcu-int8.toml")
+            raise SystemExit(f"variant {name}: key {key} not found once in {base}")
     path = folder / f"mcu-int8-{name}.toml"
     path.write_text(text)
     return path
@@ -87,28 +91,29 @@ def main() -> None:
     parser.add_argument("--model", default="784-128-128-10")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--base", default="mcu-int8", help="the profile the variants change (id or path)")
     parser.add_argument("--only", default="", help="comma-separated words: run only the variants whose label "
                         "contains one of them (and skip the output-layer-only row)")
     args = parser.parse_args()
     only = [word for word in args.only.split(",") if word]
     print(f"command: python tools/foton_int8_study.py --model {args.model} --epochs {args.epochs} "
-          f"--batch-size {args.batch_size}" + (f" --only {args.only}" if only else "") + "\n")
+          f"--batch-size {args.batch_size} --base {args.base}" + (f" --only '{args.only}'" if only else "") + "\n")
     fp32 = accuracy("gpu-fp32", args)
     print("| profile | FOTON % | against fp32 pp |\n|---|---|---|")
     print(f"| gpu-fp32 | {fp32:.2f} | |", flush=True)
-    base = accuracy("mcu-int8", args)
-    print(f"| mcu-int8 | {base:.2f} | {base - fp32:+.2f} |", flush=True)
+    base = accuracy(args.base, args)
+    print(f"| {Path(args.base).stem} | {base:.2f} | {base - fp32:+.2f} |", flush=True)
     with tempfile.TemporaryDirectory() as folder:
         for i, (label, changes) in enumerate(VARIANTS):
             if only and not any(word in label for word in only):
                 continue
-            value = accuracy(str(variant_file(Path(folder), f"v{i}", changes)), args)
-            print(f"| mcu-int8, {label} | {value:.2f} | {value - fp32:+.2f} |", flush=True)
+            value = accuracy(str(variant_file(Path(folder), f"v{i}", changes, args.base)), args)
+            print(f"| {Path(args.base).stem}, {label} | {value:.2f} | {value - fp32:+.2f} |", flush=True)
     if only:
         return
     readout_fp32 = accuracy("gpu-fp32", args, hidden_updates=False)
-    readout_int8 = accuracy("mcu-int8", args, hidden_updates=False)
-    print(f"| output layer only: gpu-fp32 {readout_fp32:.2f}, mcu-int8 | {readout_int8:.2f} | "
+    readout_int8 = accuracy(args.base, args, hidden_updates=False)
+    print(f"| output layer only: gpu-fp32 {readout_fp32:.2f}, {Path(args.base).stem} | {readout_int8:.2f} | "
           f"{readout_int8 - readout_fp32:+.2f} (against its fp32) |", flush=True)
 
 
