@@ -140,20 +140,23 @@ def test_numba_float_conv_step_equals_torch(digits, activation):
 
 def _reference_forward_int(spec, net, profile, x_dev, activation):
     """An independent integer forward: torch conv2d on mantissas in float64 (exact sums), nearest-even
-    division by the layer's w_one, saturation, integer relu; pool = nearest-even (sum / 2)."""
+    division by each output channel's scale (the layer's w_one, times 2**row_shift on per-channel profiles),
+    saturation, integer relu; pool = nearest-even (sum / 2)."""
     a = profile.activation
     weights = dequantize(net)
     h = torch.tensor(x_dev, dtype=torch.float64).reshape((len(x_dev),) + spec.layer_shapes()[0])
     for l, real in enumerate(weights):
-        one = float(net.w_one[l])
-        mant = torch.tensor(np.rint(real * one))
+        one = net.real_scale(l)[:, 0]  # (C_out,)
+        conv = l < len(weights) - 1
+        mant = torch.tensor(np.rint(real * one.reshape((-1,) + (1,) * (real.ndim - 1))))
         if l > 0:
             h = torch.clamp(torch.round(torch.nn.functional.avg_pool2d(h, 2) * 4 / 2), a.qmin, a.qmax)
-        if l < len(weights) - 1:
+        if conv:
             acc = torch.nn.functional.conv2d(_pad_circular(h, spec.kernel // 2), mant)
         else:
             acc = h.reshape(len(h), -1) @ mant.T
-        h = torch.clamp(torch.round(acc / one), a.qmin, a.qmax)  # torch.round is half-to-even
+        scale = torch.tensor(one).reshape((1, -1, 1, 1) if conv else (1, -1))
+        h = torch.clamp(torch.round(acc / scale), a.qmin, a.qmax)  # torch.round is half-to-even
         if l < len(weights) - 1 and activation == "relu":
             h = torch.relu(h)
     return h.numpy()
