@@ -90,10 +90,14 @@ class DeviceNet:
     def n_layers(self) -> int:
         return self.dims.size - 1
 
+    def rows(self, l: int) -> np.ndarray:
+        """Layer l's slice of ``row_shift`` (a view: the kernels' rs), (d_l,) int64."""
+        start = int(self.dims[1:l + 1].sum())
+        return self.row_shift[start:start + int(self.dims[l + 1])]
+
     def row_exponents(self, l: int) -> np.ndarray:
         """Layer l's exponent per row, (d_l,) int64: real W_l[i, :] = mantissas / 2**exponent_i."""
-        start = int(self.dims[1:l + 1].sum())
-        return int(self.w_frac[l]) + self.row_shift[start:start + int(self.dims[l + 1])]
+        return int(self.w_frac[l]) + self.rows(l)
 
     def all_row_exponents(self) -> np.ndarray:
         """Every row's exponent, layer after layer: (sum_l d_l,) int64."""
@@ -107,14 +111,12 @@ class DeviceNet:
             rows = exps[start:start + int(self.dims[l + 1])]
             self.w_frac[l] = rows.min()
             self.w_one[l] = 2 ** int(rows.min())
-            self.row_shift[start:start + rows.size] = rows - rows.min()
+            self.rows(l)[:] = rows - rows.min()
             start += rows.size
 
     def real_scale(self, l: int) -> np.ndarray:
         """(d_l, 1) float64 divisors of layer l's stored values (w_one, times 2**row_shift per row)."""
-        start = int(self.dims[1:l + 1].sum())
-        rows = self.row_shift[start:start + int(self.dims[l + 1])]
-        return (float(self.w_one[l]) * 2.0 ** rows.astype(np.float64)).reshape(-1, 1)
+        return (float(self.w_one[l]) * 2.0 ** self.rows(l).astype(np.float64)).reshape(-1, 1)
 
     @property
     def value_dtype(self) -> type:
@@ -509,7 +511,7 @@ def orthogonalize(net: DeviceNet, profile: DeviceProfile, iters: int, counters, 
     params = make_params(profile, "identity", "mse")
     fmt = profile.spiking.weights if profile.spiking is not None else None
     if fmt is None:
-        return [int(bjorck_(net.w, net.offs[l], net.dims[l + 1], net.dims[l], net.w_one[l], _rows(net, l), iters,
+        return [int(bjorck_(net.w, net.offs[l], net.dims[l + 1], net.dims[l], net.w_one[l], net.rows(l), iters,
                             params, rng, counters[ORTHOGONALIZE, l], float(tol))) for l in range(net.n_layers)]
     # Loihi: iterate on the format's step counts, so every written weight is representable (device.loihi_weights)
     params = params._replace(w_lo=np.int64(fmt.grid_lo), w_hi=np.int64(fmt.grid_hi))
@@ -519,17 +521,11 @@ def orthogonalize(net: DeviceNet, profile: DeviceProfile, iters: int, counters, 
         to_steps(chunk, fmt)
         try:
             used.append(int(bjorck_(net.w, net.offs[l], net.dims[l + 1], net.dims[l],
-                                    np.int64(max(int(net.w_one[l]) >> fmt.truncate_bits, 1)), _rows(net, l), iters,
+                                    np.int64(max(int(net.w_one[l]) >> fmt.truncate_bits, 1)), net.rows(l), iters,
                                     params, rng, counters[ORTHOGONALIZE, l], float(tol))))
         finally:
             from_steps(chunk, fmt)
     return used
-
-
-def _rows(net: DeviceNet, l: int) -> np.ndarray:
-    """Layer l's slice of ``net.row_shift`` (a view: the kernels' rs)."""
-    start = int(net.dims[1:l + 1].sum())
-    return net.row_shift[start:start + int(net.dims[l + 1])]
 
 
 def quantize_input(x: np.ndarray, profile: DeviceProfile, out: np.ndarray, counters, rng) -> np.ndarray:
@@ -591,7 +587,7 @@ def rescale_rows(net: DeviceNet, params: Params, counters) -> None:
     if not net.dynamic or params.collect:
         return
     for l in range(net.n_layers):
-        rows = _rows(net, l)
+        rows = net.rows(l)
         rescale_rows_(net.w, net.offs[l], net.dims[l + 1], net.dims[l], rows, np.int64(-net.w_frac[l]), params,
                       counters[UPDATE, l])
         low = int(rows.min())
