@@ -14,6 +14,8 @@ requantisation with power-of-two multipliers): row i of layer l holds W_l[i, :] 
 own exponent offset rs_i >= 0 above the layer's coarsest row (``rs``: (d_out,) int64, the layer's slice of
 the network's ``row_shift``; all zero for per-layer scales, where every kernel reduces to the per-layer one).
 """
+import os
+
 import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
@@ -40,6 +42,10 @@ FLOAT32_EXACT = 16777216.0
 #: with the step's float32 copy of W at hand, a few-row forward goes through BLAS once more than 1/DENSE_INPUTS
 #: of its inputs are nonzero (tanh hidden layers), and sums the nonzero inputs directly below that (MNIST pixels)
 DENSE_INPUTS = 4
+#: how many parts ``split_dot`` cuts a product's rows into: the cores this process may use when first imported
+#: (a constant of the compiled kernels; Numba's own get_num_threads() would keep them from being cached). More
+#: parts than threads run in turn, fewer leave cores idle; neither changes a result.
+SPLIT_PARTS = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
 def integral(a):
@@ -238,14 +244,48 @@ def layer_forward_(hin, w, off, d_out, d_in, w_one, linear, P, pre, h, C, rng):
 
 
 @njit(cache=True, parallel=True)
+def split_dot(a, b):
+    """a @ b for float32 a: (n, k), b: (k, m), its rows split across the kernels' threads, each part one
+    single-threaded BLAS call (BLAS's own threads would busy-wait beside the parallel loops: engine.threads).
+    Exact where every partial sum is an integer below 2**24, whatever order BLAS sums in."""
+    n = a.shape[0]
+    out = np.empty((n, b.shape[1]), dtype=np.float32)
+    parts = min(n, SPLIT_PARTS)
+    for p in prange(parts):
+        lo = p * n // parts
+        hi = (p + 1) * n // parts
+        if hi > lo:
+            out[lo:hi] = np.dot(a[lo:hi], b)
+    return out
+
+
+@njit(cache=True)
+def _sample_sums_(hb, wt, nonzero, acc):
+    """acc = sum_j hb[j] W^T[j, :] over the nonzero hb[j] only, in float32 (exact below 2**24); returns the
+    sample's effective MACs, sum over those j of nonzero[j]. A function of its own (not the parallel loop's
+    body) so that LLVM vectorises the row loop."""
+    eff = 0
+    for j in range(hb.size):
+        v = hb[j]
+        if v != 0:
+            fv = np.float32(v)
+            row = wt[j]
+            for i in range(acc.size):
+                acc[i] += fv * row[i]
+            eff += nonzero[j]
+    return eff
+
+
+@njit(cache=True, parallel=True)
 def _fused_forward_(hin, wt, nonzero, shift, rs, linear, P, pre, h, C):
-    """The integer layer forward, one sample per parallel iteration: acc = sum_j hin[b, j] W^T[j, :] over the
-    nonzero inputs only (float32 rows of wt: (d_in, d_out), exact since every partial sum is an integer below
-    2**24), then wrap to the accumulator, round by 2**(shift + rs[i]) (nearest-even or toward zero: no draws),
-    saturate,
-    activate, exactly as ``cached_layer_forward_``'s serial loop. Each sample's counts go to its own row of a
-    tally and are added to C in sample order; effective MACs and synaptic events are sum_b sum_{j: hin[b, j]
-    != 0} nonzero[j]. The caller adds the dense MACs and bytes."""
+    """The integer layer forward, one sample per parallel iteration: acc = sum_j hin[b, j] W^T[j, :] (float32
+    rows of wt: (d_in, d_out), exact since every partial sum is an integer below 2**24), then wrap to the
+    accumulator, round by 2**(shift + rs[i]) (nearest-even or toward zero: no draws), saturate, activate,
+    exactly as ``cached_layer_forward_``'s serial loop. The sums come from ``split_dot`` when more than
+    1/DENSE_INPUTS of the inputs are nonzero (tanh hidden layers), else from the nonzero inputs only
+    (``_sample_sums_``: MNIST pixels). Each sample's counts go to its own row of a tally and are added to C
+    in sample order; effective MACs and synaptic events are sum_b sum_{j: hin[b, j] != 0} nonzero[j]. The
+    caller adds the dense MACs and bytes."""
     batch, d_in = hin.shape
     d_out = wt.shape[1]
     table = activation_table(P, batch * d_out)
@@ -254,18 +294,16 @@ def _fused_forward_(hin, wt, nonzero, shift, rs, linear, P, pre, h, C):
     acc_lo, acc_hi = np.int64(P.acc_lo), np.int64(P.acc_hi)
     span = acc_hi - acc_lo + 1
     a_lo, a_hi = np.int64(P.a_lo), np.int64(P.a_hi)
+    dense = np.count_nonzero(hin) * DENSE_INPUTS > batch * d_in
+    if dense:
+        sums = split_dot(_as_float32(hin), wt)
+        effective[0] = _effective_from_columns(hin, nonzero)
+    else:
+        sums = np.zeros((batch, d_out), dtype=np.float32)
     for b in prange(batch):
-        acc = np.zeros(d_out, dtype=np.float32)
-        eff = 0
-        for j in range(d_in):
-            v = hin[b, j]
-            if v != 0:
-                fv = np.float32(v)
-                row = wt[j]
-                for i in range(d_out):
-                    acc[i] += fv * row[i]
-                eff += nonzero[j]
-        effective[b] = eff
+        acc = sums[b]
+        if not dense:
+            effective[b] = _sample_sums_(hin[b], wt, nonzero, acc)
         wraps = clipped = active = 0
         for i in range(d_out):
             q = np.int64(acc[i])

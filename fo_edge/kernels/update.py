@@ -17,7 +17,7 @@ from numba import njit, prange
 from .analog import pulse_update_
 from .counters import LOST, MACS_DENSE, SATURATION, SRAM_READ, SRAM_WRITE, SYN_UPDATES, WEIGHT_WRITES
 from .fixed import ROUND_NEAREST_EVEN, log2_exact, round_div_at, round_shift_at
-from .linear import FLOAT32_EXACT, SMALL_BATCH, _as_float32, exact_matmul, integral
+from .linear import FLOAT32_EXACT, SMALL_BATCH, _as_float32, exact_matmul, integral, split_dot
 from .rng import next_u53
 
 __all__ = ["outer_update_", "momentum_update_", "rescale_rows_", "DENSE_COLUMNS", "MAX_ROW_SHIFT"]
@@ -45,41 +45,44 @@ def _gather_columns(a, idx):
 
 
 @njit(cache=True, inline="always")
-def _apply_row_(w, base, cols, row, shift, mode, w_lo, w_hi, key, kbase):
-    """w[base + cols[c]] -= round(row[c] / 2**shift), saturated to [w_lo, w_hi], for every c; the weight at
-    layer index kbase + cols[c] rounds with the draw ``counter_u53(key, kbase + cols[c])``. Branch-free (the
-    stores are unconditional), so the loop vectorises. Returns (writes, lost, clipped): stored values that
-    changed, nonzero steps that rounded to 0, saturated weights."""
+def _apply_row_(wrow, cols, row, shift, mode, w_lo, w_hi, key, kbase):
+    """wrow[cols[c]] -= round(row[c] / 2**shift), saturated to [w_lo, w_hi], for every c; wrow: one row of the
+    layer (a view of the weight store), whose weight at layer index kbase + cols[c] rounds with the draw
+    ``counter_u53(key, kbase + cols[c])``. Branch-free (the stores are unconditional), so the loop vectorises.
+    Returns (writes, lost, clipped): stored values that changed, nonzero steps that rounded to 0, saturated
+    weights. (The indices are unsigned so Numba emits no negative-index wraparound, which would keep LLVM from
+    vectorising the loop.)"""
     writes = lost = clipped = 0
     for c in range(cols.size):
         scaled = row[c]
+        j = np.uint64(cols[c])
         step = round_shift_at(scaled, shift, mode, key, kbase + cols[c])
-        j = base + cols[c]
-        old = np.int64(w[j])
+        old = np.int64(wrow[j])
         wanted = old - step
         new = min(max(wanted, w_lo), w_hi)
         lost += np.int64((step == 0) & (scaled != 0))
         clipped += np.int64(new != wanted)
         writes += np.int64(new != old)
-        w[j] = new
+        wrow[j] = new
     return writes, lost, clipped
 
 
 @njit(cache=True, inline="always")
-def _apply_contiguous_(w, base, row, shift, mode, w_lo, w_hi, key, kbase):
-    """``_apply_row_`` over every column of a row: w[base + j] -= round(row[j] / 2**shift), draws
-    ``counter_u53(key, kbase + j)``; contiguous, so the loop vectorises. Returns (writes, lost, clipped)."""
+def _apply_contiguous_(wrow, row, shift, mode, w_lo, w_hi, key, kbase):
+    """``_apply_row_`` over every column of a row: wrow[j] -= round(row[j] / 2**shift), draws
+    ``counter_u53(key, kbase + j)``. wrow is the row's view of the store and j runs from 0, so Numba emits no
+    negative-index wraparound and the loop vectorises. Returns (writes, lost, clipped)."""
     writes = lost = clipped = 0
     for j in range(row.size):
         scaled = row[j]
         step = round_shift_at(scaled, shift, mode, key, kbase + j)
-        old = np.int64(w[base + j])
+        old = np.int64(wrow[j])
         wanted = old - step
         new = min(max(wanted, w_lo), w_hi)
         lost += np.int64((step == 0) & (scaled != 0))
         clipped += np.int64(new != wanted)
         writes += np.int64(new != old)
-        w[base + j] = new
+        wrow[j] = new
     return writes, lost, clipped
 
 
@@ -103,12 +106,14 @@ def _rows_from_sums_(w, off, d_in, rows, cols, dense, grads, imul, shift, rs, mo
         i = rows[r]
         r_mul, r_shift = _row_scale(imul, shift, rs[i])
         row = np.empty(n_cols, dtype=np.int64)  # one row of mul * g (the device's accumulator row)
+        g_row = grads[r]
         for c in range(n_cols):
-            row[c] = np.int64(grads[r, c]) * r_mul
+            row[c] = np.int64(g_row[c]) * r_mul
+        wrow = w[off + i * d_in:off + (i + 1) * d_in]
         if dense:
-            n_w, n_l, n_c = _apply_contiguous_(w, off + i * d_in, row, r_shift, mode, w_lo, w_hi, key, i * d_in)
+            n_w, n_l, n_c = _apply_contiguous_(wrow, row, r_shift, mode, w_lo, w_hi, key, i * d_in)
         else:
-            n_w, n_l, n_c = _apply_row_(w, off + i * d_in, cols, row, r_shift, mode, w_lo, w_hi, key, i * d_in)
+            n_w, n_l, n_c = _apply_row_(wrow, cols, row, r_shift, mode, w_lo, w_hi, key, i * d_in)
         tallies[r, 0], tallies[r, 1], tallies[r, 2] = n_w, n_l, n_c
 
 
@@ -150,7 +155,7 @@ def _integer_update_(w, off, d_in, delta, hin, mul, shift, rs, P, rng):
         # the operands' largest magnitudes bound the sums (spike counts have no format)
         bound = float(np.abs(d_rows).max()) * float(np.abs(h_t).max()) * float(batch) if cols.size > 0 else 0.0
         if integral(d_rows) and integral(h_t) and bound <= FLOAT32_EXACT:
-            _rows_from_sums_(w, off, d_in, rows, cols, dense, np.dot(_as_float32(d_rows), _as_float32(h_t).T),
+            _rows_from_sums_(w, off, d_in, rows, cols, dense, split_dot(_as_float32(d_rows), _as_float32(h_t).T),
                              imul, shift, rs, P.upd_round, w_lo, w_hi, key, tallies)
         else:
             _rows_from_sums_(w, off, d_in, rows, cols, dense, exact_matmul(d_rows, h_t, bound), imul, shift, rs,
@@ -169,8 +174,8 @@ def _integer_update_(w, off, d_in, delta, hin, mul, shift, rs, P, rng):
                 d_b = np.int64(delta[b, i]) * r_mul
                 for c in range(n_cols):
                     row[c] += d_b * h_sel[b, c]
-            n_w, n_l, n_c = _apply_row_(w, off + i * d_in, cols, row, r_shift, P.upd_round, w_lo, w_hi, key,
-                                        i * d_in)
+            n_w, n_l, n_c = _apply_row_(w[off + i * d_in:off + (i + 1) * d_in], cols, row, r_shift, P.upd_round,
+                                        w_lo, w_hi, key, i * d_in)
             tallies[r, 0], tallies[r, 1], tallies[r, 2] = n_w, n_l, n_c
     writes = lost = clipped = 0
     for r in range(n_rows):
@@ -364,25 +369,25 @@ def rescale_rows_(w, off, d_out, d_in, rs, rs_min, P, C):
     margin = w_hi // 4
     changed = np.zeros(d_out, dtype=np.int64)
     for i in prange(d_out):
-        base = off + i * d_in
+        wrow = w[off + i * d_in:off + (i + 1) * d_in]  # a view: j from 0, no wraparound, vectorised
         peak = np.int64(0)
         for j in range(d_in):
-            peak = max(peak, abs(np.int64(w[base + j])))
+            peak = max(peak, abs(np.int64(wrow[j])))
         if peak >= w_hi and rs[i] > rs_min:
             count = 0
             for j in range(d_in):
-                old = np.int64(w[base + j])
+                old = np.int64(wrow[j])
                 new = min(max(round_shift_at(old, 1, ROUND_NEAREST_EVEN, np.uint64(0), 0), w_lo), w_hi)
                 count += new != old
-                w[base + j] = new
+                wrow[j] = new
             rs[i] -= 1
             changed[i] = count
         elif peak > 0 and 2 * peak + margin <= w_hi and rs[i] < MAX_ROW_SHIFT:
             count = 0
             for j in range(d_in):
-                old = np.int64(w[base + j])
+                old = np.int64(wrow[j])
                 count += old != 0
-                w[base + j] = 2 * old
+                wrow[j] = 2 * old
             rs[i] += 1
             changed[i] = count
     writes = 0
