@@ -120,7 +120,7 @@ def test_cached_forward_reuses_the_layer_until_cleared():
     net = to_device(init_weights((40, 12), seed=1), profile)
     params = make_params(profile, "tanh", "ce")
     hin = np.random.default_rng(4).integers(-127, 128, size=(8, 40)).astype(np.int64)
-    cache = (np.zeros((40, 12), dtype=np.float32), np.zeros(40, dtype=np.int32), np.zeros(1, dtype=np.bool_))
+    cache = (np.zeros((12, 40), dtype=np.float32), np.zeros(40, dtype=np.int32), np.zeros(1, dtype=np.bool_))
 
     def run(cached):
         pre, out = np.zeros((8, 12), dtype=np.int64), np.zeros((8, 12), dtype=np.int64)
@@ -137,7 +137,7 @@ def test_cached_forward_reuses_the_layer_until_cleared():
         np.testing.assert_array_equal(out, run(False)[0])
         np.testing.assert_array_equal(counters, run(False)[1])
         assert cache[2][0]
-    np.testing.assert_array_equal(cache[0], net.w.reshape(12, 40).T.astype(np.float32))  # W^T
+    np.testing.assert_array_equal(cache[0], net.w.reshape(12, 40).astype(np.float32))  # W, row-major
     net.w[:40] = 0  # a changed row, and a zero weight in every column
     cache[2][0] = False
     np.testing.assert_array_equal(run(True)[0], run(False)[0])

@@ -171,7 +171,7 @@ def test_parallel_momentum_update_is_the_same_at_one_and_two_threads(data, d_out
        linear=st.booleans(), threads=st.sampled_from([1, 2]))
 def test_fused_parallel_forward_equals_the_direct_forward_of_each_sample(data, batch, d_in, d_out, device, act,
                                                                         linear, threads):
-    """From FUSED_BATCH rows on the integer forward runs in parallel over samples through float32 W^T; one
+    """From FUSED_BATCH rows on the integer forward runs in parallel over samples through float32 BLAS on a copy of W; one
     sample at a time it sums the nonzero inputs directly in int64. Outputs and counters are equal."""
     from fo_edge.kernels.linear import FUSED_BATCH, layer_forward_
     from fo_edge.models import init_weights

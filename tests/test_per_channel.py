@@ -69,7 +69,7 @@ def test_forward_requantises_each_row_by_its_own_shift(profile):
     x = np.array([[16, 8]], dtype=np.int64)
     sums = [16 * 58 + 8 * -6, 16 * 51 + 8 * 13, 16 * -61 + 8 * 20]  # 880, 920, -816
     expected = [round(s / 2 ** e) for s, e in zip(sums, (6, 8, 11))]  # 13.75 -> 14, 3.59 -> 4, -0.40 -> 0
-    for batch in (1, 8):  # the direct sums and the fused (float32 W^T) forward
+    for batch in (1, 8):  # the direct sums and the fused (float32 BLAS) forward
         pre, h = np.zeros((batch, 3), dtype=np.int64), np.zeros((batch, 3), dtype=np.int64)
         cached_layer_forward_(np.repeat(x, batch, 0), net.w, 0, 3, 2, net.w_one[0], net.row_shift, True, P, pre, h,
                               new_counters(1)[0, 0], new_state(0), *no_weight_cache())

@@ -34,7 +34,7 @@ SMALL_BATCH = 4
 #: the layer forward sums only the nonzero inputs directly while they number at most this many times d_in
 #: (measured crossover with BLAS on MNIST activity in 784-256-256 int8 layers: about 1.2 d_in)
 SPARSE_INPUTS = 1.0
-#: from this many rows on (or once the step's float32 W^T exists) an integer forward converts W^T and runs
+#: from this many rows on (or once the step's float32 copy of W exists) an integer forward converts W and runs
 #: ``_fused_forward_``; below it the direct sums over the nonzero inputs cost less than the conversion
 FUSED_BATCH = 8
 #: integers of magnitude up to 2**24 are exact in float32
@@ -138,27 +138,35 @@ def _effective_from_columns(hin, weights):
     return total
 
 
-#: rows of W transposed together into W^T (one 64-byte line of float32 per input column)
-TRANSPOSE_ROWS = 16
+#: rows of W converted together (one parallel iteration) into the step's float32 copy
+CONVERT_ROWS = 16
+
+
+@njit(cache=True)
+def _convert_rows_(src, dst, counts):
+    """dst: (r, d_in) float32 = src: (r * d_in,) mantissas, row by row; counts[j] += the nonzero src in column
+    j. Row views indexed from 0 (no negative-index wraparound), so the loop vectorises."""
+    d_in = counts.size
+    for r in range(dst.shape[0]):
+        row = src[r * d_in:(r + 1) * d_in]
+        out = dst[r]
+        for j in range(d_in):
+            v = row[j]
+            out[j] = v
+            counts[j] += np.int32(v != 0)
 
 
 @njit(cache=True, parallel=True)
 def _weights_float32_into(w, off, d_out, d_in, out, nonzero):
-    """out: (d_in, d_out) float32 = layer W^T; nonzero: (d_in,) int32 = its nonzero weights per input column.
-    Transposed in blocks of TRANSPOSE_ROWS rows (one block per parallel iteration), so each write fills a
-    line; the column counts are summed over the blocks in order."""
-    n_blocks = (d_out + TRANSPOSE_ROWS - 1) // TRANSPOSE_ROWS
+    """out: (d_out, d_in) float32 = layer W (its row-major layout, so the conversion is contiguous); nonzero:
+    (d_in,) int32 = its nonzero weights per input column. Converted in blocks of CONVERT_ROWS rows (one block
+    per parallel iteration); the column counts are summed over the blocks in order."""
+    n_blocks = (d_out + CONVERT_ROWS - 1) // CONVERT_ROWS
     counts = np.zeros((n_blocks, d_in), dtype=np.int32)
     for blk in prange(n_blocks):
-        lo = blk * TRANSPOSE_ROWS
-        hi = min(lo + TRANSPOSE_ROWS, d_out)
-        for j in range(d_in):
-            count = 0
-            for i in range(lo, hi):
-                v = w[off + i * d_in + j]
-                out[j, i] = v
-                count += v != 0
-            counts[blk, j] = count
+        lo = blk * CONVERT_ROWS
+        hi = min(lo + CONVERT_ROWS, d_out)
+        _convert_rows_(w[off + lo * d_in:off + hi * d_in], out[lo:hi], counts[blk])
     nonzero[:] = 0
     for blk in range(n_blocks):
         for j in range(d_in):
@@ -167,8 +175,8 @@ def _weights_float32_into(w, off, d_out, d_in, out, nonzero):
 
 @njit(cache=True)
 def _weights_float32(w, off, d_out, d_in):
-    """Layer W^T: (d_in, d_out) as float32 and its nonzero weights per input column (int32)."""
-    out = np.empty((d_in, d_out), dtype=np.float32)
+    """Layer W: (d_out, d_in) as float32 and its nonzero weights per input column (int32)."""
+    out = np.empty((d_out, d_in), dtype=np.float32)
     nonzero = np.empty(d_in, dtype=np.int32)
     _weights_float32_into(w, off, d_out, d_in, out, nonzero)
     return out, nonzero
@@ -259,51 +267,26 @@ def split_dot(a, b):
     return out
 
 
-@njit(cache=True)
-def _sample_sums_(hb, wt, nonzero, acc):
-    """acc = sum_j hb[j] W^T[j, :] over the nonzero hb[j] only, in float32 (exact below 2**24); returns the
-    sample's effective MACs, sum over those j of nonzero[j]. A function of its own (not the parallel loop's
-    body) so that LLVM vectorises the row loop."""
-    eff = 0
-    for j in range(hb.size):
-        v = hb[j]
-        if v != 0:
-            fv = np.float32(v)
-            row = wt[j]
-            for i in range(acc.size):
-                acc[i] += fv * row[i]
-            eff += nonzero[j]
-    return eff
-
-
 @njit(cache=True, parallel=True)
-def _fused_forward_(hin, wt, nonzero, shift, rs, linear, P, pre, h, C):
-    """The integer layer forward, one sample per parallel iteration: acc = sum_j hin[b, j] W^T[j, :] (float32
-    rows of wt: (d_in, d_out), exact since every partial sum is an integer below 2**24), then wrap to the
+def _fused_forward_(hin, w32, nonzero, shift, rs, linear, P, pre, h, C):
+    """The integer layer forward: acc = hin @ W^T through ``split_dot`` (w32: (d_out, d_in) float32, exact
+    since every partial sum is an integer below 2**24), then, one sample per parallel iteration, wrap to the
     accumulator, round by 2**(shift + rs[i]) (nearest-even or toward zero: no draws), saturate, activate,
-    exactly as ``cached_layer_forward_``'s serial loop. The sums come from ``split_dot`` when more than
-    1/DENSE_INPUTS of the inputs are nonzero (tanh hidden layers), else from the nonzero inputs only
-    (``_sample_sums_``: MNIST pixels). Each sample's counts go to its own row of a tally and are added to C
-    in sample order; effective MACs and synaptic events are sum_b sum_{j: hin[b, j] != 0} nonzero[j]. The
-    caller adds the dense MACs and bytes."""
+    exactly as ``cached_layer_forward_``'s serial loop. Each sample's counts go to its own row of a tally and
+    are added to C in sample order; effective MACs and synaptic events are sum_j (nonzero hin[:, j]) x
+    nonzero[j]. The caller adds the dense MACs and bytes."""
     batch, d_in = hin.shape
-    d_out = wt.shape[1]
+    d_out = w32.shape[0]
     table = activation_table(P, batch * d_out)
     tallies = np.zeros((batch, C.size), dtype=np.int64)
     effective = np.zeros(batch, dtype=np.int64)
     acc_lo, acc_hi = np.int64(P.acc_lo), np.int64(P.acc_hi)
     span = acc_hi - acc_lo + 1
     a_lo, a_hi = np.int64(P.a_lo), np.int64(P.a_hi)
-    dense = np.count_nonzero(hin) * DENSE_INPUTS > batch * d_in
-    if dense:
-        sums = split_dot(_as_float32(hin), wt)
-        effective[0] = _effective_from_columns(hin, nonzero)
-    else:
-        sums = np.zeros((batch, d_out), dtype=np.float32)
+    sums = split_dot(_as_float32(hin), w32.T)
+    effective[0] = _effective_from_columns(hin, nonzero)
     for b in prange(batch):
         acc = sums[b]
-        if not dense:
-            effective[b] = _sample_sums_(hin[b], wt, nonzero, acc)
         wraps = clipped = active = 0
         for i in range(d_out):
             q = np.int64(acc[i])
@@ -349,7 +332,7 @@ def no_weight_cache():
 def cached_layer_forward_(hin, w, off, d_out, d_in, w_one, rs, linear, P, pre, h, C, rng, w32, nonzero, ready):
     """``layer_forward_`` with row i's exponent offset rs[i] (its accumulator is divided by w_one * 2**rs[i]),
     and a simulator-side float32 copy of the layer kept between calls of one step:
-    w32: (d_in, d_out) float32 = W^T, nonzero: (d_in,) int32 nonzero weights per column, ready: (1,) bool,
+    w32: (d_out, d_in) float32 = W, nonzero: (d_in,) int32 nonzero weights per column, ready: (1,) bool,
     filled on first use (ready[0] set); the caller clears ready[0] whenever W changes. Empty arrays: no cache.
 
     Integer layers whose sums are exact in float32 and whose rounding draws nothing go through
@@ -388,7 +371,7 @@ def cached_layer_forward_(hin, w, off, d_out, d_in, w_one, rs, linear, P, pre, h
             elif not ready[0]:
                 _weights_float32_into(w, off, d_out, d_in, w32, nonzero)
                 ready[0] = True
-            sums = np.dot(_as_float32(hin), w32).astype(np.float64)
+            sums = np.dot(_as_float32(hin), w32.T).astype(np.float64)
             effective = _effective_from_columns(hin, nonzero)
         else:
             sums = exact_matmul(hin, w[off:off + d_out * d_in].reshape((d_out, d_in)), bound)

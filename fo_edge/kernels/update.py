@@ -44,6 +44,16 @@ def _gather_columns(a, idx):
     return out
 
 
+@njit(cache=True)
+def _peak(a):
+    """max |a| over a 2-D array as a float (0.0 when empty), without a temporary."""
+    peak = 0.0
+    for b in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            peak = max(peak, abs(float(a[b, j])))
+    return peak
+
+
 @njit(cache=True, inline="always")
 def _apply_row_(wrow, cols, row, shift, mode, w_lo, w_hi, key, kbase):
     """wrow[cols[c]] -= round(row[c] / 2**shift), saturated to [w_lo, w_hi], for every c; wrow: one row of the
@@ -151,14 +161,15 @@ def _integer_update_(w, off, d_in, delta, hin, mul, shift, rs, P, rng):
         if dense:
             cols = np.arange(d_in)
         d_rows = np.ascontiguousarray(_gather_columns(delta, rows).T)  # (n_rows, B)
-        h_t = np.ascontiguousarray(hin.T) if dense else np.ascontiguousarray(_gather_columns(hin, cols).T)
+        h_sel = hin if dense else _gather_columns(hin, cols)  # (B, n_cols), as laid out: no transpose
         # the operands' largest magnitudes bound the sums (spike counts have no format)
-        bound = float(np.abs(d_rows).max()) * float(np.abs(h_t).max()) * float(batch) if cols.size > 0 else 0.0
-        if integral(d_rows) and integral(h_t) and bound <= FLOAT32_EXACT:
-            _rows_from_sums_(w, off, d_in, rows, cols, dense, split_dot(_as_float32(d_rows), _as_float32(h_t).T),
+        bound = _peak(d_rows) * _peak(h_sel) * float(batch) if cols.size > 0 else 0.0
+        if integral(d_rows) and integral(h_sel) and bound <= FLOAT32_EXACT:
+            _rows_from_sums_(w, off, d_in, rows, cols, dense, split_dot(_as_float32(d_rows), _as_float32(h_sel)),
                              imul, shift, rs, P.upd_round, w_lo, w_hi, key, tallies)
         else:
-            _rows_from_sums_(w, off, d_in, rows, cols, dense, exact_matmul(d_rows, h_t, bound), imul, shift, rs,
+            _rows_from_sums_(w, off, d_in, rows, cols, dense,
+                             exact_matmul(d_rows, np.ascontiguousarray(h_sel.T), bound), imul, shift, rs,
                              P.upd_round, w_lo, w_hi, key, tallies)
     elif n_rows > 0:
         n_cols = cols.size
