@@ -536,7 +536,10 @@ def quantize_input(x: np.ndarray, profile: DeviceProfile, out: np.ndarray, count
         view[:] = x
     else:
         a = profile.activation
-        quantize_array(np.ascontiguousarray(x, dtype=np.float64).ravel(), float(2 ** a.frac_bits), a.qmin, a.qmax,
+        flat = np.ascontiguousarray(x).ravel()  # float32 as it is (widened exactly in the kernel)
+        if flat.dtype not in (np.float32, np.float64):
+            flat = flat.astype(np.float64)
+        quantize_array(flat, float(2 ** a.frac_bits), a.qmin, a.qmax,
                        0, rng, view.reshape(-1), counters, SATURATION)
     return view
 
