@@ -254,8 +254,10 @@ def layer_forward_(hin, w, off, d_out, d_in, w_one, linear, P, pre, h, C, rng):
 @njit(cache=True, parallel=True)
 def split_dot(a, b):
     """a @ b for float32 a: (n, k), b: (k, m), its rows split across the kernels' threads, each part one
-    single-threaded BLAS call (BLAS's own threads would busy-wait beside the parallel loops: engine.threads).
-    Exact where every partial sum is an integer below 2**24, whatever order BLAS sums in."""
+    single-threaded BLAS call. Callers run inside ``engine.threads.kernel_threads``, which keeps BLAS at one
+    thread: BLAS threads of its own inside these parts oversubscribe the cores and busy-wait (a step 40x slower,
+    ``tools/profile_int8_step.py --blas-threads 2``). Exact where every partial sum is an integer below 2**24,
+    whatever order BLAS sums in."""
     n = a.shape[0]
     out = np.empty((n, b.shape[1]), dtype=np.float32)
     parts = min(n, SPLIT_PARTS)
