@@ -277,16 +277,15 @@ def _fused_forward_(hin, w32, nonzero, shift, rs, linear, P, pre, h, C):
     exactly as ``cached_layer_forward_``'s serial loop. Each sample's counts go to its own row of a tally and
     are added to C in sample order; effective MACs and synaptic events are sum_j (nonzero hin[:, j]) x
     nonzero[j]. The caller adds the dense MACs and bytes."""
-    batch, d_in = hin.shape
+    batch = hin.shape[0]
     d_out = w32.shape[0]
     table = activation_table(P, batch * d_out)
     tallies = np.zeros((batch, C.size), dtype=np.int64)
-    effective = np.zeros(batch, dtype=np.int64)
     acc_lo, acc_hi = np.int64(P.acc_lo), np.int64(P.acc_hi)
     span = acc_hi - acc_lo + 1
     a_lo, a_hi = np.int64(P.a_lo), np.int64(P.a_hi)
     sums = split_dot(_as_float32(hin), w32.T)
-    effective[0] = _effective_from_columns(hin, nonzero)
+    effective = _effective_from_columns(hin, nonzero)
     for b in prange(batch):
         acc = sums[b]
         wraps = clipped = active = 0
@@ -320,8 +319,8 @@ def _fused_forward_(hin, w32, nonzero, shift, rs, linear, P, pre, h, C):
     for b in range(batch):
         for k in range(C.size):
             C[k] += tallies[b, k]
-        C[MACS_EFF] += effective[b]
-        C[SYN_EVENTS] += effective[b]
+    C[MACS_EFF] += effective
+    C[SYN_EVENTS] += effective
 
 
 @njit(cache=True)
