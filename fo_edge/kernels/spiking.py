@@ -24,10 +24,11 @@ barrier).
 import numpy as np
 from numba import njit, prange
 
-from .counters import NEURON_ACTIVE, TIMESTEPS
-from .lif import dense_events_, lif_int_step_
+from .counters import ACS_EFF, NEURON_ACTIVE, SYN_EVENTS, TIMESTEPS
+from .lif import lif_int_step_
 
-__all__ = ["spiking_pass_", "input_spike_", "PHASE_ONE", "CODE_RATE", "CODE_SINGLE", "CODE_TTFS", "INPUT_CODES"]
+__all__ = ["spiking_pass_", "transpose_weights_", "input_spike_", "PHASE_ONE", "CODE_RATE", "CODE_SINGLE",
+           "CODE_TTFS", "INPUT_CODES"]
 
 PHASE_ONE = 256  # input codes: 8-bit intensities
 CODE_RATE, CODE_SINGLE, CODE_TTFS = 0, 1, 2
@@ -52,17 +53,116 @@ def input_spike_(code, x, phase, t, steps):
 
 
 @njit(cache=True, parallel=True)
+def transpose_weights_(w, dims, offs, wts, nnz):
+    """Each layer's (d_out, d_in) block of w (at offs[l]) as (d_in, d_out) int32 rows in wts (Loihi's per-axon
+    fan-out lists: a spike reads one contiguous row), and nnz[j] = the nonzero weights of input j (layer l's
+    inputs at the sum of the earlier d_in). Inputs in parallel (``prange``); every value is written once."""
+    n_layers = dims.size - 1
+    coff = 0
+    for l in range(n_layers):
+        d_in, d_out, base = dims[l], dims[l + 1], offs[l]
+        for j in prange(d_in):
+            nz = 0
+            row = wts[base + j * d_out:base + (j + 1) * d_out]
+            for i in range(d_out):
+                value = w[base + i * d_in + j]
+                row[i] = value
+                nz += value != 0
+            nnz[coff + j] = nz
+        coff += d_in
+
+
+@njit(cache=True, inline="always")
+def _input_train_(code, x_q, phase_buf, in_counts, train):
+    """One sample's input spike trains, train[t, j] (0/1) for every step t and pixel j (module docstring's
+    codes); phase_buf, in_counts: the sample's (d_0,) rows, advanced and counted as the steps would. The rate
+    code from a zero phase in closed form: after t + 1 steps the accumulator has taken in (t + 1) x, so the pixel
+    has fired floor((t + 1) x / 256) times and fires at step t when that count steps up; its phase is then
+    (t + 1) x mod 256 (x <= 256 keeps it to one spike per step). No step waits on the previous one."""
+    steps = train.shape[0]
+    for t in range(steps):
+        row = train[t]
+        if code == CODE_RATE:
+            for j in range(x_q.size):
+                row[j] = ((t + 1) * x_q[j]) // PHASE_ONE - (t * x_q[j]) // PHASE_ONE
+        else:
+            for j in range(x_q.size):
+                row[j], phase_buf[j] = input_spike_(code, x_q[j], phase_buf[j], t, steps)
+    if code == CODE_RATE:
+        for j in range(x_q.size):
+            phase_buf[j] = (steps * x_q[j]) % PHASE_ONE
+            in_counts[j] += (steps * x_q[j]) // PHASE_ONE
+    else:
+        for t in range(steps):
+            row = train[t]
+            for j in range(x_q.size):
+                in_counts[j] += row[j]
+
+
+@njit(cache=True, inline="always")
+def _accumulate_events_(src, wt, nnz_col, d_out, events_at, acc, row):
+    """acc[t d_out + i] = sum over inputs j with src[t, j] != 0 of wt[j d_out + i], for every step t (int32,
+    wrapping like the chip's dendritic accumulator: integer addition in any order gives the same sum), and the
+    events (spikes x nonzero fan-out) counted into row. src: (steps, d_in) 0/1; wt: flat (d_in, d_out); acc:
+    flat (steps, d_out) int32; events_at: (>= d_in,) int64 workspace for one step's spiking inputs.
+    Four fan-out rows are summed per pass over the step's accumulator, so it is loaded and stored once per four
+    spikes; the flat indices are unsigned, so the adds carry no negative-index check and vectorise."""
+    events = 0
+    width = np.uint64(d_out)
+    for t in range(src.shape[0]):
+        src_t = src[t]
+        n_events = 0
+        n_words = src_t.size // 8
+        words = src_t[:8 * n_words].view(np.uint64)
+        for k in range(n_words):  # the step's spiking inputs, in order, skipping eight silent inputs at a time
+            if words[k] != 0:
+                for j in range(8 * k, 8 * k + 8):
+                    events_at[n_events] = j
+                    n_events += src_t[j] != 0
+        for j in range(8 * n_words, src_t.size):
+            events_at[n_events] = j
+            n_events += src_t[j] != 0
+        at = np.uint64(t) * width
+        for i in range(width):
+            acc[at + i] = 0
+        k = 0
+        while k + 4 <= n_events:
+            j0, j1 = np.uint64(events_at[k]) * width, np.uint64(events_at[k + 1]) * width
+            j2, j3 = np.uint64(events_at[k + 2]) * width, np.uint64(events_at[k + 3]) * width
+            for i in range(width):
+                acc[at + i] += np.int32(wt[j0 + i]) + np.int32(wt[j1 + i]) + np.int32(wt[j2 + i]) + np.int32(wt[j3 + i])
+            k += 4
+        while k < n_events:
+            j0 = np.uint64(events_at[k]) * width
+            for i in range(width):
+                acc[at + i] += wt[j0 + i]
+            k += 1
+        for k in range(n_events):
+            events += nnz_col[events_at[k]]
+    row[SYN_EVENTS] += events
+    row[ACS_EFF] += events
+
+
+@njit(cache=True, parallel=True)
 def spiking_pass_(x_q, steps, code, w, dims, offs, wexp, vth_eff, du, dv, delay, inject, phase_buf, spk, u, v,
-                  pending, a_buf, counts, in_counts, out_acc, in_acc, nnz, C, phase):
+                  pending, a_buf, counts, in_counts, out_acc, in_acc, C, phase):
     """Run the net on x_q (B, d_0) int64 intensities in [0, 256] for ``steps`` timesteps, inputs in ``code``.
 
     Flat per-neuron buffers cover layers 1..L, layer l's B x d_l block at the sum of the earlier layers'
     blocks: spk, u, v (hidden layers), pending, a_buf (all layers); counts (B, sum of hidden d_l) spike
     counts, in_counts (B, d_0) input spike counts, out_acc (B, d_L), in_acc (B, sum of hidden d_l) or (0, 0).
-    wexp, vth_eff: per layer; nnz: the layers' nonzero-per-input counts, concatenated (layer l's at the sum of
-    earlier d_in); delay: 0 or 1.
+    wexp, vth_eff: per layer; delay: 0 or 1. On return the buffers hold what the chip's would after the last
+    step (u, v, the pending input, the last delivered input, the last spikes).
+
+    The simulator's order is not the chip's, the results are. The chip advances every layer each timestep; a
+    feedforward net lets the simulator run one layer through all T steps before the next (layer l at step t
+    reads only layer l-1's spikes at step t), so it accumulates a layer's synaptic input for all T steps from
+    each input's spike train at once (_accumulate_events_), then steps its neurons through T. It keeps the
+    spike trains of the layer feeding the current one and the layer's T accumulators (simulator scratch: the
+    device's memory plan is the chip's, see rules.spiking_binding). Every integer and counter is identical to
+    the timestep-major order (tests/test_spiking_order.py holds it against that order's plain implementation).
     Samples are independent presentations (on the chip, one after the other); the simulator runs them in
-    parallel (``prange`` over samples; engine.threads), each with its own state rows, accumulator and counter
+    parallel (``prange`` over samples; engine.threads), each with its own state rows, scratch and counter
     rows, the counter rows summed in sample order at the end, so results do not depend on the thread count.
     """
     batch = x_q.shape[0]
@@ -75,73 +175,67 @@ def spiking_pass_(x_q, steps, code, w, dims, offs, wexp, vth_eff, du, dv, delay,
         noff[l + 1] = noff[l] + batch * dims[l + 1]
         coff[l + 1] = coff[l] + dims[l]
         hoff[l + 1] = hoff[l] + (dims[l + 1] if l < n_layers - 1 else 0)
-    # each layer's weights indexed by input axon (Loihi's fan-out lists), for this presentation: layer l's
-    # (d_in, d_out) block at offs[l]
-    wts = np.empty(offs[n_layers], dtype=np.int32)
-    for l in range(n_layers):
-        d_in, d_out = dims[l], dims[l + 1]
-        wts[offs[l]:offs[l + 1]] = np.ascontiguousarray(
-            w[offs[l]:offs[l] + d_out * d_in].reshape((d_out, d_in)).T).reshape(-1)
+    wts = np.empty(offs[n_layers], dtype=w.dtype)
+    nnz = np.empty(coff[n_layers], dtype=np.int64)
+    transpose_weights_(w, dims, offs, wts, nnz)
+    widest = max(d0, dims[1:].max())
     local = np.zeros((batch, n_layers, C.shape[2]), dtype=np.int64)
-    s_in = np.zeros((batch, d0), dtype=np.int64)  # simulator view of this step's input spikes
-    acc = np.zeros((batch, dims[1:].max()), dtype=np.int32)  # per-sample dendritic accumulators
+    # flat per-sample scratch, each piece reshaped from a contiguous slice so that the loops vectorise
+    trains = np.empty((batch, 2, steps * widest), dtype=np.uint8)  # the feeding and the produced spike trains
+    acc = np.empty((batch, steps * dims[1:].max()), dtype=np.int32)  # per-sample, per-step dendritic sums
+    events_at = np.empty((batch, widest), dtype=np.int64)
     integrate = in_acc.shape[0] > 0
     for b in prange(batch):
-        phase_buf[b, :] = 0
         counts[b, :] = 0
         if integrate:
             in_acc[b, :] = 0
         in_counts[b, :] = 0
         out_acc[b, :] = 0
+        phase_buf[b, :] = 0
+        _input_train_(code, x_q[b], phase_buf[b], in_counts[b], trains[b, 0, :steps * d0].reshape((steps, d0)))
         for l in range(n_layers):
-            lo = noff[l] + b * dims[l + 1]
-            hi = lo + dims[l + 1]
+            d_in, d_out = dims[l], dims[l + 1]
+            row = local[b, l]
+            src = trains[b, l % 2, :steps * d_in].reshape((steps, d_in))
+            dst = trains[b, (l + 1) % 2, :steps * d_out].reshape((steps, d_out))
+            acc_l = acc[b, :steps * d_out].reshape((steps, d_out))
+            _accumulate_events_(src, wts[offs[l]:offs[l + 1]], nnz[coff[l]:coff[l + 1]], d_out, events_at[b],
+                                acc[b], row)
+            lo = noff[l] + b * d_out
+            hi = lo + d_out
+            arrive = a_buf[lo:hi]
+            wait = pending[lo:hi]
             spk[lo:hi] = 0
             u[lo:hi] = 0
             v[lo:hi] = 0
-            pending[lo:hi] = 0
-        for t in range(steps):
-            if code == CODE_RATE:  # input_spike_'s rate code, branch-free so that it vectorises
-                for j in range(d0):
-                    ph = phase_buf[b, j] + x_q[b, j]
-                    fired = np.int64(ph >= PHASE_ONE)
-                    phase_buf[b, j] = ph - PHASE_ONE * fired
-                    s_in[b, j] = fired
-                    in_counts[b, j] += fired
-            else:
-                for j in range(d0):
-                    fired, ph = input_spike_(code, x_q[b, j], phase_buf[b, j], t, steps)
-                    phase_buf[b, j] = ph
-                    s_in[b, j] = fired
-                    in_counts[b, j] += fired
-            src = s_in[b:b + 1]
-            for l in range(n_layers):
-                d_out = dims[l + 1]
-                row = local[b, l]
-                lo = noff[l] + b * d_out
-                arrive = a_buf[lo:lo + d_out].reshape((1, d_out))
-                wt = wts[offs[l]:offs[l + 1]].reshape((dims[l], d_out))
-                dense_events_(src, wt, wexp[l], nnz[coff[l]:coff[l + 1]], acc[b], arrive, row)
-                if delay > 0:  # deliver last step's accumulation, keep this step's for the next
-                    for i in range(d_out):
-                        a_old = pending[lo + i]
-                        pending[lo + i] = arrive[0, i]
-                        arrive[0, i] = a_old
+            wait[:] = 0
+            shift = wexp[l]
+            for t in range(steps):
+                acc_t = acc_l[t]
+                for i in range(d_out):
+                    total = np.int64(acc_t[i])
+                    now = total << shift if shift >= 0 else total >> -shift
+                    if delay > 0:  # deliver last step's accumulation, keep this step's for the next
+                        arrive[i] = wait[i]
+                        wait[i] = now
+                    else:
+                        arrive[i] = now
                 if l == 0 and inject.shape[0] > 0:
                     for i in range(d_out):
-                        arrive[0, i] += inject[b, i]
+                        arrive[i] += inject[b, i]
                 if l < n_layers - 1:
-                    s_out = spk[lo:lo + d_out]
-                    lif_int_step_(u[lo:lo + d_out], v[lo:lo + d_out], arrive[0], du, dv, vth_eff[l], 0, s_out, row)
+                    s_out = spk[lo:hi]
+                    lif_int_step_(u[lo:hi], v[lo:hi], arrive, du, dv, vth_eff[l], 0, s_out, row)
+                    dst_t = dst[t]
                     for i in range(d_out):
                         counts[b, hoff[l] + i] += s_out[i]
+                        dst_t[i] = s_out[i]
                     if integrate:
                         for i in range(d_out):
-                            in_acc[b, hoff[l] + i] += arrive[0, i]
-                    src = s_out.reshape((1, d_out))
+                            in_acc[b, hoff[l] + i] += arrive[i]
                 else:
                     for i in range(d_out):
-                        out_acc[b, i] += arrive[0, i]
+                        out_acc[b, i] += arrive[i]
                     row[NEURON_ACTIVE] += d_out
     for b in range(batch):
         for l in range(n_layers):

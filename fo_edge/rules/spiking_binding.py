@@ -159,15 +159,6 @@ def allocate_spiking(arena: MemoryArena, profile: DeviceProfile, dims, batch: in
     return bufs
 
 
-def _nnz(net: DeviceNet) -> np.ndarray:
-    return np.concatenate([(m != 0).sum(axis=0) for m in _mats(net)]).astype(np.int64)
-
-
-def _mats(net: DeviceNet):
-    return [net.w[net.offs[l]:net.offs[l + 1]].reshape(int(net.dims[l + 1]), int(net.dims[l]))
-            for l in range(net.n_layers)]
-
-
 def spiking_forward(net: DeviceNet, bufs: SpikingBuffers, profile: DeviceProfile, x: np.ndarray, C, phase: int,
                     inject: np.ndarray | None = None, second: bool = False, third: bool = False) -> np.ndarray:
     """One presentation of x (n, d_0) float in [0, 1]; returns the logits (n, d_L) float64. Spike counts land in
@@ -184,7 +175,7 @@ def spiking_forward(net: DeviceNet, bufs: SpikingBuffers, profile: DeviceProfile
     spiking_pass_(x_q, sp.timesteps, INPUT_CODES[sp.input_code.value], net.w, net.dims, net.offs, wexp,
                   thresholds(net, profile), sp.du, sp.dv, sp.delay, inj, bufs.phase[:n], bufs.spk[:size],
                   bufs.u[:size], bufs.v[:size], bufs.pending[:size], bufs.a_buf[:size], counts, in_counts,
-                  bufs.out_acc[:n], in_acc if bufs.surrogate else bufs.in_acc, _nnz(net), C, phase)
+                  bufs.out_acc[:n], in_acc if bufs.surrogate else bufs.in_acc, C, phase)
     return bufs.out_acc[:n] / (sp.timesteps * float(input_scale(net, profile)[-1]))
 
 
