@@ -106,7 +106,7 @@ def spiking_cases(draw):
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
     sizes = [dims[l] * dims[l + 1] for l in range(depth)]
-    scale = draw(st.sampled_from([8, 64, 256]))
+    scale = draw(st.sampled_from([8, 64, 256, 32767]))
     w = rng.integers(-scale, scale + 1, size=sum(sizes)).astype(np.int16)
     w[rng.random(w.size) < draw(st.sampled_from([0.0, 0.3]))] = 0  # zero synapses: no events
     x_q = rng.integers(0, 257, size=(batch, dims[0])).astype(np.int64)

@@ -22,7 +22,8 @@ from numba import njit
 
 from .counters import ACS_EFF, NEURON_ACTIVE, NEURON_INACTIVE, SATURATION, SPIKES, SYN_EVENTS, WRAPS
 
-__all__ = ["UV_MAX", "lif_int_step_", "lif_float_step_", "dense_events_", "RESET_SUBTRACT", "RESET_ZERO"]
+__all__ = ["UV_MAX", "lif_int_neuron", "lif_int_step_", "lif_float_step_", "dense_events_", "RESET_SUBTRACT",
+           "RESET_ZERO"]
 
 UV_MAX = 1 << 23  # u, v are 24-bit signed
 RESET_SUBTRACT, RESET_ZERO = 0, 1
@@ -37,9 +38,30 @@ def _decay(x, keep):
     return ((((p ^ s) - s) >> 12) ^ s) - s
 
 
+@njit(cache=True, inline="always")
+def lif_int_neuron(ui, vi, ai, keep_u, keep_v, vth_eff, bias_eff):
+    """One neuron's bit-accurate timestep (module docstring, steps 1-8), branch-free (selects and comparisons).
+
+    ui, vi: its 24-bit states; ai: its synaptic input after the weight exponent; keep_u = 4096 - (du + 1),
+    keep_v = 4096 - dv; vth_eff = vth << 6. Returns (u, v, spike, wrapped, clipped, active), the last four 0/1:
+    a neuron is active when it has input or state.
+    """
+    lim = UV_MAX - 1
+    span = 2 * UV_MAX
+    active = (ui != 0) | (vi != 0) | (ai != 0)
+    cur = _decay(ui, keep_u) + (ai << 6)
+    over, under = cur > UV_MAX, cur <= -UV_MAX
+    cur = cur - span * over + span * under
+    volt = _decay(vi, keep_v) + cur + bias_eff
+    clipped = (volt > lim) | (volt < -lim)
+    volt = min(max(volt, -lim), lim)
+    spike = volt > vth_eff
+    return cur, 0 if spike else volt, spike, over | under, clipped, active
+
+
 @njit(cache=True)
 def lif_int_step_(u, v, a_in, du, dv, vth_eff, bias_eff, spikes, C):
-    """One bit-accurate timestep for n neurons, in place (module docstring, steps 1-8).
+    """One bit-accurate timestep for n neurons, in place (module docstring, steps 1-8; lif_int_neuron).
 
     u, v: int64 (n,) states; a_in: int64 (n,) synaptic input after the weight exponent; du, dv: 12-bit decays
     (0..4095); vth_eff = vth << 6; bias_eff: int; spikes: int64 (n,) out (0/1). C: one counter row (spikes,
@@ -48,24 +70,14 @@ def lif_int_step_(u, v, a_in, du, dv, vth_eff, bias_eff, spikes, C):
     """
     keep_u = 4096 - (du + 1)
     keep_v = 4096 - dv
-    lim = UV_MAX - 1
-    span = 2 * UV_MAX
     fired = wraps = clipped = active = 0
     for i in range(u.size):
-        ui, vi, ai = u[i], v[i], a_in[i]
-        active += (ui != 0) | (vi != 0) | (ai != 0)
-        cur = _decay(ui, keep_u) + (ai << 6)
-        over, under = cur > UV_MAX, cur <= -UV_MAX
-        wraps += over | under
-        cur = cur - span * over + span * under
-        u[i] = cur
-        volt = _decay(vi, keep_v) + cur + bias_eff
-        clipped += (volt > lim) | (volt < -lim)
-        volt = min(max(volt, -lim), lim)
-        spike = volt > vth_eff
-        fired += spike
+        u[i], v[i], spike, wrapped, clip, act = lif_int_neuron(u[i], v[i], a_in[i], keep_u, keep_v, vth_eff, bias_eff)
         spikes[i] = spike
-        v[i] = 0 if spike else volt
+        fired += spike
+        wraps += wrapped
+        clipped += clip
+        active += act
     C[SPIKES] += fired
     C[WRAPS] += wraps
     C[SATURATION] += clipped

@@ -24,8 +24,9 @@ barrier).
 import numpy as np
 from numba import njit, prange
 
-from .counters import ACS_EFF, NEURON_ACTIVE, SYN_EVENTS, TIMESTEPS
-from .lif import lif_int_step_
+from .counters import (ACS_EFF, NEURON_ACTIVE, NEURON_INACTIVE, SATURATION, SPIKES, SYN_EVENTS, TIMESTEPS,
+                       WRAPS)
+from .lif import lif_int_neuron
 
 __all__ = ["spiking_pass_", "transpose_weights_", "input_spike_", "PHASE_ONE", "CODE_RATE", "CODE_SINGLE",
            "CODE_TTFS", "INPUT_CODES"]
@@ -54,7 +55,7 @@ def input_spike_(code, x, phase, t, steps):
 
 @njit(cache=True, parallel=True)
 def transpose_weights_(w, dims, offs, wts, nnz):
-    """Each layer's (d_out, d_in) block of w (at offs[l]) as (d_in, d_out) int32 rows in wts (Loihi's per-axon
+    """Each layer's (d_out, d_in) block of w (at offs[l]) as (d_in, d_out) rows in wts (Loihi's per-axon
     fan-out lists: a spike reads one contiguous row), and nnz[j] = the nonzero weights of input j (layer l's
     inputs at the sum of the earlier d_in). Inputs in parallel (``prange``); every value is written once."""
     n_layers = dims.size - 1
@@ -105,7 +106,7 @@ def _accumulate_events_(src, wt, nnz_col, d_out, events_at, acc, row):
     wrapping like the chip's dendritic accumulator: integer addition in any order gives the same sum), and the
     events (spikes x nonzero fan-out) counted into row. src: (steps, d_in) 0/1; wt: flat (d_in, d_out); acc:
     flat (steps, d_out) int32; events_at: (>= d_in,) int64 workspace for one step's spiking inputs.
-    Four fan-out rows are summed per pass over the step's accumulator, so it is loaded and stored once per four
+    Eight fan-out rows are summed per pass over the step's accumulator, so it is loaded and stored once per eight
     spikes; the flat indices are unsigned, so the adds carry no negative-index check and vectorise."""
     events = 0
     width = np.uint64(d_out)
@@ -126,12 +127,16 @@ def _accumulate_events_(src, wt, nnz_col, d_out, events_at, acc, row):
         for i in range(width):
             acc[at + i] = 0
         k = 0
-        while k + 4 <= n_events:
+        while k + 8 <= n_events:
             j0, j1 = np.uint64(events_at[k]) * width, np.uint64(events_at[k + 1]) * width
             j2, j3 = np.uint64(events_at[k + 2]) * width, np.uint64(events_at[k + 3]) * width
+            j4, j5 = np.uint64(events_at[k + 4]) * width, np.uint64(events_at[k + 5]) * width
+            j6, j7 = np.uint64(events_at[k + 6]) * width, np.uint64(events_at[k + 7]) * width
             for i in range(width):
-                acc[at + i] += np.int32(wt[j0 + i]) + np.int32(wt[j1 + i]) + np.int32(wt[j2 + i]) + np.int32(wt[j3 + i])
-            k += 4
+                first = np.int32(wt[j0 + i]) + np.int32(wt[j1 + i]) + np.int32(wt[j2 + i]) + np.int32(wt[j3 + i])
+                second = np.int32(wt[j4 + i]) + np.int32(wt[j5 + i]) + np.int32(wt[j6 + i]) + np.int32(wt[j7 + i])
+                acc[at + i] += first + second
+            k += 8
         while k < n_events:
             j0 = np.uint64(events_at[k]) * width
             for i in range(width):
@@ -141,6 +146,66 @@ def _accumulate_events_(src, wt, nnz_col, d_out, events_at, acc, row):
             events += nnz_col[events_at[k]]
     row[SYN_EVENTS] += events
     row[ACS_EFF] += events
+
+
+@njit(cache=True, inline="always")
+def _delivered(acc_t, i, shift, delay, inj, arrive, wait):
+    """Neuron i's input this step: the dendritic sum shifted by the weight exponent (floor for a negative one),
+    delivered now or, with the one-step delay, the previous step's (held in wait); plus the injection (inj:
+    (d,) or empty). Leaves it in arrive[i]."""
+    total = np.int64(acc_t[i])
+    now = total << shift if shift >= 0 else total >> -shift
+    if delay > 0:
+        delivered = wait[i]
+        wait[i] = now
+    else:
+        delivered = now
+    if inj.size > 0:
+        delivered += inj[i]
+    arrive[i] = delivered
+    return delivered
+
+
+@njit(cache=True, inline="always")
+def _hidden_steps_(acc, shift, delay, inj, arrive, wait, u, v, spk, counts, integral, trains, du, dv, vth_eff, row):
+    """A hidden layer's neurons through every step t: the delivered input (_delivered) into one bit-accurate
+    LIF step each (kernels.lif.lif_int_neuron), in one loop per step. acc: (steps, d) dendritic sums; u, v, spk:
+    the layer's state rows; counts: (d,) spike counts; integral: (d,) input integral or empty; trains:
+    (steps, d) the spikes, for the next layer; row: the layer's counter row."""
+    keep_u = 4096 - (du + 1)
+    keep_v = 4096 - dv
+    fired = wraps = clipped = active = 0
+    d = u.size
+    for t in range(acc.shape[0]):
+        acc_t = acc[t]
+        train_t = trains[t]
+        for i in range(d):
+            a_in = _delivered(acc_t, i, shift, delay, inj, arrive, wait)
+            u[i], v[i], spike, wrapped, clip, act = lif_int_neuron(u[i], v[i], a_in, keep_u, keep_v, vth_eff, 0)
+            spk[i] = spike
+            train_t[i] = spike
+            counts[i] += spike
+            fired += spike
+            wraps += wrapped
+            clipped += clip
+            active += act
+        if integral.size > 0:
+            for i in range(d):
+                integral[i] += arrive[i]
+    row[SPIKES] += fired
+    row[WRAPS] += wraps
+    row[SATURATION] += clipped
+    row[NEURON_ACTIVE] += active
+    row[NEURON_INACTIVE] += acc.shape[0] * d - active
+
+
+@njit(cache=True, inline="always")
+def _output_steps_(acc, shift, delay, inj, arrive, wait, out_acc):
+    """The output layer (non-spiking integrators) through every step: out_acc += the delivered input."""
+    for t in range(acc.shape[0]):
+        acc_t = acc[t]
+        for i in range(out_acc.size):
+            out_acc[i] += _delivered(acc_t, i, shift, delay, inj, arrive, wait)
 
 
 @njit(cache=True, parallel=True)
@@ -184,6 +249,8 @@ def spiking_pass_(x_q, steps, code, w, dims, offs, wexp, vth_eff, du, dv, delay,
     trains = np.empty((batch, 2, steps * widest), dtype=np.uint8)  # the feeding and the produced spike trains
     acc = np.empty((batch, steps * dims[1:].max()), dtype=np.int32)  # per-sample, per-step dendritic sums
     events_at = np.empty((batch, widest), dtype=np.int64)
+    no_inject = np.zeros(0, dtype=np.int64)
+    no_integral = np.zeros(0, dtype=in_acc.dtype)
     integrate = in_acc.shape[0] > 0
     for b in prange(batch):
         counts[b, :] = 0
@@ -203,40 +270,19 @@ def spiking_pass_(x_q, steps, code, w, dims, offs, wexp, vth_eff, du, dv, delay,
                                 acc[b], row)
             lo = noff[l] + b * d_out
             hi = lo + d_out
-            arrive = a_buf[lo:hi]
-            wait = pending[lo:hi]
+            arrive, wait = a_buf[lo:hi], pending[lo:hi]
+            wait[:] = 0
             spk[lo:hi] = 0
             u[lo:hi] = 0
             v[lo:hi] = 0
-            wait[:] = 0
-            shift = wexp[l]
-            for t in range(steps):
-                acc_t = acc_l[t]
-                for i in range(d_out):
-                    total = np.int64(acc_t[i])
-                    now = total << shift if shift >= 0 else total >> -shift
-                    if delay > 0:  # deliver last step's accumulation, keep this step's for the next
-                        arrive[i] = wait[i]
-                        wait[i] = now
-                    else:
-                        arrive[i] = now
-                if l == 0 and inject.shape[0] > 0:
-                    for i in range(d_out):
-                        arrive[i] += inject[b, i]
-                if l < n_layers - 1:
-                    s_out = spk[lo:hi]
-                    lif_int_step_(u[lo:hi], v[lo:hi], arrive, du, dv, vth_eff[l], 0, s_out, row)
-                    dst_t = dst[t]
-                    for i in range(d_out):
-                        counts[b, hoff[l] + i] += s_out[i]
-                        dst_t[i] = s_out[i]
-                    if integrate:
-                        for i in range(d_out):
-                            in_acc[b, hoff[l] + i] += arrive[i]
-                else:
-                    for i in range(d_out):
-                        out_acc[b, i] += arrive[i]
-                    row[NEURON_ACTIVE] += d_out
+            inj = inject[b] if l == 0 and inject.shape[0] > 0 else no_inject
+            if l < n_layers - 1:
+                integ = in_acc[b, hoff[l]:hoff[l + 1]] if integrate else no_integral
+                _hidden_steps_(acc_l, wexp[l], delay, inj, arrive, wait, u[lo:hi], v[lo:hi], spk[lo:hi],
+                               counts[b, hoff[l]:hoff[l + 1]], integ, dst, du, dv, vth_eff[l], row)
+            else:
+                _output_steps_(acc_l, wexp[l], delay, inj, arrive, wait, out_acc[b])
+                row[NEURON_ACTIVE] += steps * d_out
     for b in range(batch):
         for l in range(n_layers):
             for k in range(C.shape[2]):
