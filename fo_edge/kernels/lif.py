@@ -115,6 +115,8 @@ def dense_events_(spikes, wt, weight_exp, nnz_col, acc, out, C):
     synapses as per-axon fan-out lists, so a spike reads one contiguous row); nnz_col: (d_in,) nonzero weights
     per input (events = spikes x nonzero fan-out, also counted as accumulate-only ops); acc: (>= d_out,)
     wt.dtype workspace, the dendritic accumulator (int32 on the chip); out: int64 (B, d_out).
+    This is one timestep in the chip's order, one fan-out row per spike; kernels.spiking sums the same events
+    for all T steps of a layer at once, and tests/test_spiking_order.py holds the two equal.
     """
     events = 0
     d_in, d_out = wt.shape
