@@ -283,6 +283,8 @@ def _resume_config(run_dir) -> tuple[SimulateConfig, dict | None, str | None]:
     saved = dict(record["config"])
     options = saved.pop("rule_options", {})
     saved.pop("dims", None)
+    if saved.get("activation") == SPIKING_ACTIVATION:  # recorded for the spiking device, which sets it again
+        saved["activation"] = None
     names = {f.name for f in dataclasses.fields(SimulateConfig)}
     config = SimulateConfig(**{k: v for k, v in saved.items() if k in names}, rule_options=options)
     checkpoint, run_id = load_checkpoint(run_dir), record.get("run_id")
@@ -431,7 +433,8 @@ def _train(config: SimulateConfig, backend: str, device: DeviceProfile, dims, rc
             final, history = train_spiking_torch(weights, data, config.rule, rcfg, device, error=config.error,
                                                  lr=lr, epochs=config.epochs, batch_size=config.batch_size,
                                                  seed=config.seed, device=config.torch_device, on_batch=on_batch,
-                                                 plan=config.plan(), hidden_error=config.hidden_error)
+                                                 plan=config.plan(), hidden_error=config.hidden_error,
+                                                 **checkpointing)
         except TrainingStopped as stop:
             (final, history), stopped = stop.outcome, stop.error
         stored = {f"W{l}": w for l, w in enumerate(final)}

@@ -63,13 +63,19 @@ def _cli(*args, **kw):
 
 RESUMABLE = ["simulate", "--rule", "ftp", "--device", "mcu-int8", "--model", "784-64-10", "--limit", "16000",
              "--epochs", "2", "--checkpoint-every", "40"]
+#: the spiking device on its integer kernels, and on the snnTorch path (float, the same device and threads on both
+#: sides: the same weights)
+RESUMABLE_SPIKING = ["simulate", "--rule", "ftp", "--device", "loihi-like", "--model", "784-64-10", "--limit", "6000",
+                     "--epochs", "2", "--checkpoint-every", "20"]
 
 
-def test_a_killed_run_resumes_bit_identically(tmp_path):
-    full = _cli(*RESUMABLE, "--out", str(tmp_path / "full"), timeout=600)
+@pytest.mark.parametrize("resumable", [RESUMABLE, RESUMABLE_SPIKING, [*RESUMABLE_SPIKING, "--backend", "torch"]],
+                         ids=["numba", "spiking-numba", "spiking-torch"])
+def test_a_killed_run_resumes_bit_identically(tmp_path, resumable):
+    full = _cli(*resumable, "--out", str(tmp_path / "full"), timeout=600)
     assert full.returncode == 0, full.stderr
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "fo_edge", *RESUMABLE, "--out", str(killed)],
+    proc = subprocess.Popen([sys.executable, "-m", "fo_edge", *resumable, "--out", str(killed)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (killed / "checkpoint.npz").exists() and time.time() < deadline and proc.poll() is None:
@@ -161,6 +167,34 @@ def test_torch_path_resumes_from_a_checkpoint_to_the_same_weights(digits, rule):
     for a, b in zip(full, resumed):
         np.testing.assert_array_equal(a, b)
     assert [h["test_accuracy"] for h in history] == [h["test_accuracy"] for h in history_b]
+
+
+@pytest.mark.parametrize("rule", ["ftp", "foton"])
+def test_spiking_torch_path_resumes_from_a_checkpoint_to_the_same_weights(digits, rule):
+    """The snnTorch path of loihi-like checkpoints like the float MLP path: resumed from a mid-epoch state (FOTON's
+    F included, refreshed every 4 steps so the state holds a stale one) it ends with the uninterrupted run's
+    weights and history."""
+    from fo_edge.device import load_device
+    from fo_edge.engine.spiking_torch import train_spiking_torch
+    from fo_edge.models import init_weights
+    from fo_edge.rules import rule_config
+
+    config = rule_config(rule, **({"refresh_every": 4, "ortho_every": 3} if rule == "foton" else {}))
+    common = dict(error="ce", lr=0.1, epochs=2, batch_size=64, seed=1, hidden_error="central")
+    weights = init_weights((64, 24, 10), seed=0)
+    profile = load_device("loihi-like")
+    states = []
+    full, history = train_spiking_torch(weights, digits, rule, config, profile, checkpoint_every=5,
+                                        on_checkpoint=states.append, **common)
+    # a mid-epoch state of epoch 2 between two refreshes of F
+    middle = next(s for s in states if s["position"][0] == 1 and s["position"][1] > 0 and s["position"][2] % 4)
+    assert 0 < middle["position"][1] < len(digits.x_train)
+    assert (middle["proj"].size > 0) == (rule == "foton")
+    resumed, history_b = train_spiking_torch(weights, digits, rule, config, profile, resume=middle, **common)
+    for a, b in zip(full, resumed):
+        np.testing.assert_array_equal(a, b)
+    assert [h["test_accuracy"] for h in history] == [h["test_accuracy"] for h in history_b]
+    assert not np.array_equal(full[0], weights[0])  # it trained
 
 
 def test_torch_path_divergence_stops_and_records(tmp_path):

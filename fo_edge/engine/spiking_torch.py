@@ -7,9 +7,13 @@ delta_l = c_l - c'_l (hidden_error "spike-count"), (c_l^- - c_l^+) / 2 from a th
 modulation ("central") or 1[c_l + c'_l > 0] (A_l - A'_l), A_l the input integral
 ("surrogate"; rules.spiking_binding.HIDDEN_ERRORS).
 FOTON refreshes F = W_L ... W_1 every ``refresh_every`` steps and runs Björck every ``ortho_every`` steps.
+Checkpoints hold the stream engine's state keys (engine.torch_loop: ``w``, FOTON's ``proj``, ``position``,
+``history``); a resumed run continues at the checkpoint's batch with the same weights, so on the same device and
+threads it ends with the weights of an uninterrupted run. This path counts nothing: ``counters`` stays empty.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Callable
 
@@ -24,8 +28,9 @@ from ..rules.base import output_error_torch
 from ..rules.foton import FOTONConfig
 from ..rules.ftp import ftp_feedback, ftp_signal
 from ..rules.pepita import pepita_feedback
-from .health import NumericHealthError, TrainingStopped
+from .health import HealthConfig, HealthMonitor, NumericHealthError, TrainingStopped
 from .plan import BatchPlan, epoch_order
+from .torch_loop import checkpoint_state, restore_checkpoint
 
 __all__ = ["train_spiking_torch"]
 
@@ -34,12 +39,14 @@ def train_spiking_torch(weights: list[np.ndarray], data: Dataset, rule: str, con
                         error: str, lr: float, epochs: int, batch_size: int, seed: int, device: str = "cpu",
                         on_batch: Callable[[int], None] | None = None,
                         plan: BatchPlan = BatchPlan(),
-                        hidden_error: str | None = None) -> tuple[list[np.ndarray], list[dict]]:
+                        hidden_error: str | None = None, health: HealthConfig | None = None,
+                        checkpoint_every: int = 0, on_checkpoint: Callable[[dict], None] | None = None,
+                        resume: dict | None = None) -> tuple[list[np.ndarray], list[dict]]:
     """Train; returns the final weights (float32 numpy) and per-epoch metrics. ``plan``: batches and per-step lr
-    (engine.plan)."""
+    (engine.plan); ``on_checkpoint(state)`` every ``checkpoint_every`` steps and after every epoch, ``resume``
+    such a state (module docstring); ``health`` checks non-finite and exploding weights after every step."""
     dev = torch.device(device)
     ws = [torch.as_tensor(w, dtype=torch.float32, device=dev).clone() for w in weights]
-    net = SpikingMLP(ws, profile.spiking).to(dev)
     dims = tuple([int(weights[0].shape[1])] + [int(w.shape[0]) for w in weights])
     steps_t = profile.spiking.timesteps
     temperature = getattr(config, "temperature", 1.0)
@@ -50,11 +57,22 @@ def train_spiking_torch(weights: list[np.ndarray], data: Dataset, rule: str, con
     is_foton = isinstance(config, FOTONConfig)
     eye = torch.eye(dims[-1], device=dev)
     x_tr, y_tr = torch.as_tensor(data.x_train, device=dev), torch.as_tensor(data.y_train, device=dev)
-    step, history = 0, []
-    for epoch in range(epochs):
+    step, history, first_epoch, first_begin = 0, [], 0, 0
+    if resume is not None:
+        ws, config, (first_epoch, first_begin, step), history = restore_checkpoint(resume, ws, config, is_foton, dev)
+        if is_foton and config.projection is not None:
+            proj = config.projection
+    net = SpikingMLP(ws, profile.spiking).to(dev)
+    monitor = HealthMonitor(health, len(ws)) if health is not None else None
+
+    def state(epoch: int, begin: int) -> dict:
+        foton = dataclasses.replace(config, projection=proj) if is_foton and step > 0 else config
+        return checkpoint_state(ws, foton, is_foton, [None] * len(ws), epoch, begin, step, history)
+
+    for epoch in range(first_epoch, epochs):
         start = time.perf_counter()
         order = torch.as_tensor(epoch_order(len(x_tr), seed, epoch), device=dev)
-        for begin in plan.starts(len(order), batch_size):
+        for begin in plan.starts(len(order), batch_size, first_begin if epoch == first_epoch else 0):
             idx = order[begin:begin + batch_size]
             x, t = x_tr[idx], eye[y_tr[idx]]
             lr_step = plan.step_lr(lr, epoch, len(idx), batch_size)
@@ -95,8 +113,15 @@ def train_spiking_torch(weights: list[np.ndarray], data: Dataset, rule: str, con
             if is_foton and config.ortho_every and step % config.ortho_every == 0:
                 for l, w in enumerate(ws):
                     w.copy_(bjorck_torch(w, config.bjorck_iters))
+            if monitor is not None:
+                try:
+                    monitor.check(step, None, [w.detach().cpu().numpy() for w in ws])
+                except NumericHealthError as exc:
+                    raise TrainingStopped(exc, ([w.cpu().numpy() for w in ws], history)) from None
             if on_batch is not None:
                 on_batch(n)
+            if on_checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
+                on_checkpoint(state(epoch, begin + batch_size))
         seconds = time.perf_counter() - start
         correct = 0
         for begin in range(0, len(data.x_test), 1024):
@@ -104,4 +129,6 @@ def train_spiking_torch(weights: list[np.ndarray], data: Dataset, rule: str, con
             correct += int((net(xb)[0].argmax(1).cpu().numpy() == data.y_test[begin:begin + 1024]).sum())
         history.append({"epoch": epoch + 1, "steps": step, "test_accuracy": correct / max(len(data.x_test), 1),
                         "seconds": seconds, "samples_per_s": len(order) / max(seconds, 1e-9)})
+        if on_checkpoint is not None and checkpoint_every:
+            on_checkpoint(state(epoch + 1, 0))
     return [w.cpu().numpy() for w in ws], history

@@ -26,7 +26,7 @@ from ..rules.foton import FOTONConfig
 from .health import HealthConfig, HealthMonitor, NumericHealthError, TrainingStopped
 from .plan import BatchPlan, epoch_order
 
-__all__ = ["train_torch", "evaluate_torch", "epoch_order", "dropout_masks"]
+__all__ = ["train_torch", "evaluate_torch", "epoch_order", "dropout_masks", "checkpoint_state", "restore_checkpoint"]
 
 
 def dropout_masks(dims, batch: int, p: float, seed: int, step: int, dev) -> list[torch.Tensor] | None:
@@ -81,19 +81,13 @@ def train_torch(weights: list[np.ndarray], data: Dataset, rule: str, config, *, 
     velocity: list[torch.Tensor | None] = [None] * len(ws)
     step, history, first_epoch, first_begin = 0, [], 0, 0
     if resume is not None:
-        ws, config, (first_epoch, first_begin, step), history = _restore(resume, ws, config, is_foton, dev)
+        ws, config, (first_epoch, first_begin, step), history = restore_checkpoint(resume, ws, config, is_foton,
+                                                                                   dev)
         velocity = _restore_velocity(resume, ws, velocity)
     monitor = HealthMonitor(health, len(ws)) if health is not None else None
 
     def state(epoch: int, begin: int) -> dict:
-        proj = config.projection if is_foton and config.projection is not None else torch.zeros(0)
-        moving = [v for v in velocity if v is not None]
-        return {"w": torch.cat([w.reshape(-1) for w in ws]).cpu().numpy(), "rng": np.zeros(0, dtype=np.uint64),
-                "counters": np.zeros(0, dtype=np.int64), "proj": proj.cpu().numpy().astype(np.float32),
-                "velocity": torch.cat([v.reshape(-1) for v in moving]).cpu().numpy() if moving
-                else np.zeros(0, dtype=np.float32),
-                "position": np.array([epoch, begin, step, 0, 0], dtype=np.int64),
-                "history": np.array(json.dumps(history))}
+        return checkpoint_state(ws, config, is_foton, velocity, epoch, begin, step, history)
 
     for epoch in range(first_epoch, epochs):
         start = time.perf_counter()
@@ -143,8 +137,24 @@ def train_torch(weights: list[np.ndarray], data: Dataset, rule: str, config, *, 
     return [w.cpu().numpy() for w in ws], history
 
 
-def _restore(resume: dict, ws: list, config, is_foton: bool, dev):
-    """Weights, FOTON's F and the loop position from a checkpoint (sizes checked)."""
+def checkpoint_state(ws: list, config, is_foton: bool, velocity: list, epoch: int, begin: int, step: int,
+                     history: list) -> dict:
+    """A float run's checkpoint in the stream engine's state keys: ``w`` the weights flat (float32), ``proj``
+    FOTON's F (else empty), ``velocity`` the momentum buffers flat (empty before the first step or without
+    momentum), ``position`` (epoch, next batch start, step, 0, 0), ``history``; ``rng`` and ``counters`` empty."""
+    proj = config.projection if is_foton and config.projection is not None else torch.zeros(0)
+    moving = [v for v in velocity if v is not None]
+    return {"w": torch.cat([w.reshape(-1) for w in ws]).cpu().numpy(), "rng": np.zeros(0, dtype=np.uint64),
+            "counters": np.zeros(0, dtype=np.int64), "proj": proj.cpu().numpy().astype(np.float32),
+            "velocity": torch.cat([v.reshape(-1) for v in moving]).cpu().numpy() if moving
+            else np.zeros(0, dtype=np.float32),
+            "position": np.array([epoch, begin, step, 0, 0], dtype=np.int64),
+            "history": np.array(json.dumps(history))}
+
+
+def restore_checkpoint(resume: dict, ws: list, config, is_foton: bool, dev):
+    """Weights, FOTON's F and the loop position from a ``checkpoint_state`` (sizes checked): returns
+    (weights, config with F, (epoch, next batch start, step), history)."""
     flat = resume["w"]
     if flat.dtype != np.float32 or flat.shape != (sum(w.numel() for w in ws),):
         raise RunError(f"checkpoint does not match this run: w is {flat.dtype} {flat.shape}")
