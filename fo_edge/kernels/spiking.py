@@ -1,5 +1,6 @@
-"""A rate-coded spiking MLP run for T timesteps on the bit-accurate Loihi model (kernels.lif), all layers
-advancing together each timestep, as they would on the chip.
+"""A rate-coded spiking MLP run for T timesteps on the bit-accurate Loihi model (kernels.lif), with the results
+of all layers advancing together each timestep, as they would on the chip (the simulator's own order, layer by
+layer, is described at ``spiking_pass_``).
 
 Per timestep t: the input spikes come from one of three deterministic input codes (``code``, x_q = round(256 x)):
 - ``CODE_RATE`` (0): an 8-bit phase accumulator per pixel, phase += x_q; spike and subtract 256 when
@@ -16,10 +17,10 @@ constant synaptic input to layer 1 every timestep (FTP's target pass). Optional 
 integrates each hidden neuron's synaptic input over the presentation (after the delay and the injection: the
 sum of the u increments, as a non-spiking second compartment would), for the surrogate hidden error.
 
-State kept: u, v, the pending (delayed) input and a spike count per neuron, and the input phases: nothing
-per timestep is stored. Counters go to C[phase, l] (layer l's synapses and neurons) and C[phase, L]
-(timesteps: T per sample, since the samples of a batch are presented one after another, each step ending in a
-barrier).
+State the device keeps: u, v, the pending (delayed) input and a spike count per neuron, and the input phases:
+nothing per timestep (the simulator's per-step scratch is not device memory). Counters go to C[phase, l]
+(layer l's synapses and neurons) and C[phase, L] (timesteps: T per sample, since the samples of a batch are
+presented one after another, each step ending in a barrier).
 """
 import numpy as np
 from numba import njit, prange
@@ -76,10 +77,11 @@ def transpose_weights_(w, dims, offs, wts, nnz):
 @njit(cache=True, inline="always")
 def _input_train_(code, x_q, phase_buf, in_counts, train):
     """One sample's input spike trains, train[t, j] (0/1) for every step t and pixel j (module docstring's
-    codes); phase_buf, in_counts: the sample's (d_0,) rows, advanced and counted as the steps would. The rate
-    code from a zero phase in closed form: after t + 1 steps the accumulator has taken in (t + 1) x, so the pixel
-    has fired floor((t + 1) x / 256) times and fires at step t when that count steps up; its phase is then
-    (t + 1) x mod 256 (x <= 256 keeps it to one spike per step). No step waits on the previous one."""
+    codes); phase_buf (zero on entry: a presentation starts from zero phases), in_counts: the sample's (d_0,)
+    rows, advanced and counted as the steps would. The rate code in closed form: after t + 1 steps the
+    accumulator has taken in (t + 1) x, so the pixel has fired floor((t + 1) x / 256) times and fires at step t
+    when that count steps up; its phase is then (t + 1) x mod 256 (x <= 256 keeps it to one spike per step).
+    No step waits on the previous one."""
     steps = train.shape[0]
     for t in range(steps):
         row = train[t]
@@ -221,8 +223,9 @@ def spiking_pass_(x_q, steps, code, w, dims, offs, wexp, vth_eff, du, dv, delay,
 
     The simulator's order is not the chip's, the results are. The chip advances every layer each timestep; a
     feedforward net lets the simulator run one layer through all T steps before the next (layer l at step t
-    reads only layer l-1's spikes at step t), so it accumulates a layer's synaptic input for all T steps from
-    each input's spike train at once (_accumulate_events_), then steps its neurons through T. It keeps the
+    reads only layer l-1's spikes at step t), so it forms a layer's synaptic input for all T steps first
+    (_accumulate_events_: each step's spiking inputs, eight fan-out rows per pass), then steps its neurons
+    through T in one fused loop (_hidden_steps_, _output_steps_). It keeps the
     spike trains of the layer feeding the current one and the layer's T accumulators (simulator scratch: the
     device's memory plan is the chip's, see rules.spiking_binding). Every integer and counter is identical to
     the timestep-major order (tests/test_spiking_order.py holds it against that order's plain implementation).
