@@ -83,13 +83,18 @@ def test_barrier_is_counted_per_sample_and_timestep(tmp_path):
     assert seconds >= 96 * T * 113e-9  # at least one 113 ns barrier per sample and timestep
 
 
-def test_float_spiking_path_stops_on_non_finite_weights(tmp_path):
-    """An MSE error at a huge lr drives the float spiking net's weights to inf/NaN: the run is recorded as
-    stopped, never complete."""
+@pytest.mark.parametrize("on_unhealthy, message", [
+    ("stop", r"numeric health: layer \d at step \d+: max \|W\| = .* exceeds"),  # the health monitor, first
+    ("warn", "non-finite weights on the float spiking path"),  # the monitor only warns: inf/NaN still stops it
+])
+def test_float_spiking_path_stops_on_non_finite_weights(tmp_path, on_unhealthy, message):
+    """An MSE error at a huge lr drives the float spiking net's weights to inf/NaN: the health monitor stops the
+    run while the weights explode; with the monitor set to warn, the non-finite check still stops it. Either way
+    the run is recorded as stopped, never complete."""
     from fo_edge.errors import RunError
     from fo_edge.runs import read_run
 
-    with pytest.raises(RunError, match="non-finite weights on the float spiking path"):
+    with pytest.raises(RunError, match=message):
         fo_edge.simulate(rule="ftp", device="loihi-like", dataset="digits", model="64-32-10", lr=1e3,
-                         error="mse", backend="torch", out=str(tmp_path / "r"))
+                         error="mse", backend="torch", on_unhealthy=on_unhealthy, out=str(tmp_path / "r"))
     assert read_run(tmp_path / "r")["status"] == "stopped"
