@@ -440,21 +440,25 @@ def _train(config: SimulateConfig, backend: str, device: DeviceProfile, dims, rc
         stored = {f"W{l}": w for l, w in enumerate(final)}
         memory, counters, energy, warnings = {}, {}, None, []
     elif backend == "torch":
+        from .accounting.float_counts import FloatMeter
         from .engine.torch_loop import train_torch
 
+        meter = FloatMeter(dims, device, config.rule, config.schedule)
         try:
             final, history = train_torch(weights, data, config.rule, rcfg, activation=config.activation,
                                          error=config.error, lr=lr, epochs=config.epochs,
                                          batch_size=config.batch_size, seed=config.seed,
                                          device=config.torch_device, on_batch=on_batch, plan=config.plan(),
                                          momentum=config.momentum, weight_decay=config.weight_decay,
-                                         dropout=config.dropout, **checkpointing)
+                                         dropout=config.dropout, meter=meter, **checkpointing)
         except TrainingStopped as stop:
             (final, history), stopped = stop.outcome, stop.error
         stored = {f"W{l}": w for l, w in enumerate(final)}
         memory: dict = {}
-        counters: dict = {}
-        energy: dict | None = None
+        counters = meter.record()
+        energy = energy_record(counters_array(counters), device.energy_pj,
+                               training_samples=counters["training_samples"],
+                               inference_samples=counters["inference_samples"], layers=counters["layers"])
         warnings: list[str] = []
     else:
         from .engine.stream import train_stream

@@ -143,7 +143,7 @@ def _summary_table(result: api.SimulateResult) -> str:
             rows.append(("static energy / training sample", f"{format_energy(static['per_training_sample_pj'])} "
                          f"({_cores(static)}, {1e3 * static['training_s']:.3g} ms device time)"))
     else:
-        rows.append(("energy", "counted on the numba path only (use --backend numba)"))
+        rows.append(("energy", "not counted on this path (use --backend numba)"))
     rows.append(("run directory", str(result.run_dir)))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -44,7 +44,7 @@ def comparison_rows(runs: list[tuple[str, dict]], mode: str | None = None) -> li
     """One row per run: rule, device, model, accuracy, energy per sample (total and by training phase), spiking
     devices' static energy per sample, device time per training sample and cores (charged for static power, and
     fo-edge's tight packing), peak memory and capacity.
-    Energies in pJ (None where the run has no energy, e.g. the torch path, or no static term)."""
+    Energies in pJ (None where the run has no energy, e.g. the snnTorch path, or no static term)."""
     rows = []
     for label, rec in runs:
         cfg, mem = rec["config"], rec["memory"]

@@ -69,8 +69,14 @@ RESUMABLE_SPIKING = ["simulate", "--rule", "ftp", "--device", "loihi-like", "--m
                      "--epochs", "2", "--checkpoint-every", "20"]
 
 
-@pytest.mark.parametrize("resumable", [RESUMABLE, RESUMABLE_SPIKING, [*RESUMABLE_SPIKING, "--backend", "torch"]],
-                         ids=["numba", "spiking-numba", "spiking-torch"])
+#: the float torch path of gpu-fp32, which counts (accounting.float_counts): its counters resume with it
+RESUMABLE_TORCH = ["simulate", "--rule", "ftp", "--device", "gpu-fp32", "--model", "784-64-10", "--limit", "16000",
+                   "--epochs", "3", "--checkpoint-every", "20"]
+
+
+@pytest.mark.parametrize("resumable", [RESUMABLE, RESUMABLE_SPIKING, [*RESUMABLE_SPIKING, "--backend", "torch"],
+                                       RESUMABLE_TORCH],
+                         ids=["numba", "spiking-numba", "spiking-torch", "torch"])
 def test_a_killed_run_resumes_bit_identically(tmp_path, resumable):
     full = _cli(*resumable, "--out", str(tmp_path / "full"), timeout=600)
     assert full.returncode == 0, full.stderr
@@ -151,6 +157,8 @@ def test_a_full_disk_loses_no_earlier_results(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("rule", ["ftp", "foton"])
 def test_torch_path_resumes_from_a_checkpoint_to_the_same_weights(digits, rule):
+    from fo_edge.accounting.float_counts import FloatMeter
+    from fo_edge.device import load_device
     from fo_edge.engine.torch_loop import train_torch
     from fo_edge.models import init_weights
     from fo_edge.rules import rule_config
@@ -158,15 +166,18 @@ def test_torch_path_resumes_from_a_checkpoint_to_the_same_weights(digits, rule):
     config = rule_config(rule, **({"refresh_every": 7, "ortho_every": 5} if rule == "foton" else {}))
     common = dict(activation="tanh", error="ce", lr=0.05, epochs=2, batch_size=32, seed=1)
     weights = init_weights((64, 32, 10), seed=0)
-    states = []
+    meter = lambda: FloatMeter((64, 32, 10), load_device("gpu-fp32"), rule)  # noqa: E731
+    states, full_meter, resumed_meter = [], meter(), meter()
     full, history = train_torch(weights, digits, rule, config, checkpoint_every=10, on_checkpoint=states.append,
-                                **common)
+                                meter=full_meter, **common)
     middle = states[len(states) // 3]  # a mid-epoch checkpoint
     assert 0 < middle["position"][1] < len(digits.x_train)
-    resumed, history_b = train_torch(weights, digits, rule, config, resume=middle, **common)
+    resumed, history_b = train_torch(weights, digits, rule, config, resume=middle, meter=resumed_meter, **common)
     for a, b in zip(full, resumed):
         np.testing.assert_array_equal(a, b)
     assert [h["test_accuracy"] for h in history] == [h["test_accuracy"] for h in history_b]
+    assert resumed_meter.record() == full_meter.record()  # the counts travel in the checkpoint
+    assert full_meter.trained == 2 * len(digits.x_train)
 
 
 @pytest.mark.parametrize("rule", ["ftp", "foton"])

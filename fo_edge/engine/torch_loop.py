@@ -6,7 +6,9 @@ momentum mu, ``d_l = g_l + wd W_l``, ``v_l <- mu v_l + d_l`` (v_l = d_l on the f
 refreshes its projection F every ``refresh_every`` steps. Dropout (probability p) draws one inverted-dropout
 mask per hidden layer and batch from a generator seeded by (seed, step) and shares it between the rule's
 passes. The batches, their order and the per-step lr come from :class:`fo_edge.engine.plan.BatchPlan`.
-Checkpoints, resume and the weight health checks follow the stream engine's conventions.
+Checkpoints, resume and the weight health checks follow the stream engine's conventions. A ``meter``
+(accounting.float_counts.FloatMeter) counts the run in the device kernels' schema: the rule's passes, each
+update's writes, Björck, F's refresh and every evaluation; its counts travel in the checkpoints.
 """
 from __future__ import annotations
 
@@ -20,7 +22,9 @@ import torch
 
 from ..data import Dataset
 from ..errors import RunError
-from ..models.mlp import MLP
+from ..accounting.float_counts import NO_METER, FloatMeter
+from ..kernels.counters import INFERENCE
+from ..models.mlp import MLP, activate_torch
 from ..rules import RULES, bjorck_torch, projection_torch
 from ..rules.foton import FOTONConfig
 from .health import HealthConfig, HealthMonitor, NumericHealthError, TrainingStopped
@@ -41,13 +45,27 @@ def dropout_masks(dims, batch: int, p: float, seed: int, step: int, dev) -> list
 
 
 def evaluate_torch(weights: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, activation: str,
-                   chunk: int = 4096) -> float:
-    """Top-1 accuracy of the MLP on (x: (N, d_0), y: (N,) labels)."""
-    model = MLP([w.detach() for w in weights], activation).to(x.device)
+                   chunk: int = 4096, meter: FloatMeter | None = None) -> float:
+    """Top-1 accuracy of the MLP on (x: (N, d_0), y: (N,) labels); ``meter`` counts every layer into the
+    inference phase."""
     correct = 0
     with torch.no_grad():
+        if meter is None:
+            model = MLP([w.detach() for w in weights], activation).to(x.device)
+            for start in range(0, len(x), chunk):
+                correct += int((model(x[start:start + chunk]).argmax(1) == y[start:start + chunk]).sum())
+            return correct / max(len(x), 1)
+        meter.begin_step()
         for start in range(0, len(x), chunk):
-            correct += int((model(x[start:start + chunk]).argmax(1) == y[start:start + chunk]).sum())
+            h = x[start:start + chunk]
+            for l, w in enumerate(weights):
+                out = h @ w.T
+                if l < len(weights) - 1:
+                    out = activate_torch(out, activation)
+                meter.forward(INFERENCE, l, h, w, out)
+                h = out
+            correct += int((h.argmax(1) == y[start:start + chunk]).sum())
+        meter.inferred += len(x)
     return correct / max(len(x), 1)
 
 
@@ -58,12 +76,12 @@ def train_torch(weights: list[np.ndarray], data: Dataset, rule: str, config, *, 
                 checkpoint_every: int = 0, on_checkpoint: Callable[[dict], None] | None = None,
                 resume: dict | None = None, on_step: Callable | None = None, plan: BatchPlan = BatchPlan(),
                 momentum: float = 0.0, weight_decay: float = 0.0,
-                dropout: float = 0.0) -> tuple[list[np.ndarray], list[dict]]:
+                dropout: float = 0.0, meter: FloatMeter | None = None) -> tuple[list[np.ndarray], list[dict]]:
     """Train in float32 on ``device``; returns the final weights (numpy float32) and per-epoch metrics.
 
     Checkpoints and ``resume`` use the stream engine's state keys (``w`` flat float32, ``proj`` FOTON's F,
-    ``position``, ``history``, and ``velocity``, the momentum buffers, flat; ``rng`` and ``counters`` are
-    empty: this path counts nothing, and its dropout masks are seeded by the step). ``health`` checks non-finite
+    ``position``, ``history``, ``velocity``, the momentum buffers, flat, and ``counters``, the meter's counts
+    (empty without a meter); ``rng`` is empty: the dropout masks are seeded by the step). ``health`` checks non-finite
     and exploding weights after every step; a stop raises :class:`TrainingStopped` carrying (weights, history).
     ``on_step(step, ws, x, t, config)`` sees each batch before its update (diagnostics). Each epoch's record
     has the test accuracy, the lr, and for FOTON with a Björck tolerance the mean iterations per call.
@@ -84,10 +102,13 @@ def train_torch(weights: list[np.ndarray], data: Dataset, rule: str, config, *, 
         ws, config, (first_epoch, first_begin, step), history = restore_checkpoint(resume, ws, config, is_foton,
                                                                                    dev)
         velocity = _restore_velocity(resume, ws, velocity)
+        if meter is not None and resume["counters"].size:
+            meter.restore(resume["counters"].reshape(meter.shape.shape), *(int(v) for v in resume["position"][3:5]))
     monitor = HealthMonitor(health, len(ws)) if health is not None else None
+    tally = meter if meter is not None else NO_METER
 
     def state(epoch: int, begin: int) -> dict:
-        return checkpoint_state(ws, config, is_foton, velocity, epoch, begin, step, history)
+        return checkpoint_state(ws, config, is_foton, velocity, epoch, begin, step, history, meter)
 
     for epoch in range(first_epoch, epochs):
         start = time.perf_counter()
@@ -98,11 +119,13 @@ def train_torch(weights: list[np.ndarray], data: Dataset, rule: str, config, *, 
             x, t = x_tr[idx], eye[y_tr[idx]]
             if is_foton and step % config.refresh_every == 0:
                 config = dataclasses.replace(config, projection=projection_torch(ws))
+                tally.refresh()
             if on_step is not None:
                 on_step(step, ws, x, t, config)
             masks = dropout_masks(dims, len(idx), dropout, seed, step, dev)
+            tally.begin_step()
             grads = spec.update_torch(ws, x, t, activation=activation, error=error, config=config,
-                                      masks=masks)
+                                      masks=masks, meter=tally)
             step_lr = plan.step_lr(lr, epoch, len(idx), batch_size)
             for l, (w, g) in enumerate(zip(ws, grads)):
                 if weight_decay:
@@ -110,10 +133,17 @@ def train_torch(weights: list[np.ndarray], data: Dataset, rule: str, config, *, 
                 if momentum:
                     velocity[l] = g.clone() if velocity[l] is None else velocity[l].mul_(momentum).add_(g)
                     g = velocity[l]
-                w.sub_(step_lr * g)
+                if meter is None:
+                    w.sub_(step_lr * g)
+                else:
+                    new = w - step_lr * g
+                    meter.update(l, len(idx), w, new, bool(momentum or weight_decay))
+                    w.copy_(new)
             step += 1
+            if meter is not None:
+                meter.trained += len(idx)
             if is_foton and config.ortho_every and step % config.ortho_every == 0:
-                ws = [bjorck_torch(w, config.bjorck_iters, tol=config.bjorck_tol, used=iters_used) for w in ws]
+                ws = _orthogonalize(ws, config, iters_used, meter)
             if monitor is not None:
                 try:
                     monitor.check(step, None, [w.detach().cpu().numpy() for w in ws])
@@ -124,7 +154,8 @@ def train_torch(weights: list[np.ndarray], data: Dataset, rule: str, config, *, 
             if on_checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
                 on_checkpoint(state(epoch, begin + batch_size))
         seconds = time.perf_counter() - start
-        record = {"epoch": epoch + 1, "steps": step, "test_accuracy": evaluate_torch(ws, x_te, y_te, activation),
+        record = {"epoch": epoch + 1, "steps": step,
+                  "test_accuracy": evaluate_torch(ws, x_te, y_te, activation, meter=meter),
                   "seconds": seconds, "samples_per_s": len(order) / max(seconds, 1e-9),
                   "lr": plan.epoch_lr(lr, epoch)}
         if iters_used and config.bjorck_tol > 0:
@@ -138,18 +169,33 @@ def train_torch(weights: list[np.ndarray], data: Dataset, rule: str, config, *, 
 
 
 def checkpoint_state(ws: list, config, is_foton: bool, velocity: list, epoch: int, begin: int, step: int,
-                     history: list) -> dict:
+                     history: list, meter: FloatMeter | None = None) -> dict:
     """A float run's checkpoint in the stream engine's state keys: ``w`` the weights flat (float32), ``proj``
     FOTON's F (else empty), ``velocity`` the momentum buffers flat (empty before the first step or without
-    momentum), ``position`` (epoch, next batch start, step, 0, 0), ``history``; ``rng`` and ``counters`` empty."""
+    momentum), ``counters`` the meter's counts flat (empty without one), ``position`` (epoch, next batch start,
+    step, samples trained, samples evaluated), ``history``; ``rng`` empty."""
     proj = config.projection if is_foton and config.projection is not None else torch.zeros(0)
     moving = [v for v in velocity if v is not None]
     return {"w": torch.cat([w.reshape(-1) for w in ws]).cpu().numpy(), "rng": np.zeros(0, dtype=np.uint64),
-            "counters": np.zeros(0, dtype=np.int64), "proj": proj.cpu().numpy().astype(np.float32),
+            "counters": meter.counts().reshape(-1) if meter is not None else np.zeros(0, dtype=np.int64),
+            "proj": proj.cpu().numpy().astype(np.float32),
             "velocity": torch.cat([v.reshape(-1) for v in moving]).cpu().numpy() if moving
             else np.zeros(0, dtype=np.float32),
-            "position": np.array([epoch, begin, step, 0, 0], dtype=np.int64),
+            "position": np.array([epoch, begin, step, meter.trained if meter else 0, meter.inferred if meter else 0],
+                                 dtype=np.int64),
             "history": np.array(json.dumps(history))}
+
+
+def _orthogonalize(ws: list, config: FOTONConfig, iters_used: list[int], meter: FloatMeter | None) -> list:
+    """Björck on every layer (``config``'s iterations and tolerance), counted by ``meter`` when given."""
+    out = []
+    for l, w in enumerate(ws):
+        unchanged: list[bool] = []
+        new = bjorck_torch(w, config.bjorck_iters, tol=config.bjorck_tol, used=iters_used, unchanged=unchanged)
+        if meter is not None:
+            meter.orthogonalize(l, w, new, iters_used[-1], unchanged[-1], config.bjorck_iters, config.bjorck_tol)
+        out.append(new)
+    return out
 
 
 def restore_checkpoint(resume: dict, ws: list, config, is_foton: bool, dev):

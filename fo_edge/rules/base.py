@@ -15,9 +15,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..accounting.float_counts import NO_METER, NoMeter
 from ..errors import ConfigError
+from ..kernels.counters import FORWARD
 
-__all__ = ["RuleSpec", "parse_options", "output_error_torch", "feedback_matrix", "masked", "ERRORS"]
+__all__ = ["RuleSpec", "parse_options", "output_error_torch", "feedback_matrix", "masked", "hidden_layer", "ERRORS"]
 
 ERRORS = ("ce", "mse")
 
@@ -99,16 +101,30 @@ def masked(a: torch.Tensor, masks, l: int) -> torch.Tensor:
     return a if masks is None else a * masks[l]
 
 
-def forward_torch(weights: list[torch.Tensor], x: torch.Tensor, activate: Callable, masks=None) -> tuple[list, list]:
+def forward_torch(weights: list[torch.Tensor], x: torch.Tensor, activate: Callable, masks=None,
+                  meter: NoMeter = NO_METER) -> tuple[list, list]:
     """The clean pass: pre-activations ``a_1..a_L`` and activities ``h_0 = x, h_1..h_{L-1}``; ``a_L`` is y.
-    ``masks``: per hidden layer (B, d_l) dropout masks, or None (see :func:`masked`)."""
+    ``masks``: per hidden layer (B, d_l) dropout masks, or None (see :func:`masked`); ``meter`` counts each layer
+    into the forward phase (accounting.float_counts)."""
     hs, pre = [x], []
     for l, w in enumerate(weights):
-        a = hs[-1] @ w.T
         if l < len(weights) - 1:
-            a = masked(a, masks, l)
+            _, a, h = hidden_layer(hs[-1], w, l, activate, masks, meter, FORWARD)
             pre.append(a)
-            hs.append(activate(a))
+            hs.append(h)
         else:
-            pre.append(a)
+            pre.append(hs[-1] @ w.T)
+            meter.forward(FORWARD, l, hs[-1], w, pre[-1])
     return pre, hs
+
+
+def hidden_layer(h_in: torch.Tensor, w: torch.Tensor, l: int, activate: Callable, masks, meter: NoMeter,
+                 phase: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hidden layer l of any pass: a = masked(h_in W^T), h = sigma(a); returns (h_in W^T, a, h), each
+    (B, d_l). ``meter`` counts it into ``phase`` with the outputs as the neurons computed them, before dropout
+    (as the device kernels count)."""
+    raw = h_in @ w.T
+    a = masked(raw, masks, l)
+    h = activate(a)
+    meter.forward(phase, l, h_in, w, h if masks is None or meter is NO_METER else activate(raw))
+    return raw, a, h

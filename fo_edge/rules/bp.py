@@ -10,9 +10,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..accounting.float_counts import NO_METER, NoMeter
 from ..errors import ConfigError
+from ..kernels.counters import FORWARD
 from ..models.mlp import activate_torch
-from .base import masked
+from .base import hidden_layer
 
 __all__ = ["BPConfig", "bp_update_torch"]
 
@@ -28,20 +30,36 @@ class BPConfig:
             raise ConfigError("temperature must be > 0")
 
 
-def bp_update_torch(weights, x, target, *, activation, error, config: BPConfig, masks=None):
+def bp_update_torch(weights, x, target, *, activation, error, config: BPConfig, masks=None,
+                    meter: NoMeter = NO_METER):
     """Autograd's gradient of the loss for each ``W_l: (d_l, d_{l-1})``; the weights are not changed.
-    ``masks``: dropout masks of the hidden pre-activations (rules.base.masked)."""
+    ``masks``: dropout masks of the hidden pre-activations (rules.base.masked). ``meter`` counts the forward
+    pass and each delta_l's propagation through W_l^T (l = L..2), read from autograd's gradient with respect to
+    a_l (accounting.float_counts)."""
+    act = lambda a: activate_torch(a, activation)  # noqa: E731
     leaves = [w.detach().clone().requires_grad_(True) for w in weights]
+    metered = meter is not NO_METER
+    pres = []
     with torch.enable_grad():
         h = x
         for l, w in enumerate(leaves):
-            a = h @ w.T
-            h = activate_torch(masked(a, masks, l), activation) if l < len(leaves) - 1 else a
+            if l < len(leaves) - 1:
+                raw, _, h_next = hidden_layer(h, w, l, act, masks, meter, FORWARD)
+            else:
+                raw = h_next = h @ w.T
+                meter.forward(FORWARD, l, h, w, h_next)
+            pres.append(raw)
+            h = h_next
         y = h
         if error == "ce":
             loss = torch.nn.functional.cross_entropy(y / config.temperature, target.argmax(dim=1)) \
                 * config.temperature
         else:
             loss = 0.5 * ((y - target) ** 2).sum() / x.shape[0]
-        grads = torch.autograd.grad(loss, leaves)
-    return [g.detach() for g in grads]
+        if not metered:
+            return [g.detach() for g in torch.autograd.grad(loss, leaves)]
+        meter.error(FORWARD, x.shape[0])
+        grads = torch.autograd.grad(loss, leaves + pres[1:])
+    for l in range(len(leaves) - 1, 0, -1):  # delta_l (B, d_l) through W_l^T
+        meter.backward(l, grads[len(leaves) + l - 1], weights[l])
+    return [g.detach() for g in grads[:len(leaves)]]

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..accounting.float_counts import NO_METER, NoMeter
 from ..errors import ConfigError
+from ..kernels.counters import FORWARD, MODULATED
 from ..models.mlp import activate_torch
-from .base import forward_torch, masked, output_error_torch
+from .base import forward_torch, hidden_layer, output_error_torch
 
 __all__ = ["FOTONConfig", "foton_update_torch", "projection_torch", "bjorck_torch"]
 
@@ -54,31 +56,36 @@ def projection_torch(weights: list[torch.Tensor]) -> torch.Tensor:
     return proj
 
 
-def foton_update_torch(weights, x, target, *, activation, error, config: FOTONConfig, masks=None):
+def foton_update_torch(weights, x, target, *, activation, error, config: FOTONConfig, masks=None,
+                       meter: NoMeter = NO_METER):
     """FOTON's per-layer updates for one batch (see the module docstring); nothing is changed. ``masks``:
-    dropout masks shared by both passes (rules.base.masked)."""
+    dropout masks shared by both passes (rules.base.masked); ``meter`` counts the passes
+    (accounting.float_counts; F's refresh is the training loop's)."""
     act = lambda a: activate_torch(a, activation)  # noqa: E731
-    pre, hs = forward_torch(weights, x, act, masks)
+    pre, hs = forward_torch(weights, x, act, masks, meter)
     e = output_error_torch(pre[-1], target, error, config.temperature)
+    batch = x.shape[0]
+    meter.error(FORWARD, batch)
     proj = config.projection
     proj = projection_torch(weights) if proj is None else torch.as_tensor(proj, dtype=x.dtype)
     h_err = x - e @ proj
-    batch = x.shape[0]
+    meter.project(MODULATED, e, proj)
     grads = []
     for l, w in enumerate(weights[:-1]):
-        h_err = act(masked(h_err @ w.T, masks, l))
+        h_err = hidden_layer(h_err, w, l, act, masks, meter, MODULATED)[2]
         grads.append((hs[l + 1] - h_err).T @ hs[l] / batch)
     grads.append(e.T @ hs[-1] / batch)
     return grads
 
 
 def bjorck_torch(w: torch.Tensor, iters: int = 20, power_iters: int = 10, tol: float = 0.0,
-                 used: list | None = None) -> torch.Tensor:
+                 used: list | None = None, unchanged: list | None = None) -> torch.Tensor:
     """Order-1 Björck orthonormalisation: W <- W (1.5 I - 0.5 W^T W), at most ``iters`` times.
 
     W (d_out, d_in) is processed in its tall orientation m (a wide W as W^T). With ``tol > 0``, a W already
     within ||m^T m - I||_F <= tol comes back unchanged, and the iteration stops as soon as it is within tol;
-    the number of iterations run is appended to ``used`` when given. Otherwise m is first divided by a
+    the number of iterations run is appended to ``used`` when given, and to ``unchanged`` whether W came back as
+    it was (already within tol: no iteration, not even the power estimate). Otherwise m is first divided by a
     power-iteration estimate of ||m||_2 (times 1.01, never scaled up) so that the iteration converges.
     Returns a new tensor.
     """
@@ -88,6 +95,8 @@ def bjorck_torch(w: torch.Tensor, iters: int = 20, power_iters: int = 10, tol: f
     if tol > 0 and torch.linalg.matrix_norm(m.T @ m - eye) <= tol:
         if used is not None:
             used.append(0)
+        if unchanged is not None:
+            unchanged.append(True)
         return w.clone()
     v = torch.ones(m.shape[1], dtype=m.dtype, device=m.device) / m.shape[1] ** 0.5
     for _ in range(power_iters):
@@ -105,4 +114,6 @@ def bjorck_torch(w: torch.Tensor, iters: int = 20, power_iters: int = 10, tol: f
         done += 1
     if used is not None:
         used.append(done)
+    if unchanged is not None:
+        unchanged.append(False)
     return m.T.contiguous() if wide else m

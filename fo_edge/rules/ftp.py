@@ -34,9 +34,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..accounting.float_counts import NO_METER, NoMeter
 from ..errors import ConfigError
+from ..kernels.counters import FORWARD, MODULATED, RECOMPUTE
 from ..models.mlp import activate_torch, activation_grad_torch
-from .base import check_shape, feedback_matrix, forward_torch, masked, output_error_torch
+from .base import check_shape, feedback_matrix, forward_torch, hidden_layer, output_error_torch
 
 __all__ = ["FTPConfig", "ftp_update_torch", "ftp_feedback", "ftp_signal", "TARGETS", "PROJECTION_NONLINEARITIES",
            "OUTPUT_LOSSES", "first_target_torch"]
@@ -118,28 +120,38 @@ def ftp_signal(config: FTPConfig, target, e, y, g_fb):
     return -e @ g_fb.T if config.target == "error_preactivation" else target @ g_fb.T
 
 
-def first_target_torch(pre1, h1, y, e, target, g_fb, config: FTPConfig, act) -> torch.Tensor:
-    """tau_1: (B, d_1) from a_1 = ``pre1``, h_1, the output y, its error e, the one-hot target and G (d_1, d_L)."""
+def first_target_torch(pre1, h1, y, e, target, g_fb, config: FTPConfig, act,
+                       meter: NoMeter = NO_METER) -> torch.Tensor:
+    """tau_1: (B, d_1) from a_1 = ``pre1``, h_1, the output y, its error e, the one-hot target and G (d_1, d_L);
+    ``meter`` counts the projections through G^T (accounting.float_counts)."""
     signal = ftp_signal(config, target, e, y, g_fb)
+    if config.target == "difference":
+        meter.project(MODULATED, target, g_fb.T)
+        meter.project(MODULATED, e + target if config.y_hat == "softmax" else y, g_fb.T)
+    else:
+        meter.project(MODULATED, e if config.target == "error_preactivation" else target, g_fb.T)
     return h1 + signal if config.target == "difference" else act(pre1 + signal)
 
 
-def ftp_update_torch(weights, x, target, *, activation, error, config: FTPConfig, masks=None):
+def ftp_update_torch(weights, x, target, *, activation, error, config: FTPConfig, masks=None,
+                     meter: NoMeter = NO_METER):
     """FTP's per-layer updates for one batch (see the module docstring); nothing is changed. ``masks``:
-    dropout masks shared by both passes (rules.base.masked); a dropped unit has no local loss."""
+    dropout masks shared by both passes (rules.base.masked); a dropped unit has no local loss. ``meter``
+    counts the passes (accounting.float_counts)."""
     act = lambda a: activate_torch(a, activation)  # noqa: E731
     dims = (weights[0].shape[1],) + tuple(w.shape[0] for w in weights)
     g_fb = torch.tensor(ftp_feedback(dims, config), dtype=x.dtype, device=x.device)
-    pre, hs = forward_torch(weights, x, act, masks)
+    pre, hs = forward_torch(weights, x, act, masks, meter)
     e = output_error_torch(pre[-1], target, error, config.temperature)
     batch = x.shape[0]
+    meter.error(FORWARD, batch)
     grads = []
     tau = None
     for l in range(len(weights) - 1):
         if l == 0:
-            tau = first_target_torch(pre[0], hs[1], pre[-1], e, target, g_fb, config, act)
+            tau = first_target_torch(pre[0], hs[1], pre[-1], e, target, g_fb, config, act, meter)
         else:
-            tau = act(masked(tau @ weights[l].T, masks, l))
+            tau = hidden_layer(tau, weights[l], l, act, masks, meter, MODULATED)[2]
         delta = (hs[l + 1] - tau) * activation_grad_torch(pre[l], hs[l + 1], activation)
         if masks is not None:
             delta = delta * (masks[l] != 0)
@@ -147,7 +159,10 @@ def ftp_update_torch(weights, x, target, *, activation, error, config: FTPConfig
     if config.output_loss == "local":
         if tau is None:
             raise ConfigError("FTP output_loss=local needs a hidden layer (its target comes from the target pass)")
-        grads.append((pre[-1] - tau @ weights[-1].T).T @ hs[-1] / batch)
+        tau_out = tau @ weights[-1].T
+        meter.forward(RECOMPUTE, len(weights) - 1, hs[-1], weights[-1], pre[-1])  # the device recomputes y
+        meter.forward(MODULATED, len(weights) - 1, tau, weights[-1], tau_out)
+        grads.append((pre[-1] - tau_out).T @ hs[-1] / batch)
     else:
         grads.append(e.T @ hs[-1] / batch)
     return grads

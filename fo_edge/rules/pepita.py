@@ -15,9 +15,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..accounting.float_counts import NO_METER, NoMeter
 from ..errors import ConfigError
+from ..kernels.counters import FORWARD, MODULATED
 from ..models.mlp import activate_torch
-from .base import check_shape, feedback_matrix, forward_torch, masked, output_error_torch
+from .base import check_shape, feedback_matrix, forward_torch, hidden_layer, output_error_torch
 
 __all__ = ["PEPITAConfig", "pepita_update_torch", "pepita_feedback"]
 
@@ -48,22 +50,29 @@ def pepita_feedback(dims: tuple[int, ...], config: PEPITAConfig):
     return feedback_matrix((dims[-1], dims[0]), dims[0], config.f_scale, config.seed)
 
 
-def pepita_update_torch(weights, x, target, *, activation, error, config: PEPITAConfig, masks=None):
+def pepita_update_torch(weights, x, target, *, activation, error, config: PEPITAConfig, masks=None,
+                        meter: NoMeter = NO_METER):
     """PEPITA's per-layer updates for one batch (see the module docstring); nothing is changed. ``masks``:
-    dropout masks shared by both passes (rules.base.masked)."""
+    dropout masks shared by both passes (rules.base.masked); ``meter`` counts the passes
+    (accounting.float_counts)."""
     act = lambda a: activate_torch(a, activation)  # noqa: E731
     dims = (weights[0].shape[1],) + tuple(w.shape[0] for w in weights)
     proj = torch.tensor(pepita_feedback(dims, config), dtype=x.dtype, device=x.device)
-    pre, hs = forward_torch(weights, x, act, masks)
+    pre, hs = forward_torch(weights, x, act, masks, meter)
     e = output_error_torch(pre[-1], target, error, config.temperature)
-    h_mod = x + e @ proj
     batch = x.shape[0]
+    meter.error(FORWARD, batch)
+    h_mod = x + e @ proj
+    meter.project(MODULATED, e, proj)
     grads = []
     for l, w in enumerate(weights[:-1]):
-        h_next = act(masked(h_mod @ w.T, masks, l))
+        h_next = hidden_layer(h_mod, w, l, act, masks, meter, MODULATED)[2]
         grads.append((hs[l + 1] - h_next).T @ h_mod / batch)
         h_mod = h_next
     if config.output_error == "modulated":
-        e = output_error_torch(h_mod @ weights[-1].T, target, error, config.temperature)
+        y_mod = h_mod @ weights[-1].T
+        meter.forward(MODULATED, len(weights) - 1, h_mod, weights[-1], y_mod)
+        meter.error(MODULATED, batch)
+        e = output_error_torch(y_mod, target, error, config.temperature)
     grads.append(e.T @ h_mod / batch)
     return grads
