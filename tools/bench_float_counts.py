@@ -58,9 +58,8 @@ def _steps(rule: str, batch: int, steps: int, metered: bool, x_all, t_all) -> fl
             if meter is None:
                 w.sub_(0.05 * g)
             else:
-                new = w - 0.05 * g
-                meter.update(l, batch, w, new, False)
-                w.copy_(new)
+                ws[l] = w - 0.05 * g
+                meter.update(l, batch, w, ws[l], False)
         if rule == "foton":
             new_ws = []
             for l, w in enumerate(ws):

@@ -22,7 +22,10 @@ and projection value of the profile's formats:
   F refresh: d_L sum_{l < L-1} d_l d_{l+1} MACs, sram_read d_L (that + d_{L-1}) w, sram_write d_L d_0 p
 The clean pass's recompute under the ``stream`` schedule (every hidden layer; FTP's first layer under ``store``,
 whose a_1 is not stored) is charged to ``recompute`` with the counts of pass 1's layer, as the device kernels do.
-Activity counts stay on the tensors' device and are read back only when a record or checkpoint is made.
+Activity counts stay on the tensors' device as 0-d tensors, gathered once per step into one array (synaptic events
+are the effective MACs, inactive neurons the outputs less the active ones), and are read back only when a record
+or checkpoint is made. A W without zeros (the float case: checked by its smallest magnitude) has d_out nonzero
+weights in every column; only a W with zeros is counted column by column.
 """
 from __future__ import annotations
 
@@ -87,30 +90,49 @@ class FloatMeter(NoMeter):
         self.shape = new_counters(self.n_layers)  # counts known from shapes (numpy)
         self.activity: torch.Tensor | None = None  # counts read from the tensors (on their device)
         self.trained = self.inferred = 0
-        self._nnz: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._nnz: dict[tuple[int, int], torch.Tensor | None] = {}
+        self._index: list[int] = []  # activity slots (flat) and their 0-d values, gathered once per step
+        self._values: list[torch.Tensor] = []
 
     # -- bookkeeping -------------------------------------------------------------------------------------------
     def begin_step(self) -> None:
-        """Forget the weights' nonzero counts: W may have changed since the last pass."""
+        """Gather the last step's activity and forget the weights' nonzero counts (W may have changed)."""
+        self._gather()
         self._nnz = {}
 
     def _add(self, phase: int, l: int, name: int, value: torch.Tensor) -> None:
-        if self.activity is None:
-            self.activity = torch.zeros(self.shape.shape, dtype=torch.int64, device=value.device)
-        self.activity[phase, l, name] += value.to(torch.int64)
+        """Add the 0-d int64 ``value`` to activity slot (phase, l, name)."""
+        self._index.append((phase * self.shape.shape[1] + l) * self.shape.shape[2] + name)
+        self._values.append(value)
 
-    def _weight_nnz(self, l: int, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(nonzero weights per column (d_in,), per row (d_out,)) of layer l's W this step, int64."""
-        if l not in self._nnz:
-            nz = w != 0
-            self._nnz[l] = (nz.sum(0), nz.sum(1))
-        return self._nnz[l]
+    def _gather(self) -> None:
+        if not self._values:
+            return
+        if self.activity is None:
+            self.activity = torch.zeros(self.shape.shape, dtype=torch.int64, device=self._values[0].device)
+        index = torch.tensor(self._index, dtype=torch.int64, device=self.activity.device)
+        self.activity.view(-1).index_add_(0, index, torch.stack(self._values).to(torch.int64))
+        self._index, self._values = [], []
+
+    def _weight_nnz(self, l: int, w: torch.Tensor, axis: int) -> torch.Tensor | None:
+        """Layer l's nonzero weights per column (axis 0, (d_in,)) or per row (axis 1, (d_out,)) this step, int64;
+        None when W has no zero (every column has d_out, every row d_in)."""
+        key = (l, axis)
+        if key not in self._nnz:
+            if (l, -1) not in self._nnz:  # whether W has zeros at all: one reduction, not a count per column
+                self._nnz[(l, -1)] = None if bool(torch.amin(w.detach().abs()) > 0) else w
+            self._nnz[key] = None if self._nnz[(l, -1)] is None else torch.count_nonzero(w.detach(), dim=axis)
+        return self._nnz[key]
 
     def counts(self) -> np.ndarray:
         """Every count so far: (phases, L + 1, counters) int64."""
+        self._gather()
         total = self.shape.copy()
         if self.activity is not None:
-            total += self.activity.cpu().numpy()
+            activity = self.activity.cpu().numpy().copy()  # on CPU .numpy() shares the tensor's memory
+            activity[:, :, SYN_EVENTS] += activity[:, :, MACS_EFF]
+            activity[:, :, NEURON_INACTIVE] -= activity[:, :, NEURON_ACTIVE]
+            total += activity
         return total
 
     def restore(self, counts: np.ndarray, trained: int, inferred: int) -> None:
@@ -119,7 +141,7 @@ class FloatMeter(NoMeter):
             raise RunError(f"checkpoint does not match this run: counters are {counts.shape}, expected "
                            f"{self.shape.shape}")
         self.shape = counts.astype(np.int64).copy()
-        self.activity = None
+        self.activity, self._index, self._values = None, [], []
         self.trained, self.inferred = int(trained), int(inferred)
 
     def record(self) -> dict:
@@ -127,14 +149,18 @@ class FloatMeter(NoMeter):
         return counters_record(self.counts(), training_samples=self.trained, inference_samples=self.inferred)
 
     # -- the device's operations -------------------------------------------------------------------------------
-    def _layer(self, phase: int, l: int, hin: torch.Tensor, col: torch.Tensor, out: torch.Tensor) -> None:
-        batch, d_in = hin.shape
-        d_out = out.shape[1]
-        effective = ((hin != 0).sum(0) * col).sum()
-        active = (out != 0).sum()
-        for name, value in ((MACS_EFF, effective), (SYN_EVENTS, effective), (NEURON_ACTIVE, active),
-                            (NEURON_INACTIVE, -active)):
-            self._add(phase, l, name, value)
+    @staticmethod
+    def _effective(src: torch.Tensor, nnz: torch.Tensor | None, full: int) -> torch.Tensor:
+        """sum_k nnz(src[:, k]) nnz_k, nnz_k the weights' nonzero count on k's side (``full`` each when None)."""
+        src = src.detach()
+        if nnz is None:
+            return torch.count_nonzero(src) * full
+        return (torch.count_nonzero(src, dim=0) * nnz).sum()  # integer dot (CUDA has no int64 torch.dot)
+
+    def _layer(self, phase: int, l: int, effective: torch.Tensor, active: torch.Tensor, batch: int, d_in: int,
+               d_out: int) -> None:
+        self._add(phase, l, MACS_EFF, effective)
+        self._add(phase, l, NEURON_ACTIVE, active)
         row = self.shape[phase, l]
         row[NEURON_INACTIVE] += batch * d_out
         row[MACS_DENSE] += batch * d_out * d_in
@@ -144,10 +170,12 @@ class FloatMeter(NoMeter):
     def forward(self, phase: int, l: int, hin, w, out) -> None:
         """Layer l's forward of hin (B, d_in) through w (d_out, d_in) giving out (B, d_out) (the output layer's
         linear value, a hidden layer's activation); a clean-pass layer the schedule recomputes is charged twice."""
-        col = self._weight_nnz(l, w)[0]
-        self._layer(phase, l, hin, col, out)
+        effective = self._effective(hin, self._weight_nnz(l, w, 0), w.shape[0])
+        active = torch.count_nonzero(out.detach())
+        shape = (hin.shape[0], hin.shape[1], out.shape[1])
+        self._layer(phase, l, effective, active, *shape)
         if phase == FORWARD and l in self.recomputed:
-            self._layer(RECOMPUTE, l, hin, col, out)
+            self._layer(RECOMPUTE, l, effective, active, *shape)
 
     def error(self, phase: int, batch: int) -> None:
         """The output error of ``batch`` samples (network column)."""
@@ -160,9 +188,8 @@ class FloatMeter(NoMeter):
         """src (B, K) @ mat (K, D): FOTON's and PEPITA's e F, FTP's t G^T and y_hat G^T (layer 1's column)."""
         batch, k_dim = src.shape
         d = mat.shape[1]
-        effective = ((src != 0).sum(0) * (mat != 0).sum(1)).sum()
-        self._add(phase, 0, MACS_EFF, effective)
-        self._add(phase, 0, SYN_EVENTS, effective)
+        self._add(phase, 0, MACS_EFF, (torch.count_nonzero(src.detach(), dim=0)
+                                       * torch.count_nonzero(mat.detach(), dim=1)).sum())
         row = self.shape[phase, 0]
         row[MACS_DENSE] += batch * d * k_dim
         row[FLASH_READ if self.proj_flash else SRAM_READ] += batch * d * k_dim * self.p_bytes
@@ -173,9 +200,7 @@ class FloatMeter(NoMeter):
         """BP's delta_{l-1} from delta (B, d_out) through layer l's w (d_out, d_in)."""
         batch, d_out = delta.shape
         d_in = w.shape[1]
-        effective = ((delta != 0).sum(0) * self._weight_nnz(l, w)[1]).sum()
-        self._add(BACKWARD, l, MACS_EFF, effective)
-        self._add(BACKWARD, l, SYN_EVENTS, effective)
+        self._add(BACKWARD, l, MACS_EFF, self._effective(delta, self._weight_nnz(l, w, 1), d_in))
         row = self.shape[BACKWARD, l]
         row[MACS_DENSE] += batch * d_in * d_out
         row[SRAM_READ] += batch * (d_in * d_out * self.w_bytes + d_out * self.e_bytes + d_in * self.a_bytes)
@@ -185,7 +210,7 @@ class FloatMeter(NoMeter):
         """Layer l's weight update on a batch of ``batch`` samples, W ``before`` -> ``after``; ``velocity``: SGD
         with a momentum/weight-decay buffer (read and written beside each weight, 4 bytes a value)."""
         d_out, d_in = before.shape
-        self._add(UPDATE, l, WEIGHT_WRITES, (before != after).sum())
+        self._add(UPDATE, l, WEIGHT_WRITES, torch.count_nonzero(before != after))
         per_weight = self.w_bytes + (4 if velocity else 0)
         row = self.shape[UPDATE, l]
         row[MACS_DENSE] += batch * d_out * d_in
@@ -208,7 +233,7 @@ class FloatMeter(NoMeter):
         row[MACS_DENSE] += (20 * rows * cols + iterations * 2 * rows * cols * cols
                             + ((tol > 0) + stopped) * rows * cols * cols)
         row[SRAM_WRITE] += size * self.w_bytes
-        self._add(ORTHOGONALIZE, l, WEIGHT_WRITES, (before != after).sum())
+        self._add(ORTHOGONALIZE, l, WEIGHT_WRITES, torch.count_nonzero(before != after))
 
     def refresh(self) -> None:
         """FOTON's F = W_L ... W_1, computed row by row (network column)."""

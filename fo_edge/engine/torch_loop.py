@@ -136,9 +136,8 @@ def train_torch(weights: list[np.ndarray], data: Dataset, rule: str, config, *, 
                 if meter is None:
                     w.sub_(step_lr * g)
                 else:
-                    new = w - step_lr * g
-                    meter.update(l, len(idx), w, new, bool(momentum or weight_decay))
-                    w.copy_(new)
+                    ws[l] = w - step_lr * g
+                    meter.update(l, len(idx), w, ws[l], bool(momentum or weight_decay))
             step += 1
             if meter is not None:
                 meter.trained += len(idx)
