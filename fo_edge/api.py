@@ -345,12 +345,13 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
         raise ConfigError(f"--model {config.model} does not fit {data.name}: it needs {data.n_features} inputs "
                           f"and at least {data.n_classes} outputs (e.g. {data.n_features}-256-{data.n_classes})")
     _check_weight_memory(dims, device, backend)
-    if backend == "numba":  # refuse a model that cannot fit before anything is written
-        from .engine.stream import plan_memory
+    from .engine.stream import plan_memory
 
-        plan_memory(dims, device, config.rule, config.batch_size, config.schedule,
-                    ortho=getattr(rcfg, "ortho_every", 0) > 0, hidden_error=config.hidden_error,
-                    dropout=config.dropout, momentum=config.momentum > 0 or config.weight_decay > 0)
+    # the device's memory, whichever backend simulates it: a model that cannot fit is refused before anything is
+    # written, and the torch paths record this plan (the Numba path allocates exactly it and records its own)
+    planned = plan_memory(dims, device, config.rule, config.batch_size, config.schedule,
+                          ortho=getattr(rcfg, "ortho_every", 0) > 0, hidden_error=config.hidden_error,
+                          dropout=config.dropout, momentum=config.momentum > 0 or config.weight_decay > 0).report()
     run_dir = prepare_run_dir(config.out or default_run_dir(config),
                               "resume" if resume is not None else "replace" if config.overwrite else "refuse")
     record = _record(config, dims, rcfg, device, data, "running")
@@ -372,7 +373,7 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
     try:
         with _threads(backend, config.threads):
             history, stored, memory, counters, energy, warnings, stopped = _train(
-                config, backend, device, dims, rcfg, data, weights, on_batch, checkpointing)
+                config, backend, device, dims, rcfg, data, weights, on_batch, checkpointing, planned)
     except KeyboardInterrupt:
         record.update(status="interrupted", interrupted={"seconds": time.perf_counter() - started})
         write_json_atomic(run_dir / "run.json", record)
@@ -422,9 +423,9 @@ def _threads(backend: str, threads: int | None):
 
 
 def _train(config: SimulateConfig, backend: str, device: DeviceProfile, dims, rcfg, data, weights,
-           on_batch, checkpointing: dict):
+           on_batch, checkpointing: dict, planned: dict):
     """Run the training loop of ``backend`` on ``device``; returns (history, stored arrays, memory, counters,
-    energy, warnings, the health stop or None)."""
+    energy, warnings, the health stop or None). ``planned``: the device's memory plan (the torch paths' record)."""
     lr, stopped = config.lr, None
     if backend == "torch" and device.spiking is not None:
         from .engine.spiking_torch import train_spiking_torch
@@ -438,7 +439,7 @@ def _train(config: SimulateConfig, backend: str, device: DeviceProfile, dims, rc
         except TrainingStopped as stop:
             (final, history), stopped = stop.outcome, stop.error
         stored = {f"W{l}": w for l, w in enumerate(final)}
-        memory, counters, energy, warnings = {}, {}, None, []
+        memory, counters, energy, warnings = planned, {}, None, []
     elif backend == "torch":
         from .accounting.float_counts import FloatMeter
         from .engine.torch_loop import train_torch
@@ -454,7 +455,7 @@ def _train(config: SimulateConfig, backend: str, device: DeviceProfile, dims, rc
         except TrainingStopped as stop:
             (final, history), stopped = stop.outcome, stop.error
         stored = {f"W{l}": w for l, w in enumerate(final)}
-        memory: dict = {}
+        memory = planned
         counters = meter.record()
         energy = energy_record(counters_array(counters), device.energy_pj,
                                training_samples=counters["training_samples"],

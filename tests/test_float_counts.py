@@ -88,3 +88,28 @@ def test_a_gpu_fp32_run_prints_its_energy(tmp_path):
     assert "backend" in result.output and "torch" in result.output
     assert "energy / training sample" in result.output
     assert "not counted" not in result.output
+
+
+def test_the_torch_path_accounts_and_refuses_device_memory_as_the_kernels_do(tmp_path):
+    """A float device of 44 KiB (a user's TOML): FTP's streamed working set fits and the torch run records the same
+    memory plan as the Numba run; BP's stored activations do not, and the torch path refuses it, naming them,
+    before anything is written."""
+    from pathlib import Path
+
+    from fo_edge.errors import DeviceMemoryError
+
+    source = (Path(fo_edge.__file__).parent / "profiles" / "gpu-fp32.toml").read_text()
+    small = source.replace('id = "gpu-fp32"', 'id = "fp32-44k"').replace(
+        "sram_bytes = { value = 85899345920,", "sram_bytes = { value = 45056,")
+    assert small != source and "45056" in small
+    device = tmp_path / "fp32-44k.toml"
+    device.write_text(small)
+    common = dict(device=str(device), dataset="digits", model="64-24x4-10", limit=96, batch_size=32)
+    runs = {backend: fo_edge.simulate(rule="ftp", backend=backend, out=str(tmp_path / backend), **common)
+            for backend in ("torch", "numba")}
+    assert runs["torch"].record["memory"] == runs["numba"].record["memory"]
+    assert runs["torch"].record["memory"]["peak_bytes"] <= 45056
+    with pytest.raises(DeviceMemoryError, match="stored_activations"):
+        fo_edge.simulate(rule="bp", backend="torch", batch_size=32, out=str(tmp_path / "bp"),
+                         **{k: v for k, v in common.items() if k != "batch_size"})
+    assert not (tmp_path / "bp").exists()
