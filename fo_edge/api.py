@@ -26,7 +26,7 @@ from .engine.health import HealthConfig, TrainingStopped
 from .engine.plan import BatchPlan
 from .engine.threads import kernel_threads
 from .errors import ConfigError, RunError, RunInterrupted
-from .models.conv import is_conv_spec, parse_conv_spec
+from .models.conv import is_conv_spec
 from .models.mlp import ACTIVATIONS, INITS, init_weights, parse_model_spec
 from .rules import BACKENDS, RULES, rule_config
 from .rules.base import ERRORS
@@ -276,17 +276,22 @@ def _resume_config(run_dir) -> tuple[SimulateConfig, dict | None, str | None]:
     """The config of an unfinished run, its last checkpoint (None if it was killed before the first) and its run
     id; a checkpoint written by another run (its run_id differs from run.json's) is refused."""
     record = read_run(run_dir)
-    if record["config"].get("conv"):
-        raise ConfigError(f"--resume {run_dir}: conv runs have no checkpoints yet; start the run again")
     if record.get("status") == "complete":
         raise ConfigError(f"--resume {run_dir}: the run is already complete")
-    saved = dict(record["config"])
-    options = saved.pop("rule_options", {})
-    saved.pop("dims", None)
-    if saved.get("activation") == SPIKING_ACTIVATION:  # recorded for the spiking device, which sets it again
-        saved["activation"] = None
     names = {f.name for f in dataclasses.fields(SimulateConfig)}
-    config = SimulateConfig(**{k: v for k, v in saved.items() if k in names}, rule_options=options)
+    if record["config"].get("conv"):  # the simulate options it was started with, as given
+        saved = record["config"].get("simulate")
+        if not isinstance(saved, dict):
+            raise ConfigError(f"--resume {run_dir}: this conv run was recorded before conv runs had checkpoints; "
+                              f"start it again")
+        config = SimulateConfig(**{k: v for k, v in saved.items() if k in names})
+    else:
+        saved = dict(record["config"])
+        options = saved.pop("rule_options", {})
+        saved.pop("dims", None)
+        if saved.get("activation") == SPIKING_ACTIVATION:  # recorded for the spiking device, which sets it again
+            saved["activation"] = None
+        config = SimulateConfig(**{k: v for k, v in saved.items() if k in names}, rule_options=options)
     checkpoint, run_id = load_checkpoint(run_dir), record.get("run_id")
     if checkpoint is not None:
         owner = str(checkpoint["run_id"]) if "run_id" in checkpoint else None
@@ -338,7 +343,7 @@ def simulate(config: SimulateConfig | None = None, *, on_batch: Callable[[int], 
     if config.model is None:
         config = dataclasses.replace(config, model=_default_model(config))
     if is_conv_spec(config.model):
-        return _simulate_conv(config, on_batch, on_start)
+        return _simulate_conv(config, on_batch, on_start, resume is not None, checkpoint, run_id)
     config, device, dims, rcfg, backend = _validate(config)
     data = _prepared_data(config)
     if dims[0] != data.n_features or dims[-1] < data.n_classes:
@@ -495,9 +500,12 @@ def _with_static(energy: dict, counters: dict, device: DeviceProfile, dims) -> d
     return energy
 
 
-def _simulate_conv(config: SimulateConfig, on_batch, on_start) -> SimulateResult:
-    """A conv model (``c16-c32-10``): FOTON or BP on an orthogonal BCOP conv net (see :mod:`fo_edge.conv_run`)."""
-    from .conv_run import conv_train_config, run_conv
+def _simulate_conv(config: SimulateConfig, on_batch, on_start, resuming: bool = False, checkpoint: dict | None = None,
+                   run_id: str | None = None) -> SimulateResult:
+    """A conv model (``c16-c32-10``): FOTON or BP on an orthogonal BCOP conv net (see :mod:`fo_edge.conv_run`),
+    through the same run lifecycle as MLPs: checkpoints every ``checkpoint_every`` steps, --resume (``checkpoint``:
+    the last one, None to start over in the run's directory), health stops, interruption."""
+    from .conv_run import conv_record, conv_train_config, finish_record, train_conv_run
 
     device = load_device(config.device)
     if device.spiking is not None:
@@ -521,14 +529,43 @@ def _simulate_conv(config: SimulateConfig, on_batch, on_start) -> SimulateResult
                                      lr=config.lr, epochs=config.epochs, batch_size=config.batch_size,
                                      seed=config.seed, backend=backend, rule_options=dict(config.rule_options),
                                      plan=config.plan())
+    for name in ("checkpoint_every", "stall_steps", "saturation_limit"):
+        limits.check(name, getattr(config, name))
+    if config.on_unhealthy not in ("stop", "warn"):
+        raise ConfigError(f"--on-unhealthy must be stop or warn, got {config.on_unhealthy!r}")
     data = _prepared_data(config)
-    parse_conv_spec(config.model, data.image_shape)  # refuse a bad spec before anything is written
-    run_dir = prepare_run_dir(config.out or default_run_dir(config), "replace" if config.overwrite else "refuse")
+    simulate = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("out", "overwrite")}
+    record = conv_record(config.model, train_config, data, device, simulate)  # refuses a bad spec first
+    run_dir = prepare_run_dir(config.out or default_run_dir(config),
+                              "resume" if resuming else "replace" if config.overwrite else "refuse")
+    record["run_id"] = run_id or uuid.uuid4().hex
+    device_toml = device_text(config.device)[0].encode()
+    write_file_atomic(run_dir / "device.toml", lambda handle: handle.write(device_toml))
+    if checkpoint is None:
+        write_json_atomic(run_dir / "run.json", record)
+    config_sha = _digest(read_run(run_dir)["config"])
     if on_start is not None:
         on_start(len(data.x_train) * config.epochs)
-    with _threads(backend, config.threads):
-        record = run_conv(config.model, train_config, data, device, device_text(config.device)[0].encode(), run_dir,
-                          on_batch=on_batch)
+    started, stopped = time.perf_counter(), None
+    try:
+        with _threads(backend, config.threads):
+            run = train_conv_run(record, train_config, data, device, on_batch=on_batch,
+                                 health=HealthConfig(config.on_unhealthy, config.saturation_limit, config.stall_steps),
+                                 checkpoint_every=config.checkpoint_every, resume=checkpoint,
+                                 on_checkpoint=lambda state: save_checkpoint(
+                                     run_dir, _fingerprinted(state, record["run_id"], config_sha)))
+    except TrainingStopped as stop:
+        run, stopped = stop.outcome, stop.error
+    except KeyboardInterrupt:
+        record.update(status="interrupted", interrupted={"seconds": time.perf_counter() - started})
+        write_json_atomic(run_dir / "run.json", record)
+        raise RunInterrupted(f"interrupted; the run is recorded in {run_dir} as interrupted: continue it with "
+                             f"fo-edge simulate --resume {run_dir}") from None
+    stored = finish_record(record, run, time.perf_counter() - started, device, stopped)
+    save_weights(run_dir / "weights.npz", stored)
+    write_json_atomic(run_dir / "run.json", record)
+    if stopped is not None:
+        raise RunError(f"{stopped}; the partial run is recorded in {run_dir}")
     return SimulateResult(record["final"]["test_accuracy"], record["history"], run_dir, {}, record)
 
 

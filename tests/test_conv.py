@@ -225,3 +225,60 @@ def test_conv_errors_are_config_errors(digits):
     spec = parse_conv_spec("c4-10", (8, 8))
     with pytest.raises(ConfigError, match="digital profiles only"):
         conv_to_device(spec, kernels_of(spec, init_conv_params(spec)), load_device("memristor-rram"))
+
+
+@pytest.mark.parametrize("rule, backend, device", [("foton", "numba", "mcu-int8"), ("foton", "numba", "fpga-fixed16"),
+                                                   ("foton", "torch", None), ("bp", "torch", None)])
+def test_a_conv_run_resumes_from_a_mid_epoch_checkpoint(digits, rule, backend, device):
+    """Resumed from a mid-epoch checkpoint of epoch 2 between two refreshes of F, a conv run ends with the
+    uninterrupted run's parameters, history and (Numba path) counters, bit for bit; the device store, its
+    exponents, F, the RNG and the counters travel in the checkpoint."""
+    spec = parse_conv_spec("c4-c8-10", digits.image_shape)
+    config = ConvTrainConfig(rule=rule, backend=backend, lr=0.2, epochs=2, batch_size=16, bjorck_iters=5,
+                             refresh_every=3)
+    profile = load_device(device) if device else None
+    states = []
+    full = train_conv(spec, _tiny(digits), config, profile, checkpoint_every=4, on_checkpoint=states.append)
+    middle = next(s for s in states if s["position"][0] == 1 and s["position"][1] > 0 and s["position"][2] % 3)
+    resumed = train_conv(spec, _tiny(digits), config, profile, resume=middle)
+    for a, b in zip(full.params, resumed.params):
+        for key in a:
+            assert torch.equal(a[key], b[key])
+    assert full.history == [dict(h, seconds=f["seconds"], samples_per_s=f["samples_per_s"])
+                            for h, f in zip(resumed.history, full.history)]
+    assert (full.trained, full.inferred) == (resumed.trained, resumed.inferred) == (480, 200)
+    if backend == "numba":
+        np.testing.assert_array_equal(full.counters, resumed.counters)
+        assert middle["device_w"].size and middle["rng"].size
+    else:
+        assert full.counters is None
+
+
+def test_a_conv_checkpoint_of_another_model_is_refused(digits):
+    from fo_edge.errors import RunError
+
+    states = []
+    train_conv(parse_conv_spec("c4-10", digits.image_shape), _tiny(digits), ConvTrainConfig(epochs=1, batch_size=16),
+               checkpoint_every=5, on_checkpoint=states.append)
+    with pytest.raises(RunError, match="does not match this conv run"):
+        train_conv(parse_conv_spec("c8-10", digits.image_shape), _tiny(digits), ConvTrainConfig(batch_size=16),
+                   resume=states[0])
+
+
+def test_an_exploding_conv_run_stops_and_is_recorded(tmp_path):
+    """BP on a conv net at a huge lr without re-orthogonalisation: the health check stops it naming the layer and
+    step, the run is recorded as stopped with its weights, and energy-report reads it."""
+    import fo_edge
+    from fo_edge.errors import RunError
+    from fo_edge.runs import read_run
+
+    out = tmp_path / "boom"
+    with pytest.raises(RunError, match="numeric health: layer 1 at step 2: .*exploding"):
+        fo_edge.simulate(rule="bp", device="gpu-fp32", dataset="digits", model="c4-10", lr=1e4,
+                         rule_options={"ortho_every": 0}, out=str(out))
+    record = read_run(out)
+    assert record["status"] == "stopped" and record["stop"]["kind"] == "exploding"
+    assert (out / "weights.npz").exists()
+    from fo_edge.api import energy_report
+
+    assert energy_report([out])[0]["status"] == "stopped"

@@ -74,9 +74,14 @@ RESUMABLE_TORCH = ["simulate", "--rule", "ftp", "--device", "gpu-fp32", "--model
                    "--epochs", "3", "--checkpoint-every", "20"]
 
 
+#: a conv net on the integer kernels: host parameters, device store, F, RNG and counters in the checkpoint
+RESUMABLE_CONV = ["simulate", "--rule", "foton", "--device", "mcu-int8", "--model", "c4-c8-10", "--limit", "3000",
+                  "--epochs", "2", "--checkpoint-every", "10"]
+
+
 @pytest.mark.parametrize("resumable", [RESUMABLE, RESUMABLE_SPIKING, [*RESUMABLE_SPIKING, "--backend", "torch"],
-                                       RESUMABLE_TORCH],
-                         ids=["numba", "spiking-numba", "spiking-torch", "torch"])
+                                       RESUMABLE_TORCH, RESUMABLE_CONV],
+                         ids=["numba", "spiking-numba", "spiking-torch", "torch", "conv-numba"])
 def test_a_killed_run_resumes_bit_identically(tmp_path, resumable):
     full = _cli(*resumable, "--out", str(tmp_path / "full"), timeout=600)
     assert full.returncode == 0, full.stderr

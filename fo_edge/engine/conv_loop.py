@@ -6,9 +6,19 @@ rule through the BCOP construction maps them to the parameters (models.conv.para
 BCOP factor and the dense W. FOTON recomputes F every ``refresh_every`` steps (stale in between). On the
 Numba path the passes and the correlations run in the device's formats (rules.conv_binding); the parameters
 stay on the host in float64 and the kernels are rewritten into the device after every step.
+
+Checkpoints (``on_checkpoint(state)`` every ``checkpoint_every`` steps and after every epoch) hold the stream
+engine's keys: ``w`` the BCOP parameters and dense W flat (float64, layer by layer, each layer's factors in name
+order), ``proj`` F as it stands (stale between refreshes; empty before the first on the torch path),
+``position`` (epoch, next batch start, step, samples trained, samples evaluated), ``history``; on the Numba path
+also the device's store (``device_w``, ``w_exp``: each layer's exponent then its channels' offsets), ``rng`` and
+``counters``. A run resumed from one continues bit for bit on the Numba path, and on the torch path with the
+same weights on the same device and threads. ``health`` checks the parameters (non-finite, exploding) and, on
+the Numba path, the counters (saturation storms, stalls) after every step.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
@@ -18,7 +28,7 @@ import torch
 
 from ..data import Dataset
 from ..device.spec import DeviceProfile
-from ..errors import ConfigError
+from ..errors import ConfigError, RunError
 from ..kernels.counters import FORWARD, UPDATE, new_counters
 from ..kernels.rng import new_state
 from ..models.conv import ConvSpec, conv_forward_torch, init_conv_params, kernels_of, orthonormalize_params, \
@@ -29,6 +39,7 @@ from ..rules.conv_binding import (ConvPasses, check_conv_exact, conv_predict, co
 from ..rules.foton import FOTONConfig
 from ..rules.foton_conv import bp_conv_update_torch, conv_projection_torch, foton_conv_update_torch
 from ..rules.numba_binding import make_params, quantize_input
+from .health import HealthConfig, HealthMonitor, NumericHealthError, TrainingStopped
 from .plan import BatchPlan, epoch_order
 
 __all__ = ["ConvTrainConfig", "ConvRun", "train_conv", "evaluate_conv_torch", "CONV_RULES"]
@@ -71,11 +82,14 @@ class ConvTrainConfig:
 @dataclass
 class ConvRun:
     """params: BCOP parameters and dense W (float64); history: per-epoch metrics; counters: the Numba path's
-    (phases, L + 1, names) counters, or None on the torch path."""
+    (phases, L + 1, names) counters, or None on the torch path; trained / inferred: samples stepped on and
+    evaluated."""
 
     params: list
     history: list
     counters: np.ndarray | None
+    trained: int = 0
+    inferred: int = 0
 
     def kernels(self, spec: ConvSpec) -> list[torch.Tensor]:
         return [k.detach() for k in kernels_of(spec, self.params)]
@@ -95,19 +109,33 @@ def evaluate_conv_torch(spec: ConvSpec, kernels, x: np.ndarray, y: np.ndarray, a
 
 def train_conv(spec: ConvSpec, data: Dataset, config: ConvTrainConfig, profile: DeviceProfile | None = None,
                on_epoch: Callable[[dict], None] | None = None,
-               on_batch: Callable[[int], None] | None = None) -> ConvRun:
-    """Train the conv net on ``data`` (x: (N, C*H*W) in [0, 1]); see the module docstring."""
+               on_batch: Callable[[int], None] | None = None, *, health: HealthConfig | None = None,
+               checkpoint_every: int = 0, on_checkpoint: Callable[[dict], None] | None = None,
+               resume: dict | None = None) -> ConvRun:
+    """Train the conv net on ``data`` (x: (N, C*H*W) in [0, 1]); see the module docstring. A health stop raises
+    :class:`TrainingStopped` carrying the ConvRun so far."""
     config.validate()
     if config.backend == "numba" and profile is None:
         raise ConfigError("the Numba conv path needs a device profile")
     params = init_conv_params(spec, config.seed)
     eye = np.eye(spec.n_classes)
+    # calibrated from the initial parameters, as in the uninterrupted run; a checkpoint then overwrites the store
     device = _NumbaConv(spec, params, profile, config) if config.backend == "numba" else None
-    step, history, proj = 0, [], None
-    for epoch in range(config.epochs):
+    step, history, proj, first_epoch, first_begin, trained, inferred = 0, [], None, 0, 0, 0, 0
+    if resume is not None:
+        params, proj, (first_epoch, first_begin, step, trained, inferred), history = _restore(resume, params, device)
+    monitor = HealthMonitor(health, spec.n_layers) if health is not None else None
+
+    def state(epoch: int, begin: int) -> dict:
+        return _state(params, proj, device, (epoch, begin, step, trained, inferred), history)
+
+    def outcome() -> ConvRun:
+        return ConvRun(params, history, device.counters if device is not None else None, trained, inferred)
+
+    for epoch in range(first_epoch, config.epochs):
         start = time.perf_counter()
         order = epoch_order(len(data.x_train), config.seed, epoch)
-        for begin in config.plan.starts(len(order), config.batch_size):
+        for begin in config.plan.starts(len(order), config.batch_size, first_begin if epoch == first_epoch else 0):
             idx = order[begin:begin + config.batch_size]
             lr = config.plan.step_lr(config.lr, epoch, len(idx), config.batch_size)
             x, t = data.x_train[idx], eye[data.y_train[idx]]
@@ -124,17 +152,89 @@ def train_conv(spec: ConvSpec, data: Dataset, config: ConvTrainConfig, profile: 
                 params = orthonormalize_params(params, bjorck_torch, config.bjorck_iters)
             if device is not None:
                 device.store(params)
+            trained += len(idx)
+            if monitor is not None:
+                try:
+                    monitor.check(step, device.counters if device is not None else None,
+                                  [_flat([p]) for p in params])
+                except NumericHealthError as exc:
+                    raise TrainingStopped(exc, outcome()) from None
             if on_batch is not None:
                 on_batch(len(idx))
+            if on_checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
+                on_checkpoint(state(epoch, begin + config.batch_size))
         seconds = time.perf_counter() - start
         accuracy = device.accuracy(data.x_test, data.y_test) if device is not None else \
             evaluate_conv_torch(spec, kernels_of(spec, params), data.x_test, data.y_test, config.activation)
+        inferred += len(data.x_test)
         record = {"epoch": epoch + 1, "steps": step, "test_accuracy": accuracy, "seconds": seconds,
                   "samples_per_s": len(order) / max(seconds, 1e-9)}
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)
-    return ConvRun(params, history, device.counters if device is not None else None)
+        if on_checkpoint is not None and checkpoint_every:
+            on_checkpoint(state(epoch + 1, 0))
+    return outcome()
+
+
+def _flat(params: list[dict]) -> np.ndarray:
+    """The parameters flat, float64: layer by layer, each layer's tensors in name order."""
+    return np.concatenate([params[l][k].detach().numpy().ravel() for l in range(len(params))
+                           for k in sorted(params[l])]).astype(np.float64)
+
+
+def _state(params: list[dict], proj, device: "_NumbaConv | None", position: tuple, history: list) -> dict:
+    """A checkpoint (module docstring)."""
+    state = {"w": _flat(params), "position": np.array(position, dtype=np.int64),
+             "history": np.array(json.dumps(history)), "rng": np.zeros(0, dtype=np.uint64),
+             "counters": np.zeros(0, dtype=np.int64),
+             "proj": np.zeros(0, dtype=np.float32) if proj is None else proj.detach().numpy().copy()}
+    if device is not None:
+        net = device.net
+        state.update(proj=device.proj.copy(), rng=device.rng.copy(), counters=device.counters.copy(),
+                     device_w=net.w.copy(), w_exp=np.concatenate([net.w_frac, *net.row_shift]).astype(np.int64))
+    return state
+
+
+def _restore(state: dict, template: list[dict], device: "_NumbaConv | None"):
+    """Parameters (shaped as ``template``), F, position and history from a ``_state``; the device's store, RNG
+    and counters restored in place. Sizes are checked: a checkpoint of another model raises RunError."""
+    flat = state["w"]
+    if flat.dtype != np.float64 or flat.shape != _flat(template).shape:
+        raise RunError(f"checkpoint does not match this conv run: w is {flat.dtype} {flat.shape}")
+    params, offset = [], 0
+    for layer in template:
+        restored = {}
+        for key in sorted(layer):
+            size = layer[key].numel()
+            restored[key] = torch.tensor(flat[offset:offset + size].reshape(tuple(layer[key].shape)))
+            offset += size
+        params.append(restored)
+    proj = None
+    if device is not None:
+        net = device.net
+        exps = state.get("w_exp")
+        shapes_ok = (state.get("device_w") is not None and state["device_w"].shape == net.w.shape
+                     and exps is not None and exps.size == len(net.w_frac) + sum(r.size for r in net.row_shift)
+                     and state["proj"].shape == device.proj.shape and state["counters"].shape == device.counters.shape
+                     and state["rng"].shape == device.rng.shape)
+        if not shapes_ok:
+            raise RunError("checkpoint does not match this conv run's device store")
+        net.w[:] = state["device_w"]
+        net.w_frac[:] = exps[:len(net.w_frac)]
+        if net.quantized:
+            net.w_one[:] = 2 ** net.w_frac
+        offset = len(net.w_frac)
+        for rows in net.row_shift:
+            rows[:] = exps[offset:offset + rows.size]
+            offset += rows.size
+        device.proj[:] = state["proj"]
+        device.rng[:] = state["rng"]
+        device.counters[:] = state["counters"]
+    elif state["proj"].size:
+        proj = torch.as_tensor(state["proj"])
+    position = tuple(int(v) for v in state["position"])
+    return params, proj, position, json.loads(str(state["history"]))
 
 
 def _torch_updates(spec, kernels, x, t, config: ConvTrainConfig, proj, refresh: bool):
