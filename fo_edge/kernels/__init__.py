@@ -1,0 +1,47 @@
+"""The Numba kernels: the devices' bit-exact arithmetic (see each module).
+
+Compiled kernels are cached on disk in a folder named after the kernels' sources (SHA-256 of every module here
+and of Numba's version): Numba checks only a cached function's own file, so a function inlined from another
+module would otherwise run stale machine code (wrong results, or a crash) after an edit or an upgrade. The
+folder lies under ``$NUMBA_CACHE_DIR`` when that is set, else in this package's ``__pycache__``, else in
+``~/.cache/fo-edge``; the first of them that is writable.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+__all__ = ["cache_name"]
+
+
+def cache_name(folder: Path, numba_version: str) -> str:
+    """``numba-<16 hex>``: the digest of ``folder``'s ``*.py`` files (names and bytes, in name order) and of
+    the Numba version."""
+    digest = hashlib.sha256(numba_version.encode())
+    for path in sorted(folder.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return f"numba-{digest.hexdigest()[:16]}"
+
+
+def _use_source_keyed_cache() -> None:
+    import numba
+
+    here = Path(__file__).parent
+    name = cache_name(here, numba.__version__)
+    for base in (os.environ.get("NUMBA_CACHE_DIR"), here / "__pycache__", Path.home() / ".cache" / "fo-edge"):
+        if not base:
+            continue
+        folder = Path(base) / name
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".probe-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError:
+            continue
+        numba.config.CACHE_DIR = str(folder)  # read when each kernel is decorated, after this
+        return
+
+
+_use_source_keyed_cache()
