@@ -6,7 +6,7 @@ path or (FOTON) the Numba device path, and writes the run directory as MLP runs 
 and energy on the Numba path) and ``weights.npz`` (``K{l}`` kernels (C_out, C_in, k, k) and the dense
 ``W{L-1}``, float32: the host's master weights, which the device holds rounded to its formats). api.simulate
 runs the lifecycle (run directory, checkpoints, --resume, health stops); this module makes the record. Not yet
-for conv runs: device-memory accounting, ONNX export and diagnose.
+for conv runs: device-memory accounting and diagnose (export.py exports them to ONNX).
 """
 from __future__ import annotations
 
@@ -81,7 +81,10 @@ def train_conv_run(record: dict, config: ConvTrainConfig, data: Dataset, device:
 
 def finish_record(record: dict, run: ConvRun, seconds: float, device: DeviceProfile, stopped=None) -> dict:
     """Fill ``record`` with the run's history, counters and energy (Numba path) and final metrics; returns the
-    arrays for weights.npz: ``K{l}`` kernels (C_out, C_in, k, k) and the dense ``W{L-1}``, float32."""
+    arrays for weights.npz: ``K{l}`` kernels (C_out, C_in, k, k) and the dense ``W{L-1}``, float32 (the host's
+    master weights), and on an integer device's Numba path its store: ``D{l}`` the mantissas (rows, C_in k k or
+    the dense width) int32 and ``dexp{l}`` (rows,) int32 exponents, real = D x 2**dexp per row (the int8 ONNX
+    export runs them)."""
     if run.counters is not None:
         counters = counters_record(run.counters, training_samples=run.trained, inference_samples=run.inferred)
         record["counters"] = counters
@@ -98,4 +101,9 @@ def finish_record(record: dict, run: ConvRun, seconds: float, device: DeviceProf
     kernels = run.kernels(spec)
     stored = {f"K{l}": k.float().numpy() for l, k in enumerate(kernels[:-1])}
     stored[f"W{len(kernels) - 1}"] = kernels[-1].float().numpy()
+    net = run.net
+    if net is not None and net.quantized:
+        for l, shape in enumerate(net.shapes):
+            stored[f"D{l}"] = net.w[net.offs[l]:net.offs[l + 1]].reshape(shape).astype(np.int32)
+            stored[f"dexp{l}"] = (-(net.w_frac[l] + net.row_shift[l])).astype(np.int32)
     return stored

@@ -9,7 +9,8 @@ int8: an integer graph whose arithmetic is the device's, for 8-bit profiles with
 the activation on the integer grid (ReLU; tanh as floor(tanh(a) * one + 0.5)), and ``Cast`` back to int8. The
 input is quantised with the activation format's scale and the logits leave as float (mantissa x 2**-frac).
 Verified against the Numba device inference on the test set: predictions identical on >= 99.9 % of samples
-and logits within one activation step.
+and logits within one activation step. Conv runs: the graphs of export_conv, verified the same way (fp32 against
+the PyTorch conv forward, int8 against the Numba conv inference).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import numpy as np
 from .device import DeviceProfile
 from .device.spec import Overflow, Rounding
 from .errors import ConfigError
+from .export_conv import conv_device_inference, conv_int8_model_bytes, conv_torch_logits, conv_torch_module
 from .runs import TrainedRun, load_trained, real_weights, run_status_note, write_file_atomic, write_json_atomic
 
 __all__ = ["export_onnx", "FP32_ATOL", "MIN_AGREEMENT"]
@@ -37,8 +39,14 @@ def _fp32_model_bytes(weights: list[np.ndarray], activation: str) -> bytes:
 
     from .models.mlp import MLP
 
-    model = MLP([torch.as_tensor(w) for w in weights], activation).eval()
-    example = (torch.zeros(2, weights[0].shape[1]),)
+    return _exported(MLP([torch.as_tensor(w) for w in weights], activation).eval(), weights[0].shape[1])
+
+
+def _exported(model, d_in: int) -> bytes:
+    """``model`` (input (batch, d_in) float32 -> logits) as ONNX bytes, the batch dimension dynamic."""
+    import torch
+
+    example = (torch.zeros(2, d_in),)
     exporter_log = logging.getLogger("torch.onnx")
     level = exporter_log.level
     exporter_log.setLevel(logging.ERROR)  # it warns about optional torchvision ops an MLP never uses
@@ -166,6 +174,12 @@ def _verify_int8(run: TrainedRun, model_bytes: bytes, x: np.ndarray, y: np.ndarr
     params = make_params(profile, run.activation, "ce")
     logits = np.zeros((len(x), run.dims[-1]))
     labels = predict(net, bufs, profile, params, x, new_counters(net.n_layers), new_state(0), logits)
+    return _int8_agreement(profile, model_bytes, x, y, labels, logits)
+
+
+def _int8_agreement(profile: DeviceProfile, model_bytes: bytes, x: np.ndarray, y: np.ndarray, labels: np.ndarray,
+                    logits: np.ndarray) -> dict:
+    """The int8 graph's logits on x against the device's (labels, real logits): the verification report."""
     got = _ort_logits(model_bytes, x)
     agree = float((got.argmax(1) == labels).mean())
     step = 2.0 ** -profile.activation.frac_bits
@@ -174,6 +188,19 @@ def _verify_int8(run: TrainedRun, model_bytes: bytes, x: np.ndarray, y: np.ndarr
             "logit_tolerance": step, "passed": agree >= MIN_AGREEMENT and diff <= step + 1e-12,
             "onnx_accuracy": float((got.argmax(1) == y).mean()), "device_accuracy": float((labels == y).mean()),
             "reference": f"Numba {profile.id} device inference"}
+
+
+def _verify_conv_fp32(run: TrainedRun, model_bytes: bytes, x: np.ndarray, y: np.ndarray) -> dict:
+    ref = conv_torch_logits(run, x)
+    got = _ort_logits(model_bytes, x)
+    diff = float(np.abs(got - ref).max())
+    return {"max_abs_diff": diff, "tolerance": FP32_ATOL, "passed": diff <= FP32_ATOL,
+            "onnx_accuracy": float((got.argmax(1) == y).mean()), "reference": "PyTorch fp32 conv forward"}
+
+
+def _verify_conv_int8(run: TrainedRun, model_bytes: bytes, x: np.ndarray, y: np.ndarray) -> dict:
+    labels, logits = conv_device_inference(run, x)
+    return _int8_agreement(run.profile, model_bytes, x, y, labels, logits)
 
 
 def export_onnx(run_dir: str | Path, out: str | Path, *, int8: bool = False) -> dict:
@@ -186,17 +213,21 @@ def export_onnx(run_dir: str | Path, out: str | Path, *, int8: bool = False) -> 
         raise ConfigError(f"--out {out}: give a file name ending in .onnx")
     if not out.parent.is_dir():
         raise ConfigError(f"--out {out}: directory {out.parent} does not exist")
-    run = load_trained(run_dir)
+    run = load_trained(run_dir, conv=True)
+    conv = bool(run.record["config"].get("conv"))
     if int8:
         _check_int8_device(run.profile)
-        model_bytes = _int8_model_bytes(run)
+        model_bytes = conv_int8_model_bytes(run) if conv else _int8_model_bytes(run)
+    elif conv:
+        model_bytes = _exported(conv_torch_module(run), int(np.prod(run.record["config"]["conv"]["in_shape"])))
     else:
         model_bytes = _fp32_model_bytes(real_weights(run), run.activation)
     write_file_atomic(out, lambda handle: handle.write(model_bytes))
-    cfg = run.record["config"]
+    cfg = run.record["config"].get("simulate") if conv else run.record["config"]
     data = load_dataset(cfg["dataset"] if cfg.get("data_dir") is None else None, cfg.get("data_dir"))
     data = data.limited(cfg.get("limit"))
-    verify = _verify_int8 if int8 else _verify_fp32
+    verify = {(True, True): _verify_conv_int8, (True, False): _verify_int8, (False, True): _verify_conv_fp32,
+              (False, False): _verify_fp32}[(int8, conv)]
     report = {"model": str(out), "run": str(run.path), "kind": "int8" if int8 else "fp32",
               "device": run.profile.id, "test_samples": int(len(data.x_test)), "bytes": len(model_bytes),
               "run_status": run.record.get("status"), "note": run_status_note(run),

@@ -23,7 +23,7 @@ from .run_schema import CHECKPOINT_REQUIRED, validate_checkpoint, validate_recor
 
 __all__ = ["SCHEMA_VERSION", "prepare_run_dir", "write_json_atomic", "write_file_atomic", "read_run",
            "save_weights", "load_weights", "save_checkpoint", "load_checkpoint", "package_versions",
-           "MAX_CHECKPOINT_BYTES", "CHECKPOINT_KEYS", "TrainedRun", "load_trained", "real_weights",
+           "MAX_CHECKPOINT_BYTES", "CHECKPOINT_KEYS", "TrainedRun", "load_trained", "load_conv_weights", "real_weights",
            "run_status_note"]
 
 #: refuse checkpoints larger than this before reading them (4 GiB)
@@ -209,13 +209,15 @@ class TrainedRun:
     activation: str
 
 
-def load_trained(run_dir: str | Path, spiking: bool = False) -> TrainedRun:
+def load_trained(run_dir: str | Path, spiking: bool = False, conv: bool = False) -> TrainedRun:
     """Read run.json, device.toml and weights.npz of ``run_dir`` (each checked; errors are RunError); spiking
-    runs are refused unless ``spiking`` (the NIR export reads them)."""
+    runs are refused unless ``spiking`` (the NIR export reads them), conv runs unless ``conv`` (their arrays are
+    checked by :func:`load_conv_weights`; ``dims`` are then their activity sizes)."""
     path = Path(run_dir)
     record = read_run(path)
-    if record["config"].get("conv"):
-        raise RunError(f"{path} is a conv-net run; export and diagnose handle MLP runs only for now")
+    if record["config"].get("conv") and not conv:
+        raise RunError(f"{path} is a conv-net run; diagnose and NIR export handle MLP runs only for now (ONNX export "
+                       f"takes it)")
     if record["config"].get("activation") == "loihi-cuba" and not spiking:
         raise RunError(f"{path} is a spiking run; export it with --nir (ONNX export and diagnose handle non-spiking "
                        f"MLP runs)")
@@ -227,7 +229,50 @@ def load_trained(run_dir: str | Path, spiking: bool = False) -> TrainedRun:
         raise RunError(f"{path} has no readable device.toml; re-run the simulation with this fo-edge") from None
     profile = parse_device(text, str(path / "device.toml"))
     dims = [int(d) for d in record["config"]["dims"]]
-    return TrainedRun(path, record, profile, load_weights(path, dims), dims, record["config"]["activation"])
+    stored = load_conv_weights(path, record["config"]["conv"], dims[-1]) if record["config"].get("conv") else \
+        load_weights(path, dims)
+    return TrainedRun(path, record, profile, stored, dims, record["config"]["activation"])
+
+
+def load_conv_weights(run_dir: str | Path, conv: dict, n_classes: int) -> dict[str, np.ndarray]:
+    """The arrays of a conv run's weights.npz, checked against its spec (``conv``: channels, kernel, in_shape as
+    run.json records them): ``K{l}`` (C_out, C_in, k, k) float32 per conv layer, then the dense ``W{L-1}``
+    (n_classes, C*H*W of the last pooled map) float32; and, from an integer device, its store for every layer:
+    ``D{l}`` (rows, C_in k k or the dense width) int32 mantissas with ``dexp{l}`` (rows,) int32 exponents."""
+    path = Path(run_dir) / "weights.npz"
+    try:
+        channels, k = [int(c) for c in conv["channels"]], int(conv["kernel"])
+        c, h, w = (int(v) for v in conv["in_shape"])
+    except (KeyError, TypeError, ValueError):
+        raise RunError(f"{Path(run_dir) / 'run.json'}: config.conv is not a conv spec") from None
+    shapes = []
+    for out in channels:
+        shapes.append((out, c, k, k))
+        c, h, w = out, h // 2, w // 2
+    shapes.append((n_classes, c * h * w))
+    names = [f"K{l}" for l in range(len(channels))] + [f"W{len(channels)}"]
+    if not path.exists():
+        raise RunError(f"{run_dir} has no weights.npz; re-run the simulation")
+    if path.stat().st_size > MAX_CHECKPOINT_BYTES:
+        raise RunError(f"{path} is larger than any fo-edge checkpoint; refusing to read it")
+    out = _read_npz(path)
+    for name, shape in zip(names, shapes):
+        array = out.get(name)
+        if array is None or array.shape != shape or array.dtype != np.float32:
+            got = None if array is None else f"{array.dtype} {array.shape}"
+            raise RunError(f"{path}: {name} should be float32 of shape {shape}, got {got}")
+    store = [f"D{l}" for l in range(len(shapes))] + [f"dexp{l}" for l in range(len(shapes))]
+    if any(name in out for name in store):
+        for l, shape in enumerate(shapes):
+            rows = (shape[0], int(np.prod(shape[1:])))
+            d, e = out.get(f"D{l}"), out.get(f"dexp{l}")
+            if d is None or d.shape != rows or d.dtype != np.int32 or e is None or e.shape != rows[:1] \
+                    or e.dtype != np.int32:
+                raise RunError(f"{path}: D{l} / dexp{l} should be int32 of shapes {rows} / {rows[:1]}")
+    extra = set(out) - set(names) - set(store)
+    if extra:
+        raise RunError(f"{path}: unexpected arrays {sorted(extra)}")
+    return out
 
 
 def run_status_note(run: TrainedRun) -> str | None:

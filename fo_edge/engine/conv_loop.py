@@ -83,13 +83,14 @@ class ConvTrainConfig:
 class ConvRun:
     """params: BCOP parameters and dense W (float64); history: per-epoch metrics; counters: the Numba path's
     (phases, L + 1, names) counters, or None on the torch path; trained / inferred: samples stepped on and
-    evaluated."""
+    evaluated; net: the Numba path's device store (rules.conv_binding.ConvDeviceNet) as training left it."""
 
     params: list
     history: list
     counters: np.ndarray | None
     trained: int = 0
     inferred: int = 0
+    net: object = None
 
     def kernels(self, spec: ConvSpec) -> list[torch.Tensor]:
         return [k.detach() for k in kernels_of(spec, self.params)]
@@ -130,7 +131,8 @@ def train_conv(spec: ConvSpec, data: Dataset, config: ConvTrainConfig, profile: 
         return _state(params, proj, device, (epoch, begin, step, trained, inferred), history)
 
     def outcome() -> ConvRun:
-        return ConvRun(params, history, device.counters if device is not None else None, trained, inferred)
+        return ConvRun(params, history, device.counters if device is not None else None, trained, inferred,
+                       device.net if device is not None else None)
 
     for epoch in range(first_epoch, config.epochs):
         start = time.perf_counter()
