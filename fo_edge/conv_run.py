@@ -6,7 +6,7 @@ path or (FOTON) the Numba device path, and writes the run directory as MLP runs 
 and energy on the Numba path) and ``weights.npz`` (``K{l}`` kernels (C_out, C_in, k, k) and the dense
 ``W{L-1}``, float32: the host's master weights, which the device holds rounded to its formats). api.simulate
 runs the lifecycle (run directory, checkpoints, --resume, health stops); this module makes the record. Not yet
-for conv runs: device-memory accounting and diagnose (export.py exports them to ONNX).
+for conv runs: device-memory accounting (export.py exports them to ONNX, diagnose.py diagnoses them).
 """
 from __future__ import annotations
 

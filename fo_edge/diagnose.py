@@ -4,7 +4,11 @@ For a batch and the current weights, ``cosine_l = <g_rule_l, g_bp_l> / (|g_rule_
 ``rules.compute_updates`` on the same batch, so 1 means the rule follows the gradient, 0 is a random
 direction) and ``drift_l = |W_l^T W_l - I|_F`` on the smaller Gram side (0 for an orthogonal layer, FOTON's
 premise). A fresh run trains on the PyTorch path and samples both every ``every`` steps; a saved run is
-measured once, averaged over test batches.
+measured once, averaged over test batches. A saved conv run (models.conv) compares FOTON's conv update with
+autograd's kernel gradient (rules.foton_conv) on its host weights; a conv layer's drift is that of its circular
+convolution operator A on the (C, H, W) map, |A^T A - I|_F (co-isometries: |A A^T - I|_F), exact through the
+2-D DFT, which block-diagonalises A into the C_out x C_in matrices K^(u, v), one per frequency:
+drift^2 = sum_{u, v} |K^(u, v)^H K^(u, v) - I|_F^2.
 """
 from __future__ import annotations
 
@@ -51,6 +55,9 @@ def diagnose_fresh(rule: str, *, model: str, dataset: str = "mnist", steps: int 
         raise ConfigError(f"unknown rule {rule!r}; choose one of {', '.join(sorted(RULES))}")
     if steps < 1 or every < 1:
         raise ConfigError("--steps and --every must be positive")
+    if isinstance(model, str) and model.strip().startswith("c"):
+        raise ConfigError(f"--model {model}: conv nets are diagnosed from a saved run (fo-edge simulate --model "
+                          f"{model} ..., then fo-edge diagnose RUN_DIR)")
     spec = RULES[rule]
     activation = activation or spec.default_activation
     config = rule_config(rule, **(rule_options or {}))
@@ -74,10 +81,61 @@ def diagnose_fresh(rule: str, *, model: str, dataset: str = "mnist", steps: int 
             "layers": len(dims) - 1, **series}
 
 
-def diagnose_run(run_dir: str | Path, *, batches: int = 8, batch_size: int = 64) -> dict:
-    """The diagnostics of a saved run's final weights, averaged over ``batches`` test batches."""
-    run = load_trained(run_dir)
+def conv_operator_drift(kernel: torch.Tensor, height: int, width: int) -> float:
+    """|A^T A - I|_F of the circular convolution A by ``kernel`` (C_out, C_in, k, k) on (C_in, height, width)
+    maps, on the smaller Gram side (module docstring)."""
+    c_out, c_in = kernel.shape[:2]
+    padded = torch.zeros(c_out, c_in, height, width, dtype=torch.complex128)
+    k = kernel.shape[-1]
+    for dy in range(k):  # tap (dy, dx) of a 'same' cross-correlation shifts by (dy - k//2, dx - k//2)
+        for dx in range(k):
+            padded[:, :, (dy - k // 2) % height, (dx - k // 2) % width] += kernel[:, :, dy, dx].to(torch.float64)
+    spectrum = torch.fft.fft2(padded).permute(2, 3, 0, 1)  # (H, W, C_out, C_in)
+    gram = spectrum.conj().transpose(-2, -1) @ spectrum if c_out >= c_in else \
+        spectrum @ spectrum.conj().transpose(-2, -1)
+    eye = torch.eye(gram.shape[-1], dtype=gram.dtype)
+    return float(torch.sqrt((gram - eye).abs().pow(2).sum()))
+
+
+def conv_layer_diagnostics(run, x: np.ndarray, t: np.ndarray) -> tuple[list[float], list[float]]:
+    """(cosine with autograd's gradient, operator drift) per layer of a saved conv run on batch (x, t)."""
+    from .engine.conv_loop import ConvTrainConfig
+    from .models.conv import ConvSpec
+    from .rules.foton import FOTONConfig
+    from .rules.foton_conv import bp_conv_update_torch, foton_conv_update_torch
+
     cfg = run.record["config"]
+    conv = cfg["conv"]
+    spec = ConvSpec(tuple(conv["channels"]), int(run.dims[-1]), tuple(conv["in_shape"]), int(conv["kernel"]))
+    n_conv = len(spec.channels)
+    ws = [torch.as_tensor(run.stored[f"K{l}"], dtype=torch.float64) for l in range(n_conv)]
+    ws.append(torch.as_tensor(run.stored[f"W{n_conv}"], dtype=torch.float64))
+    xt, tt = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(t, dtype=torch.float64)
+    temperature = float(cfg.get("temperature", ConvTrainConfig().temperature))
+    g_bp = bp_conv_update_torch(spec, ws, xt, tt, activation=cfg["activation"], error=cfg["error"],
+                                temperature=temperature)
+    g_rule = g_bp if cfg["rule"] == "bp" else foton_conv_update_torch(
+        spec, ws, xt, tt, activation=cfg["activation"], error=cfg["error"],
+        config=FOTONConfig(temperature=temperature))
+    shapes = spec.layer_shapes()
+    cosines, drifts = [], []
+    for l, (w, a, b) in enumerate(zip(ws, g_rule, g_bp)):
+        norm = float(a.norm() * b.norm())
+        cosines.append(float((a * b).sum()) / norm if norm > 0 else 0.0)
+        if l < n_conv:
+            drifts.append(conv_operator_drift(w, shapes[l][1], shapes[l][2]))
+        else:
+            gram = w @ w.T if w.shape[0] < w.shape[1] else w.T @ w
+            drifts.append(float(torch.linalg.matrix_norm(gram - torch.eye(gram.shape[0], dtype=gram.dtype))))
+    return cosines, drifts
+
+
+def diagnose_run(run_dir: str | Path, *, batches: int = 8, batch_size: int = 64) -> dict:
+    """The diagnostics of a saved run's final weights (MLP or conv), averaged over ``batches`` test batches."""
+    run = load_trained(run_dir, conv=True)
+    cfg = run.record["config"]
+    if cfg.get("conv"):
+        return _diagnose_conv_run(run, run_dir, batches, batch_size)
     data = load_dataset(cfg["dataset"] if cfg.get("data_dir") is None else None, cfg.get("data_dir"))
     weights = real_weights(run)
     config = rule_config(cfg["rule"], **cfg.get("rule_options", {}))
@@ -90,6 +148,19 @@ def diagnose_run(run_dir: str | Path, *, batches: int = 8, batch_size: int = 64)
     return {"rule": cfg["rule"], "model": cfg["model"], "dataset": data.name, "activation": run.activation,
             "source": str(run_dir), "layers": len(run.dims) - 1, "step": [step], "cosine": [cosine],
             "drift": [results[0][1]]}
+
+
+def _diagnose_conv_run(run, run_dir, batches: int, batch_size: int) -> dict:
+    simulate = run.record["config"].get("simulate") or {}
+    data = load_dataset(simulate.get("dataset", run.record["config"]["dataset"])
+                        if simulate.get("data_dir") is None else None, simulate.get("data_dir"))
+    eye = np.eye(run.dims[-1])
+    results = [conv_layer_diagnostics(run, data.x_test[i * batch_size:(i + 1) * batch_size],
+                                      eye[data.y_test[i * batch_size:(i + 1) * batch_size]]) for i in range(batches)]
+    step = run.record["history"][-1]["steps"] if run.record["history"] else 0
+    return {"rule": run.record["config"]["rule"], "model": run.record["config"]["model"], "dataset": data.name,
+            "activation": run.activation, "source": str(run_dir), "layers": len(run.dims) - 1, "step": [step],
+            "cosine": [np.mean([r[0] for r in results], axis=0).tolist()], "drift": [results[0][1]]}
 
 
 def plot_diagnostics(result: dict, path: str | Path) -> None:

@@ -216,8 +216,7 @@ def load_trained(run_dir: str | Path, spiking: bool = False, conv: bool = False)
     path = Path(run_dir)
     record = read_run(path)
     if record["config"].get("conv") and not conv:
-        raise RunError(f"{path} is a conv-net run; diagnose and NIR export handle MLP runs only for now (ONNX export "
-                       f"takes it)")
+        raise RunError(f"{path} is a conv-net run; NIR export takes spiking MLP runs (export it to ONNX with --out)")
     if record["config"].get("activation") == "loihi-cuba" and not spiking:
         raise RunError(f"{path} is a spiking run; export it with --nir (ONNX export and diagnose handle non-spiking "
                        f"MLP runs)")
