@@ -90,8 +90,8 @@ def test_main_turns_usage_errors_into_exit_2(capsys):
 
 
 def test_simulate_conv_model_end_to_end(tmp_path):
-    """A conv spec routes to the BCOP conv net: FOTON on the integer device, counters and energy recorded;
-    export refuses the conv run with one line."""
+    """A conv spec routes to the BCOP conv net: FOTON on the integer device, counters and energy recorded; it
+    exports to int8 ONNX bit-exactly, and NIR export refuses it with one line."""
     out = tmp_path / "conv"
     proc = run_cli("simulate", "--device", "mcu-int8", "--rule", "foton", "--dataset", "digits", "--model", "c4-10",
                    "--limit", "300", "-o", "temperature=0.25", "--out", str(out))
@@ -101,8 +101,11 @@ def test_simulate_conv_model_end_to_end(tmp_path):
     assert record["status"] == "complete" and record["config"]["conv"]["channels"] == [4]
     assert record["config"]["dims"] == [64, 256, 10]
     assert record["counters"]["totals"]["macs_dense"] > 0 and record["energy"]["modes"]
-    export = run_cli("export", str(out), "--out", str(tmp_path / "m.onnx"))
-    assert export.returncode == 2 and "conv-net run" in export.stderr and "Traceback" not in export.stderr
+    export = run_cli("export", str(out), "--out", str(tmp_path / "m.onnx"), "--int8")
+    assert export.returncode == 0 and "verified in onnxruntime" in export.stdout, export.stderr
+    assert json.loads((tmp_path / "m.onnx.verify.json").read_text())["max_logit_diff"] == 0.0
+    nir = run_cli("export", str(out), "--nir", str(tmp_path / "m.nir"))
+    assert nir.returncode == 2 and "conv-net run" in nir.stderr and "Traceback" not in nir.stderr
     bad = run_cli("simulate", "--device", "mcu-int8", "--rule", "ftp", "--dataset", "digits", "--model", "c4-10",
                   "--out", str(tmp_path / "b"))
     assert bad.returncode == 2 and "MLP-only" in bad.stderr and not (tmp_path / "b").exists()
