@@ -2,7 +2,11 @@
 import numpy as np
 import pytest
 
+from fo_edge.kernels import threads_ready
 from fo_edge.models import init_weights
+
+# tests call kernels directly too: start Numba's threading layer before any cached kernel loads (fo_edge.kernels)
+threads_ready()
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,11 @@ and of Numba's version): Numba checks only a cached function's own file, so a fu
 module would otherwise run stale machine code (wrong results, or a crash) after an edit or an upgrade. The
 folder lies under ``$NUMBA_CACHE_DIR`` when that is set, else in this package's ``__pycache__``, else in
 ``~/.cache/fo-edge``; the first of them that is writable.
+
+A cached kernel may reference Numba's parallel runtime (``allocate_sched``) even when it is not itself parallel;
+loading it before Numba's threading layer has started aborts the process ("LLVM ERROR: Symbol not found"). So
+every device store (rules' DeviceNet, ConvDeviceNet) calls :func:`threads_ready` when it is made, before any kernel
+runs; import alone starts nothing, so a torch-only run keeps torch's own OpenMP pool as it was.
 """
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import hashlib
 import os
 from pathlib import Path
 
-__all__ = ["cache_name"]
+__all__ = ["cache_name", "threads_ready"]
 
 
 def cache_name(folder: Path, numba_version: str) -> str:
@@ -22,6 +27,13 @@ def cache_name(folder: Path, numba_version: str) -> str:
     for path in sorted(folder.glob("*.py")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return f"numba-{digest.hexdigest()[:16]}"
+
+
+def threads_ready() -> None:
+    """Start Numba's threading layer (idempotent), so cached kernels that link its runtime load."""
+    import numba
+
+    numba.get_num_threads()  # launches the threading layer the first time
 
 
 def _use_source_keyed_cache() -> None:

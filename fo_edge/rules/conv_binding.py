@@ -23,6 +23,7 @@ import torch
 
 from ..device.spec import DeviceProfile
 from ..errors import ConfigError
+from ..kernels import threads_ready
 from ..kernels.conv import conv_forward_, pool2_
 from ..kernels.counters import (COUNTERS, FORWARD, INFERENCE, MACS_DENSE, MODULATED, RECOMPUTE, REFRESH, SATURATION,
                                 SRAM_WRITE, UPDATE, WEIGHT_WRITES)
@@ -57,6 +58,9 @@ class ConvDeviceNet:
     row_shift: list
     #: per-channel exponents re-calibrated from the kernels at every store (``weight_scale = per-channel-dynamic``)
     dynamic: bool = False
+
+    def __post_init__(self) -> None:
+        threads_ready()  # before any (cached) kernel is loaded: fo_edge.kernels
 
     def real_scale(self, l: int) -> np.ndarray:
         """(rows, 1) float64 divisors of layer l's stored values."""

@@ -24,6 +24,7 @@ from ..accounting.memory import MemoryArena
 from ..device.loihi_weights import from_steps, quantize_to_format, to_steps
 from ..device.spec import DeviceProfile, NumberFormat
 from ..errors import ConfigError
+from ..kernels import threads_ready
 from ..kernels.activations import ACTIVATION_CODES
 from ..kernels.counters import (COUNTERS, FORWARD, INFERENCE, ORTHOGONALIZE, REFRESH, SATURATION, UPDATE,
                                 new_counters)
@@ -83,6 +84,7 @@ class DeviceNet:
     dynamic: bool = False
 
     def __post_init__(self) -> None:
+        threads_ready()  # before any (cached) kernel is loaded: fo_edge.kernels
         if self.row_shift is None:
             self.row_shift = np.zeros(int(self.dims[1:].sum()), dtype=np.int64)
 
