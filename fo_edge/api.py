@@ -26,7 +26,7 @@ from .engine.health import HealthConfig, TrainingStopped
 from .engine.plan import BatchPlan
 from .engine.threads import kernel_threads
 from .errors import ConfigError, RunError, RunInterrupted
-from .models.conv import is_conv_spec
+from .models.conv import is_conv_spec, parse_conv_spec
 from .models.mlp import ACTIVATIONS, INITS, init_weights, parse_model_spec
 from .rules import BACKENDS, RULES, rule_config
 from .rules.base import ERRORS
@@ -536,6 +536,11 @@ def _simulate_conv(config: SimulateConfig, on_batch, on_start, resuming: bool = 
     data = _prepared_data(config)
     simulate = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("out", "overwrite")}
     record = conv_record(config.model, train_config, data, device, simulate)  # refuses a bad spec first
+    # the device's memory for this net, batch and rule: a run that cannot fit is refused before anything is written
+    from .rules.conv_memory import plan_conv_memory
+
+    record["memory"] = plan_conv_memory(parse_conv_spec(config.model, data.image_shape), device, train_config.rule,
+                                        train_config.batch_size, ortho=train_config.ortho_every > 0).report()
     run_dir = prepare_run_dir(config.out or default_run_dir(config),
                               "resume" if resuming else "replace" if config.overwrite else "refuse")
     record["run_id"] = run_id or uuid.uuid4().hex
@@ -566,7 +571,7 @@ def _simulate_conv(config: SimulateConfig, on_batch, on_start, resuming: bool = 
     write_json_atomic(run_dir / "run.json", record)
     if stopped is not None:
         raise RunError(f"{stopped}; the partial run is recorded in {run_dir}")
-    return SimulateResult(record["final"]["test_accuracy"], record["history"], run_dir, {}, record)
+    return SimulateResult(record["final"]["test_accuracy"], record["history"], run_dir, record["memory"], record)
 
 
 def energy_report(run_dirs, *, by_layer: bool = False, mode: str | None = None, plot: str | None = None) -> list[dict]:

@@ -120,7 +120,7 @@ def _summary_table(result: api.SimulateResult) -> str:
         rows.append(("peak device memory", f"{format_bytes(mem['peak_bytes'])} of "
                      f"{format_bytes(mem['capacity_bytes'])} ({100 * mem['peak_bytes'] / mem['capacity_bytes']:.1f} %)"))
     else:
-        rows.append(("peak device memory", rec.get("memory_note") or "not accounted on the torch path (use --backend numba)"))
+        rows.append(("peak device memory", rec.get("memory_note") or "not accounted"))
     totals = (rec.get("counters") or {}).get("totals")
     if totals:
         rows.append(("saturation events", str(totals["saturation_events"])))

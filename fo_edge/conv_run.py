@@ -5,8 +5,8 @@ path or (FOTON) the Numba device path, and writes the run directory as MLP runs 
 ``run.json`` (schema 2; ``config.conv`` holds the spec, ``config.dims`` the activity sizes per layer, counters
 and energy on the Numba path) and ``weights.npz`` (``K{l}`` kernels (C_out, C_in, k, k) and the dense
 ``W{L-1}``, float32: the host's master weights, which the device holds rounded to its formats). api.simulate
-runs the lifecycle (run directory, checkpoints, --resume, health stops); this module makes the record. Not yet
-for conv runs: device-memory accounting (export.py exports them to ONNX, diagnose.py diagnoses them).
+runs the lifecycle (device memory planned by rules.conv_memory, run directory, checkpoints, --resume, health
+stops); this module makes the record. export.py exports conv runs to ONNX, diagnose.py diagnoses them.
 """
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ __all__ = ["CONV_OPTIONS", "conv_train_config", "conv_record", "train_conv_run",
 
 #: rule options a conv run accepts (-o KEY=VALUE), mapped onto ConvTrainConfig
 CONV_OPTIONS = ("temperature", "ortho_every", "bjorck_iters", "refresh_every")
-MEMORY_NOTE = "not accounted for conv nets yet"
 
 
 def conv_train_config(*, rule: str, activation: str | None, error: str, lr: float | None, epochs: int,
@@ -66,7 +65,7 @@ def conv_record(model: str, config: ConvTrainConfig, data: Dataset, device: Devi
                    "energy_pj": dict(device.energy_pj),
                    "capacity": {"sram_bytes": device.capacity.sram_bytes, "flash_bytes": device.capacity.flash_bytes}},
         "dataset": {"name": data.name, "n_train": int(len(data.x_train)), "n_test": int(len(data.x_test))},
-        "history": [], "final": {}, "memory": {}, "memory_note": MEMORY_NOTE, "counters": {}, "energy": None,
+        "history": [], "final": {}, "memory": {}, "counters": {}, "energy": None,
         "warnings": [], "seed": config.seed, "versions": package_versions(),
     }
 

@@ -96,7 +96,7 @@ def test_simulate_conv_model_end_to_end(tmp_path):
     proc = run_cli("simulate", "--device", "mcu-int8", "--rule", "foton", "--dataset", "digits", "--model", "c4-10",
                    "--limit", "300", "-o", "temperature=0.25", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    assert "not accounted for conv nets yet" in proc.stdout
+    assert "peak device memory" in proc.stdout and "not accounted" not in proc.stdout
     record = json.loads((out / "run.json").read_text())
     assert record["status"] == "complete" and record["config"]["conv"]["channels"] == [4]
     assert record["config"]["dims"] == [64, 256, 10]

@@ -282,3 +282,34 @@ def test_an_exploding_conv_run_stops_and_is_recorded(tmp_path):
     from fo_edge.api import energy_report
 
     assert energy_report([out])[0]["status"] == "stopped"
+
+
+def test_a_conv_run_accounts_device_memory_and_refuses_what_cannot_fit(tmp_path):
+    """FOTON's c4-c8-10 on MNIST holds six (B, 4 x 28 x 28) maps: at batch 32 they exceed mcu-int8's 256 KiB and
+    the run is refused before anything is written, naming the buffer; at batch 8 it runs and records the plan."""
+    import fo_edge
+    from fo_edge.errors import DeviceMemoryError
+
+    common = dict(rule="foton", device="mcu-int8", model="c4-c8-10", limit=64)
+    with pytest.raises(DeviceMemoryError, match="does not fit in device SRAM: clean_a"):
+        fo_edge.simulate(batch_size=32, out=str(tmp_path / "big"), **common)
+    assert not (tmp_path / "big").exists()
+    run = fo_edge.simulate(batch_size=8, out=str(tmp_path / "ok"), **common)
+    memory = run.record["memory"]
+    assert memory == run.memory and 0 < memory["peak_bytes"] <= memory["capacity_bytes"] == 256 * 1024
+    buffers = memory["buffers"]
+    assert buffers["weights"]["bytes"] == 4 * 1 * 9 + 8 * 4 * 9 + 10 * 8 * 7 * 7  # int8: one byte a weight
+    assert buffers["clean_a"]["bytes"] == 8 * 4 * 28 * 28  # the batch's widest map, int8 activations
+    assert buffers["projection_F"]["bytes"] == 10 * 784 * 2  # F in the 16-bit projection format
+    assert "stored_activations" not in buffers
+
+
+def test_bp_on_conv_nets_stores_every_map():
+    from fo_edge.rules.conv_memory import plan_conv_memory
+
+    spec = parse_conv_spec("c4-c8-10", (1, 28, 28))
+    profile = load_device("gpu-fp32")
+    bp = plan_conv_memory(spec, profile, "bp", 16).report()
+    foton = plan_conv_memory(spec, profile, "foton", 16).report()
+    assert bp["buffers"]["stored_activations"]["bytes"] == 16 * (4 * 28 * 28 + 8 * 14 * 14) * 4
+    assert "stored_activations" not in foton["buffers"] and "projection_F" not in bp["buffers"]

@@ -11,9 +11,11 @@ from fo_edge.export import export_onnx
 
 @pytest.fixture(scope="module", params=["tanh", "relu"])
 def conv_int8_run(request, tmp_path_factory):
-    """FOTON on mcu-int8's Numba conv path, real MNIST (28x28: two conv layers, two poolings, the dense layer)."""
+    """FOTON on mcu-int8's Numba conv path, real MNIST (28x28: two conv layers, two poolings, the dense layer), in
+    batches of 8 (32 do not fit its 256 KiB)."""
     out = tmp_path_factory.mktemp(f"conv-{request.param}")
     fo_edge.simulate(rule="foton", device="mcu-int8", model="c4-c8-10", limit=600, lr=0.2, activation=request.param,
+                     batch_size=8,
                      rule_options={"temperature": 0.25, "bjorck_iters": 5}, out=str(out))
     return out
 

@@ -76,7 +76,7 @@ RESUMABLE_TORCH = ["simulate", "--rule", "ftp", "--device", "gpu-fp32", "--model
 
 #: a conv net on the integer kernels: host parameters, device store, F, RNG and counters in the checkpoint
 RESUMABLE_CONV = ["simulate", "--rule", "foton", "--device", "mcu-int8", "--model", "c4-c8-10", "--limit", "3000",
-                  "--epochs", "2", "--checkpoint-every", "10"]
+                  "--epochs", "2", "--checkpoint-every", "10", "--batch-size", "8"]
 
 
 @pytest.mark.parametrize("resumable", [RESUMABLE, RESUMABLE_SPIKING, [*RESUMABLE_SPIKING, "--backend", "torch"],
