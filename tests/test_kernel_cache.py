@@ -17,6 +17,7 @@ def test_the_cache_folder_is_named_after_every_kernel_source(tmp_path):
     assert second != first
     assert kernels.cache_name(tmp_path, "0.62.0") != second
     (tmp_path / "notes.txt").write_text("not a source")
+    (tmp_path / "__init__.py").write_text("# the cache's own set-up, no kernels")
     assert kernels.cache_name(tmp_path, "0.61.0") == second
 
 

@@ -1,7 +1,7 @@
 """The Numba kernels: the devices' bit-exact arithmetic (see each module).
 
-Compiled kernels are cached on disk in a folder named after the kernels' sources (SHA-256 of every module here
-and of Numba's version): Numba checks only a cached function's own file, so a function inlined from another
+Compiled kernels are cached on disk in a folder named after the kernels' sources (SHA-256 of every kernel module
+here, not this one, and of Numba's version): Numba checks only a cached function's own file, so a function inlined from another
 module would otherwise run stale machine code (wrong results, or a crash) after an edit or an upgrade. The
 folder lies under ``$NUMBA_CACHE_DIR`` when that is set, else in this package's ``__pycache__``, else in
 ``~/.cache/fo-edge``; the first of them that is writable.
@@ -21,10 +21,10 @@ __all__ = ["cache_name", "threads_ready"]
 
 
 def cache_name(folder: Path, numba_version: str) -> str:
-    """``numba-<16 hex>``: the digest of ``folder``'s ``*.py`` files (names and bytes, in name order) and of
-    the Numba version."""
+    """``numba-<16 hex>``: the digest of ``folder``'s ``*.py`` files but ``__init__.py`` (names and bytes, in
+    name order) and of the Numba version."""
     digest = hashlib.sha256(numba_version.encode())
-    for path in sorted(folder.glob("*.py")):
+    for path in sorted(p for p in folder.glob("*.py") if p.name != "__init__.py"):
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return f"numba-{digest.hexdigest()[:16]}"
 
