@@ -505,6 +505,7 @@ def _simulate_conv(config: SimulateConfig, on_batch, on_start, resuming: bool = 
     """A conv model (``c16-c32-10``): FOTON or BP on an orthogonal BCOP conv net (see :mod:`fo_edge.conv_run`),
     through the same run lifecycle as MLPs: checkpoints every ``checkpoint_every`` steps, --resume (``checkpoint``:
     the last one, None to start over in the run's directory), health stops, interruption."""
+    from .accounting.conv_float_counts import ConvFloatMeter
     from .conv_run import conv_record, conv_train_config, finish_record, train_conv_run
 
     device = load_device(config.device)
@@ -539,8 +540,9 @@ def _simulate_conv(config: SimulateConfig, on_batch, on_start, resuming: bool = 
     # the device's memory for this net, batch and rule: a run that cannot fit is refused before anything is written
     from .rules.conv_memory import plan_conv_memory
 
-    record["memory"] = plan_conv_memory(parse_conv_spec(config.model, data.image_shape), device, train_config.rule,
-                                        train_config.batch_size, ortho=train_config.ortho_every > 0).report()
+    spec = parse_conv_spec(config.model, data.image_shape)
+    record["memory"] = plan_conv_memory(spec, device, train_config.rule, train_config.batch_size,
+                                        ortho=train_config.ortho_every > 0).report()
     run_dir = prepare_run_dir(config.out or default_run_dir(config),
                               "resume" if resuming else "replace" if config.overwrite else "refuse")
     record["run_id"] = run_id or uuid.uuid4().hex
@@ -554,7 +556,8 @@ def _simulate_conv(config: SimulateConfig, on_batch, on_start, resuming: bool = 
     started, stopped = time.perf_counter(), None
     try:
         with _threads(backend, config.threads):
-            run = train_conv_run(record, train_config, data, device, on_batch=on_batch,
+            meter = ConvFloatMeter(spec, device, train_config.rule) if backend == "torch" else None
+            run = train_conv_run(record, train_config, data, device, on_batch=on_batch, meter=meter,
                                  health=HealthConfig(config.on_unhealthy, config.saturation_limit, config.stall_steps),
                                  checkpoint_every=config.checkpoint_every, resume=checkpoint,
                                  on_checkpoint=lambda state: save_checkpoint(

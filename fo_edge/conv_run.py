@@ -3,7 +3,7 @@
 Trains an orthogonal BCOP conv net (models.conv) with FOTON or BP through engine.conv_loop, on the PyTorch
 path or (FOTON) the Numba device path, and writes the run directory as MLP runs do: ``device.toml``,
 ``run.json`` (schema 2; ``config.conv`` holds the spec, ``config.dims`` the activity sizes per layer, counters
-and energy on the Numba path) and ``weights.npz`` (``K{l}`` kernels (C_out, C_in, k, k) and the dense
+and energy on both paths: the Numba kernels count themselves, accounting.conv_float_counts the torch path) and ``weights.npz`` (``K{l}`` kernels (C_out, C_in, k, k) and the dense
 ``W{L-1}``, float32: the host's master weights, which the device holds rounded to its formats). api.simulate
 runs the lifecycle (device memory planned by rules.conv_memory, run directory, checkpoints, --resume, health
 stops); this module makes the record. export.py exports conv runs to ONNX, diagnose.py diagnoses them.

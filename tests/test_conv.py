@@ -231,27 +231,30 @@ def test_conv_errors_are_config_errors(digits):
                                                    ("foton", "torch", None), ("bp", "torch", None)])
 def test_a_conv_run_resumes_from_a_mid_epoch_checkpoint(digits, rule, backend, device):
     """Resumed from a mid-epoch checkpoint of epoch 2 between two refreshes of F, a conv run ends with the
-    uninterrupted run's parameters, history and (Numba path) counters, bit for bit; the device store, its
-    exponents, F, the RNG and the counters travel in the checkpoint."""
+    uninterrupted run's parameters, history and counters, bit for bit; the device store, its exponents, F, the
+    RNG and the counters (on torch, its meter's) travel in the checkpoint."""
     spec = parse_conv_spec("c4-c8-10", digits.image_shape)
     config = ConvTrainConfig(rule=rule, backend=backend, lr=0.2, epochs=2, batch_size=16, bjorck_iters=5,
                              refresh_every=3)
     profile = load_device(device) if device else None
+    from fo_edge.accounting.conv_float_counts import ConvFloatMeter
+
+    meters = [ConvFloatMeter(spec, load_device("gpu-fp32"), rule) for _ in range(2)] if backend == "torch" else \
+        [None, None]
     states = []
-    full = train_conv(spec, _tiny(digits), config, profile, checkpoint_every=4, on_checkpoint=states.append)
+    full = train_conv(spec, _tiny(digits), config, profile, checkpoint_every=4, on_checkpoint=states.append,
+                      meter=meters[0])
     middle = next(s for s in states if s["position"][0] == 1 and s["position"][1] > 0 and s["position"][2] % 3)
-    resumed = train_conv(spec, _tiny(digits), config, profile, resume=middle)
+    resumed = train_conv(spec, _tiny(digits), config, profile, resume=middle, meter=meters[1])
     for a, b in zip(full.params, resumed.params):
         for key in a:
             assert torch.equal(a[key], b[key])
     assert full.history == [dict(h, seconds=f["seconds"], samples_per_s=f["samples_per_s"])
                             for h, f in zip(resumed.history, full.history)]
     assert (full.trained, full.inferred) == (resumed.trained, resumed.inferred) == (480, 200)
+    np.testing.assert_array_equal(full.counters, resumed.counters)  # the torch path's meter travels too
     if backend == "numba":
-        np.testing.assert_array_equal(full.counters, resumed.counters)
         assert middle["device_w"].size and middle["rng"].size
-    else:
-        assert full.counters is None
 
 
 def test_a_conv_checkpoint_of_another_model_is_refused(digits):

@@ -113,3 +113,34 @@ def test_the_torch_path_accounts_and_refuses_device_memory_as_the_kernels_do(tmp
         fo_edge.simulate(rule="bp", backend="torch", batch_size=32, out=str(tmp_path / "bp"),
                          **{k: v for k, v in common.items() if k != "batch_size"})
     assert not (tmp_path / "bp").exists()
+
+
+@pytest.mark.parametrize("model, activation, options", [("c2-c4-10", "tanh", {"refresh_every": 2}),
+                                                         ("c4-10", "relu", {})])
+def test_torch_conv_counts_what_the_conv_kernels_count(tmp_path, model, activation, options):
+    """FOTON on a conv net, two epochs on gpu-fp32: the torch path's counters (accounting.conv_float_counts) equal
+    the Numba conv path's, every one, and so its energy."""
+    runs = {backend: fo_edge.simulate(rule="foton", device="gpu-fp32", backend=backend, dataset="digits", model=model,
+                                      epochs=2, limit=96, batch_size=16, activation=activation, rule_options=options,
+                                      out=str(tmp_path / backend)) for backend in ("torch", "numba")}
+    ours, kernels = (counters_array(runs[b].record["counters"]) for b in ("torch", "numba"))
+    np.testing.assert_array_equal(ours, kernels)
+    assert ours[:, :, MACS_DENSE].sum() > 0
+    assert runs["torch"].record["energy"] == runs["numba"].record["energy"]
+
+
+def test_bp_on_a_conv_net_counts_its_backward_pass_by_hand(tmp_path):
+    """One BP step (batch 16) on c2-c4-10 over 8x8 digits: e back through the dense W^T (16 inputs = 4 channels x
+    2 x 2) and the error of conv layer 2 (4 x 4 maps) back through its adjoint convolution (2 x 3 x 3 taps per
+    output); layer 1's error is never formed. Its forward pass counts as FOTON's on the same weights."""
+    from fo_edge.kernels.counters import BACKWARD
+
+    bp = fo_edge.simulate(rule="bp", device="gpu-fp32", dataset="digits", model="c2-c4-10", limit=16, batch_size=16,
+                          out=str(tmp_path / "bp"))
+    foton = fo_edge.simulate(rule="foton", device="gpu-fp32", dataset="digits", model="c2-c4-10", limit=16,
+                             batch_size=16, out=str(tmp_path / "foton"))
+    c_bp, c_foton = (counters_array(r.record["counters"]) for r in (bp, foton))
+    assert c_bp[BACKWARD, :, MACS_DENSE].tolist() == [0, 16 * 4 * 4 * 4 * (2 * 9), 16 * 16 * 10, 0]
+    assert (c_bp[FORWARD] == c_foton[FORWARD]).all()
+    assert c_bp[UPDATE, :, MACS_DENSE].tolist() == c_foton[UPDATE, :, MACS_DENSE].tolist()
+    assert bp.record["energy"]["modes"]["op"]["by_phase_pj"]["backward"] > 0

@@ -29,7 +29,8 @@ import torch
 from ..data import Dataset
 from ..device.spec import DeviceProfile
 from ..errors import ConfigError, RunError
-from ..kernels.counters import FORWARD, UPDATE, new_counters
+from ..accounting.conv_float_counts import ConvFloatMeter
+from ..kernels.counters import FORWARD, INFERENCE, UPDATE, new_counters
 from ..kernels.rng import new_state
 from ..models.conv import ConvSpec, conv_forward_torch, init_conv_params, kernels_of, orthonormalize_params, \
     param_grads
@@ -37,7 +38,7 @@ from ..rules import bjorck_torch
 from ..rules.conv_binding import (ConvPasses, check_conv_exact, conv_predict, conv_to_device, foton_conv_step,
                                   projection_buffer, refresh_conv_projection, store_kernels)
 from ..rules.foton import FOTONConfig
-from ..rules.foton_conv import bp_conv_update_torch, conv_projection_torch, foton_conv_update_torch
+from ..rules.foton_conv import bp_conv_update_torch, conv_projection_torch, count_conv_pass, foton_conv_update_torch
 from ..rules.numba_binding import make_params, quantize_input
 from .health import HealthConfig, HealthMonitor, NumericHealthError, TrainingStopped
 from .plan import BatchPlan, epoch_order
@@ -97,14 +98,21 @@ class ConvRun:
 
 
 def evaluate_conv_torch(spec: ConvSpec, kernels, x: np.ndarray, y: np.ndarray, activation: str,
-                        chunk: int = 2048) -> float:
-    """Top-1 accuracy of the conv net (float32) on x (N, d_0), y (N,)."""
+                        chunk: int = 2048, meter: ConvFloatMeter | None = None) -> float:
+    """Top-1 accuracy of the conv net (float32) on x (N, d_0), y (N,); ``meter`` counts it as inference."""
     ws = [k.float() for k in kernels]
     correct = 0
     with torch.no_grad():
+        if meter is not None:
+            meter.begin_step()
         for start in range(0, len(x), chunk):
-            logits = conv_forward_torch(spec, ws, torch.as_tensor(x[start:start + chunk]), activation)
+            logits, inputs, outs = conv_forward_torch(spec, ws, torch.as_tensor(x[start:start + chunk]), activation,
+                                                      keep=True)
+            if meter is not None:
+                count_conv_pass(meter, INFERENCE, spec, ws, inputs, outs)
             correct += int((logits.argmax(1).numpy() == y[start:start + chunk]).sum())
+    if meter is not None:
+        meter.inferred += len(x)
     return correct / max(len(x), 1)
 
 
@@ -112,9 +120,10 @@ def train_conv(spec: ConvSpec, data: Dataset, config: ConvTrainConfig, profile: 
                on_epoch: Callable[[dict], None] | None = None,
                on_batch: Callable[[int], None] | None = None, *, health: HealthConfig | None = None,
                checkpoint_every: int = 0, on_checkpoint: Callable[[dict], None] | None = None,
-               resume: dict | None = None) -> ConvRun:
+               resume: dict | None = None, meter: ConvFloatMeter | None = None) -> ConvRun:
     """Train the conv net on ``data`` (x: (N, C*H*W) in [0, 1]); see the module docstring. A health stop raises
-    :class:`TrainingStopped` carrying the ConvRun so far."""
+    :class:`TrainingStopped` carrying the ConvRun so far. ``meter`` counts a torch-path run in the device
+    kernels' schema (accounting.conv_float_counts; the Numba path counts itself)."""
     config.validate()
     if config.backend == "numba" and profile is None:
         raise ConfigError("the Numba conv path needs a device profile")
@@ -123,16 +132,22 @@ def train_conv(spec: ConvSpec, data: Dataset, config: ConvTrainConfig, profile: 
     # calibrated from the initial parameters, as in the uninterrupted run; a checkpoint then overwrites the store
     device = _NumbaConv(spec, params, profile, config) if config.backend == "numba" else None
     step, history, proj, first_epoch, first_begin, trained, inferred = 0, [], None, 0, 0, 0, 0
+    meter = meter if device is None else None
     if resume is not None:
         params, proj, (first_epoch, first_begin, step, trained, inferred), history = _restore(resume, params, device)
+        if meter is not None and resume["counters"].size:
+            meter.restore(resume["counters"].reshape(meter.shape.shape), trained, inferred)
     monitor = HealthMonitor(health, spec.n_layers) if health is not None else None
 
     def state(epoch: int, begin: int) -> dict:
-        return _state(params, proj, device, (epoch, begin, step, trained, inferred), history)
+        state = _state(params, proj, device, (epoch, begin, step, trained, inferred), history)
+        if meter is not None:
+            state["counters"] = meter.counts().reshape(-1)
+        return state
 
     def outcome() -> ConvRun:
-        return ConvRun(params, history, device.counters if device is not None else None, trained, inferred,
-                       device.net if device is not None else None)
+        counters = device.counters if device is not None else meter.counts() if meter is not None else None
+        return ConvRun(params, history, counters, trained, inferred, device.net if device is not None else None)
 
     for epoch in range(first_epoch, config.epochs):
         start = time.perf_counter()
@@ -146,7 +161,11 @@ def train_conv(spec: ConvSpec, data: Dataset, config: ConvTrainConfig, profile: 
                 grads = device.updates(x, t, refresh)
             else:
                 kernels = [k.detach().float() for k in kernels_of(spec, params)]
-                grads, proj = _torch_updates(spec, kernels, x, t, config, proj, refresh)
+                if meter is not None:
+                    meter.begin_step()
+                    if refresh:
+                        meter.conv_refresh()
+                grads, proj = _torch_updates(spec, kernels, x, t, config, proj, refresh, meter)
             pg = param_grads(spec, params, [torch.as_tensor(g, dtype=torch.float64) for g in grads])
             params = [{k: v - lr * pg[l][k] for k, v in p.items()} for l, p in enumerate(params)]
             step += 1
@@ -154,6 +173,9 @@ def train_conv(spec: ConvSpec, data: Dataset, config: ConvTrainConfig, profile: 
                 params = orthonormalize_params(params, bjorck_torch, config.bjorck_iters)
             if device is not None:
                 device.store(params)
+            elif meter is not None:  # the kernels written back into the device
+                meter.written(kernels, [k.detach().float() for k in kernels_of(spec, params)])
+                meter.trained += len(idx)
             trained += len(idx)
             if monitor is not None:
                 try:
@@ -167,7 +189,8 @@ def train_conv(spec: ConvSpec, data: Dataset, config: ConvTrainConfig, profile: 
                 on_checkpoint(state(epoch, begin + config.batch_size))
         seconds = time.perf_counter() - start
         accuracy = device.accuracy(data.x_test, data.y_test) if device is not None else \
-            evaluate_conv_torch(spec, kernels_of(spec, params), data.x_test, data.y_test, config.activation)
+            evaluate_conv_torch(spec, kernels_of(spec, params), data.x_test, data.y_test, config.activation,
+                                meter=meter)
         inferred += len(data.x_test)
         record = {"epoch": epoch + 1, "steps": step, "test_accuracy": accuracy, "seconds": seconds,
                   "samples_per_s": len(order) / max(seconds, 1e-9)}
@@ -239,16 +262,16 @@ def _restore(state: dict, template: list[dict], device: "_NumbaConv | None"):
     return params, proj, position, json.loads(str(state["history"]))
 
 
-def _torch_updates(spec, kernels, x, t, config: ConvTrainConfig, proj, refresh: bool):
+def _torch_updates(spec, kernels, x, t, config: ConvTrainConfig, proj, refresh: bool, meter=None):
     xt, tt = torch.as_tensor(x), torch.as_tensor(t, dtype=torch.float32)
     if config.rule == "bp":
         return bp_conv_update_torch(spec, kernels, xt, tt, activation=config.activation, error=config.error,
-                                    temperature=config.temperature), proj
+                                    temperature=config.temperature, meter=meter), proj
     if refresh or proj is None:
         proj = conv_projection_torch(spec, kernels)
     rule_config = replace(FOTONConfig(), temperature=config.temperature, projection=proj)
     return foton_conv_update_torch(spec, kernels, xt, tt, activation=config.activation, error=config.error,
-                                   config=rule_config), proj
+                                   config=rule_config, meter=meter), proj
 
 
 class _NumbaConv:

@@ -19,6 +19,7 @@ from torch.nn.grad import conv2d_weight
 from ..models.conv import ConvSpec, _pad_circular, conv_adjoint, conv_circular, conv_forward_torch, pool2, \
     pool2_adjoint
 from ..models.mlp import activate_torch
+from ..kernels.counters import FORWARD, MODULATED, RECOMPUTE
 from .base import output_error_torch
 from .foton import FOTONConfig
 
@@ -41,28 +42,73 @@ def conv_projection_torch(spec: ConvSpec, weights: list[torch.Tensor]) -> torch.
     return adjoint_chain(spec, weights, eye)
 
 
-def foton_conv_update_torch(spec: ConvSpec, weights, x, target, *, activation, error, config: FOTONConfig):
-    """Per-layer FOTON updates (kernel-shaped for conv layers, (d_L, dense_in) for the dense one)."""
+def count_conv_pass(meter, phase: int, spec: ConvSpec, weights, inputs, outs) -> None:
+    """A whole clean pass (``conv_forward_torch(keep=True)``'s inputs and outputs) counted into ``phase``."""
+    last = len(weights) - 1
+    for l in range(last):
+        if l > 0:
+            meter.pool(phase, l, inputs[l])
+        meter.conv(phase, l, inputs[l], weights[l], outs[l])
+    meter.pool(phase, last, inputs[last])
+    meter.forward(phase, last, inputs[last].reshape(inputs[last].shape[0], -1), weights[last], outs[last])
+
+
+def foton_conv_update_torch(spec: ConvSpec, weights, x, target, *, activation, error, config: FOTONConfig,
+                            meter=None):
+    """Per-layer FOTON updates (kernel-shaped for conv layers, (d_L, dense_in) for the dense one). ``meter``
+    (accounting.conv_float_counts.ConvFloatMeter) counts the step as the device runs it."""
     y, inputs, outs = conv_forward_torch(spec, weights, x, activation, keep=True)
     e = output_error_torch(y, target, error, config.temperature)
+    batch = x.shape[0]
+    if meter is not None:
+        count_conv_pass(meter, FORWARD, spec, weights, inputs, outs)
+        meter.error(FORWARD, batch)
     proj = config.projection
     proj = conv_projection_torch(spec, weights) if proj is None else torch.as_tensor(proj, dtype=x.dtype)
     h = (x - e @ proj).reshape((x.shape[0],) + spec.layer_shapes()[0])
-    batch = x.shape[0]
+    if meter is not None:
+        meter.project(MODULATED, e, proj)
     grads = []
     for l, kernel in enumerate(weights[:-1]):
         if l > 0:
             h = pool2(h)
-        h = activate_torch(conv_circular(h, kernel), activation)
+        h_in = h
+        h = activate_torch(conv_circular(h_in, kernel), activation)
+        if meter is not None:  # the device recomputes the clean layer beside the modulated one, in lockstep
+            for phase, u, out in ((RECOMPUTE, inputs[l], outs[l]), (MODULATED, h_in, h)):
+                if l > 0:
+                    meter.pool(phase, l, u)
+                meter.conv(phase, l, u, kernel, out)
+            meter.correlation(l, batch * h.shape[2] * h.shape[3], kernel.shape[0], kernel[0].numel())
         pad = kernel.shape[-1] // 2
         grads.append(conv2d_weight(_pad_circular(inputs[l], pad), kernel.shape, outs[l] - h) / batch)
+    if meter is not None:
+        meter.pool(RECOMPUTE, len(weights) - 1, inputs[-1])
+        meter.correlation(len(weights) - 1, batch, spec.n_classes, spec.dense_in)
     grads.append(e.T @ inputs[-1].reshape(batch, -1) / batch)
     return grads
 
 
-def bp_conv_update_torch(spec: ConvSpec, weights, x, target, *, activation, error, temperature: float = 1.0):
-    """Autograd's gradients of the loss whose output error is e (CE with temperature T, or MSE)."""
+def bp_conv_update_torch(spec: ConvSpec, weights, x, target, *, activation, error, temperature: float = 1.0,
+                         meter=None):
+    """Autograd's gradients of the loss whose output error is e (CE with temperature T, or MSE). ``meter``
+    counts the forward pass, each delta's propagation back through layers L..2 (read from autograd's gradient
+    with respect to each conv layer's output) and the correlations."""
     ws = [w.detach().requires_grad_(True) for w in weights]
-    y = conv_forward_torch(spec, ws, x, activation)
+    y, inputs, outs = conv_forward_torch(spec, ws, x, activation, keep=True)
     e = output_error_torch(y.detach(), target, error, temperature)
-    return list(torch.autograd.grad(y, ws, grad_outputs=e / x.shape[0]))
+    if meter is None:
+        return list(torch.autograd.grad(y, ws, grad_outputs=e / x.shape[0]))
+    batch, last = x.shape[0], len(ws) - 1
+    count_conv_pass(meter, FORWARD, spec, ws, inputs, outs)
+    meter.error(FORWARD, batch)
+    grads = torch.autograd.grad(y, ws + outs[:-1], grad_outputs=e / batch)
+    meter.backward(last, e, weights[last])  # e through the dense W^T
+    for l in range(last - 1, 0, -1):  # delta_l = dL/dh_l * sigma'(a_l) through conv layer l's adjoint
+        h = outs[l].detach()
+        slope = (h > 0).to(h.dtype) if activation == "relu" else 1.0 - h * h if activation == "tanh" else 1.0
+        meter.conv_backward(l, grads[len(ws) + l] * slope, weights[l])
+    for l, kernel in enumerate(weights[:-1]):
+        meter.correlation(l, batch * outs[l].shape[2] * outs[l].shape[3], kernel.shape[0], kernel[0].numel())
+    meter.correlation(last, batch, spec.n_classes, spec.dense_in)
+    return list(grads[:len(ws)])
