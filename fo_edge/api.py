@@ -530,7 +530,8 @@ def _simulate_conv(config: SimulateConfig, on_batch, on_start, resuming: bool = 
                                      lr=config.lr, epochs=config.epochs, batch_size=config.batch_size,
                                      seed=config.seed, backend=backend, rule_options=dict(config.rule_options),
                                      plan=config.plan())
-    for name in ("checkpoint_every", "stall_steps", "saturation_limit"):
+    for name in ("epochs", "batch_size", "seed", "limit", "lr", "lr_gamma", "checkpoint_every", "stall_steps",
+                 "saturation_limit"):
         limits.check(name, getattr(config, name))
     if config.on_unhealthy not in ("stop", "warn"):
         raise ConfigError(f"--on-unhealthy must be stop or warn, got {config.on_unhealthy!r}")

@@ -196,15 +196,17 @@ def _to_crossbar(weights, profile: DeviceProfile, flat, dims, offs) -> DeviceNet
 def from_stored(stored: dict[str, np.ndarray], profile: DeviceProfile) -> DeviceNet:
     """The DeviceNet of a checkpoint as ``engine.stream`` stores it (W{l} mantissas int32 with exp{l} = -frac, a
     scalar per layer or a (d_l,) vector per row for per-channel scales; or float32 real weights for float and
-    analog profiles)."""
+    analog profiles, and from float-path runs of integer devices, which are rounded onto the device)."""
     n = sum(1 for k in stored if k.startswith("W"))
     mats = [stored[f"W{l}"] for l in range(n)]
     dims = np.array([mats[0].shape[1]] + [m.shape[0] for m in mats], dtype=np.int64)
     offs = np.zeros(n + 1, dtype=np.int64)
     offs[1:] = np.cumsum([m.size for m in mats])
-    if profile.is_float or profile.analog is not None:
-        if profile.analog is not None:
-            return to_device([m.astype(np.float64) for m in mats], profile)
+    if profile.analog is not None or (not profile.is_float and "exp0" not in stored):
+        # real weights (a crossbar's, or a float path's run of an integer device: the snnTorch path of
+        # loihi-like), calibrated and rounded onto the device as a training run starts
+        return to_device([m.astype(np.float64) for m in mats], profile)
+    if profile.is_float:
         flat = np.concatenate([m.astype(np.float64).ravel() for m in mats])
         return DeviceNet(flat, dims, offs, np.zeros(n, dtype=np.int64), np.ones(n), False)
     row_fracs = [np.broadcast_to(-np.asarray(stored[f"exp{l}"], dtype=np.int64), (int(dims[l + 1]),))
