@@ -11,8 +11,6 @@ batch 256, lr 0.5, Björck and F every step, standardised MNIST, dropout 0.1):
 Prints a Markdown table with the CPU model; only the ratio measured in one run means anything.
 """
 import argparse
-import platform
-import subprocess
 import time
 
 import numpy as np
@@ -24,14 +22,9 @@ from fo_edge.engine.torch_loop import dropout_masks
 from fo_edge.models import init_weights
 from fo_edge.recipe import recipe_settings
 from fo_edge.rules import RULES, bjorck_torch, projection_torch, rule_config
+from timing import cpu_model
 
 
-def _cpu() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration, subprocess.SubprocessError):
-        return platform.processor() or "unknown CPU"
 
 
 def _step_times(tol: float, steps: int) -> tuple[float, float, float]:
@@ -76,7 +69,7 @@ def main() -> None:
             rule_options={"bjorck_tol": tol}, lr_milestones=())))
         accuracy[tol] = [100 * h["test_accuracy"] for h in result.history]
         accuracy[tol].append(np.mean([h.get("bjorck_iters_mean", 20.0) for h in result.history]))
-    print(f"CPU: {_cpu()}; torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print(f"CPU: {cpu_model()}; torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print(f"command: python tools/bench_bjorck.py --epochs {args.epochs} --tol {args.tol:g} --steps {args.steps} "
           f"--rounds {args.rounds}\n")
     print("| Björck | step ms (best of rounds) | Björck ms | iterations per layer | "

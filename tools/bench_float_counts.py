@@ -9,9 +9,7 @@ alternating the two ``--rounds`` times; the table gives the median seconds per s
 Only the ratio of one run means anything (the CPU is named).
 """
 import argparse
-import platform
 import statistics
-import subprocess
 import time
 
 import torch
@@ -21,16 +19,11 @@ from fo_edge.data import load_dataset
 from fo_edge.device import load_device
 from fo_edge.models import init_weights
 from fo_edge.rules import RULES, bjorck_torch, projection_torch, rule_config
+from timing import cpu_model
 
 DIMS = (784, 256, 256, 10)
 
 
-def _cpu() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration, subprocess.SubprocessError):
-        return platform.processor() or "unknown CPU"
 
 
 def _steps(rule: str, batch: int, steps: int, metered: bool, x_all, t_all) -> float:
@@ -84,7 +77,7 @@ def main() -> None:
     data = load_dataset("mnist")
     x_all = torch.as_tensor(data.x_train)
     t_all = torch.eye(10)[torch.as_tensor(data.y_train)]
-    print(f"CPU: {_cpu()}; torch {torch.__version__}, {torch.get_num_threads()} threads; 784-256-256-10 tanh, "
+    print(f"CPU: {cpu_model()}; torch {torch.__version__}, {torch.get_num_threads()} threads; 784-256-256-10 tanh, "
           f"{args.steps} steps x {args.rounds} alternating rounds, median seconds per step\n")
     print("| rule | batch | without meter (ms) | with meter (ms) | with / without |")
     print("|---|---|---|---|---|")
