@@ -135,12 +135,10 @@ def _validate(config: SimulateConfig) -> tuple[SimulateConfig, DeviceProfile, tu
         raise ConfigError(f"unknown error {config.error!r}; choose one of {', '.join(ERRORS)}")
     if config.schedule not in ("stream", "store"):
         raise ConfigError(f"unknown schedule {config.schedule!r}; choose stream or store")
-    for name in ("epochs", "batch_size", "seed", "limit", "checkpoint_every", "stall_steps", "saturation_limit",
-                 "lr", "lr_gamma", "momentum", "weight_decay", "dropout", "threads"):
+    _check_run_options(config)
+    for name in ("momentum", "weight_decay", "dropout", "threads"):
         limits.check(name, getattr(config, name))
     _validate_threads(config.threads)
-    if config.on_unhealthy not in ("stop", "warn"):
-        raise ConfigError(f"--on-unhealthy must be stop or warn, got {config.on_unhealthy!r}")
     _validate_pipeline(config)
     lr = RULES[config.rule].default_lr if config.lr is None else config.lr
     dims = parse_model_spec(config.model)
@@ -210,6 +208,16 @@ def _check_weight_memory(dims, device: DeviceProfile, backend: str) -> None:
     if need > host:
         raise ConfigError(f"--model needs {format_bytes(need)} of host memory for its weights and their "
                           f"initialisation; this machine has {format_bytes(host)}")
+
+
+def _check_run_options(config: SimulateConfig) -> None:
+    """The options every model family shares, each in its range: schedule of steps, seed, data cap, lr and its
+    decay, checkpoints and the health thresholds."""
+    for name in ("epochs", "batch_size", "seed", "limit", "checkpoint_every", "stall_steps", "saturation_limit",
+                 "lr", "lr_gamma"):
+        limits.check(name, getattr(config, name))
+    if config.on_unhealthy not in ("stop", "warn"):
+        raise ConfigError(f"--on-unhealthy must be stop or warn, got {config.on_unhealthy!r}")
 
 
 def _validate_threads(threads: int | None) -> None:
@@ -530,11 +538,7 @@ def _simulate_conv(config: SimulateConfig, on_batch, on_start, resuming: bool = 
                                      lr=config.lr, epochs=config.epochs, batch_size=config.batch_size,
                                      seed=config.seed, backend=backend, rule_options=dict(config.rule_options),
                                      plan=config.plan())
-    for name in ("epochs", "batch_size", "seed", "limit", "lr", "lr_gamma", "checkpoint_every", "stall_steps",
-                 "saturation_limit"):
-        limits.check(name, getattr(config, name))
-    if config.on_unhealthy not in ("stop", "warn"):
-        raise ConfigError(f"--on-unhealthy must be stop or warn, got {config.on_unhealthy!r}")
+    _check_run_options(config)
     data = _prepared_data(config)
     simulate = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("out", "overwrite")}
     record = conv_record(config.model, train_config, data, device, simulate)  # refuses a bad spec first

@@ -24,7 +24,7 @@ from ..data import Dataset
 from ..errors import RunError
 from ..accounting.float_counts import NO_METER, FloatMeter
 from ..kernels.counters import INFERENCE
-from ..models.mlp import MLP, activate_torch
+from ..models.mlp import activate_torch
 from ..rules import RULES, bjorck_torch, projection_torch
 from ..rules.foton import FOTONConfig
 from .health import HealthConfig, HealthMonitor, NumericHealthError, TrainingStopped
@@ -46,25 +46,22 @@ def dropout_masks(dims, batch: int, p: float, seed: int, step: int, dev) -> list
 
 def evaluate_torch(weights: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, activation: str,
                    chunk: int = 4096, meter: FloatMeter | None = None) -> float:
-    """Top-1 accuracy of the MLP on (x: (N, d_0), y: (N,) labels); ``meter`` counts every layer into the
-    inference phase."""
+    """Top-1 accuracy of the MLP on (x: (N, d_0), y: (N,) labels), layer by layer as models.mlp.MLP computes it
+    (``F.linear``, then the activation); ``meter`` counts every layer into the inference phase."""
+    tally = meter if meter is not None else NO_METER
     correct = 0
     with torch.no_grad():
-        if meter is None:
-            model = MLP([w.detach() for w in weights], activation).to(x.device)
-            for start in range(0, len(x), chunk):
-                correct += int((model(x[start:start + chunk]).argmax(1) == y[start:start + chunk]).sum())
-            return correct / max(len(x), 1)
-        meter.begin_step()
+        tally.begin_step()
         for start in range(0, len(x), chunk):
             h = x[start:start + chunk]
             for l, w in enumerate(weights):
-                out = h @ w.T
+                out = torch.nn.functional.linear(h, w.detach())
                 if l < len(weights) - 1:
                     out = activate_torch(out, activation)
-                meter.forward(INFERENCE, l, h, w, out)
+                tally.forward(INFERENCE, l, h, w, out)
                 h = out
             correct += int((h.argmax(1) == y[start:start + chunk]).sum())
+    if meter is not None:
         meter.inferred += len(x)
     return correct / max(len(x), 1)
 
