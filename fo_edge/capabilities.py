@@ -34,8 +34,10 @@ CAPABILITIES: dict[tuple[str, str], dict[str, bool | str]] = {
                                        "refused"},
     ("conv", "numba"): {**_ALL, "export": "onnx-int8"},
     ("conv", "torch"): {**_ALL, "export": "onnx"},
-    ("mano", "torch"): {name: "gap: MANO is a library (models.mano, tools/bench_mano.py) with no fo-edge command yet"
-                        for name in GUARANTEES},
+    ("mano", "torch"): {**_ALL, "export": "gap: MANO models have no ONNX export yet (attention over windows of a "
+                                          "multipole hierarchy; weights.npz holds the state_dict)",
+                        "diagnose": "gap: diagnose compares per-layer updates with BP's gradient for MLP and conv "
+                                    "nets; MANO runs are refused"},
 }
 
 

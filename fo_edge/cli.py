@@ -15,6 +15,7 @@ import click
 from click.core import ParameterSource
 
 from . import api
+from .darcy import DARCY_DATASETS
 from .data import DATASETS
 from .device import list_devices, load_device
 from .errors import FoEdgeError, RunInterrupted
@@ -109,7 +110,9 @@ def _summary_table(result: api.SimulateResult) -> str:
     mem = result.memory
     rows = [("rule", rec["config"]["rule"]), ("device", rec["device"]["id"]),
             ("backend", rec["config"]["backend"]), ("dataset", rec["dataset"]["name"]),
-            ("test accuracy", f"{100 * result.accuracy:.2f} %"),
+            ("test accuracy", f"{100 * result.accuracy:.2f} %") if result.accuracy is not None else
+            ("test relative L2", f"{rec['final']['relative_l2']:.4f}" if rec["final"].get("relative_l2") is not None
+             else "n/a"),
 
             ("time", f"{rec['final']['seconds']:.1f} s"),
             ("samples/s", f"{rec['final']['samples_per_s']:.0f}")]
@@ -160,10 +163,12 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @cli.command()
 @click.option("--rule", type=click.Choice(sorted(RULES)), default="ftp", show_default=True)
 @click.option("--device", default="loihi-like", show_default=True, help="Device id (see `fo-edge devices`) or a .toml path.")
-@click.option("--dataset", type=click.Choice(DATASETS), default="mnist", show_default=True)
+@click.option("--dataset", type=click.Choice((*DATASETS, *DARCY_DATASETS)), default="mnist", show_default=True,
+              help="darcy32/darcy64: Darcy flow fields (generated and cached), for --model mano.")
 @click.option("--data-dir", type=click.Path(), default=None, help="A directory of IDX files instead of --dataset.")
 @click.option("--model", default=None,
-              help=f"Widths, e.g. 784-256x12-10; or conv channels then classes, e.g. c16-c32-10 (FOTON/BP). Default: "
+              help=f"Widths, e.g. 784-256x12-10; or conv channels then classes, e.g. c16-c32-10 (FOTON/BP); or mano, "
+                   f"mano:dim=32,depth=2,heads=2,window=4,patch=2 (BP/FTP). Default: "
                    f"{api.DEFAULT_MODEL}; spiking devices {SPIKING_DEFAULT_MODEL}.")
 @click.option("--activation", type=click.Choice(ACTIVATIONS), default=None, help="Default: the rule's (see `fo-edge rules`).")
 @click.option("--error", type=click.Choice(["ce", "mse"]), default="ce", show_default=True)

@@ -25,10 +25,14 @@ import scipy.sparse.linalg as spla
 
 from .errors import DataError
 
-__all__ = ["DarcyData", "coefficient_field", "darcy_matrix", "solve_darcy", "residual", "darcy_dataset",
+__all__ = ["DARCY_DATASETS", "DARCY_SPLIT", "DarcyData", "coefficient_field", "darcy_matrix", "solve_darcy", "residual", "darcy_dataset",
            "relative_l2"]
 
 A_HIGH, A_LOW = 12.0, 3.0
+
+#: the Darcy sets ``--dataset`` names (resolution n of an n x n grid) and their split (train, test), seed 0
+DARCY_DATASETS = {"darcy32": 32, "darcy64": 64}
+DARCY_SPLIT = (1000, 200)
 
 
 @dataclass(frozen=True)

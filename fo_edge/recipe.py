@@ -153,7 +153,7 @@ def parse_recipe(text: str, origin: str = "<recipe>") -> Recipe:
         options["temperature"] = 1.0 / ce_t
     if not isinstance(run["rule"], str):
         raise RecipeError(f"{origin}: run.rule.value: expected a rule name")
-    if not run["model"].startswith("c"):  # conv runs take their own options (conv_run.CONV_OPTIONS)
+    if not run["model"].startswith("c"):  # conv runs take their own options (families.conv.CONV_OPTIONS)
         try:
             rule_config(run["rule"], **options)
         except ConfigError as exc:

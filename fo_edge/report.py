@@ -50,8 +50,10 @@ def comparison_rows(runs: list[tuple[str, dict]], mode: str | None = None) -> li
         cfg, mem = rec["config"], rec["memory"]
         mode_name, energy = _mode(rec, mode)
         row = {"run": label, "rule": cfg["rule"], "device": rec["device"]["id"], "model": cfg["model"],
-               "depth": len(cfg["dims"]) - 1, "status": rec.get("status"),
+               "depth": cfg["mano"]["depth"] if cfg.get("mano") else len(cfg["dims"]) - 1,
+               "status": rec.get("status"),
                "test_accuracy": rec["final"].get("test_accuracy"),
+               "relative_l2": rec["final"].get("relative_l2"),
                "energy_mode": mode_name,
                "train_pj_per_sample": energy["per_training_sample_pj"] if energy else None,
                "inference_pj_per_sample": energy["per_inference_sample_pj"] if energy else None}
@@ -109,8 +111,8 @@ def _cell(key: str, value) -> str:
     return str(value)
 
 
-#: comparison columns left out of text tables when no run has them (spiking-only terms)
-_OPTIONAL = ("static_train_pj_per_sample", "static_inference_pj_per_sample", "device_train_s_per_sample", "cores",
+#: comparison columns left out of text tables when no run has them (Darcy's error, spiking-only terms)
+_OPTIONAL = ("relative_l2", "static_train_pj_per_sample", "static_inference_pj_per_sample", "device_train_s_per_sample", "cores",
              "cores_tight")
 
 

@@ -38,11 +38,13 @@ class _Final(_Strict):
     best_test_accuracy: Optional[float] = Field(default=None, ge=0.0, le=1.0)
     best_epoch: Optional[int] = None
     samples_per_s: Optional[float] = None
+    relative_l2: Optional[float] = Field(default=None, ge=0.0)
 
 
 class _Epoch(_Strict):
     epoch: int
-    test_accuracy: float = Field(ge=0.0, le=1.0)
+    test_accuracy: Optional[float] = Field(default=None, ge=0.0, le=1.0)  # None: a field task (MANO on Darcy)
+    test_relative_l2: Optional[float] = Field(default=None, ge=0.0)
 
 
 class _Memory(_Strict):

@@ -215,6 +215,9 @@ def load_trained(run_dir: str | Path, spiking: bool = False, conv: bool = False)
     checked by :func:`load_conv_weights`; ``dims`` are then their activity sizes)."""
     path = Path(run_dir)
     record = read_run(path)
+    if record["config"].get("mano"):
+        raise RunError(f"{path} is a MANO run: MANO models have no ONNX or NIR export and no diagnose yet (their "
+                       f"weights are in weights.npz under their state_dict names)")
     if record["config"].get("conv") and not conv:
         raise RunError(f"{path} is a conv-net run; NIR export takes spiking MLP runs (export it to ONNX with --out)")
     if record["config"].get("activation") == "loihi-cuba" and not spiking:

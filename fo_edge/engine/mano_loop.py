@@ -10,9 +10,18 @@ A model has three stages: ``stem`` (embedding), ``blocks`` (MANO blocks) and ``h
   block l from 0.5 |block_l(h_{l-1}) - tau_l|^2, the head from the task loss on h_L. Each local graph is
   backpropagated and freed before the next is built, so no gradient crosses a block boundary and training
   memory does not grow with depth. Both rules use Adam.
+
+:func:`train_mano` follows the other engines' conventions for the run lifecycle (fo_edge.lifecycle): an optional
+``meter`` (accounting.mano_counts) told the phase of every pass, ``on_batch`` progress, engine.health checks of
+the parameters after every step (a run that diverges raises TrainingStopped), a checkpoint every
+``checkpoint_every`` steps (``w`` every parameter flat, float32; ``proj`` Adam's state flat: step counts, then
+the first and second moments; ``position``, ``history``, ``counters``) and ``resume`` from one, to the same
+weights on the same device and thread count (each epoch's order is drawn from (seed, epoch) alone).
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -21,10 +30,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
+from ..errors import ConfigError, RunError
+from ..kernels.counters import FORWARD, MODULATED, RECOMPUTE
 from ..rules.base import feedback_matrix
+from .health import HealthConfig, HealthMonitor, NumericHealthError, TrainingStopped
 
-__all__ = ["MANOTrainConfig", "train_mano", "MANO_RULES"]
+__all__ = ["MANOTrainConfig", "train_mano", "MANO_RULES", "ftp_step", "bp_step"]
 
 MANO_RULES = ("bp", "ftp")
 
@@ -62,62 +73,169 @@ def _output_error(y: torch.Tensor, target: torch.Tensor, task: str, classes: int
     return (y - target)[..., None]
 
 
+def _metered(meter, phase: int, batch: int, with_graph: bool = False):
+    return meter.phase(phase, batch, with_graph) if meter is not None else contextlib.nullcontext()
+
+
 def ftp_step(model, x: torch.Tensor, target: torch.Tensor, config: MANOTrainConfig, g: torch.Tensor,
-             optimizer) -> float:
+             optimizer, meter=None) -> float:
     """One FTP step on a batch (module docstring); returns the task loss of the clean pass."""
+    b = len(x)
     with torch.no_grad():
-        hs = [model.stem(x)]
-        for block in model.blocks:
-            hs.append(block(hs[-1]))
-        y = model.head(hs[-1])
+        with _metered(meter, FORWARD, b):
+            hs = [model.stem(x)]
+            for block in model.blocks:
+                hs.append(block(hs[-1]))
+            y = model.head(hs[-1])
         e = _output_error(y, target, config.task, g.shape[1])
         shift = (e @ g.T)[:, None, None, :] if config.task == "classify" else e @ g.T
-        taus = [hs[1] - shift]
-        for block in model.blocks[1:]:
-            taus.append(block(taus[-1]))
+        if meter is not None:
+            rows = e.numel() // g.shape[1]
+            meter.charge(MODULATED, len(model.blocks) + 2, rows * g.numel(), e.numel() + g.numel(), rows * g.shape[0])
+        with _metered(meter, MODULATED, b):
+            taus = [hs[1] - shift]
+            for block in model.blocks[1:]:
+                taus.append(block(taus[-1]))
     optimizer.zero_grad(set_to_none=True)
-    for l, block in enumerate(model.blocks):
-        h_in = model.stem(x) if l == 0 else hs[l]
-        local = 0.5 * ((block(h_in) - taus[l]) ** 2).sum() / len(x)
-        local.backward()  # frees this block's graph before the next one is built
-    _task_loss(model.head(hs[-1]), target, config.task).backward()
-    optimizer.step()
+    with _metered(meter, RECOMPUTE, b, with_graph=True):
+        for l, block in enumerate(model.blocks):
+            h_in = model.stem(x) if l == 0 else hs[l]
+            local = 0.5 * ((block(h_in) - taus[l]) ** 2).sum() / len(x)
+            local.backward()  # frees this block's graph before the next one is built
+        _task_loss(model.head(hs[-1]), target, config.task).backward()
+    _step(optimizer, meter)
     return float(_task_loss(y, target, config.task))
+
+
+def bp_step(model, x: torch.Tensor, target: torch.Tensor, config: MANOTrainConfig, optimizer, meter=None) -> float:
+    """One BP step: autograd through the whole model; returns the task loss."""
+    optimizer.zero_grad(set_to_none=True)
+    with _metered(meter, FORWARD, len(x), with_graph=True):
+        loss = _task_loss(model(x), target, config.task)
+    loss.backward()
+    _step(optimizer, meter)
+    return float(loss.detach())
+
+
+def _step(optimizer, meter) -> None:
+    before = meter.before_step() if meter is not None else None
+    optimizer.step()
+    if meter is not None:
+        meter.stepped(before)
+
+
+def _flat(tensors) -> np.ndarray:
+    return np.concatenate([t.detach().reshape(-1).cpu().numpy().astype(np.float32) for t in tensors]) \
+        if tensors else np.zeros(0, np.float32)
+
+
+def _adam_state(optimizer, params) -> np.ndarray:
+    """Adam's state flat: per parameter its step count, then every first moment, then every second moment
+    (zeros before the first step)."""
+    states = [optimizer.state.get(p, {}) for p in params]
+    steps = np.array([float(s["step"]) if "step" in s else 0.0 for s in states], dtype=np.float32)
+    first = _flat([s["exp_avg"] if "exp_avg" in s else torch.zeros_like(p) for s, p in zip(states, params)])
+    second = _flat([s["exp_avg_sq"] if "exp_avg_sq" in s else torch.zeros_like(p) for s, p in zip(states, params)])
+    return np.concatenate([steps, first, second])
+
+
+def _restore(model, optimizer, resume: dict) -> None:
+    """Parameters and Adam's state from a checkpoint (sizes checked)."""
+    params = list(model.parameters())
+    sizes = [p.numel() for p in params]
+    flat, adam = resume["w"], resume["proj"]
+    if flat.shape != (sum(sizes),) or adam.shape != (len(params) + 2 * sum(sizes),):
+        raise RunError(f"checkpoint does not match this MANO model: w has {flat.shape} values, the model "
+                       f"{sum(sizes)}")
+    ends = np.cumsum([0, *sizes])
+    steps, first, second = adam[:len(params)], adam[len(params):len(params) + ends[-1]], adam[len(params) + ends[-1]:]
+    with torch.no_grad():
+        for i, p in enumerate(params):
+            p.copy_(torch.as_tensor(flat[ends[i]:ends[i + 1]]).reshape(p.shape))
+            if steps[i] > 0:
+                optimizer.state[p] = {"step": torch.tensor(float(steps[i])),
+                                      "exp_avg": torch.as_tensor(first[ends[i]:ends[i + 1]]).reshape(p.shape).clone(),
+                                      "exp_avg_sq": torch.as_tensor(second[ends[i]:ends[i + 1]]).reshape(p.shape).clone()}
+
+
+def _stage_weights(model, depth: int) -> list[np.ndarray]:
+    """Every stage's parameters flat (stem, blocks, head), for the health checks."""
+    stages = [[] for _ in range(depth + 2)]
+    for name, p in model.named_parameters():
+        column = int(name.split(".")[1]) + 1 if name.startswith("blocks.") else \
+            0 if name.split(".")[0] in ("embed", "lift", "pos") else depth + 1
+        stages[column].append(p)
+    return [_flat(ps) for ps in stages]
 
 
 def train_mano(model: torch.nn.Module, x_train: np.ndarray, y_train: np.ndarray, config: MANOTrainConfig,
                evaluate: Callable[[torch.nn.Module], float], outputs: int,
-               on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
+               on_epoch: Callable[[dict], None] | None = None, *, meter=None,
+               on_batch: Callable[[int], None] | None = None, health: HealthConfig | None = None,
+               checkpoint_every: int = 0, on_checkpoint: Callable[[dict], None] | None = None,
+               resume: dict | None = None, metric: str = "test_metric") -> list[dict]:
     """Train ``model`` in place on (x_train, y_train) (labels (N,) or fields (N, n, n)); ``evaluate(model)`` gives
-    the epoch's test metric; ``outputs`` is the classes or 1 (G's width). Returns per-epoch records."""
+    the epoch's test metric, recorded under ``metric``; ``outputs`` is the classes or 1 (G's width). Returns
+    per-epoch records; the lifecycle keywords are the module docstring's (a resumed epoch's train_loss averages
+    the steps after the resume). A health stop raises TrainingStopped
+    whose outcome is the history so far."""
     config.validate()
     torch.manual_seed(config.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     dim = model.blocks[0].norm1.normalized_shape[0]
     g = torch.tensor(feedback_matrix((dim, outputs), outputs, config.g_scale, config.seed), dtype=torch.float32)
-    history = []
-    for epoch in range(config.epochs):
+    depth = len(model.blocks)
+    monitor = HealthMonitor(health or HealthConfig(), depth + 2)
+    history: list[dict] = []
+    first_epoch, first_begin, step = 0, 0, 0
+    if resume is not None:
+        _restore(model, optimizer, resume)
+        first_epoch, first_begin, step = (int(v) for v in resume["position"][:3])
+        history = json.loads(str(resume["history"]))
+        if meter is not None and resume["counters"].size:
+            meter.restore(resume["counters"].reshape(meter.counters.shape), *(int(v) for v in resume["position"][3:5]))
+
+    def state(epoch: int, begin: int) -> dict:
+        counters = meter.counters.copy() if meter is not None else np.zeros(0, np.int64)
+        trained, inferred = (meter.trained, meter.inferred) if meter is not None else (0, 0)
+        return {"w": _flat(list(model.parameters())), "proj": _adam_state(optimizer, list(model.parameters())),
+                "rng": np.zeros(1, np.uint64), "counters": counters,
+                "position": np.array([epoch, begin, step, trained, inferred], dtype=np.int64),
+                "history": np.array(json.dumps(history))}
+
+    for epoch in range(first_epoch, config.epochs):
         start = time.perf_counter()
         order = np.random.default_rng([config.seed, epoch]).permutation(len(x_train))
         losses = []
         model.train()
-        for begin in range(0, len(order), config.batch_size):
+        begin0 = first_begin if epoch == first_epoch else 0
+        for begin in range(begin0, len(order), config.batch_size):
             idx = order[begin:begin + config.batch_size]
             x = torch.as_tensor(x_train[idx])
             target = torch.as_tensor(y_train[idx])
             if config.rule == "ftp":
-                losses.append(ftp_step(model, x, target, config, g, optimizer))
+                losses.append(ftp_step(model, x, target, config, g, optimizer, meter))
             else:
-                optimizer.zero_grad(set_to_none=True)
-                loss = _task_loss(model(x), target, config.task)
-                loss.backward()
-                optimizer.step()
-                losses.append(float(loss.detach()))
+                losses.append(bp_step(model, x, target, config, optimizer, meter))
+            step += 1
+            if meter is not None:
+                meter.trained += len(idx)
+            try:
+                monitor.check(step, None, _stage_weights(model, depth))
+            except NumericHealthError as error:
+                raise TrainingStopped(error, history) from None
+            if on_batch is not None:
+                on_batch(len(idx))
+            if on_checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
+                on_checkpoint(state(epoch, begin + config.batch_size))
         seconds = time.perf_counter() - start
         model.eval()
-        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "test_metric": evaluate(model),
-                  "seconds": seconds, "samples_per_s": len(order) / max(seconds, 1e-9)}
+        value = evaluate(model)  # charges its own passes to the meter's inference phase, if it has one
+        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None, metric: value,
+                  "seconds": seconds, "samples_per_s": (len(order) - begin0) / max(seconds, 1e-9)}
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)
+        if on_checkpoint is not None and checkpoint_every:
+            on_checkpoint(state(epoch + 1, 0))
     return history

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["multipole_attention", "full_attention", "window_attention", "levels_for", "attended_keys",
+           "MANO_DEFAULTS", "parse_mano_spec",
            "MultipoleAttention", "MANOBlock", "MANOClassifier", "MANOOperator"]
 
 
@@ -204,3 +205,32 @@ class MANOOperator(torch.nn.Module):
         for block in self.blocks:
             h = block(h)
         return self.head(h)
+
+
+#: the sizes ``--model mano`` takes, and their defaults (``mano:dim=32,depth=2,heads=2,window=4,patch=2``)
+MANO_DEFAULTS = {"dim": 32, "depth": 2, "heads": 2, "window": 4, "patch": 2}
+#: the range of each size (inclusive)
+_MANO_RANGES = {"dim": (2, 1024), "depth": (1, 64), "heads": (1, 64), "window": (1, 64), "patch": (1, 64)}
+
+
+def parse_mano_spec(spec: str) -> dict[str, int]:
+    """``mano`` or ``mano:KEY=VALUE,...`` (keys of MANO_DEFAULTS) -> the full size dict; a malformed spec raises
+    ValueError with a one-line reason."""
+    if spec != "mano" and not spec.startswith("mano:"):
+        raise ValueError(f"a MANO model is 'mano' or 'mano:dim=32,depth=2,...', not {spec!r}")
+    sizes = dict(MANO_DEFAULTS)
+    body = spec[len("mano:"):] if spec.startswith("mano:") else ""
+    for item in filter(None, body.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in MANO_DEFAULTS:
+            raise ValueError(f"--model {spec}: {item!r} is not KEY=VALUE with KEY one of {', '.join(MANO_DEFAULTS)}")
+        try:
+            sizes[key] = int(value)
+        except ValueError:
+            raise ValueError(f"--model {spec}: {key} must be a whole number, got {value!r}") from None
+        low, high = _MANO_RANGES[key]
+        if not low <= sizes[key] <= high:
+            raise ValueError(f"--model {spec}: {key} must be in [{low}, {high}], got {sizes[key]}")
+    if sizes["dim"] % sizes["heads"]:
+        raise ValueError(f"--model {spec}: dim {sizes['dim']} must be a multiple of heads {sizes['heads']}")
+    return sizes

@@ -1,30 +1,36 @@
-"""A recorded conv-net run: what ``fo-edge simulate --model c16-c32-10`` does (api.simulate routes here).
+"""The conv family: what ``fo-edge simulate --model c16-c32-10`` trains (fo_edge.lifecycle runs it).
 
 Trains an orthogonal BCOP conv net (models.conv) with FOTON or BP through engine.conv_loop, on the PyTorch
 path or (FOTON) the Numba device path, and writes the run directory as MLP runs do: ``device.toml``,
 ``run.json`` (schema 2; ``config.conv`` holds the spec, ``config.dims`` the activity sizes per layer, counters
 and energy on both paths: the Numba kernels count themselves, accounting.conv_float_counts the torch path) and ``weights.npz`` (``K{l}`` kernels (C_out, C_in, k, k) and the dense
-``W{L-1}``, float32: the host's master weights, which the device holds rounded to its formats). api.simulate
-runs the lifecycle (device memory planned by rules.conv_memory, run directory, checkpoints, --resume, health
-stops); this module makes the record. export.py exports conv runs to ONNX, diagnose.py diagnoses them.
+``W{L-1}``, float32: the host's master weights, which the device holds rounded to its formats). :func:`prepare`
+validates a run and plans its device memory (rules.conv_memory); the lifecycle makes the run directory,
+checkpoints, --resume and health stops; this module makes the record. export.py exports conv runs to ONNX,
+diagnose.py diagnoses them.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+import dataclasses
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from .accounting.counters import counters_array, counters_record
-from .accounting.energy import energy_record
-from .data import Dataset
-from .device import DeviceProfile
-from .engine.conv_loop import CONV_RULES, ConvRun, ConvTrainConfig, train_conv
-from .engine.plan import BatchPlan
-from .errors import ConfigError
-from .models.conv import parse_conv_spec
-from .runs import SCHEMA_VERSION, package_versions
+from .. import limits
+from ..accounting.counters import counters_array, counters_record
+from ..accounting.energy import energy_record
+from ..data import DATASETS, Dataset
+from ..device import DeviceProfile, load_device
+from ..engine.conv_loop import CONV_RULES, ConvRun, ConvTrainConfig, train_conv
+from ..engine.plan import BatchPlan
+from ..errors import ConfigError
+from ..lifecycle import Training
+from ..models.conv import parse_conv_spec
+from ..run_config import SimulateConfig, check_pipeline, check_run_options, check_threads, prepared_data
+from ..runs import SCHEMA_VERSION, package_versions
 
-__all__ = ["CONV_OPTIONS", "conv_train_config", "conv_record", "train_conv_run", "finish_record"]
+__all__ = ["CONV_OPTIONS", "ConvPrepared", "prepare", "conv_train_config", "conv_record", "train_conv_run",
+           "finish_record"]
 
 #: rule options a conv run accepts (-o KEY=VALUE), mapped onto ConvTrainConfig
 CONV_OPTIONS = ("temperature", "ortho_every", "bjorck_iters", "refresh_every")
@@ -93,8 +99,6 @@ def finish_record(record: dict, run: ConvRun, seconds: float, device: DeviceProf
     record.update(status="complete" if stopped is None else "stopped", history=run.history,
                   final={"test_accuracy": last, "seconds": seconds,
                          "samples_per_s": run.trained / max(seconds, 1e-9)})
-    if stopped is not None:
-        record["stop"] = {"kind": stopped.kind, "layer": stopped.layer, "step": stopped.step, "message": str(stopped)}
     spec = parse_conv_spec(record["config"]["model"], tuple(record["config"]["conv"]["in_shape"]),
                            record["config"]["conv"]["kernel"])
     kernels = run.kernels(spec)
@@ -106,3 +110,65 @@ def finish_record(record: dict, run: ConvRun, seconds: float, device: DeviceProf
             stored[f"D{l}"] = net.w[net.offs[l]:net.offs[l + 1]].reshape(shape).astype(np.int32)
             stored[f"dexp{l}"] = (-(net.w_frac[l] + net.row_shift[l])).astype(np.int32)
     return stored
+
+
+@dataclass
+class ConvPrepared:
+    """A prepared conv run (lifecycle.PreparedRun)."""
+
+    config: SimulateConfig
+    backend: str
+    record: dict
+    total_samples: int
+    device: DeviceProfile
+    train_config: ConvTrainConfig
+    data: Dataset
+
+    def train(self, training: Training) -> ConvRun:
+        from ..accounting.conv_float_counts import ConvFloatMeter
+
+        spec = parse_conv_spec(self.config.model, self.data.image_shape)
+        meter = ConvFloatMeter(spec, self.device, self.train_config.rule) if self.backend == "torch" else None
+        return train_conv_run(self.record, self.train_config, self.data, self.device, meter=meter,
+                              **training.keywords())
+
+    def finish(self, record: dict, outcome: ConvRun, seconds: float, stopped) -> dict[str, np.ndarray]:
+        return finish_record(record, outcome, seconds, self.device, stopped)
+
+
+def prepare(config: SimulateConfig) -> ConvPrepared:
+    """Stages 1 and 2 of a conv run: FOTON or BP on an orthogonal BCOP conv net, every option checked and the
+    device's memory for this net, batch and rule planned; a run that cannot fit is refused before anything is
+    written. ``config.simulate`` in run.json keeps the options as given (--resume reads them back)."""
+    device = load_device(config.device)
+    if device.spiking is not None:
+        raise ConfigError(f"{device.id} is spiking; conv models run on gpu-fp32, mcu-int8 or fpga-fixed16 "
+                          "(pass --device)")
+    backend = config.backend or ("torch" if device.is_float else "numba")
+    if backend == "torch" and not device.is_float:
+        raise ConfigError(f"--backend torch runs float devices only; {device.id} is {device.arithmetic.value}: "
+                          f"use --backend numba")
+    if config.data_dir is None and config.dataset not in DATASETS:
+        raise ConfigError(f"unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)} or --data-dir")
+    check_pipeline(config)
+    limits.check("threads", config.threads)
+    check_threads(config.threads)
+    optimiser = [name for name in ("momentum", "weight_decay", "dropout") if getattr(config, name)]
+    if optimiser:
+        raise ConfigError(f"{optimiser[0].replace('_', ' ')} is not implemented for conv models (plain SGD)")
+    if config.init != "orthogonal":
+        raise ConfigError("conv models are BCOP-parametrised and always start orthogonal: --init does not apply")
+    train_config = conv_train_config(rule=config.rule, activation=config.activation, error=config.error,
+                                     lr=config.lr, epochs=config.epochs, batch_size=config.batch_size,
+                                     seed=config.seed, backend=backend, rule_options=dict(config.rule_options),
+                                     plan=config.plan())
+    check_run_options(config)
+    data = prepared_data(config)
+    simulate = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("out", "overwrite")}
+    record = conv_record(config.model, train_config, data, device, simulate)  # refuses a bad spec first
+    from ..rules.conv_memory import plan_conv_memory
+
+    spec = parse_conv_spec(config.model, data.image_shape)
+    record["memory"] = plan_conv_memory(spec, device, train_config.rule, train_config.batch_size,
+                                        ortho=train_config.ortho_every > 0).report()
+    return ConvPrepared(config, backend, record, len(data.x_train) * config.epochs, device, train_config, data)

@@ -1,0 +1,237 @@
+"""The MANO family: multipole attention nets (``--model mano`` or ``mano:dim=32,depth=2,heads=2,window=4,patch=2``).
+
+On an image dataset (mnist, fashion-mnist, digits) a MANOClassifier (p x p patches embedded, MANO blocks on the
+patch grid, mean-pooled readout) learns the labels with cross-entropy; on a Darcy set (``darcy32``, ``darcy64``:
+fo_edge.darcy, generated and cached) a MANOOperator maps the coefficient a, scaled to (a - 7.5) / 4.5 in
+{-1, 1}, to the solution u over the training split's standard deviation, with MSE, and the run reports the
+relative L2 error of u on the test split (the paper's metric) instead of an accuracy. Both rules (BP, and FTP's
+block-local losses: engine.mano_loop) use Adam, on the float torch path (CPU) of a float device.
+
+The lifecycle (fo_edge.lifecycle) gives MANO runs what every run has: device memory planned before anything is
+written (rules.mano_memory; refused if it cannot fit), counters and energy (accounting.mano_counts), health stops,
+checkpoints and --resume to the same weights. weights.npz: every parameter under its state_dict name, float32.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .. import limits
+from ..accounting.counters import counters_array, counters_record
+from ..accounting.energy import energy_record
+from ..accounting.mano_counts import MANOMeter
+from ..darcy import DARCY_DATASETS, DARCY_SPLIT, darcy_dataset, relative_l2
+from ..data import DATASETS
+from ..device import DeviceProfile, load_device
+from ..engine.health import TrainingStopped
+from ..engine.mano_loop import MANO_RULES, MANOTrainConfig, train_mano
+from ..errors import ConfigError
+from ..kernels.counters import INFERENCE
+from ..lifecycle import Training
+from ..models.mano import MANOClassifier, MANOOperator, parse_mano_spec
+from ..run_config import SimulateConfig, check_pipeline, check_run_options, check_threads, prepared_data
+from ..runs import SCHEMA_VERSION, package_versions
+
+__all__ = ["MANOPrepared", "prepare", "MANO_DEFAULT_LR", "EVAL_CHUNK"]
+
+#: Adam's step size when --lr is not given
+MANO_DEFAULT_LR = 1e-3
+#: test samples per evaluation forward
+EVAL_CHUNK = 500
+#: SimulateConfig fields a MANO run does not use, with the value that means "not given"
+_UNUSED = {"activation": None, "schedule": "stream", "drop_last": False, "batch_divisor": "actual",
+           "lr_milestones": (), "momentum": 0.0, "weight_decay": 0.0, "dropout": 0.0, "init": "orthogonal",
+           "hidden_error": None, "error": "ce"}
+
+
+@dataclass
+class _Task:
+    """The data of a run in the model's terms: inputs (N, ...) float32, targets (labels or scaled fields)."""
+
+    name: str
+    field: bool
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    outputs: int
+    scale: float = 1.0
+
+
+def _task(config: SimulateConfig) -> _Task:
+    if config.data_dir is None and config.dataset in DARCY_DATASETS:
+        if config.normalize != "none":
+            raise ConfigError(f"{config.dataset}: the coefficients are scaled to {{-1, 1}} and the solutions by their "
+                              f"standard deviation already; --normalize does not apply")
+        darcy = darcy_dataset(DARCY_DATASETS[config.dataset], *DARCY_SPLIT, seed=0)
+        n = config.limit
+        a_train, u_train = darcy.a_train[:n], darcy.u_train[:n]
+        scale = float(u_train.std()) or 1.0
+        return _Task(config.dataset, True, ((a_train - 7.5) / 4.5).astype(np.float32),
+                     (u_train / scale).astype(np.float32), ((darcy.a_test[:n] - 7.5) / 4.5).astype(np.float32),
+                     darcy.u_test[:n], 1, scale)
+    if config.data_dir is None and config.dataset not in DATASETS:
+        raise ConfigError(f"unknown dataset {config.dataset!r}; choose one of "
+                          f"{', '.join((*DATASETS, *DARCY_DATASETS))} or --data-dir")
+    data = prepared_data(config)
+    return _Task(data.name, False, data.x_train, data.y_train, data.x_test, data.y_test, data.n_classes)
+
+
+def _image_shape(config: SimulateConfig) -> tuple[int, int, int]:
+    from ..data import load_dataset
+
+    shape = load_dataset(config.dataset if config.data_dir is None else None, config.data_dir).image_shape
+    if len(shape) == 2:
+        shape = (1, *shape)
+    if len(shape) != 3 or shape[1] != shape[2]:
+        raise ConfigError(f"MANO classifies square images; {config.dataset} has samples of shape {shape}")
+    return tuple(int(v) for v in shape)
+
+
+def _build(config: SimulateConfig, task: _Task, sizes: dict) -> torch.nn.Module:
+    torch.manual_seed(config.seed)
+    common = dict(dim=sizes["dim"], depth=sizes["depth"], heads=sizes["heads"], window=sizes["window"])
+    if task.field:
+        return MANOOperator(size=task.x_train.shape[-1], **common)
+    image = _image_shape(config)
+    if sizes["patch"] > image[1]:
+        raise ConfigError(f"--model {config.model}: patch {sizes['patch']} is larger than the {image[1]}x{image[2]} "
+                          f"images")
+    return MANOClassifier(image, task.outputs, patch=sizes["patch"], **common)
+
+
+@dataclass
+class MANOPrepared:
+    """A prepared MANO run (lifecycle.PreparedRun)."""
+
+    config: SimulateConfig
+    backend: str
+    record: dict
+    total_samples: int
+    device: DeviceProfile
+    task: _Task
+    model: torch.nn.Module
+    train_config: MANOTrainConfig
+
+    def _evaluate(self, meter: MANOMeter):
+        def evaluate(model: torch.nn.Module) -> float:
+            outputs = []
+            with torch.no_grad():
+                for begin in range(0, len(self.task.x_test), EVAL_CHUNK):
+                    x = torch.as_tensor(self.task.x_test[begin:begin + EVAL_CHUNK])
+                    with meter.phase(INFERENCE, len(x)):
+                        outputs.append(model(x).numpy())
+                    meter.inferred += len(x)
+            out = np.concatenate(outputs)
+            if self.task.field:
+                return relative_l2(out * self.task.scale, self.task.y_test)
+            return float((out.argmax(1) == self.task.y_test).mean())
+        return evaluate
+
+    def train(self, training: Training):
+        meter = MANOMeter(self.model)
+        metric = "test_relative_l2" if self.task.field else "test_accuracy"
+        try:
+            history = train_mano(self.model, self.task.x_train, self.task.y_train, self.train_config,
+                                 self._evaluate(meter), self.task.outputs, meter=meter, metric=metric,
+                                 **training.keywords())
+        except TrainingStopped as stop:  # a health stop: the history so far, with the meter
+            stop.outcome = (stop.outcome, meter)
+            raise
+        finally:
+            meter.close()
+        return history, meter
+
+    def finish(self, record: dict, outcome, seconds: float, stopped) -> dict[str, np.ndarray]:
+        history, meter = outcome
+        counters = counters_record(meter.counters, training_samples=meter.trained, inference_samples=meter.inferred)
+        energy = energy_record(counters_array(counters), self.device.energy_pj, training_samples=meter.trained,
+                               inference_samples=meter.inferred, layers=counters["layers"])
+        last = history[-1] if history and stopped is None else {}
+        final = {"seconds": seconds, "samples_per_s": meter.trained / max(seconds, 1e-9)}
+        if self.task.field:
+            final["relative_l2"] = last.get("test_relative_l2")
+            final["test_accuracy"] = None
+        else:
+            final["test_accuracy"] = last.get("test_accuracy")
+            best = max(history, key=lambda h: h["test_accuracy"]) if history else None
+            final.update(best_test_accuracy=best["test_accuracy"] if best else None,
+                         best_epoch=best["epoch"] if best else None)
+        record.update(status="complete", history=history, counters=counters, energy=energy, final=final)
+        return {name: p.detach().numpy().astype(np.float32) for name, p in self.model.state_dict().items()}
+
+
+def _check_options(config: SimulateConfig, device: DeviceProfile) -> str:
+    """The options a MANO run refuses; returns the backend (torch)."""
+    if config.rule not in MANO_RULES:
+        raise ConfigError(f"MANO models train with {' or '.join(MANO_RULES)}, not {config.rule!r}")
+    if not device.is_float or device.spiking is not None or device.analog is not None:
+        raise ConfigError(f"MANO trains on the float torch path: use a float device such as gpu-fp32 ({device.id} "
+                          f"is {device.arithmetic.value})")
+    backend = config.backend or "torch"
+    if backend != "torch":
+        raise ConfigError(f"MANO runs on --backend torch only, not {backend}")
+    if config.torch_device != "cpu":
+        raise ConfigError(f"MANO runs on the CPU; --torch-device {config.torch_device} is not supported for it")
+    for name, unused in _UNUSED.items():
+        value = getattr(config, name)
+        if (tuple(value) if isinstance(value, (list, tuple)) else value) != unused:
+            raise ConfigError(f"--{name.replace('_', '-')} does not apply to MANO models (Adam, cross-entropy for "
+                              f"classes and MSE for fields)")
+    unknown = sorted(set(config.rule_options) - {"g_scale"})
+    if unknown or (config.rule_options and config.rule != "ftp"):
+        raise ConfigError(f"MANO takes one rule option, g_scale (FTP's G scale), not {', '.join(unknown) or 'g_scale'}"
+                          + (" with bp" if not unknown else ""))
+    return backend
+
+
+def prepare(config: SimulateConfig) -> MANOPrepared:
+    """Stages 1 and 2 of a MANO run: every option checked, the data loaded, the model built and its training
+    memory planned on the device (refused if it cannot fit); nothing is written."""
+    try:
+        sizes = parse_mano_spec(config.model)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    device = load_device(config.device)
+    backend = _check_options(config, device)
+    check_run_options(config)
+    limits.check("threads", config.threads)
+    check_threads(config.threads)
+    check_pipeline(config)
+    # the options as given, which --resume reads back
+    simulate = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("out", "overwrite")}
+    lr = MANO_DEFAULT_LR if config.lr is None else float(config.lr)
+    config = dataclasses.replace(config, lr=lr, backend=backend)
+    train_config = MANOTrainConfig(rule=config.rule, task="field" if config.dataset in DARCY_DATASETS else "classify",
+                                   lr=lr, epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
+                                   **{k: float(v) for k, v in config.rule_options.items()})
+    train_config.validate()
+    task = _task(config)
+    model = _build(config, task, sizes)
+    from ..rules.mano_memory import plan_mano_memory
+
+    sample = task.x_train.shape[1:]
+    memory = plan_mano_memory(model, sample, device, config.rule, config.batch_size, task.outputs,
+                              task.field).report()
+    record = {
+        "schema_version": SCHEMA_VERSION, "status": "running",
+        "config": {"rule": config.rule, "device": device.id, "model": config.model, "dataset": task.name,
+                   "backend": backend, "lr": lr, "epochs": config.epochs, "batch_size": config.batch_size,
+                   "seed": config.seed, "limit": config.limit, "data_dir": config.data_dir, "activation": None,
+                   "dims": [int(np.prod(sample)), int(np.prod(sample)) if task.field else task.outputs],
+                   "mano": sizes, "task": train_config.task,
+                   "stages": ["stem", *(f"block{i + 1}" for i in range(sizes["depth"])), "head"],
+                   "parameters": int(sum(p.numel() for p in model.parameters())),
+                   "rule_options": dict(config.rule_options), "simulate": simulate},
+        "device": {"id": device.id, "name": device.name, "path": device.path, "arithmetic": device.arithmetic.value,
+                   "energy_pj": dict(device.energy_pj),
+                   "capacity": {"sram_bytes": device.capacity.sram_bytes, "flash_bytes": device.capacity.flash_bytes}},
+        "dataset": {"name": task.name, "n_train": int(len(task.x_train)), "n_test": int(len(task.x_test))},
+        "history": [], "final": {}, "memory": memory, "counters": {}, "energy": None, "warnings": [],
+        "seed": config.seed, "versions": package_versions(),
+    }
+    return MANOPrepared(config, backend, record, len(task.x_train) * config.epochs, device, task, model,
+                        train_config)

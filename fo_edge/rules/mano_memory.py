@@ -1,0 +1,95 @@
+"""Device memory of a MANO run on a float device: what training holds, measured from the model itself.
+
+float32 throughout (4 bytes a value), with P the model's parameters and B the batch:
+
+  weights             P
+  optimizer           Adam's two moments, 2 P
+  gradients           P (both rules accumulate every stage's gradient before the one optimiser step)
+  input               B x the sample (a flat image, or a coefficient field)
+  stored_activations  BP: every tensor autograd saves for the backward pass of the whole model;
+                      FTP: the clean pass's stage outputs h_0..h_L and the targets tau_1..tau_L it keeps, plus
+                      the largest one stage's local graph (each is backpropagated and freed before the next)
+  output_error        e: (B, classes), or (B, H, W) for a field
+
+What autograd saves is measured, not estimated: ``torch.autograd.graph.saved_tensors_hooks`` sees every tensor
+the forward keeps for backward (parameters excluded, a storage counted once), at batches 1 and 2; the saved
+bytes are affine in the batch, so B's are extrapolated exactly.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..accounting.memory import MemoryArena
+from ..device.spec import DeviceProfile
+
+__all__ = ["plan_mano_memory", "saved_bytes"]
+
+
+def saved_bytes(run: Callable[[], torch.Tensor], parameters) -> int:
+    """Bytes autograd keeps for the backward pass of ``run()`` (parameters excluded, each storage once)."""
+    params = {p.untyped_storage().data_ptr() for p in parameters}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run()
+    return sum(seen.values())
+
+
+def _affine(measure: Callable[[int], int], batch: int) -> int:
+    """measure(b) at b = 1 and 2, extended to ``batch`` (the saved bytes are affine in the batch)."""
+    one, two = measure(1), measure(2)
+    return max(0, one + (two - one) * (batch - 1))
+
+
+def plan_mano_memory(model: torch.nn.Module, sample_shape: tuple[int, ...], profile: DeviceProfile, rule: str,
+                     batch: int, outputs: int, field: bool) -> MemoryArena:
+    """Allocate what training ``model`` with ``rule`` (bp or ftp) in batches of ``batch`` holds on ``profile``
+    (module docstring); ``sample_shape``: one input's shape; ``outputs``: classes (``field``: the output is a
+    field of the input's grid). Raises DeviceMemoryError naming what did not fit."""
+    arena = MemoryArena(profile.capacity.sram_bytes, profile.capacity.flash_bytes)
+    params = list(model.parameters())
+    n_params = sum(p.numel() for p in params)
+
+    def alloc(name: str, values: int, category: str) -> None:
+        arena.alloc(name, (1,), np.int8, category, 4 * int(values))
+
+    alloc("weights", n_params, "weights")
+    alloc("optimizer", 2 * n_params, "optimizer")
+    alloc("gradients", n_params, "gradients")
+    alloc("input", batch * int(np.prod(sample_shape)), "input")
+    was_training = model.training
+    model.train()
+    try:
+        if rule == "bp":
+            stored = _affine(lambda b: saved_bytes(lambda: model(torch.zeros((b, *sample_shape))), params), batch)
+            alloc("stored_activations", stored // 4, "stored_activations")
+        else:
+            with torch.no_grad():
+                h = model.stem(torch.zeros((1, *sample_shape)))
+            map_values = batch * h.numel()
+            kept = (len(model.blocks) + 1) + len(model.blocks)  # h_0..h_L and tau_1..tau_L
+
+            def largest_stage(b: int) -> int:
+                x = torch.zeros((b, *sample_shape))
+                with torch.no_grad():
+                    hb = model.stem(x)
+                sizes = [saved_bytes(lambda: model.blocks[0](model.stem(x)), params)]
+                sizes += [saved_bytes(lambda blk=blk: blk(hb), params) for blk in model.blocks[1:]]
+                sizes.append(saved_bytes(lambda: model.head(hb), params))
+                return max(sizes)
+
+            alloc("stage_outputs_and_targets", kept * map_values, "stored_activations")
+            alloc("local_graph", _affine(largest_stage, batch) // 4, "activations")
+    finally:
+        model.train(was_training)
+    alloc("output_error", batch * (int(np.prod(sample_shape)) if field else outputs), "errors")
+    return arena

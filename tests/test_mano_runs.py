@@ -1,0 +1,148 @@
+"""MANO through the run lifecycle: the CLI on Darcy and images, its counters against torch's own FLOP counter, its
+memory plan against what autograd keeps, and the refusals."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torch.utils.flop_counter import FlopCounterMode
+
+import fo_edge
+from fo_edge.accounting.mano_counts import MANOMeter
+from fo_edge.cli import cli
+from fo_edge.device import load_device
+from fo_edge.engine.mano_loop import MANOTrainConfig, bp_step, ftp_step
+from fo_edge.errors import ConfigError, DeviceMemoryError
+from fo_edge.kernels.counters import BACKWARD, FORWARD, MACS_DENSE, MODULATED, RECOMPUTE, UPDATE, WEIGHT_WRITES
+from fo_edge.models.mano import MANOClassifier, MANOOperator, parse_mano_spec
+from fo_edge.rules.base import feedback_matrix
+from fo_edge.rules.mano_memory import plan_mano_memory, saved_bytes
+from fo_edge.runs import read_run
+
+
+def test_fo_edge_simulate_trains_mano_on_darcy_and_reports_relative_l2(tmp_path):
+    out = tmp_path / "darcy"
+    result = CliRunner().invoke(cli, ["simulate", "--rule", "bp", "--device", "gpu-fp32", "--dataset", "darcy32",
+                                      "--model", "mano:dim=16", "--limit", "64", "--batch-size", "16",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "test relative L2" in result.output and "energy / training sample" in result.output
+    record = read_run(out)
+    assert record["config"]["task"] == "field" and record["dataset"]["name"] == "darcy32"
+    assert 0 < record["final"]["relative_l2"] < 2 and record["final"]["test_accuracy"] is None
+    assert record["counters"]["training_samples"] == 64 and record["energy"]["modes"]["op"]
+    weights = np.load(out / "weights.npz")
+    assert "lift.weight" in weights.files and weights["lift.weight"].dtype == np.float32
+    report = CliRunner().invoke(cli, ["energy-report", str(out), "--format", "json"])
+    assert report.exit_code == 0, report.output
+    assert json.loads(report.output)[0]["relative_l2"] == record["final"]["relative_l2"]
+
+
+def test_a_darcy_set_needs_a_mano_model_and_mano_defaults_to_it(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "fo_edge", "simulate", "--device", "gpu-fp32", "--dataset", "darcy32",
+                           "--model", "1024-64-10", "--out", str(tmp_path / "x")], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "train it with --model mano" in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "x").exists()
+    run = fo_edge.simulate(rule="ftp", device="gpu-fp32", dataset="darcy32", limit=16, batch_size=8,
+                           out=str(tmp_path / "d"))
+    assert run.record["config"]["model"] == "mano" and run.accuracy is None
+
+
+def _classifier_step(rule: str):
+    torch.manual_seed(0)
+    model = MANOClassifier((1, 8, 8), 10, dim=8, depth=2, heads=2, patch=2, window=2)
+    x, t = torch.rand(6, 64), torch.randint(0, 10, (6,))
+    return model, x, t, MANOTrainConfig(rule=rule)
+
+
+def test_bp_counters_are_what_torch_counts_of_the_same_step():
+    """A BP step's multiply-accumulates (forward, backward and weight gradients) equal half the FLOPs of torch's
+    own FlopCounterMode over the same step (it counts every matmul, 2 FLOPs a MAC)."""
+    model, x, t, config = _classifier_step("bp")
+    meter = MANOMeter(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with FlopCounterMode(display=False) as flops:
+        bp_step(model, x, t, config, optimizer, meter)
+    c = meter.counters
+    assert c[FORWARD, :, MACS_DENSE].sum() + c[BACKWARD, :, MACS_DENSE].sum() + c[UPDATE, :, MACS_DENSE].sum() \
+        == flops.get_total_flops() // 2
+    params = sum(p.numel() for p in model.parameters())
+    assert 0 < c[UPDATE, :, WEIGHT_WRITES].sum() <= params
+
+
+def test_ftp_counters_charge_each_pass_to_its_phase():
+    model, x, t, config = _classifier_step("ftp")
+    meter = MANOMeter(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    g = torch.tensor(feedback_matrix((8, 10), 10, 1.0, 0), dtype=torch.float32)
+    with FlopCounterMode(display=False) as flops:
+        with torch.no_grad():
+            model(x)
+    forward = flops.get_total_flops() // 2
+    ftp_step(model, x, t, config, g, optimizer, meter)
+    c = meter.counters
+    assert c[FORWARD, :, MACS_DENSE].sum() == forward  # the clean pass: the model's forward
+    # the target pass runs blocks 2..L and projects e through G (6 x 10 x 8 MACs, no stage's column)
+    assert c[MODULATED, -1, MACS_DENSE] == 6 * 10 * 8
+    assert c[MODULATED, 2, MACS_DENSE] == c[FORWARD, 2, MACS_DENSE] and c[MODULATED, 1, MACS_DENSE] == 0
+    # the local graphs recompute every stage once, and backpropagate within it only
+    assert (c[RECOMPUTE, :-1, MACS_DENSE] == c[FORWARD, :-1, MACS_DENSE]).all()
+    assert c[BACKWARD, :, MACS_DENSE].sum() > 0 and c[UPDATE, :, WEIGHT_WRITES].sum() > 0
+
+
+def test_saved_bytes_sees_what_autograd_keeps():
+    w = torch.nn.Parameter(torch.randn(5, 7))
+    x = torch.randn(3, 7)
+    # y = tanh(x W^T): matmul saves x (W is a parameter, excluded), tanh saves its output y (3 x 5)
+    assert saved_bytes(lambda: torch.tanh(x @ w.T), [w]) == 4 * (3 * 7 + 3 * 5)
+
+
+def test_memory_plan_bp_grows_with_depth_ftp_local_graph_does_not():
+    device = load_device("gpu-fp32")
+
+    def plan(rule, depth):
+        torch.manual_seed(0)
+        model = MANOOperator(dim=8, depth=depth, heads=2, window=4, size=16)
+        return plan_mano_memory(model, (16, 16), device, rule, 4, 1, True).report()
+
+    bp2, bp4 = plan("bp", 2), plan("bp", 4)
+    ftp2, ftp4 = plan("ftp", 2), plan("ftp", 4)
+    assert bp4["buffers"]["stored_activations"]["bytes"] > 1.8 * bp2["buffers"]["stored_activations"]["bytes"]
+    assert ftp4["buffers"]["local_graph"]["bytes"] == ftp2["buffers"]["local_graph"]["bytes"]
+    assert ftp4["peak_bytes"] < bp4["peak_bytes"]
+
+
+def test_a_mano_run_that_cannot_fit_is_refused_before_anything_is_written(tmp_path):
+    text = (Path(fo_edge.__file__).parent / "profiles" / "gpu-fp32.toml").read_text()
+    small = tmp_path / "small.toml"
+    small.write_text(text.replace("value = 85899345920", "value = 65536").replace('id = "gpu-fp32"', 'id = "small"'))
+    with pytest.raises(DeviceMemoryError, match="does not fit"):
+        fo_edge.simulate(rule="bp", device=str(small), dataset="digits", model="mano", out=str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("spec, message", [("mano:dim=0", "dim must be"), ("mano:depth", "KEY=VALUE"),
+                                           ("mano:size=4", "KEY=VALUE"), ("mano:dim=x", "whole number"),
+                                           ("mano:dim=12,heads=5", "multiple of heads")])
+def test_bad_mano_specs_get_one_line(spec, message):
+    with pytest.raises(ValueError, match=message):
+        parse_mano_spec(spec)
+    with pytest.raises(ConfigError, match=message):
+        fo_edge.simulate(rule="bp", device="gpu-fp32", dataset="digits", model=spec)
+
+
+@pytest.mark.parametrize("options, message", [(dict(momentum=0.9), "--momentum"), (dict(error="mse"), "--error"),
+                                              (dict(rule_options={"beta": 1}), "g_scale"),
+                                              (dict(backend="numba"), "backend torch"),
+                                              (dict(dataset="darcy32", normalize="standard"), "--normalize")])
+def test_mano_runs_refuse_options_they_do_not_use(tmp_path, options, message):
+    with pytest.raises(ConfigError, match=message):
+        fo_edge.simulate(**{"rule": "bp", "device": "gpu-fp32", "dataset": "digits", "model": "mano",
+                            "out": str(tmp_path / "r"), **options})
+    assert not (tmp_path / "r").exists()
