@@ -28,8 +28,6 @@ CAPABILITIES: dict[tuple[str, str], dict[str, bool | str]] = {
                            "diagnose": "gap: diagnose compares float updates with BP's gradient; spiking runs are "
                                        "refused"},
     ("spiking", "torch"): {**_ALL, "export": "nir",
-                           "counters": "gap: the snnTorch path counts nothing yet",
-                           "energy": "gap: no counters on the snnTorch path, so no energy",
                            "diagnose": "gap: diagnose compares float updates with BP's gradient; spiking runs are "
                                        "refused"},
     ("conv", "numba"): {**_ALL, "export": "onnx-int8"},

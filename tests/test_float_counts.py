@@ -144,3 +144,25 @@ def test_bp_on_a_conv_net_counts_its_backward_pass_by_hand(tmp_path):
     assert (c_bp[FORWARD] == c_foton[FORWARD]).all()
     assert c_bp[UPDATE, :, MACS_DENSE].tolist() == c_foton[UPDATE, :, MACS_DENSE].tolist()
     assert bp.record["energy"]["modes"]["op"]["by_phase_pj"]["backward"] > 0
+
+
+def test_the_snntorch_path_counts_as_the_spiking_kernels_do(tmp_path):
+    """The same FTP run on loihi-like through the bit-exact kernels and through snnTorch: the counts that follow
+    from shapes (timesteps, neuron updates, synaptic updates, update MACs) are equal, and those that follow from
+    the spikes agree as the two neuron models' spikes do (float and integer LIF differ by rounding; the integer
+    weights have more zeros, so fewer synaptic events)."""
+    common = dict(rule="ftp", device="loihi-like", dataset="digits", model="64-32-10", limit=200, epochs=1,
+                  batch_size=20)
+    chip = fo_edge.simulate(backend="numba", out=str(tmp_path / "n"), **common).record["counters"]
+    snn = fo_edge.simulate(backend="torch", out=str(tmp_path / "t"), **common).record["counters"]
+    assert snn["layers"] == chip["layers"] and snn["training_samples"] == chip["training_samples"]
+    for phase in ("forward", "modulated_forward", "update", "inference"):
+        a, b = snn["by_phase"][phase], chip["by_phase"][phase]
+        for name in ("timesteps", "synaptic_updates", "macs_dense"):
+            assert a[name] == b[name], (phase, name)
+        assert a["neuron_updates_active"] + a["neuron_updates_inactive"] == \
+            b["neuron_updates_active"] + b["neuron_updates_inactive"], phase
+        for name in ("spikes", "synaptic_events", "acs_effective"):
+            assert (a[name] == 0) == (b[name] == 0), (phase, name)
+            if b[name]:
+                assert 0.5 < a[name] / b[name] < 2.0, (phase, name, a[name], b[name])

@@ -85,8 +85,11 @@ RESUMABLE_MANO = ["simulate", "--rule", "bp", "--device", "gpu-fp32", "--model",
 
 
 @pytest.mark.parametrize("resumable", [RESUMABLE, RESUMABLE_SPIKING, [*RESUMABLE_SPIKING, "--backend", "torch"],
-                                       RESUMABLE_TORCH, RESUMABLE_CONV, RESUMABLE_MANO],
-                         ids=["numba", "spiking-numba", "spiking-torch", "torch", "conv-numba", "mano-torch"])
+                                       RESUMABLE_TORCH, RESUMABLE_CONV,
+                                       [a if a != "mcu-int8" else "gpu-fp32" for a in RESUMABLE_CONV] + ["--threads", "1"],
+                                       RESUMABLE_MANO],
+                         ids=["numba", "spiking-numba", "spiking-torch", "torch", "conv-numba", "conv-torch",
+                              "mano-torch"])
 def test_a_killed_run_resumes_bit_identically(tmp_path, resumable):
     full = _cli(*resumable, "--out", str(tmp_path / "full"), timeout=600)
     assert full.returncode == 0, full.stderr

@@ -9,7 +9,8 @@ modulation ("central") or 1[c_l + c'_l > 0] (A_l - A'_l), A_l the input integral
 FOTON refreshes F = W_L ... W_1 every ``refresh_every`` steps and runs Björck every ``ortho_every`` steps.
 Checkpoints hold the stream engine's state keys (engine.torch_loop: ``w``, FOTON's ``proj``, ``position``,
 ``history``); a resumed run continues at the checkpoint's batch with the same weights, so on the same device and
-threads it ends with the weights of an uninterrupted run. This path counts nothing: ``counters`` stays empty.
+threads it ends with the weights of an uninterrupted run. A ``meter`` (accounting.spiking_float_counts) counts
+every presentation, update and Björck pass in the spiking kernels' schema; its counts travel in the checkpoints.
 """
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..accounting.spiking_float_counts import SpikingFloatMeter
 from ..data import Dataset
 from ..device.spec import DeviceProfile
+from ..kernels.counters import FORWARD, INFERENCE, MODULATED
 from ..models.spiking import SpikingMLP
 from ..rules import bjorck_torch, projection_torch
 from ..rules.base import output_error_torch
@@ -41,10 +44,12 @@ def train_spiking_torch(weights: list[np.ndarray], data: Dataset, rule: str, con
                         plan: BatchPlan = BatchPlan(),
                         hidden_error: str | None = None, health: HealthConfig | None = None,
                         checkpoint_every: int = 0, on_checkpoint: Callable[[dict], None] | None = None,
-                        resume: dict | None = None) -> tuple[list[np.ndarray], list[dict]]:
+                        resume: dict | None = None,
+                        meter: SpikingFloatMeter | None = None) -> tuple[list[np.ndarray], list[dict]]:
     """Train; returns the final weights (float32 numpy) and per-epoch metrics. ``plan``: batches and per-step lr
     (engine.plan); ``on_checkpoint(state)`` every ``checkpoint_every`` steps and after every epoch, ``resume``
-    such a state (module docstring); ``health`` checks non-finite and exploding weights after every step."""
+    such a state (module docstring); ``health`` checks non-finite and exploding weights after every step;
+    ``meter`` counts the work (module docstring)."""
     dev = torch.device(device)
     ws = [torch.as_tensor(w, dtype=torch.float32, device=dev).clone() for w in weights]
     dims = tuple([int(weights[0].shape[1])] + [int(w.shape[0]) for w in weights])
@@ -62,12 +67,23 @@ def train_spiking_torch(weights: list[np.ndarray], data: Dataset, rule: str, con
         ws, config, (first_epoch, first_begin, step), history = restore_checkpoint(resume, ws, config, is_foton, dev)
         if is_foton and config.projection is not None:
             proj = config.projection
+        if meter is not None and resume["counters"].size:
+            meter.restore(resume["counters"].reshape(meter.shape.shape), *(int(v) for v in resume["position"][3:5]))
     net = SpikingMLP(ws, profile.spiking).to(dev)
+
+    def run(phase: int, x: torch.Tensor, inject: torch.Tensor | None = None):
+        """One presentation, counted into ``phase`` when metered."""
+        if meter is None:
+            return net(x, inject=inject)
+        active = [torch.zeros((), dtype=torch.int64, device=dev) for _ in ws[:-1]]
+        out = net(x, inject=inject, active=active)
+        meter.presentation(phase, ws, out[2], out[1], active)
+        return out
     monitor = HealthMonitor(health, len(ws)) if health is not None else None
 
     def state(epoch: int, begin: int) -> dict:
         foton = dataclasses.replace(config, projection=proj) if is_foton and step > 0 else config
-        return checkpoint_state(ws, foton, is_foton, [None] * len(ws), epoch, begin, step, history)
+        return checkpoint_state(ws, foton, is_foton, [None] * len(ws), epoch, begin, step, history, meter)
 
     for epoch in range(first_epoch, epochs):
         start = time.perf_counter()
@@ -76,22 +92,24 @@ def train_spiking_torch(weights: list[np.ndarray], data: Dataset, rule: str, con
             idx = order[begin:begin + batch_size]
             x, t = x_tr[idx], eye[y_tr[idx]]
             lr_step = plan.step_lr(lr, epoch, len(idx), batch_size)
+            if meter is not None:
+                meter.begin_step()
             if is_foton and step % config.refresh_every == 0:
                 proj = projection_torch(ws)
-            y, counts, in_counts, acc = net(x)
+            y, counts, in_counts, acc = run(FORWARD, x)
             e = output_error_torch(y, t, error, temperature)
             if rule == "ftp":
                 inject = ftp_signal(config, t, e, y, proj)
-                y_m, counts_m, in_m, acc_m = net(x, inject=inject)
+                y_m, counts_m, in_m, acc_m = run(MODULATED, x, inject)
                 if hidden_error == "central":
-                    y_n, counts_n = net(x, inject=-inject)[:2]
+                    y_n, counts_n = run(MODULATED, x, -inject)[:2]
                 if getattr(config, "output_loss", "error") == "local":  # y - tau_L (central: (y^- - y^+) / 2)
                     e = (y_n - y_m) / 2 if hidden_error == "central" else y - y_m
             else:
                 sign = 1.0 if rule == "pepita" else -1.0
-                _, counts_m, in_m, acc_m = net(torch.clamp(x + sign * (e @ proj), 0.0, 1.0))
+                _, counts_m, in_m, acc_m = run(MODULATED, torch.clamp(x + sign * (e @ proj), 0.0, 1.0))
                 if hidden_error == "central":
-                    counts_n = net(torch.clamp(x - sign * (e @ proj), 0.0, 1.0))[1]
+                    counts_n = run(MODULATED, torch.clamp(x - sign * (e @ proj), 0.0, 1.0))[1]
             n = len(idx)
             hins = [in_m if rule == "pepita" else in_counts] + [
                 (counts_m if rule == "pepita" else counts)[l] for l in range(len(ws) - 1)]
@@ -102,8 +120,15 @@ def train_spiking_torch(weights: list[np.ndarray], data: Dataset, rule: str, con
                     delta = torch.where(counts[l] + counts_m[l] > 0, acc[l] - acc_m[l], 0.0)
                 else:
                     delta = counts[l] - counts_m[l]
+                before = ws[l].clone() if meter is not None else None
                 ws[l].sub_(lr_step * delta.T @ hins[l] / (steps_t ** 2 * n))
+                if meter is not None:
+                    meter.update(l, n, before, ws[l], False)
+            before = ws[-1].clone() if meter is not None else None
             ws[-1].sub_(lr_step * e.T @ hins[-1] / (steps_t * n))
+            if meter is not None:
+                meter.update(len(ws) - 1, n, before, ws[-1], False)
+                meter.trained += n
             step += 1
             bad = [l for l, w in enumerate(ws) if not bool(torch.isfinite(w).all())]
             if bad:  # a float run whose weights are no longer numbers is stopped, never recorded as complete
@@ -112,7 +137,12 @@ def train_spiking_torch(weights: list[np.ndarray], data: Dataset, rule: str, con
                 raise TrainingStopped(error, ([w.cpu().numpy() for w in ws], history))
             if is_foton and config.ortho_every and step % config.ortho_every == 0:
                 for l, w in enumerate(ws):
-                    w.copy_(bjorck_torch(w, config.bjorck_iters))
+                    used: list[int] = []
+                    unchanged: list[bool] = []
+                    new = bjorck_torch(w, config.bjorck_iters, used=used, unchanged=unchanged)
+                    if meter is not None:
+                        meter.orthogonalize(l, w, new, used[-1], unchanged[-1], config.bjorck_iters, 0.0)
+                    w.copy_(new)
             if monitor is not None:
                 try:
                     monitor.check(step, None, [w.detach().cpu().numpy() for w in ws])
@@ -124,9 +154,13 @@ def train_spiking_torch(weights: list[np.ndarray], data: Dataset, rule: str, con
                 on_checkpoint(state(epoch, begin + batch_size))
         seconds = time.perf_counter() - start
         correct = 0
+        if meter is not None:
+            meter.begin_step()  # the weights' nonzero counts of the trained net
         for begin in range(0, len(data.x_test), 1024):
             xb = torch.as_tensor(data.x_test[begin:begin + 1024], device=dev)
-            correct += int((net(xb)[0].argmax(1).cpu().numpy() == data.y_test[begin:begin + 1024]).sum())
+            correct += int((run(INFERENCE, xb)[0].argmax(1).cpu().numpy() == data.y_test[begin:begin + 1024]).sum())
+            if meter is not None:
+                meter.inferred += len(xb)
         history.append({"epoch": epoch + 1, "steps": step, "test_accuracy": correct / max(len(data.x_test), 1),
                         "seconds": seconds, "samples_per_s": len(order) / max(seconds, 1e-9)})
         if on_checkpoint is not None and checkpoint_every:

@@ -226,18 +226,24 @@ def _train(config: SimulateConfig, backend: str, device: DeviceProfile, dims, rc
     energy, warnings, the health stop or None). ``planned``: the device's memory plan (the torch paths' record)."""
     lr, stopped = config.lr, None
     if backend == "torch" and device.spiking is not None:
+        from ..accounting.spiking_float_counts import SpikingFloatMeter
         from ..engine.spiking_torch import train_spiking_torch
 
+        meter = SpikingFloatMeter(dims, device, config.rule)
         try:
             final, history = train_spiking_torch(weights, data, config.rule, rcfg, device, error=config.error,
                                                  lr=lr, epochs=config.epochs, batch_size=config.batch_size,
                                                  seed=config.seed, device=config.torch_device, on_batch=on_batch,
                                                  plan=config.plan(), hidden_error=config.hidden_error,
-                                                 **checkpointing)
+                                                 meter=meter, **checkpointing)
         except TrainingStopped as stop:
             (final, history), stopped = stop.outcome, stop.error
         stored = {f"W{l}": w for l, w in enumerate(final)}
-        memory, counters, energy, warnings = planned, {}, None, []
+        memory, counters, warnings = planned, meter.record(), []
+        energy = _with_static(energy_record(counters_array(counters), device.energy_pj,
+                                            training_samples=counters["training_samples"],
+                                            inference_samples=counters["inference_samples"],
+                                            layers=counters["layers"]), counters, device, dims)
     elif backend == "torch":
         from ..accounting.float_counts import FloatMeter
         from ..engine.torch_loop import train_torch

@@ -41,7 +41,9 @@ def input_spikes(x: torch.Tensor, steps: int, code: InputCode = InputCode.RATE):
 class SpikingMLP(torch.nn.Module):
     """forward(x: (B, d_0) in [0, 1], inject=None) -> (logits (B, d_L), counts: list of (B, d_l) per hidden
     layer, input counts (B, d_0), input integrals: list of (B, d_l) per hidden layer, the synaptic input summed
-    over the presentation); ``inject`` (B, d_1) is added to layer 1's input every timestep."""
+    over the presentation); ``inject`` (B, d_1) is added to layer 1's input every timestep. ``active``: a list
+    of 0-d int64 tensors, one per hidden layer, to which each step adds the neurons with input or state (a
+    nonzero synaptic input or membrane potential before the step: the chip's active neuron updates)."""
 
     def __init__(self, weights: list[torch.Tensor], sp: SpikingParams):
         super().__init__()
@@ -52,7 +54,7 @@ class SpikingMLP(torch.nn.Module):
             [snn.Leaky(beta=beta, threshold=sp.threshold, reset_mechanism="zero") for _ in weights[:-1]])
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor, inject: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, inject: torch.Tensor | None = None, active: list | None = None):
         sp, ws = self.sp, self.weights
         batch = x.shape[0]
         mems = [lif.init_leaky() for lif in self.neurons]
@@ -61,7 +63,7 @@ class SpikingMLP(torch.nn.Module):
         integrals = [torch.zeros_like(c) for c in counts]
         in_counts = torch.zeros_like(x)
         out = torch.zeros(batch, ws[-1].shape[0], dtype=x.dtype, device=x.device)
-        for spikes in input_spikes(x, sp.timesteps, sp.input_code):
+        for t, spikes in enumerate(input_spikes(x, sp.timesteps, sp.input_code)):
             in_counts += spikes
             src = spikes
             for l, w in enumerate(ws):
@@ -72,6 +74,11 @@ class SpikingMLP(torch.nn.Module):
                     current = current + inject
                 if l < len(ws) - 1:
                     integrals[l] += current
+                    if active is not None:
+                        busy = current != 0
+                        if t > 0:  # before the first step the state is zero (init_leaky keeps an old shape)
+                            busy = busy | (mems[l] != 0)
+                        active[l] += torch.count_nonzero(busy)
                     src, mems[l] = self.neurons[l](current, mems[l])
                     counts[l] += src
                 else:
