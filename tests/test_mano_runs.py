@@ -146,3 +146,13 @@ def test_mano_runs_refuse_options_they_do_not_use(tmp_path, options, message):
         fo_edge.simulate(**{"rule": "bp", "device": "gpu-fp32", "dataset": "digits", "model": "mano",
                             "out": str(tmp_path / "r"), **options})
     assert not (tmp_path / "r").exists()
+
+
+def test_mano_steps_adams_lr_down_at_the_milestones(tmp_path):
+    common = dict(rule="bp", device="gpu-fp32", dataset="digits", model="mano:dim=8", limit=64, epochs=2,
+                  batch_size=16)
+    flat = fo_edge.simulate(out=str(tmp_path / "flat"), **common)
+    stepped = fo_edge.simulate(out=str(tmp_path / "stepped"), lr_milestones=(1,), lr_gamma=0.5, **common)
+    a, b = np.load(flat.run_dir / "weights.npz"), np.load(stepped.run_dir / "weights.npz")
+    assert flat.history[0]["test_accuracy"] == stepped.history[0]["test_accuracy"]  # the first epoch is the same
+    assert any(not np.array_equal(a[k], b[k]) for k in a.files)  # the second ran at half the lr

@@ -4,14 +4,16 @@ grows, then (``--train``) MANO's accuracy on MNIST and error on Darcy, BP agains
     python tools/bench_mano.py --grids 16,32,64,128
     python tools/bench_mano.py --grids '' --train --mnist-limit 10000 --darcy-epochs 10
 
-Layer: B = 1, 32 channels, 2 heads, window 4, levels to cover the grid; forward without a graph, on the CPU.
+Layer: B = 1, 32 channels, 2 heads, window 4; the authors' V-cycle (models.mano_vcycle: levels down to 2x2), the
+first pooled variant (models.mano.MultipoleAttention: levels to cover the grid) and full attention; forward
+without a graph, on the CPU.
 Each (layer, grid) runs in a fresh subprocess so its peak resident memory (ru_maxrss after the forward minus
 before it) is its own; time is the median of 3 forwards after a warm-up. Growth exponents are least-squares
 slopes of log(time) and log(memory) against log(N) over the grids (memory over the grids where the layer
 allocated at least 1 MiB, below which the allocator's reuse hides it). The full attention is the explicit
 softmax(QK^T)V, as a standard Transformer computes it.
 
-Training: MANOClassifier (2x2 patches -> 14x14 grid, dim 32, 2 blocks) on MNIST and MANOOperator (dim 32,
+Training (the default, vcycle variant): MANOClassifier (2x2 patches -> 14x14 grid, dim 32, 2 blocks) on MNIST and MANOOperator (dim 32,
 2 blocks) on the generated 32x32 Darcy set (1000 train / 200 test, fo_edge.darcy), Adam lr 1e-3, batch 32
 (Darcy 16); the MNIST models are also run with their linear maps on mcu-int8 (rules.mano_binding).
 """
@@ -26,9 +28,13 @@ import numpy as np
 LAYER = r"""
 import json, resource, sys, time, torch
 from fo_edge.models.mano import MultipoleAttention, levels_for
+from fo_edge.models.mano_vcycle import VCycleAttention, vcycle_levels
 torch.set_num_threads(2)
-size, full = int(sys.argv[1]), sys.argv[2] == "full"
-layer = MultipoleAttention(32, 2, 4, levels_for(size, 4), full=full).eval()
+size, kind = int(sys.argv[1]), sys.argv[2]
+if kind == "vcycle":
+    layer = VCycleAttention(32, 2, 4, vcycle_levels(size, size)).eval()
+else:
+    layer = MultipoleAttention(32, 2, 4, levels_for(size, 4), full=kind == "full").eval()
 x = torch.randn(1, size, size, 32)
 with torch.no_grad():
     layer(torch.randn(1, 4, 4, 32))
@@ -58,18 +64,22 @@ def _slope(ns, values) -> str:
     return f"{np.polyfit(x, y, 1)[0]:.2f}"
 
 
+KINDS = ("vcycle", "mano", "full")
+
+
 def bench_layers(grids: list[int]) -> None:
-    print("| grid | N | MANO ms | MANO peak MiB | full attention ms | full attention peak MiB |\n|---|---|---|---|---|---|")
-    rows = {"mano": [], "full": []}
+    print("| grid | N | MANO (vcycle) ms | MANO (vcycle) peak MiB | MANO (pooled) ms | MANO (pooled) peak MiB | "
+          "full attention ms | full attention peak MiB |\n|---|---|---|---|---|---|---|---|")
+    rows = {kind: [] for kind in KINDS}
     for size in grids:
         cells = []
-        for kind in ("mano", "full"):
+        for kind in KINDS:
             r = _layer(size, kind)
             rows[kind].append(r)
             cells += [f"{1e3 * r['seconds']:.2f}", f"{r['kib'] / 1024:.1f}"] if "error" not in r else [r["error"], ""]
         print(f"| {size}x{size} | {size * size} | " + " | ".join(cells) + " |", flush=True)
     ns = [s * s for s in grids]
-    for kind in ("mano", "full"):
+    for kind in KINDS:
         t = [r.get("seconds") for r in rows[kind]]
         m = [r.get("kib") if r.get("kib", 0) >= 1024 else None for r in rows[kind]]
         print(f"\n{kind}: time grows as N^{_slope(ns, t)}, peak memory as N^{_slope(ns, m)}")

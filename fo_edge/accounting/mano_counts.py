@@ -11,6 +11,7 @@ extra column L+2 holds work of no stage (FTP's projection of the output error). 
   multipole attention on x (B, H, W, C) with window w, level grids (r_l, c_l) padded to n_l windows:
       macs_dense += sum_l 2 B C n_l w^4   (q k^T and attention x v, every head; padding is computed too)
       sram_read_bytes += 4 B sum_l 3 (n_l w^2) C, sram_write_bytes += 4 B sum_l (n_l w^2) C
+      (the vcycle variant's window attention is hooked once per level, the same sums for its own tiling)
 
 A forward that builds a graph (``with_graph``) is charged its backward pass too: each linear map's dx product
 (``backward``, the same MACs; none where x needs no gradient, as autograd skips it) and dW product (``update``, the same MACs, reading x and dy), the attention's two
@@ -71,6 +72,9 @@ class MANOMeter:
             elif hasattr(module, "levels") and hasattr(module, "window") and hasattr(module, "qkv"):
                 self._hooks.append(module.register_forward_hook(
                     lambda mod, args, out, s=stage: self._attention(s, mod, args[0])))
+            elif hasattr(module, "tiling") and hasattr(module, "qkv"):  # one level's window attention (vcycle)
+                self._hooks.append(module.register_forward_hook(
+                    lambda mod, args, out, s=stage: self._windows(s, mod, args[0])))
         self._params = [(stage_of(n, self.depth), p) for n, p in model.named_parameters()]
 
     @contextlib.contextmanager
@@ -122,6 +126,16 @@ class MANOMeter:
             w2 = module.window ** 2
             macs = sum(2 * b * dim * n * w2 * w2 for n in windows)
             moved = sum(b * n * w2 * dim for n in windows)
+        self._attend(stage, macs, moved)
+
+    def _windows(self, stage: int, module, x: torch.Tensor) -> None:
+        b, rows, cols, dim = x.shape
+        (w_r, w_c), (s_r, s_c), (p_r, p_c) = module.tiling(rows, cols)
+        count = ((p_r - w_r) // s_r + 1) * ((p_c - w_c) // s_c + 1)
+        n = w_r * w_c
+        self._attend(stage, 2 * b * dim * count * n * n, b * count * n * dim)
+
+    def _attend(self, stage: int, macs: int, moved: int) -> None:
         row = self.counters[self._phase, stage]
         row[MACS_DENSE] += macs
         row[MACS_EFF] += macs

@@ -34,6 +34,7 @@ from ..errors import ConfigError, RunError
 from ..kernels.counters import FORWARD, MODULATED, RECOMPUTE
 from ..rules.base import feedback_matrix
 from .health import HealthConfig, HealthMonitor, NumericHealthError, TrainingStopped
+from .plan import BatchPlan
 
 __all__ = ["MANOTrainConfig", "train_mano", "MANO_RULES", "ftp_step", "bp_step"]
 
@@ -43,7 +44,8 @@ MANO_RULES = ("bp", "ftp")
 @dataclass(frozen=True)
 class MANOTrainConfig:
     """rule: bp | ftp; task: classify (targets are labels) | field (targets are fields, MSE); lr: Adam's;
-    g_scale: FTP's G scale (U(-1, 1) * g_scale * sqrt(6 / outputs), as rules.ftp)."""
+    g_scale: FTP's G scale (U(-1, 1) * g_scale * sqrt(6 / outputs), as rules.ftp); plan: its lr milestones and
+    gamma step Adam's lr per epoch (engine.plan.BatchPlan.epoch_lr)."""
 
     rule: str = "bp"
     task: str = "classify"
@@ -52,6 +54,7 @@ class MANOTrainConfig:
     batch_size: int = 32
     seed: int = 0
     g_scale: float = 1.0
+    plan: BatchPlan = BatchPlan()
 
     def validate(self) -> None:
         if self.rule not in MANO_RULES:
@@ -205,6 +208,8 @@ def train_mano(model: torch.nn.Module, x_train: np.ndarray, y_train: np.ndarray,
 
     for epoch in range(first_epoch, config.epochs):
         start = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = config.plan.epoch_lr(config.lr, epoch)
         order = np.random.default_rng([config.seed, epoch]).permutation(len(x_train))
         losses = []
         model.train()

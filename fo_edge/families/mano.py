@@ -1,11 +1,13 @@
-"""The MANO family: multipole attention nets (``--model mano`` or ``mano:dim=32,depth=2,heads=2,window=4,patch=2``).
+"""The MANO family: multipole attention nets (``--model mano`` or
+``mano:dim=32,depth=2,heads=2,window=4,patch=2,stride=0,variant=vcycle``; models.mano).
 
 On an image dataset (mnist, fashion-mnist, digits) a MANOClassifier (p x p patches embedded, MANO blocks on the
 patch grid, mean-pooled readout) learns the labels with cross-entropy; on a Darcy set (``darcy32``, ``darcy64``:
 fo_edge.darcy, generated and cached) a MANOOperator maps the coefficient a, scaled to (a - 7.5) / 4.5 in
 {-1, 1}, to the solution u over the training split's standard deviation, with MSE, and the run reports the
 relative L2 error of u on the test split (the paper's metric) instead of an accuracy. Both rules (BP, and FTP's
-block-local losses: engine.mano_loop) use Adam, on the float torch path (CPU) of a float device.
+block-local losses: engine.mano_loop) use Adam (its lr stepped down at --lr-milestones by --lr-gamma), on the
+float torch path (CPU) of a float device.
 
 The lifecycle (fo_edge.lifecycle) gives MANO runs what every run has: device memory planned before anything is
 written (rules.mano_memory; refused if it cannot fit), counters and energy (accounting.mano_counts), health stops,
@@ -43,7 +45,7 @@ MANO_DEFAULT_LR = 1e-3
 EVAL_CHUNK = 500
 #: SimulateConfig fields a MANO run does not use, with the value that means "not given"
 _UNUSED = {"activation": None, "schedule": "stream", "drop_last": False, "batch_divisor": "actual",
-           "lr_milestones": (), "momentum": 0.0, "weight_decay": 0.0, "dropout": 0.0, "init": "orthogonal",
+           "momentum": 0.0, "weight_decay": 0.0, "dropout": 0.0, "init": "orthogonal",
            "hidden_error": None, "error": "ce"}
 
 
@@ -93,7 +95,8 @@ def _image_shape(config: SimulateConfig) -> tuple[int, int, int]:
 
 def _build(config: SimulateConfig, task: _Task, sizes: dict) -> torch.nn.Module:
     torch.manual_seed(config.seed)
-    common = dict(dim=sizes["dim"], depth=sizes["depth"], heads=sizes["heads"], window=sizes["window"])
+    common = dict(dim=sizes["dim"], depth=sizes["depth"], heads=sizes["heads"], window=sizes["window"],
+                  variant=sizes["variant"], stride=sizes["stride"])
     if task.field:
         return MANOOperator(size=task.x_train.shape[-1], **common)
     image = _image_shape(config)
@@ -207,7 +210,7 @@ def prepare(config: SimulateConfig) -> MANOPrepared:
     config = dataclasses.replace(config, lr=lr, backend=backend)
     train_config = MANOTrainConfig(rule=config.rule, task="field" if config.dataset in DARCY_DATASETS else "classify",
                                    lr=lr, epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
-                                   **{k: float(v) for k, v in config.rule_options.items()})
+                                   plan=config.plan(), **{k: float(v) for k, v in config.rule_options.items()})
     train_config.validate()
     task = _task(config)
     model = _build(config, task, sizes)

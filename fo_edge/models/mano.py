@@ -1,5 +1,9 @@
 """MANO: multipole attention (Colagrande et al., arXiv 2507.02748), its block, and two small models.
 
+Two variants (``VARIANTS``): ``vcycle``, the default, is the authors' structure (models.mano_vcycle: learned
+strided coarsening and transposed-convolution refinement, one window attention shared by all levels);
+``pooled`` is fo-edge's first version, described here:
+
 Multipole attention on a grid of H x W points (ALGORITHMS.md; the paper's abstract and reviews confirm the
 scheme: near field at full resolution in local windows, far field between coarsened grids, level by level,
 global receptive field, time and memory linear in N = H W). Per head, with q, k, v: (B, heads, H, W, d_h):
@@ -27,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["multipole_attention", "full_attention", "window_attention", "levels_for", "attended_keys",
-           "MANO_DEFAULTS", "parse_mano_spec",
+           "MANO_DEFAULTS", "parse_mano_spec", "VARIANTS", "make_block",
            "MultipoleAttention", "MANOBlock", "MANOClassifier", "MANOOperator"]
 
 
@@ -139,6 +143,24 @@ class MANOBlock(torch.nn.Module):
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
 
 
+#: the multipole attention MANO models use: ``vcycle`` the authors' (models.mano_vcycle), ``pooled`` fo-edge's
+#: first version (MultipoleAttention above: average-pooled q/k/v, nearest upsampling, learned per-level weights)
+VARIANTS = ("vcycle", "pooled")
+
+
+def make_block(variant: str, dim: int, heads: int, window: int, grid: int, full: bool = False, stride: int = 0):
+    """A MANO block of ``variant`` for a grid x grid map (``full``: full attention, pooled variant only;
+    ``stride``: the vcycle windows' stride, 0 for the window)."""
+    if variant == "vcycle":
+        from .mano_vcycle import VCycleBlock, vcycle_levels
+
+        levels = 1 if full else vcycle_levels(grid, grid)
+        return VCycleBlock(dim, heads, grid if full else window, levels, stride=stride or None)
+    if variant == "pooled":
+        return MANOBlock(dim, heads, window, levels_for(grid, window), full)
+    raise ValueError(f"unknown MANO variant {variant!r}; choose {' or '.join(VARIANTS)}")
+
+
 class MANOClassifier(torch.nn.Module):
     """Images (B, C*S*S flat) -> logits: patch embedding (a bias-free linear map of p x p patches), MANO
     blocks on the (S/p) x (S/p) grid, LayerNorm, mean over points, linear head.
@@ -147,15 +169,15 @@ class MANOClassifier(torch.nn.Module):
     stages forward-only training treats as local modules."""
 
     def __init__(self, image: tuple[int, int, int], classes: int, dim: int = 32, depth: int = 2, heads: int = 2,
-                 patch: int = 2, window: int = 4, full: bool = False):
+                 patch: int = 2, window: int = 4, full: bool = False, variant: str = "vcycle", stride: int = 0):
         super().__init__()
         channels, size, _ = image
         self.image, self.patch = image, patch
         self.grid = size // patch
-        levels = levels_for(self.grid, window)
         self.embed = torch.nn.Linear(channels * patch * patch, dim, bias=False)
         self.pos = torch.nn.Parameter(torch.zeros(self.grid, self.grid, dim))
-        self.blocks = torch.nn.ModuleList([MANOBlock(dim, heads, window, levels, full) for _ in range(depth)])
+        self.blocks = torch.nn.ModuleList([make_block(variant, dim, heads, window, self.grid, full, stride)
+                                           for _ in range(depth)])
         self.norm = torch.nn.LayerNorm(dim)
         self.fc = torch.nn.Linear(dim, classes, bias=False)
 
@@ -181,11 +203,11 @@ class MANOOperator(torch.nn.Module):
     the n x n grid, project back per point (dim -> dim -> 1, GELU). Stages: stem, blocks, head."""
 
     def __init__(self, dim: int = 32, depth: int = 2, heads: int = 2, window: int = 4, size: int = 32,
-                 full: bool = False):
+                 full: bool = False, variant: str = "vcycle", stride: int = 0):
         super().__init__()
-        levels = levels_for(size, window)
         self.lift = torch.nn.Linear(3, dim, bias=False)
-        self.blocks = torch.nn.ModuleList([MANOBlock(dim, heads, window, levels, full) for _ in range(depth)])
+        self.blocks = torch.nn.ModuleList([make_block(variant, dim, heads, window, size, full, stride)
+                                           for _ in range(depth)])
         self.norm = torch.nn.LayerNorm(dim)
         self.proj1 = torch.nn.Linear(dim, dim, bias=False)
         self.proj2 = torch.nn.Linear(dim, 1, bias=False)
@@ -208,12 +230,13 @@ class MANOOperator(torch.nn.Module):
 
 
 #: the sizes ``--model mano`` takes, and their defaults (``mano:dim=32,depth=2,heads=2,window=4,patch=2``)
-MANO_DEFAULTS = {"dim": 32, "depth": 2, "heads": 2, "window": 4, "patch": 2}
-#: the range of each size (inclusive)
-_MANO_RANGES = {"dim": (2, 1024), "depth": (1, 64), "heads": (1, 64), "window": (1, 64), "patch": (1, 64)}
+MANO_DEFAULTS = {"dim": 32, "depth": 2, "heads": 2, "window": 4, "patch": 2, "stride": 0, "variant": "vcycle"}
+#: the range of each size (inclusive); stride 0: the window (no overlap)
+_MANO_RANGES = {"dim": (2, 1024), "depth": (1, 64), "heads": (1, 64), "window": (1, 64), "patch": (1, 64),
+                "stride": (0, 64)}
 
 
-def parse_mano_spec(spec: str) -> dict[str, int]:
+def parse_mano_spec(spec: str) -> dict[str, int | str]:
     """``mano`` or ``mano:KEY=VALUE,...`` (keys of MANO_DEFAULTS) -> the full size dict; a malformed spec raises
     ValueError with a one-line reason."""
     if spec != "mano" and not spec.startswith("mano:"):
@@ -224,6 +247,11 @@ def parse_mano_spec(spec: str) -> dict[str, int]:
         key, sep, value = item.partition("=")
         if not sep or key not in MANO_DEFAULTS:
             raise ValueError(f"--model {spec}: {item!r} is not KEY=VALUE with KEY one of {', '.join(MANO_DEFAULTS)}")
+        if key == "variant":
+            if value not in VARIANTS:
+                raise ValueError(f"--model {spec}: variant must be {' or '.join(VARIANTS)}, got {value!r}")
+            sizes[key] = value
+            continue
         try:
             sizes[key] = int(value)
         except ValueError:
@@ -231,6 +259,11 @@ def parse_mano_spec(spec: str) -> dict[str, int]:
         low, high = _MANO_RANGES[key]
         if not low <= sizes[key] <= high:
             raise ValueError(f"--model {spec}: {key} must be in [{low}, {high}], got {sizes[key]}")
+    if sizes["stride"] > sizes["window"]:
+        raise ValueError(f"--model {spec}: stride {sizes['stride']} exceeds window {sizes['window']} (windows would "
+                         f"skip points)")
+    if sizes["stride"] and sizes["variant"] != "vcycle":
+        raise ValueError(f"--model {spec}: stride applies to the vcycle variant's windows only")
     if sizes["dim"] % sizes["heads"]:
         raise ValueError(f"--model {spec}: dim {sizes['dim']} must be a multiple of heads {sizes['heads']}")
     return sizes
