@@ -31,10 +31,10 @@ from .engine.health import HealthConfig, TrainingStopped
 from .engine.threads import kernel_threads
 from .errors import RunError, RunInterrupted
 from .run_config import SimulateConfig, default_run_dir
-from .runs import load_checkpoint, prepare_run_dir, read_run, save_checkpoint, save_weights, write_file_atomic, \
-    write_json_atomic
+from .runs import (SCHEMA_VERSION, load_checkpoint, package_versions, prepare_run_dir, read_run, save_checkpoint,
+                   save_weights, write_file_atomic, write_json_atomic)
 
-__all__ = ["Training", "PreparedRun", "execute", "owned_checkpoint", "digest", "threads_for"]
+__all__ = ["Training", "PreparedRun", "execute", "owned_checkpoint", "digest", "threads_for", "skeleton"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,21 @@ class PreparedRun(Protocol):
     def finish(self, record: dict, outcome: Any, seconds: float, stopped) -> dict[str, np.ndarray]:
         """Stage 5: evaluate and fill ``record`` (status, history, final, counters, energy, memory, stop); return
         the arrays for weights.npz."""
+
+
+def skeleton(config: dict, device, dataset: str, n_train: int, n_test: int, seed: int) -> dict:
+    """The run.json every family starts from (status "running"): its ``config`` record, the device (id, name,
+    path, arithmetic, energy table, capacities), the dataset's name and sizes, empty results, the seed and the
+    package versions. A killed run leaves at least this."""
+    return {
+        "schema_version": SCHEMA_VERSION, "status": "running", "config": config,
+        "device": {"id": device.id, "name": device.name, "path": device.path, "arithmetic": device.arithmetic.value,
+                   "energy_pj": dict(device.energy_pj),
+                   "capacity": {"sram_bytes": device.capacity.sram_bytes, "flash_bytes": device.capacity.flash_bytes}},
+        "dataset": {"name": dataset, "n_train": int(n_train), "n_test": int(n_test)},
+        "history": [], "final": {}, "memory": {}, "counters": {}, "energy": None, "warnings": [],
+        "seed": seed, "versions": package_versions(),
+    }
 
 
 def digest(value) -> str:

@@ -24,10 +24,9 @@ from ..device import DeviceProfile, load_device
 from ..engine.conv_loop import CONV_RULES, ConvRun, ConvTrainConfig, train_conv
 from ..engine.plan import BatchPlan
 from ..errors import ConfigError
-from ..lifecycle import Training
+from ..lifecycle import Training, skeleton
 from ..models.conv import parse_conv_spec
 from ..run_config import SimulateConfig, check_pipeline, check_run_options, check_threads, prepared_data
-from ..runs import SCHEMA_VERSION, package_versions
 
 __all__ = ["CONV_OPTIONS", "ConvPrepared", "prepare", "conv_train_config", "conv_record", "train_conv_run",
            "finish_record"]
@@ -62,18 +61,10 @@ def conv_record(model: str, config: ConvTrainConfig, data: Dataset, device: Devi
         raise ConfigError(f"--model {model} has {spec.n_classes} outputs; {data.name} needs {data.n_classes}")
     shapes = spec.layer_shapes()
     dims = [int(np.prod(shapes[0]))] + [c * s[1] * s[2] for c, s in zip(spec.channels, shapes)] + [spec.n_classes]
-    return {
-        "schema_version": SCHEMA_VERSION, "status": "running",
-        "config": {**asdict(config), "model": model, "device": device.id, "dataset": data.name, "dims": dims,
-                   "conv": {"channels": list(spec.channels), "kernel": spec.kernel, "in_shape": list(spec.in_shape)},
-                   "rule_options": {k: getattr(config, k) for k in CONV_OPTIONS}, "simulate": simulate},
-        "device": {"id": device.id, "name": device.name, "path": device.path, "arithmetic": device.arithmetic.value,
-                   "energy_pj": dict(device.energy_pj),
-                   "capacity": {"sram_bytes": device.capacity.sram_bytes, "flash_bytes": device.capacity.flash_bytes}},
-        "dataset": {"name": data.name, "n_train": int(len(data.x_train)), "n_test": int(len(data.x_test))},
-        "history": [], "final": {}, "memory": {}, "counters": {}, "energy": None,
-        "warnings": [], "seed": config.seed, "versions": package_versions(),
-    }
+    return skeleton({**asdict(config), "model": model, "device": device.id, "dataset": data.name, "dims": dims,
+                     "conv": {"channels": list(spec.channels), "kernel": spec.kernel, "in_shape": list(spec.in_shape)},
+                     "rule_options": {k: getattr(config, k) for k in CONV_OPTIONS}, "simulate": simulate},
+                    device, data.name, len(data.x_train), len(data.x_test), config.seed)
 
 
 def train_conv_run(record: dict, config: ConvTrainConfig, data: Dataset, device: DeviceProfile,

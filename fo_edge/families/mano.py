@@ -32,10 +32,9 @@ from ..engine.health import TrainingStopped
 from ..engine.mano_loop import MANO_RULES, MANOTrainConfig, train_mano
 from ..errors import ConfigError
 from ..kernels.counters import INFERENCE
-from ..lifecycle import Training
+from ..lifecycle import Training, skeleton
 from ..models.mano import MANOClassifier, MANOOperator, parse_mano_spec
 from ..run_config import SimulateConfig, check_pipeline, check_run_options, check_threads, prepared_data
-from ..runs import SCHEMA_VERSION, package_versions
 
 __all__ = ["MANOPrepared", "prepare", "MANO_DEFAULT_LR", "EVAL_CHUNK"]
 
@@ -219,22 +218,15 @@ def prepare(config: SimulateConfig) -> MANOPrepared:
     sample = task.x_train.shape[1:]
     memory = plan_mano_memory(model, sample, device, config.rule, config.batch_size, task.outputs,
                               task.field).report()
-    record = {
-        "schema_version": SCHEMA_VERSION, "status": "running",
-        "config": {"rule": config.rule, "device": device.id, "model": config.model, "dataset": task.name,
-                   "backend": backend, "lr": lr, "epochs": config.epochs, "batch_size": config.batch_size,
-                   "seed": config.seed, "limit": config.limit, "data_dir": config.data_dir, "activation": None,
-                   "dims": [int(np.prod(sample)), int(np.prod(sample)) if task.field else task.outputs],
-                   "mano": sizes, "task": train_config.task,
-                   "stages": ["stem", *(f"block{i + 1}" for i in range(sizes["depth"])), "head"],
-                   "parameters": int(sum(p.numel() for p in model.parameters())),
-                   "rule_options": dict(config.rule_options), "simulate": simulate},
-        "device": {"id": device.id, "name": device.name, "path": device.path, "arithmetic": device.arithmetic.value,
-                   "energy_pj": dict(device.energy_pj),
-                   "capacity": {"sram_bytes": device.capacity.sram_bytes, "flash_bytes": device.capacity.flash_bytes}},
-        "dataset": {"name": task.name, "n_train": int(len(task.x_train)), "n_test": int(len(task.x_test))},
-        "history": [], "final": {}, "memory": memory, "counters": {}, "energy": None, "warnings": [],
-        "seed": config.seed, "versions": package_versions(),
-    }
+    record = skeleton({"rule": config.rule, "device": device.id, "model": config.model, "dataset": task.name,
+                       "backend": backend, "lr": lr, "epochs": config.epochs, "batch_size": config.batch_size,
+                       "seed": config.seed, "limit": config.limit, "data_dir": config.data_dir, "activation": None,
+                       "dims": [int(np.prod(sample)), int(np.prod(sample)) if task.field else task.outputs],
+                       "mano": sizes, "task": train_config.task,
+                       "stages": ["stem", *(f"block{i + 1}" for i in range(sizes["depth"])), "head"],
+                       "parameters": int(sum(p.numel() for p in model.parameters())),
+                       "rule_options": dict(config.rule_options), "simulate": simulate},
+                      device, task.name, len(task.x_train), len(task.x_test), config.seed)
+    record["memory"] = memory
     return MANOPrepared(config, backend, record, len(task.x_train) * config.epochs, device, task, model,
                         train_config)

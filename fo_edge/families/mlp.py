@@ -20,7 +20,7 @@ from ..data import DATASETS, load_dataset
 from ..device import DeviceProfile, load_device
 from ..engine.health import TrainingStopped
 from ..errors import ConfigError
-from ..lifecycle import Training
+from ..lifecycle import Training, skeleton
 from ..models.mlp import ACTIVATIONS, init_weights, parse_model_spec
 from ..rules import BACKENDS, RULES, rule_config
 from ..rules.base import ERRORS
@@ -28,7 +28,6 @@ from ..rules.spiking_binding import (HIDDEN_ERRORS, SPIKING_ACTIVATION, SPIKING_
                                      SPIKING_DEFAULT_LR, SPIKING_DEFAULT_MODEL, SPIKING_RULES)
 from ..run_config import (DEFAULT_MODEL, SimulateConfig, check_pipeline, check_run_options, check_threads,
                           prepared_data)
-from ..runs import SCHEMA_VERSION, package_versions
 
 __all__ = ["MLPRun", "prepare", "default_model", "saved_config"]
 
@@ -88,7 +87,7 @@ def prepare(config: SimulateConfig) -> MLPRun:
     planned = plan_memory(dims, device, config.rule, config.batch_size, config.schedule,
                           ortho=getattr(rcfg, "ortho_every", 0) > 0, hidden_error=config.hidden_error,
                           dropout=config.dropout, momentum=config.momentum > 0 or config.weight_decay > 0).report()
-    record = _record(config, dims, rcfg, device, data, "running")
+    record = _record(config, dims, rcfg, device, data)
     record["memory"] = planned
     return MLPRun(config, backend, record, len(data.x_train) * config.epochs, device, dims, rcfg, data)
 
@@ -191,23 +190,13 @@ def _check_weight_memory(dims, device: DeviceProfile, backend: str) -> None:
                           f"initialisation; this machine has {format_bytes(host)}")
 
 
-def _record(config: SimulateConfig, dims, rcfg, device: DeviceProfile, data, status: str) -> dict:
-    """The run.json skeleton: everything known before training (a killed run leaves at least this)."""
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "status": status,
-        "config": {**{k: v for k, v in dataclasses.asdict(config).items() if k != "rule_options"},
-                   "dims": list(dims),
-                   "rule_options": {k: v for k, v in dataclasses.asdict(rcfg).items()
-                                    if isinstance(v, (int, float, str, bool))}},
-        "device": {"id": device.id, "name": device.name, "path": device.path,
-                   "arithmetic": device.arithmetic.value, "energy_pj": dict(device.energy_pj),
-                   "capacity": {"sram_bytes": device.capacity.sram_bytes,
-                                "flash_bytes": device.capacity.flash_bytes}},
-        "dataset": {"name": data.name, "n_train": int(len(data.x_train)), "n_test": int(len(data.x_test))},
-        "history": [], "final": {}, "memory": {}, "counters": {}, "energy": None, "warnings": [],
-        "seed": config.seed, "versions": package_versions(),
-    }
+def _record(config: SimulateConfig, dims, rcfg, device: DeviceProfile, data) -> dict:
+    """The run.json skeleton (lifecycle.skeleton) with the MLP run's config: every option, dims, rule options."""
+    return skeleton({**{k: v for k, v in dataclasses.asdict(config).items() if k != "rule_options"},
+                     "dims": list(dims),
+                     "rule_options": {k: v for k, v in dataclasses.asdict(rcfg).items()
+                                      if isinstance(v, (int, float, str, bool))}},
+                    device, data.name, len(data.x_train), len(data.x_test), config.seed)
 
 
 def default_model(config: SimulateConfig) -> str:
