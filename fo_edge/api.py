@@ -19,8 +19,8 @@ from .lifecycle import execute, owned_checkpoint
 from .run_config import DEFAULT_MODEL, NORMALIZATIONS, SimulateConfig, default_run_dir
 from .runs import read_run
 
-__all__ = ["SimulateConfig", "SimulateResult", "simulate", "default_run_dir", "DEFAULT_MODEL", "NORMALIZATIONS", "energy_report", "export_model",
-           "DemoResult", "demo", "DEMO_MODEL", "diagnose"]
+__all__ = ["SimulateConfig", "SimulateResult", "simulate", "default_run_dir", "DEFAULT_MODEL", "NORMALIZATIONS",
+           "energy_report", "export_model", "DemoResult", "demo", "DEMO_MODEL", "diagnose"]
 
 
 @dataclass

@@ -103,9 +103,10 @@ def check_run_options(config: SimulateConfig) -> None:
 
 
 def check_threads(threads: int | None) -> None:
-    """--threads may not exceed the cores this process may use (Numba's thread pool)."""
+    """--threads in its range (limits) and no more than the cores this process may use (Numba's thread pool)."""
     from .engine.threads import available_threads
 
+    limits.check("threads", threads)
     if threads is not None and threads > available_threads():
         raise ConfigError(f"--threads {threads}: this machine gives the process {available_threads()} core(s); "
                           f"use at most that many")

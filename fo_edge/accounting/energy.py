@@ -13,7 +13,7 @@ import numpy as np
 
 from ..kernels.counters import COUNTERS, INFERENCE, PHASES, TRAINING_PHASES
 
-__all__ = ["OP_CHARGES", "SYSTEM_CHARGES", "energy_record", "format_energy"]
+__all__ = ["OP_CHARGES", "SYSTEM_CHARGES", "energy_record", "energy_of", "format_energy"]
 
 #: counter -> energy key (pJ per event / byte) in op mode
 OP_CHARGES = {
@@ -66,6 +66,15 @@ def energy_record(values: np.ndarray, energy_pj: dict[str, float], *, training_s
         not_charged.append("static_mw: static power needs the spiking time model, not charged")
     return {"unit": "pJ", "primary": "system" if "system" in modes else "op", "modes": modes,
             "not_charged": not_charged}
+
+
+def energy_of(counters: dict, energy_pj: dict[str, float]) -> dict:
+    """The energy record of a run.json counters record (accounting.counters.counters_record), with its own sample
+    tallies and layer names."""
+    from .counters import counters_array
+
+    return energy_record(counters_array(counters), energy_pj, training_samples=counters["training_samples"],
+                         inference_samples=counters["inference_samples"], layers=counters["layers"])
 
 
 def format_energy(pj: float | None) -> str:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..accounting.mano_counts import stage_of
 from ..errors import ConfigError, RunError
 from ..kernels.counters import FORWARD, MODULATED, RECOMPUTE
 from ..rules.base import feedback_matrix
@@ -162,12 +163,10 @@ def _restore(model, optimizer, resume: dict) -> None:
 
 
 def _stage_weights(model, depth: int) -> list[np.ndarray]:
-    """Every stage's parameters flat (stem, blocks, head), for the health checks."""
+    """Every stage's parameters flat (stem, blocks, head: accounting.mano_counts.stage_of), for the health checks."""
     stages = [[] for _ in range(depth + 2)]
     for name, p in model.named_parameters():
-        column = int(name.split(".")[1]) + 1 if name.startswith("blocks.") else \
-            0 if name.split(".")[0] in ("embed", "lift", "pos") else depth + 1
-        stages[column].append(p)
+        stages[stage_of(name, depth)].append(p)
     return [_flat(ps) for ps in stages]
 
 

@@ -16,9 +16,8 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from .. import limits
-from ..accounting.counters import counters_array, counters_record
-from ..accounting.energy import energy_record
+from ..accounting.counters import counters_record
+from ..accounting.energy import energy_of
 from ..data import DATASETS, Dataset
 from ..device import DeviceProfile, load_device
 from ..engine.conv_loop import CONV_RULES, ConvRun, ConvTrainConfig, train_conv
@@ -84,8 +83,7 @@ def finish_record(record: dict, run: ConvRun, seconds: float, device: DeviceProf
     if run.counters is not None:
         counters = counters_record(run.counters, training_samples=run.trained, inference_samples=run.inferred)
         record["counters"] = counters
-        record["energy"] = energy_record(counters_array(counters), device.energy_pj, training_samples=run.trained,
-                                         inference_samples=run.inferred, layers=counters["layers"])
+        record["energy"] = energy_of(counters, device.energy_pj)
     last = run.history[-1]["test_accuracy"] if run.history and stopped is None else None
     record.update(status="complete" if stopped is None else "stopped", history=run.history,
                   final={"test_accuracy": last, "seconds": seconds,
@@ -142,7 +140,6 @@ def prepare(config: SimulateConfig) -> ConvPrepared:
     if config.data_dir is None and config.dataset not in DATASETS:
         raise ConfigError(f"unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)} or --data-dir")
     check_pipeline(config)
-    limits.check("threads", config.threads)
     check_threads(config.threads)
     optimiser = [name for name in ("momentum", "weight_decay", "dropout") if getattr(config, name)]
     if optimiser:

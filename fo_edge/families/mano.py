@@ -21,9 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .. import limits
-from ..accounting.counters import counters_array, counters_record
-from ..accounting.energy import energy_record
+from ..accounting.counters import counters_record
+from ..accounting.energy import energy_of
 from ..accounting.mano_counts import MANOMeter
 from ..darcy import DARCY_DATASETS, DARCY_SPLIT, darcy_dataset, relative_l2
 from ..data import DATASETS
@@ -60,6 +59,7 @@ class _Task:
     y_test: np.ndarray
     outputs: int
     scale: float = 1.0
+    image_shape: tuple[int, ...] = ()
 
 
 def _task(config: SimulateConfig) -> _Task:
@@ -78,13 +78,12 @@ def _task(config: SimulateConfig) -> _Task:
         raise ConfigError(f"unknown dataset {config.dataset!r}; choose one of "
                           f"{', '.join((*DATASETS, *DARCY_DATASETS))} or --data-dir")
     data = prepared_data(config)
-    return _Task(data.name, False, data.x_train, data.y_train, data.x_test, data.y_test, data.n_classes)
+    return _Task(data.name, False, data.x_train, data.y_train, data.x_test, data.y_test, data.n_classes,
+                 image_shape=tuple(data.image_shape))
 
 
-def _image_shape(config: SimulateConfig) -> tuple[int, int, int]:
-    from ..data import load_dataset
-
-    shape = load_dataset(config.dataset if config.data_dir is None else None, config.data_dir).image_shape
+def _image_shape(config: SimulateConfig, task: _Task) -> tuple[int, int, int]:
+    shape = task.image_shape
     if len(shape) == 2:
         shape = (1, *shape)
     if len(shape) != 3 or shape[1] != shape[2]:
@@ -98,7 +97,7 @@ def _build(config: SimulateConfig, task: _Task, sizes: dict) -> torch.nn.Module:
                   variant=sizes["variant"], stride=sizes["stride"])
     if task.field:
         return MANOOperator(size=task.x_train.shape[-1], **common)
-    image = _image_shape(config)
+    image = _image_shape(config, task)
     if sizes["patch"] > image[1]:
         raise ConfigError(f"--model {config.model}: patch {sizes['patch']} is larger than the {image[1]}x{image[2]} "
                           f"images")
@@ -150,8 +149,7 @@ class MANOPrepared:
     def finish(self, record: dict, outcome, seconds: float, stopped) -> dict[str, np.ndarray]:
         history, meter = outcome
         counters = counters_record(meter.counters, training_samples=meter.trained, inference_samples=meter.inferred)
-        energy = energy_record(counters_array(counters), self.device.energy_pj, training_samples=meter.trained,
-                               inference_samples=meter.inferred, layers=counters["layers"])
+        energy = energy_of(counters, self.device.energy_pj)
         last = history[-1] if history and stopped is None else {}
         final = {"seconds": seconds, "samples_per_s": meter.trained / max(seconds, 1e-9)}
         if self.task.field:
@@ -200,7 +198,6 @@ def prepare(config: SimulateConfig) -> MANOPrepared:
     device = load_device(config.device)
     backend = _check_options(config, device)
     check_run_options(config)
-    limits.check("threads", config.threads)
     check_threads(config.threads)
     check_pipeline(config)
     # the options as given, which --resume reads back

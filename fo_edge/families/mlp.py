@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import limits
 from ..accounting.counters import counters_array
-from ..accounting.energy import energy_record
+from ..accounting.energy import energy_of
 from ..data import DATASETS, load_dataset
 from ..device import DeviceProfile, load_device
 from ..engine.health import TrainingStopped
@@ -116,7 +116,7 @@ def _validate(config: SimulateConfig) -> tuple[SimulateConfig, DeviceProfile, tu
     if config.schedule not in ("stream", "store"):
         raise ConfigError(f"unknown schedule {config.schedule!r}; choose stream or store")
     check_run_options(config)
-    for name in ("momentum", "weight_decay", "dropout", "threads"):
+    for name in ("momentum", "weight_decay", "dropout"):
         limits.check(name, getattr(config, name))
     check_threads(config.threads)
     check_pipeline(config)
@@ -212,66 +212,48 @@ def default_model(config: SimulateConfig) -> str:
 def _train(config: SimulateConfig, backend: str, device: DeviceProfile, dims, rcfg, data, weights,
            on_batch, checkpointing: dict, planned: dict):
     """Run the training loop of ``backend`` on ``device``; returns (history, stored arrays, memory, counters,
-    energy, warnings, the health stop or None). ``planned``: the device's memory plan (the torch paths' record)."""
-    lr, stopped = config.lr, None
+    energy, warnings, the health stop or None). ``planned``: the device's memory plan (the torch paths' record,
+    whose meters count what the Numba path's kernels count themselves)."""
+    lr, stopped, meter = config.lr, None, None
+    common = dict(error=config.error, lr=lr, epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
+                  on_batch=on_batch, plan=config.plan(), **checkpointing)
     if backend == "torch" and device.spiking is not None:
         from ..accounting.spiking_float_counts import SpikingFloatMeter
         from ..engine.spiking_torch import train_spiking_torch
 
         meter = SpikingFloatMeter(dims, device, config.rule)
-        try:
-            final, history = train_spiking_torch(weights, data, config.rule, rcfg, device, error=config.error,
-                                                 lr=lr, epochs=config.epochs, batch_size=config.batch_size,
-                                                 seed=config.seed, device=config.torch_device, on_batch=on_batch,
-                                                 plan=config.plan(), hidden_error=config.hidden_error,
-                                                 meter=meter, **checkpointing)
-        except TrainingStopped as stop:
-            (final, history), stopped = stop.outcome, stop.error
-        stored = {f"W{l}": w for l, w in enumerate(final)}
-        memory, counters, warnings = planned, meter.record(), []
-        energy = _with_static(energy_record(counters_array(counters), device.energy_pj,
-                                            training_samples=counters["training_samples"],
-                                            inference_samples=counters["inference_samples"],
-                                            layers=counters["layers"]), counters, device, dims)
+        run = lambda: train_spiking_torch(weights, data, config.rule, rcfg, device,  # noqa: E731
+                                          device=config.torch_device, hidden_error=config.hidden_error,
+                                          meter=meter, **common)
     elif backend == "torch":
         from ..accounting.float_counts import FloatMeter
         from ..engine.torch_loop import train_torch
 
         meter = FloatMeter(dims, device, config.rule, config.schedule)
-        try:
-            final, history = train_torch(weights, data, config.rule, rcfg, activation=config.activation,
-                                         error=config.error, lr=lr, epochs=config.epochs,
-                                         batch_size=config.batch_size, seed=config.seed,
-                                         device=config.torch_device, on_batch=on_batch, plan=config.plan(),
-                                         momentum=config.momentum, weight_decay=config.weight_decay,
-                                         dropout=config.dropout, meter=meter, **checkpointing)
-        except TrainingStopped as stop:
-            (final, history), stopped = stop.outcome, stop.error
-        stored = {f"W{l}": w for l, w in enumerate(final)}
-        memory = planned
-        counters = meter.record()
-        energy = energy_record(counters_array(counters), device.energy_pj,
-                               training_samples=counters["training_samples"],
-                               inference_samples=counters["inference_samples"], layers=counters["layers"])
-        warnings: list[str] = []
+        run = lambda: train_torch(weights, data, config.rule, rcfg, activation=config.activation,  # noqa: E731
+                                  device=config.torch_device, momentum=config.momentum,
+                                  weight_decay=config.weight_decay, dropout=config.dropout, meter=meter, **common)
     else:
         from ..engine.stream import train_stream
 
-        try:
-            outcome = train_stream(weights, data, config.rule, rcfg, device, activation=config.activation,
-                                   error=config.error, lr=lr, epochs=config.epochs, batch_size=config.batch_size,
-                                   seed=config.seed, schedule=config.schedule, on_batch=on_batch,
-                                   plan=config.plan(), hidden_error=config.hidden_error, dropout=config.dropout,
-                                   momentum=config.momentum, weight_decay=config.weight_decay, **checkpointing)
-        except TrainingStopped as stop:
-            outcome, stopped = stop.outcome, stop.error
+        run = lambda: train_stream(weights, data, config.rule, rcfg, device, activation=config.activation,  # noqa: E731
+                                   schedule=config.schedule, hidden_error=config.hidden_error,
+                                   dropout=config.dropout, momentum=config.momentum,
+                                   weight_decay=config.weight_decay, **common)
+    try:
+        outcome = run()
+    except TrainingStopped as stop:
+        outcome, stopped = stop.outcome, stop.error
+    if meter is not None:  # the torch paths: (final weights, history), counted by the meter
+        final, history = outcome
+        stored = {f"W{l}": w for l, w in enumerate(final)}
+        memory, counters, warnings = planned, meter.record(), []
+    else:
         history, stored, memory, counters = outcome.history, outcome.stored, outcome.memory, outcome.counters
         warnings = outcome.warnings
-        energy = energy_record(counters_array(counters), device.energy_pj,
-                               training_samples=counters["training_samples"],
-                               inference_samples=counters["inference_samples"], layers=counters["layers"])
-        if device.spiking is not None:
-            energy = _with_static(energy, counters, device, dims)
+    energy = energy_of(counters, device.energy_pj)
+    if device.spiking is not None:
+        energy = _with_static(energy, counters, device, dims)
     return history, stored, memory, counters, energy, warnings, stopped
 
 
