@@ -20,17 +20,18 @@ from .fixed import ROUND_NEAREST_EVEN, log2_exact, round_div_at, round_shift_at
 from .linear import FLOAT32_EXACT, SMALL_BATCH, _as_float32, exact_matmul, integral, split_dot
 from .rng import next_u53
 
-__all__ = ["outer_update_", "momentum_update_", "rescale_rows_", "DENSE_COLUMNS", "MAX_ROW_SHIFT"]
+__all__ = ["outer_update_", "momentum_update_", "rescale_rows_", "rescale_network_", "DENSE_COLUMNS",
+           "MAX_ROW_SHIFT"]
 
 
 @njit(cache=True)
 def _nonzero_columns(a):
     """Indices j (ascending, int64) where some row of a: (B, D) is nonzero."""
-    keep = np.zeros(a.shape[1], dtype=np.bool_)
+    keep = np.zeros(a.shape[1], dtype=np.uint8)
     for b in range(a.shape[0]):
-        for j in range(a.shape[1]):
-            if a[b, j] != 0:
-                keep[j] = True
+        row = a[b]
+        for j in range(row.size):  # branch-free, so the loop vectorises
+            keep[j] |= np.uint8(row[j] != 0)
     return np.nonzero(keep)[0].astype(np.int64)
 
 
@@ -46,7 +47,16 @@ def _gather_columns(a, idx):
 
 @njit(cache=True)
 def _peak(a):
-    """max |a| over a 2-D array as a float (0.0 when empty), without a temporary."""
+    """max |a| over a 2-D array as a float (0.0 when empty), without a temporary; integer arrays take an
+    integer maximum (which vectorises; a float maximum must keep NaN's order and does not)."""
+    if integral(a):
+        top = np.int64(0)
+        for b in range(a.shape[0]):
+            row = a[b]
+            for j in range(row.size):
+                v = np.int64(row[j])
+                top = max(top, max(v, -v))
+        return float(top)
     peak = 0.0
     for b in range(a.shape[0]):
         for j in range(a.shape[1]):
@@ -54,9 +64,29 @@ def _peak(a):
     return peak
 
 
+@njit(cache=True)
+def _gather_float32(a, idx, transpose):
+    """a[:, idx] (B, K) as float32, or its transpose (K, B) when ``transpose``: the operands of g's BLAS
+    product gathered and converted in one pass (exact: integer mantissas below 2**24)."""
+    n = a.shape[0]
+    if transpose:
+        out = np.empty((idx.size, n), dtype=np.float32)
+        for k in range(idx.size):
+            col = idx[k]
+            for b in range(n):
+                out[k, b] = a[b, col]
+        return out
+    out = np.empty((n, idx.size), dtype=np.float32)
+    for b in range(n):
+        row = a[b]
+        for k in range(idx.size):
+            out[b, k] = row[idx[k]]
+    return out
+
+
 @njit(cache=True, inline="always")
-def _apply_row_(wrow, cols, row, shift, mode, w_lo, w_hi, key, kbase):
-    """wrow[cols[c]] -= round(row[c] / 2**shift), saturated to [w_lo, w_hi], for every c; wrow: one row of the
+def _apply_row_(wrow, cols, row, mul, shift, mode, w_lo, w_hi, key, kbase):
+    """wrow[cols[c]] -= round(row[c] * mul / 2**shift) (row: integer sums, or exact ones in float), saturated to [w_lo, w_hi], for every c; wrow: one row of the
     layer (a view of the weight store), whose weight at layer index kbase + cols[c] rounds with the draw
     ``counter_u53(key, kbase + cols[c])``. Branch-free (the stores are unconditional), so the loop vectorises.
     Returns (writes, lost, clipped): stored values that changed, nonzero steps that rounded to 0, saturated
@@ -64,7 +94,7 @@ def _apply_row_(wrow, cols, row, shift, mode, w_lo, w_hi, key, kbase):
     vectorising the loop.)"""
     writes = lost = clipped = 0
     for c in range(cols.size):
-        scaled = row[c]
+        scaled = np.int64(row[c]) * mul
         j = np.uint64(cols[c])
         step = round_shift_at(scaled, shift, mode, key, kbase + cols[c])
         old = np.int64(wrow[j])
@@ -78,13 +108,13 @@ def _apply_row_(wrow, cols, row, shift, mode, w_lo, w_hi, key, kbase):
 
 
 @njit(cache=True, inline="always")
-def _apply_contiguous_(wrow, row, shift, mode, w_lo, w_hi, key, kbase):
-    """``_apply_row_`` over every column of a row: wrow[j] -= round(row[j] / 2**shift), draws
+def _apply_contiguous_(wrow, row, mul, shift, mode, w_lo, w_hi, key, kbase):
+    """``_apply_row_`` over every column of a row: wrow[j] -= round(row[j] * mul / 2**shift), draws
     ``counter_u53(key, kbase + j)``. wrow is the row's view of the store and j runs from 0, so Numba emits no
     negative-index wraparound and the loop vectorises. Returns (writes, lost, clipped)."""
     writes = lost = clipped = 0
     for j in range(row.size):
-        scaled = row[j]
+        scaled = np.int64(row[j]) * mul
         step = round_shift_at(scaled, shift, mode, key, kbase + j)
         old = np.int64(wrow[j])
         wanted = old - step
@@ -111,19 +141,14 @@ def _rows_from_sums_(w, off, d_in, rows, cols, dense, grads, imul, shift, rs, mo
     2**shift) at column cols[c] (``_apply_row_``; every column, contiguously, when ``dense``:
     ``_apply_contiguous_``); its (writes, lost, clipped) go to tallies[r]. grads: (len(rows), len(cols)) exact
     integer sums in float32 or float64."""
-    n_cols = cols.size
     for r in prange(rows.size):
         i = rows[r]
         r_mul, r_shift = _row_scale(imul, shift, rs[i])
-        row = np.empty(n_cols, dtype=np.int64)  # one row of mul * g (the device's accumulator row)
-        g_row = grads[r]
-        for c in range(n_cols):
-            row[c] = np.int64(g_row[c]) * r_mul
         wrow = w[off + i * d_in:off + (i + 1) * d_in]
-        if dense:
-            n_w, n_l, n_c = _apply_contiguous_(wrow, row, r_shift, mode, w_lo, w_hi, key, i * d_in)
+        if dense:  # g's row times the multiplier: the device's accumulator row, formed as it is applied
+            n_w, n_l, n_c = _apply_contiguous_(wrow, grads[r], r_mul, r_shift, mode, w_lo, w_hi, key, i * d_in)
         else:
-            n_w, n_l, n_c = _apply_row_(wrow, cols, row, r_shift, mode, w_lo, w_hi, key, i * d_in)
+            n_w, n_l, n_c = _apply_row_(wrow, cols, grads[r], r_mul, r_shift, mode, w_lo, w_hi, key, i * d_in)
         tallies[r, 0], tallies[r, 1], tallies[r, 2] = n_w, n_l, n_c
 
 
@@ -161,33 +186,48 @@ def _integer_update_(w, off, d_in, delta, hin, mul, shift, rs, P, rng):
         dense = cols.size >= DENSE_COLUMNS * d_in
         if dense:
             cols = np.arange(d_in)
-        d_rows = np.ascontiguousarray(_gather_columns(delta, rows).T)  # (n_rows, B)
-        h_sel = hin if dense else _gather_columns(hin, cols)  # (B, n_cols), as laid out: no transpose
-        # the operands' largest magnitudes bound the sums (spike counts have no format)
-        bound = _peak(d_rows) * _peak(h_sel) * float(batch) if cols.size > 0 else 0.0
-        if integral(d_rows) and integral(h_sel) and bound <= FLOAT32_EXACT:
-            _rows_from_sums_(w, off, d_in, rows, cols, dense, split_dot(_as_float32(d_rows), _as_float32(h_sel)),
+        # the operands' largest magnitudes bound the sums (spike counts have no format); the columns left out
+        # of the gathered operands are zero, so the whole arrays' peaks are theirs
+        bound = _peak(delta) * _peak(hin) * float(batch) if cols.size > 0 else 0.0
+        if integral(delta) and integral(hin) and bound <= FLOAT32_EXACT:  # gathered straight into float32
+            h32 = _as_float32(hin) if dense else _gather_float32(hin, cols, False)  # (B, n_cols): no transpose
+            _rows_from_sums_(w, off, d_in, rows, cols, dense, split_dot(_gather_float32(delta, rows, True), h32),
                              imul, shift, rs, P.upd_round, w_lo, w_hi, key, tallies)
         else:
+            d_rows = np.ascontiguousarray(_gather_columns(delta, rows).T)  # (n_rows, B)
+            h_sel = hin if dense else _gather_columns(hin, cols)  # (B, n_cols)
             _rows_from_sums_(w, off, d_in, rows, cols, dense,
                              exact_matmul(d_rows, np.ascontiguousarray(h_sel.T), bound), imul, shift, rs,
                              P.upd_round, w_lo, w_hi, key, tallies)
     elif n_rows > 0:
+        # a few samples: each row's sums formed directly, over every column contiguously when most inputs are
+        # active (the zero columns' steps are 0 and change nothing), else over the active ones
+        dense = cols.size >= DENSE_COLUMNS * d_in
+        if dense:
+            cols = np.arange(d_in)
         n_cols = cols.size
         h_sel = np.zeros((batch, n_cols), dtype=np.int64)
         for b in range(batch):
+            h_row = hin[b]
             for c in range(n_cols):
-                h_sel[b, c] = hin[b, cols[c]]
+                h_sel[b, c] = h_row[cols[c]]
         for r in prange(n_rows):
             i = rows[r]
             r_mul, r_shift = _row_scale(imul, shift, rs[i])
             row = np.zeros(n_cols, dtype=np.int64)
             for b in range(batch):
                 d_b = np.int64(delta[b, i]) * r_mul
-                for c in range(n_cols):
-                    row[c] += d_b * h_sel[b, c]
-            n_w, n_l, n_c = _apply_row_(w[off + i * d_in:off + (i + 1) * d_in], cols, row, r_shift, P.upd_round,
-                                        w_lo, w_hi, key, i * d_in)
+                if d_b != 0:
+                    h_b = h_sel[b]
+                    for c in range(n_cols):
+                        row[c] += d_b * h_b[c]
+            wrow = w[off + i * d_in:off + (i + 1) * d_in]
+            if dense:
+                n_w, n_l, n_c = _apply_contiguous_(wrow, row, np.int64(1), r_shift, P.upd_round, w_lo, w_hi, key,
+                                                   i * d_in)
+            else:
+                n_w, n_l, n_c = _apply_row_(wrow, cols, row, np.int64(1), r_shift, P.upd_round, w_lo, w_hi, key,
+                                            i * d_in)
             tallies[r, 0], tallies[r, 1], tallies[r, 2] = n_w, n_l, n_c
     writes = lost = clipped = 0
     for r in range(n_rows):
@@ -408,3 +448,24 @@ def rescale_rows_(w, off, d_out, d_in, rs, rs_min, P, C):
     C[WEIGHT_WRITES] += writes
     C[SRAM_READ] += d_out * d_in * P.w_bytes
     C[SRAM_WRITE] += writes * P.w_bytes
+
+
+@njit(cache=True)
+def rescale_network_(w, dims, offs, row_shift, w_frac, w_one, P, C):
+    """``rescale_rows_`` for every layer l (counted into C[l]: the caller passes its update phase's rows,
+    (L + 1, counters)), each layer then re-based so that its coarsest row has row_shift 0: w_frac[l] += that
+    row's offset, w_one[l] = 2**w_frac[l]. row_shift: (sum_l d_{l+1},) int64; w_frac, w_one: (L,) int64.
+    One compiled call per step instead of one per layer (the Python loop it replaces cost as much as the
+    kernels at batch 1)."""
+    start = 0
+    for l in range(dims.size - 1):
+        d_out = dims[l + 1]
+        rows = row_shift[start:start + d_out]
+        rescale_rows_(w, offs[l], d_out, dims[l], rows, -np.int64(w_frac[l]), P, C[l])
+        low = rows.min()
+        if low != 0:
+            for i in range(d_out):
+                rows[i] -= low
+            w_frac[l] += low
+            w_one[l] = np.int64(1) << np.int64(w_frac[l])
+        start += d_out

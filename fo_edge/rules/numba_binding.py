@@ -32,7 +32,7 @@ from ..kernels.fixed import fixed_multiplier, quantize_array
 from ..kernels.orth import bjorck_, projection_rows_
 from ..kernels.rng import new_state
 from ..kernels.steps import RULE_CODES, Params, bp_step_, forward_only_step_, predict_
-from ..kernels.update import rescale_rows_
+from ..kernels.update import rescale_network_
 from .ftp import ftp_feedback
 from .pepita import pepita_feedback
 
@@ -589,19 +589,11 @@ def run_step(rule: str, net: DeviceNet, bufs: StepBuffers, profile: DeviceProfil
 
 def rescale_rows(net: DeviceNet, params: Params, counters) -> None:
     """Dynamic per-channel exponents (``net.dynamic``; else nothing): every layer's rows re-scaled after the
-    step (``kernels.update.rescale_rows_``, charged to the update phase), then each layer re-based so that its
+    step (``kernels.update.rescale_network_``, charged to the update phase), then each layer re-based so that its
     coarsest row has row_shift 0 (w_frac and w_one follow)."""
     if not net.dynamic or params.collect:
         return
-    for l in range(net.n_layers):
-        rows = net.rows(l)
-        rescale_rows_(net.w, net.offs[l], net.dims[l + 1], net.dims[l], rows, np.int64(-net.w_frac[l]), params,
-                      counters[UPDATE, l])
-        low = int(rows.min())
-        if low != 0:
-            rows -= low
-            net.w_frac[l] += low
-            net.w_one[l] = np.int64(2) ** net.w_frac[l]
+    rescale_network_(net.w, net.dims, net.offs, net.row_shift, net.w_frac, net.w_one, params, counters[UPDATE])
 
 
 def predict(net: DeviceNet, bufs: StepBuffers, profile: DeviceProfile, params: Params, x: np.ndarray,
