@@ -286,32 +286,33 @@ def _fused_forward_(hin, w32, nonzero, shift, rs, linear, P, pre, h, C):
     a_lo, a_hi = np.int64(P.a_lo), np.int64(P.a_hi)
     sums = split_dot(_as_float32(hin), w32.T)
     effective = _effective_from_columns(hin, nonzero)
+    # float32-exact sums lie within +-2**24: an accumulator at least that wide never wraps here
+    can_wrap = acc_hi < FLOAT32_EXACT or acc_lo > -FLOAT32_EXACT
     for b in prange(batch):
-        acc = sums[b]
+        acc, pre_b, h_b = sums[b], pre[b], h[b]
         wraps = clipped = active = 0
-        for i in range(d_out):
+        for i in range(d_out):  # requantise: branch-free unless the accumulator can wrap, so it vectorises
             q = np.int64(acc[i])
-            if q > acc_hi or q < acc_lo:  # two's-complement wrap of the accumulator (kernels.fixed.wrap)
+            if can_wrap and (q > acc_hi or q < acc_lo):  # two's-complement wrap (kernels.fixed.wrap)
                 wraps += 1
                 q = (q - acc_lo) % span + acc_lo
             q = round_shift_at(q, shift + rs[i], P.fwd_round, np.uint64(0), 0)
-            if q > a_hi:
-                q = a_hi
-                clipped += 1
-            elif q < a_lo:
-                q = a_lo
-                clipped += 1
-            pre[b, i] = q
-            if linear:
-                out = q
-            elif P.act == RELU:
-                out = q if q > 0 else 0
-            elif table.size > 0:
-                out = table[q - a_lo]
-            else:
-                out = activate(q, P.act, P.a_one, True)
-            h[b, i] = out
-            active += out != 0
+            clipped += np.int64(q > a_hi) + np.int64(q < a_lo)
+            pre_b[i] = min(max(q, a_lo), a_hi)
+        if linear:  # then activate, one loop per activation
+            for i in range(d_out):
+                h_b[i] = pre_b[i]
+        elif P.act == RELU:
+            for i in range(d_out):
+                h_b[i] = max(pre_b[i], 0)
+        elif table.size > 0:
+            for i in range(d_out):
+                h_b[i] = table[np.int64(pre_b[i]) - a_lo]
+        else:
+            for i in range(d_out):
+                h_b[i] = activate(np.int64(pre_b[i]), P.act, P.a_one, True)
+        for i in range(d_out):
+            active += np.int64(h_b[i] != 0)
         tallies[b, WRAPS] = wraps
         tallies[b, SATURATION] = clipped
         tallies[b, NEURON_ACTIVE] = active

@@ -16,7 +16,7 @@ layer l has scale w_one_l * 2**rs_i; per-channel weight scales, see :mod:`fo_edg
 from collections import namedtuple
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from .activations import activate, activate_grad
 from .counters import (BACKWARD, FORWARD, INFERENCE, MACS_DENSE, MACS_EFF, MODULATED, RECOMPUTE, SATURATION,
@@ -183,6 +183,39 @@ def drop_(pre, h, drop, koff, P, C, rng):
                 h[b, i] = activate(pre[b, i], P.act, P.a_one, P.quantized)
 
 
+@njit(cache=True, parallel=True)
+def local_error_(h, h_mod, keep, koff, ftp, P, a_shift, delta, C):
+    """A hidden layer's local error, delta = h - h_mod (PEPITA, FOTON) or (h - tau) * sigma'(a) (FTP, sigma'
+    from h: exact for relu, tanh, identity; integer devices divide by one = 2**a_shift with a floor), saturated
+    to the activation format on integer devices; 0 for a unit the step's dropout mask ``keep`` (flat, layer
+    block at koff; empty: none) drops. h, h_mod, delta: (B, d). One sample per parallel iteration; the
+    saturations are tallied per sample and added to C[SATURATION] in order."""
+    batch, d_out = delta.shape
+    masked = keep.size > 0
+    clipped = np.zeros(batch, dtype=np.int64)
+    for b in prange(batch):
+        h_b, m_b, d_b = h[b], h_mod[b], delta[b]
+        n_clipped = 0
+        for i in range(d_out):
+            if masked and keep[koff + b * d_out + i] == 0:  # a dropped unit has no local loss
+                d_b[i] = h_b[i] * 0
+                continue
+            diff = h_b[i] - m_b[i]
+            if ftp:
+                grad = activate_grad(h_b[i], h_b[i], P.act, P.a_one, a_shift, P.quantized)
+                if P.quantized:
+                    diff = (np.int64(diff) * np.int64(grad)) >> a_shift
+                else:
+                    diff = diff * grad
+            if P.quantized:
+                n_clipped += np.int64(diff > P.a_hi) + np.int64(diff < P.a_lo)
+                diff = min(max(diff, P.a_lo), P.a_hi)
+            d_b[i] = diff
+        clipped[b] = n_clipped
+    for b in range(batch):
+        C[SATURATION] += clipped[b]
+
+
 @njit(cache=True)
 def forward_only_step_(rule, store_mode, w, dims, offs, w_one, rs, upd_mul, upd_div, g_scale, x, t, tq, proj,
                        proj_div, P, buf_c0, buf_c1, buf_m0, buf_m1, buf_pre, buf_tmp, store, e, xm, C, rng,
@@ -264,23 +297,7 @@ def forward_only_step_(rule, store_mode, w, dims, offs, w_one, rs, upd_mul, upd_
             cached_layer_forward_(hm, w, offs[l], d_out, d_in, w_one[l], layer_rows(rs, dims, l), False, P, pre,
                                   m_next, C[MODULATED, l], rng, *layer_cache(cache, dims, offs, l))
             drop_(pre, m_next, drop, koff, P, C[MODULATED, l], rng)
-        keep = drop[0]
-        masked = keep.size > 0
-        for b in range(batch):
-            for i in range(d_out):
-                if masked and keep[koff + b * d_out + i] == 0:  # a dropped unit has no local loss
-                    delta[b, i] = 0
-                    continue
-                diff = c_next[b, i] - m_next[b, i]
-                if rule == 2:  # (h - tau) * sigma'(a), sigma' from h (exact for relu, tanh, identity)
-                    grad = activate_grad(c_next[b, i], c_next[b, i], P.act, P.a_one, a_shift, P.quantized)
-                    if P.quantized:  # floor division by one = 2**a_shift
-                        diff = (np.int64(diff) * np.int64(grad)) >> a_shift
-                    else:
-                        diff = diff * grad
-                if P.quantized:
-                    diff = saturate(diff, P.a_lo, P.a_hi, C[UPDATE, l], SATURATION)
-                delta[b, i] = diff
+        local_error_(c_next, m_next, drop[0], koff, rule == 2, P, a_shift, delta, C[UPDATE, l])
         hin = hm if rule == 1 else hc
         if l == 0 and rule == 1:
             hin = xm

@@ -16,7 +16,7 @@ from numba import njit, prange
 
 from .analog import pulse_update_
 from .counters import LOST, MACS_DENSE, SATURATION, SRAM_READ, SRAM_WRITE, SYN_UPDATES, WEIGHT_WRITES
-from .fixed import ROUND_NEAREST_EVEN, log2_exact, round_div_at, round_shift_at
+from .fixed import ROUND_NEAREST_EVEN, ROUND_STOCHASTIC, log2_exact, round_div_at, round_shift_at
 from .linear import FLOAT32_EXACT, SMALL_BATCH, _as_float32, exact_matmul, integral, split_dot
 from .rng import next_u53
 
@@ -111,7 +111,18 @@ def _apply_row_(wrow, cols, row, mul, shift, mode, w_lo, w_hi, key, kbase):
 def _apply_contiguous_(wrow, row, mul, shift, mode, w_lo, w_hi, key, kbase):
     """``_apply_row_`` over every column of a row: wrow[j] -= round(row[j] * mul / 2**shift), draws
     ``counter_u53(key, kbase + j)``. wrow is the row's view of the store and j runs from 0, so Numba emits no
-    negative-index wraparound and the loop vectorises. Returns (writes, lost, clipped)."""
+    negative-index wraparound, and each rounding mode gets its own loop (a constant inside it), so the loop
+    vectorises. Returns (writes, lost, clipped)."""
+    if mode == ROUND_STOCHASTIC:
+        return _contiguous_loop_(wrow, row, mul, shift, ROUND_STOCHASTIC, w_lo, w_hi, key, kbase)
+    if mode == ROUND_NEAREST_EVEN:
+        return _contiguous_loop_(wrow, row, mul, shift, ROUND_NEAREST_EVEN, w_lo, w_hi, key, kbase)
+    return _contiguous_loop_(wrow, row, mul, shift, mode, w_lo, w_hi, key, kbase)
+
+
+@njit(cache=True, inline="always")
+def _contiguous_loop_(wrow, row, mul, shift, mode, w_lo, w_hi, key, kbase):
+    """The loop of ``_apply_contiguous_``."""
     writes = lost = clipped = 0
     for j in range(row.size):
         scaled = np.int64(row[j]) * mul
