@@ -2,14 +2,17 @@
 
     python tools/bench_kernels.py --rule ftp --model 784-256-256-10 --batches 1,8,32,128
 
-Each cell times ``--seconds`` worth of steps (at least 3) after a warm-up step (JIT compilation excluded),
-each step on the next batch of the MNIST training set, as training runs them (repeating one batch would let
+Each cell times ``--seconds`` worth of steps after a warm-up step (JIT compilation excluded), in ``--rounds``
+rounds that visit the four cells of a batch size in turn; a cell's figure is its fastest round (see
+``timing.timed_together``: the cells run under the same load, and a round another tenant slowed is dropped).
+Each step runs on the next batch of the MNIST training set, as training runs them (repeating one batch would let
 the integer kernels skip the zero errors of a memorised batch). The torch path is the rule's update plus
 ``W -= lr g`` in float32 on the CPU with torch's default threads; the Numba paths are the streaming fused step
-(``run_step``) including the input quantisation: the kernels run on one thread, their BLAS calls on
-OpenBLAS's threads. Prints a Markdown table with the ratio Numba int8 / PyTorch and the int8 step with
+(``run_step``) including the input quantisation: the kernels run on every core (``--threads``), their BLAS
+calls single-threaded inside their parallel loops. Prints a Markdown table with the ratio Numba int8 / PyTorch and the int8 step with
 nearest-even update rounding (no random draws: what the draws cost), then the cost of one stochastic-rounding
-draw (the serial xorshift64* chain every integer update visits once per weight with a nonzero gradient).
+draw of the run's serial xorshift64* stream (the updates' stochastic rounding draws counter-based values
+instead, kernels.rng.counter_u53; the stream gives each update its key).
 """
 import argparse
 import itertools
@@ -30,7 +33,7 @@ from fo_edge.models import init_weights, parse_model_spec
 from fo_edge.rules import RULES, rule_config
 from fo_edge.rules.numba_binding import (allocate_buffers, fill_fixed_projection, make_params, quantize_input,
                                          run_step, to_device)
-from timing import timed
+from timing import cpu_model, timed_together
 
 
 #: distinct batches each cell cycles through (more than a cell's steps at ``--seconds 2``; bounds the memory)
@@ -99,7 +102,9 @@ def main() -> None:
     parser.add_argument("--rule", default="ftp", choices=["ftp", "pepita", "foton", "bp"])
     parser.add_argument("--model", default="784-256-256-10")
     parser.add_argument("--batches", default="1,8,32,128")
-    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--seconds", type=float, default=2.0, help="seconds per cell (spread over the rounds)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per batch size: the four cells run in turn "
+                        "for seconds / rounds each, and each cell's figure is its fastest round")
     parser.add_argument("--threads", type=int, default=None, help="threads for torch and the kernels "
                         "(default: every available core)")
     args = parser.parse_args()
@@ -115,7 +120,8 @@ def table(args) -> None:
     weights = init_weights(dims, seed=0)
     activation, lr = RULES[args.rule].default_activation, RULES[args.rule].default_lr
     print(f"command: python tools/bench_kernels.py --rule {args.rule} --model {args.model} --batches "
-          f"{args.batches} --seconds {args.seconds}  (torch threads: {torch.get_num_threads()})\n")
+          f"{args.batches} --seconds {args.seconds} --rounds {args.rounds}  (torch threads: "
+          f"{torch.get_num_threads()}; CPU: {cpu_model()})\n")
     print("| batch | PyTorch fp32 samples/s | Numba fp32 samples/s | Numba mcu-int8 samples/s | int8 / PyTorch "
           "| mcu-int8 without draws samples/s |")
     print("|---|---|---|---|---|---|")
@@ -123,11 +129,12 @@ def table(args) -> None:
         starts = range(0, min(len(data.x_train) - batch + 1, MAX_BATCHES * batch), batch)
         batches = [(np.ascontiguousarray(data.x_train[s:s + batch]), np.eye(dims[-1])[data.y_train[s:s + batch]])
                    for s in starts]
-        rates = [batch / timed(torch_step(args.rule, weights, batches, lr, activation), args.seconds),
-                 batch / timed(numba_step(args.rule, "gpu-fp32", weights, batches, lr, activation), args.seconds),
-                 batch / timed(numba_step(args.rule, "mcu-int8", weights, batches, lr, activation), args.seconds),
-                 batch / timed(numba_step(args.rule, "mcu-int8", weights, batches, lr, activation, draws=False),
-                               args.seconds)]
+        seconds = timed_together([torch_step(args.rule, weights, batches, lr, activation),
+                                  numba_step(args.rule, "gpu-fp32", weights, batches, lr, activation),
+                                  numba_step(args.rule, "mcu-int8", weights, batches, lr, activation),
+                                  numba_step(args.rule, "mcu-int8", weights, batches, lr, activation, draws=False)],
+                                 args.seconds, args.rounds)
+        rates = [batch / s for s in seconds]
         print(f"| {batch} | {rates[0]:.0f} | {rates[1]:.0f} | {rates[2]:.0f} | {rates[2] / rates[0]:.2f}x "
               f"| {rates[3]:.0f} |", flush=True)
     print(f"\none stochastic-rounding draw: {draw_ns():.2f} ns")

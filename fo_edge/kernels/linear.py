@@ -271,57 +271,76 @@ def split_dot(a, b):
 
 @njit(cache=True, parallel=True)
 def _fused_forward_(hin, w32, nonzero, shift, rs, linear, P, pre, h, C):
-    """The integer layer forward: acc = hin @ W^T through ``split_dot`` (w32: (d_out, d_in) float32, exact
-    since every partial sum is an integer below 2**24), then, one sample per parallel iteration, wrap to the
-    accumulator, round by 2**(shift + rs[i]) (nearest-even or toward zero: no draws), saturate, activate,
-    exactly as ``cached_layer_forward_``'s serial loop. Each sample's counts go to its own row of a tally and
-    are added to C in sample order; effective MACs and synaptic events are sum_j (nonzero hin[:, j]) x
-    nonzero[j]. The caller adds the dense MACs and bytes."""
+    """The integer layer forward: acc = hin @ W^T through BLAS (w32: (d_out, d_in) float32, exact since every
+    partial sum is an integer below 2**24), then wrap to the accumulator, round by 2**(shift + rs[i])
+    (nearest-even or toward zero: no draws), saturate, activate, exactly as ``cached_layer_forward_``'s serial
+    loop. The samples are cut into one part per core (``SPLIT_PARTS``, as ``split_dot``): each part converts its
+    inputs, forms its sums by one single-threaded BLAS call and requantises them while they are in cache. Each
+    sample's counts go to its own row of a tally and are added to C in sample order; effective MACs and
+    synaptic events are sum_j (nonzero hin[:, j]) x nonzero[j], summed per part. The caller adds the dense
+    MACs and bytes."""
     batch = hin.shape[0]
     d_out = w32.shape[0]
     table = activation_table(P, batch * d_out)
     tallies = np.zeros((batch, C.size), dtype=np.int64)
-    acc_lo, acc_hi = np.int64(P.acc_lo), np.int64(P.acc_hi)
-    span = acc_hi - acc_lo + 1
-    a_lo, a_hi = np.int64(P.a_lo), np.int64(P.a_hi)
-    sums = split_dot(_as_float32(hin), w32.T)
-    effective = _effective_from_columns(hin, nonzero)
-    # float32-exact sums lie within +-2**24: an accumulator at least that wide never wraps here
-    can_wrap = acc_hi < FLOAT32_EXACT or acc_lo > -FLOAT32_EXACT
-    for b in prange(batch):
-        acc, pre_b, h_b = sums[b], pre[b], h[b]
-        wraps = clipped = active = 0
-        for i in range(d_out):  # requantise: branch-free unless the accumulator can wrap, so it vectorises
-            q = np.int64(acc[i])
-            if can_wrap and (q > acc_hi or q < acc_lo):  # two's-complement wrap (kernels.fixed.wrap)
-                wraps += 1
-                q = (q - acc_lo) % span + acc_lo
-            q = round_shift_at(q, shift + rs[i], P.fwd_round, np.uint64(0), 0)
-            clipped += np.int64(q > a_hi) + np.int64(q < a_lo)
-            pre_b[i] = min(max(q, a_lo), a_hi)
-        if linear:  # then activate, one loop per activation
-            for i in range(d_out):
-                h_b[i] = pre_b[i]
-        elif P.act == RELU:
-            for i in range(d_out):
-                h_b[i] = max(pre_b[i], 0)
-        elif table.size > 0:
-            for i in range(d_out):
-                h_b[i] = table[np.int64(pre_b[i]) - a_lo]
-        else:
-            for i in range(d_out):
-                h_b[i] = activate(np.int64(pre_b[i]), P.act, P.a_one, True)
-        for i in range(d_out):
-            active += np.int64(h_b[i] != 0)
-        tallies[b, WRAPS] = wraps
-        tallies[b, SATURATION] = clipped
-        tallies[b, NEURON_ACTIVE] = active
-        tallies[b, NEURON_INACTIVE] = d_out - active
+    parts = min(batch, SPLIT_PARTS)
+    effective = np.zeros(parts, dtype=np.int64)
+    w32_t = w32.T
+    for p in prange(parts):
+        lo = p * batch // parts
+        hi = (p + 1) * batch // parts
+        if hi <= lo:
+            continue
+        part = hin[lo:hi]
+        effective[p] = _effective_from_columns(part, nonzero)
+        sums = np.dot(_as_float32(part), w32_t)
+        for b in range(lo, hi):
+            _requantise_row_(sums[b - lo], shift, rs, linear, P, table, pre[b], h[b], tallies[b])
     for b in range(batch):
         for k in range(C.size):
             C[k] += tallies[b, k]
-    C[MACS_EFF] += effective
-    C[SYN_EVENTS] += effective
+    total = effective.sum()
+    C[MACS_EFF] += total
+    C[SYN_EVENTS] += total
+
+
+@njit(cache=True, inline="always")
+def _requantise_row_(acc, shift, rs, linear, P, table, pre_b, h_b, tally):
+    """One sample of ``_fused_forward_``: pre_b = saturate(round(wrap(acc) / 2**(shift + rs))), h_b = sigma(pre_b)
+    (d_out,); its wraps, saturations and active / inactive neurons into ``tally`` (a counter row)."""
+    d_out = acc.size
+    acc_lo, acc_hi = np.int64(P.acc_lo), np.int64(P.acc_hi)
+    span = acc_hi - acc_lo + 1
+    a_lo, a_hi = np.int64(P.a_lo), np.int64(P.a_hi)
+    # float32-exact sums lie within +-2**24: an accumulator at least that wide never wraps here
+    can_wrap = acc_hi < FLOAT32_EXACT or acc_lo > -FLOAT32_EXACT
+    wraps = clipped = active = 0
+    for i in range(d_out):  # requantise: branch-free unless the accumulator can wrap, so it vectorises
+        q = np.int64(acc[i])
+        if can_wrap and (q > acc_hi or q < acc_lo):  # two's-complement wrap (kernels.fixed.wrap)
+            wraps += 1
+            q = (q - acc_lo) % span + acc_lo
+        q = round_shift_at(q, shift + rs[i], P.fwd_round, np.uint64(0), 0)
+        clipped += np.int64(q > a_hi) + np.int64(q < a_lo)
+        pre_b[i] = min(max(q, a_lo), a_hi)
+    if linear:  # then activate, one loop per activation
+        for i in range(d_out):
+            h_b[i] = pre_b[i]
+    elif P.act == RELU:
+        for i in range(d_out):
+            h_b[i] = max(pre_b[i], 0)
+    elif table.size > 0:
+        for i in range(d_out):
+            h_b[i] = table[np.int64(pre_b[i]) - a_lo]
+    else:
+        for i in range(d_out):
+            h_b[i] = activate(np.int64(pre_b[i]), P.act, P.a_one, True)
+    for i in range(d_out):
+        active += np.int64(h_b[i] != 0)
+    tally[WRAPS] = wraps
+    tally[SATURATION] = clipped
+    tally[NEURON_ACTIVE] = active
+    tally[NEURON_INACTIVE] = d_out - active
 
 
 @njit(cache=True)
@@ -449,33 +468,37 @@ def _project_rows_(base, src, mat, sign, div, shift, P, out, C):
     d = mat.shape[1]
     clipped = np.zeros(batch, dtype=np.int64)
     effective = np.zeros(batch, dtype=np.int64)
+    nonzero = np.zeros(k_dim, dtype=np.int64)  # nonzero entries of each row of mat
+    for k in range(k_dim):
+        m_row = mat[k]
+        for j in range(d):
+            nonzero[k] += np.int64(m_row[j] != 0)
     for b in prange(batch):
         acc = np.zeros(d, dtype=out.dtype)
         eff = 0
         for k in range(k_dim):
             v = src[b, k]
-            if v != 0:
+            if v != 0:  # zero terms add nothing (their products are 0): summed all the same, in k order
                 m_row = mat[k]
                 for j in range(d):
-                    m = m_row[j]
-                    acc[j] = acc[j] + v * m if m != 0 else acc[j]
-                    eff += m != 0
+                    acc[j] += v * m_row[j]
+                eff += nonzero[k]
         effective[b] = eff
         n_clipped = 0
-        for j in range(d):
-            if P.quantized:
-                q = round_shift_at(np.int64(acc[j]), shift, P.fwd_round, np.uint64(0), 0) if shift >= 0 else \
-                    round_div_at(np.int64(acc[j]), np.int64(div), P.fwd_round, np.uint64(0), 0)
-                value = base[b, j] + sign * q
-                if value > P.a_hi:
-                    value = P.a_hi
-                    n_clipped += 1
-                elif value < P.a_lo:
-                    value = P.a_lo
-                    n_clipped += 1
-                out[b, j] = value
-            else:
-                out[b, j] = base[b, j] + sign * acc[j]
+        base_b, out_b = base[b], out[b]
+        if P.quantized and shift >= 0:  # branch-free, so the loop vectorises
+            for j in range(d):
+                value = base_b[j] + sign * round_shift_at(np.int64(acc[j]), shift, P.fwd_round, np.uint64(0), 0)
+                n_clipped += np.int64(value > P.a_hi) + np.int64(value < P.a_lo)
+                out_b[j] = min(max(value, P.a_lo), P.a_hi)
+        elif P.quantized:
+            for j in range(d):
+                value = base_b[j] + sign * round_div_at(np.int64(acc[j]), np.int64(div), P.fwd_round, np.uint64(0), 0)
+                n_clipped += np.int64(value > P.a_hi) + np.int64(value < P.a_lo)
+                out_b[j] = min(max(value, P.a_lo), P.a_hi)
+        else:
+            for j in range(d):
+                out_b[j] = base_b[j] + sign * acc[j]
         clipped[b] = n_clipped
     total = 0
     for b in range(batch):

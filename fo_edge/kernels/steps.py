@@ -184,6 +184,23 @@ def drop_(pre, h, drop, koff, P, C, rng):
 
 
 @njit(cache=True, parallel=True)
+def activate_rows_(a, P, h):
+    """h = sigma(a) element by element (B, d), through the format's tanh table where one pays
+    (``activation_table``); one sample per parallel iteration."""
+    batch, d = a.shape
+    table = activation_table(P, batch * d)
+    lo = np.int64(P.a_lo)
+    for b in prange(batch):
+        a_b, h_b = a[b], h[b]
+        if table.size > 0:
+            for i in range(d):
+                h_b[i] = table[np.int64(a_b[i]) - lo]
+        else:
+            for i in range(d):
+                h_b[i] = activate(a_b[i], P.act, P.a_one, P.quantized)
+
+
+@njit(cache=True, parallel=True)
 def local_error_(h, h_mod, keep, koff, ftp, P, a_shift, delta, C):
     """A hidden layer's local error, delta = h - h_mod (PEPITA, FOTON) or (h - tau) * sigma'(a) (FTP, sigma'
     from h: exact for relu, tanh, identity; integer devices divide by one = 2**a_shift with a floor), saturated
@@ -286,13 +303,7 @@ def forward_only_step_(rule, store_mode, w, dims, offs, w_one, rs, upd_mul, upd_
                 project_(pre, tq, proj, 1, proj_div, P, delta, C[MODULATED, 0], rng)
             else:
                 project_(pre, e, proj, -1, proj_div, P, delta, C[MODULATED, 0], rng)
-            table = activation_table(P, batch * d_out)
-            for b in range(batch):
-                for i in range(d_out):
-                    if table.size > 0:
-                        m_next[b, i] = table[np.int64(delta[b, i]) - np.int64(P.a_lo)]
-                    else:
-                        m_next[b, i] = activate(delta[b, i], P.act, P.a_one, P.quantized)
+            activate_rows_(delta, P, m_next)
         else:
             cached_layer_forward_(hm, w, offs[l], d_out, d_in, w_one[l], layer_rows(rs, dims, l), False, P, pre,
                                   m_next, C[MODULATED, l], rng, *layer_cache(cache, dims, offs, l))

@@ -17,7 +17,7 @@ from numba import njit, prange
 from .analog import pulse_update_
 from .counters import LOST, MACS_DENSE, SATURATION, SRAM_READ, SRAM_WRITE, SYN_UPDATES, WEIGHT_WRITES
 from .fixed import ROUND_NEAREST_EVEN, ROUND_STOCHASTIC, log2_exact, round_div_at, round_shift_at
-from .linear import FLOAT32_EXACT, SMALL_BATCH, _as_float32, exact_matmul, integral, split_dot
+from .linear import FLOAT32_EXACT, SMALL_BATCH, SPLIT_PARTS, _as_float32, exact_matmul, integral
 from .rng import next_u53
 
 __all__ = ["outer_update_", "momentum_update_", "rescale_rows_", "rescale_network_", "DENSE_COLUMNS",
@@ -163,6 +163,33 @@ def _rows_from_sums_(w, off, d_in, rows, cols, dense, grads, imul, shift, rs, mo
         tallies[r, 0], tallies[r, 1], tallies[r, 2] = n_w, n_l, n_c
 
 
+@njit(cache=True, parallel=True)
+def _dot_rows_(w, off, d_in, rows, cols, dense, d32, h32, imul, shift, rs, mode, w_lo, w_hi, key, tallies):
+    """``_rows_from_sums_`` with g = d32 @ h32 (d32: (len(rows), B), h32: (B, len(cols)) float32, every sum an
+    integer below 2**24, so exact in any order) formed part by part, one part of the rows per core
+    (``linear.SPLIT_PARTS``, as ``split_dot``): each part is one single-threaded BLAS call whose rows are applied
+    at once, while they are still in cache (measured 7-10 % faster than the product and then the rows)."""
+    n_rows = rows.size
+    parts = min(n_rows, SPLIT_PARTS)
+    for p in prange(parts):
+        lo = p * n_rows // parts
+        hi = (p + 1) * n_rows // parts
+        if hi <= lo:
+            continue
+        grads = np.dot(d32[lo:hi], h32)
+        for r in range(lo, hi):
+            i = rows[r]
+            r_mul, r_shift = _row_scale(imul, shift, rs[i])
+            wrow = w[off + i * d_in:off + (i + 1) * d_in]
+            if dense:
+                n_w, n_l, n_c = _apply_contiguous_(wrow, grads[r - lo], r_mul, r_shift, mode, w_lo, w_hi, key,
+                                                   i * d_in)
+            else:
+                n_w, n_l, n_c = _apply_row_(wrow, cols, grads[r - lo], r_mul, r_shift, mode, w_lo, w_hi, key,
+                                            i * d_in)
+            tallies[r, 0], tallies[r, 1], tallies[r, 2] = n_w, n_l, n_c
+
+
 #: the update visits every column of a row (contiguously, vectorised) once at least this fraction of the columns
 #: has a nonzero input, and only the nonzero columns (gathered) below it: on a 256 x 784 int8 layer with
 #: stochastic rounding the contiguous visit, now vectorised, overtakes the gathered one between 20 % and 45 %
@@ -202,8 +229,8 @@ def _integer_update_(w, off, d_in, delta, hin, mul, shift, rs, P, rng):
         bound = _peak(delta) * _peak(hin) * float(batch) if cols.size > 0 else 0.0
         if integral(delta) and integral(hin) and bound <= FLOAT32_EXACT:  # gathered straight into float32
             h32 = _as_float32(hin) if dense else _gather_float32(hin, cols, False)  # (B, n_cols): no transpose
-            _rows_from_sums_(w, off, d_in, rows, cols, dense, split_dot(_gather_float32(delta, rows, True), h32),
-                             imul, shift, rs, P.upd_round, w_lo, w_hi, key, tallies)
+            _dot_rows_(w, off, d_in, rows, cols, dense, _gather_float32(delta, rows, True), h32, imul, shift, rs,
+                       P.upd_round, w_lo, w_hi, key, tallies)
         else:
             d_rows = np.ascontiguousarray(_gather_columns(delta, rows).T)  # (n_rows, B)
             h_sel = hin if dense else _gather_columns(hin, cols)  # (B, n_cols)
