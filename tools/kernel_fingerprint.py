@@ -8,7 +8,9 @@
 Each run is ``fo_edge.simulate`` on the first ``--limit`` MNIST samples: the four MLP rules on mcu-int8,
 fpga-fixed16, memristor-rram and gpu-fp32 at batches 1, 3, 8 and 32 (784-64-32-10, tanh, so every kernel path
 is taken: direct sums, BLAS, the sparse and dense updates, stochastic and nearest rounding), FTP with ReLU,
-and FTP, FOTON and PEPITA on the spiking loihi-like device. The fingerprint of a run is the SHA-256 of its
+FTP, FOTON and PEPITA on the spiking loihi-like device, and the four rules with dropout 0.1 on mcu-int8 (the
+masked local errors and backward pass). ``--against`` compares the runs the earlier file holds (a file written
+before a run was added still compares). The fingerprint of a run is the SHA-256 of its
 final weights, its test accuracy and every counter in run.json. ``--against`` lists the runs whose
 fingerprint differs and exits 1 when any does. ``--nearest-updates`` runs every integer device with
 ``update_rounding = "nearest-even"`` (copies of the bundled profiles, one line changed), so the updates draw
@@ -37,6 +39,8 @@ def configs(limit: int, ftp_options: dict | None = None) -> list[dict]:
                      activation="relu"))
     runs += [dict(rule=rule, device="loihi-like", batch_size=8, model="784-48-10", limit=limit // 2)
              for rule in ("ftp", "foton", "pepita")]
+    runs += [dict(rule=rule, device="mcu-int8", batch_size=16, model="784-64-32-10", limit=limit, dropout=0.1)
+             for rule in ("ftp", "pepita", "foton", "bp")]
     if ftp_options:
         for run in runs:
             if run["rule"] == "ftp":

@@ -314,19 +314,20 @@ def _requantise_row_(acc, shift, rs, linear, P, table, pre_b, h_b, tally):
     a_lo, a_hi = np.int64(P.a_lo), np.int64(P.a_hi)
     # float32-exact sums lie within +-2**24: an accumulator at least that wide never wraps here
     can_wrap = acc_hi < FLOAT32_EXACT or acc_lo > -FLOAT32_EXACT
+    mode, act, one = P.fwd_round, P.act, P.a_one  # locals: P's fields would be reloaded after every store
     wraps = clipped = active = 0
     for i in range(d_out):  # requantise: branch-free unless the accumulator can wrap, so it vectorises
         q = np.int64(acc[i])
         if can_wrap and (q > acc_hi or q < acc_lo):  # two's-complement wrap (kernels.fixed.wrap)
             wraps += 1
             q = (q - acc_lo) % span + acc_lo
-        q = round_shift_at(q, shift + rs[i], P.fwd_round, np.uint64(0), 0)
+        q = round_shift_at(q, shift + rs[i], mode, np.uint64(0), 0)
         clipped += np.int64(q > a_hi) + np.int64(q < a_lo)
         pre_b[i] = min(max(q, a_lo), a_hi)
     if linear:  # then activate, one loop per activation
         for i in range(d_out):
             h_b[i] = pre_b[i]
-    elif P.act == RELU:
+    elif act == RELU:
         for i in range(d_out):
             h_b[i] = max(pre_b[i], 0)
     elif table.size > 0:
@@ -334,7 +335,7 @@ def _requantise_row_(acc, shift, rs, linear, P, table, pre_b, h_b, tally):
             h_b[i] = table[np.int64(pre_b[i]) - a_lo]
     else:
         for i in range(d_out):
-            h_b[i] = activate(np.int64(pre_b[i]), P.act, P.a_one, True)
+            h_b[i] = activate(np.int64(pre_b[i]), act, one, True)
     for i in range(d_out):
         active += np.int64(h_b[i] != 0)
     tally[WRAPS] = wraps
@@ -473,6 +474,7 @@ def _project_rows_(base, src, mat, sign, div, shift, P, out, C):
         m_row = mat[k]
         for j in range(d):
             nonzero[k] += np.int64(m_row[j] != 0)
+    quantized, mode, lo, hi = P.quantized, P.fwd_round, P.a_lo, P.a_hi  # locals (see steps.local_error_)
     for b in prange(batch):
         acc = np.zeros(d, dtype=out.dtype)
         eff = 0
@@ -486,16 +488,16 @@ def _project_rows_(base, src, mat, sign, div, shift, P, out, C):
         effective[b] = eff
         n_clipped = 0
         base_b, out_b = base[b], out[b]
-        if P.quantized and shift >= 0:  # branch-free, so the loop vectorises
+        if quantized and shift >= 0:  # branch-free, so the loop vectorises
             for j in range(d):
-                value = base_b[j] + sign * round_shift_at(np.int64(acc[j]), shift, P.fwd_round, np.uint64(0), 0)
-                n_clipped += np.int64(value > P.a_hi) + np.int64(value < P.a_lo)
-                out_b[j] = min(max(value, P.a_lo), P.a_hi)
-        elif P.quantized:
+                value = base_b[j] + sign * round_shift_at(np.int64(acc[j]), shift, mode, np.uint64(0), 0)
+                n_clipped += np.int64(value > hi) + np.int64(value < lo)
+                out_b[j] = min(max(value, lo), hi)
+        elif quantized:
             for j in range(d):
-                value = base_b[j] + sign * round_div_at(np.int64(acc[j]), np.int64(div), P.fwd_round, np.uint64(0), 0)
-                n_clipped += np.int64(value > P.a_hi) + np.int64(value < P.a_lo)
-                out_b[j] = min(max(value, P.a_lo), P.a_hi)
+                value = base_b[j] + sign * round_div_at(np.int64(acc[j]), np.int64(div), mode, np.uint64(0), 0)
+                n_clipped += np.int64(value > hi) + np.int64(value < lo)
+                out_b[j] = min(max(value, lo), hi)
         else:
             for j in range(d):
                 out_b[j] = base_b[j] + sign * acc[j]

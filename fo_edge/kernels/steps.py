@@ -206,28 +206,44 @@ def local_error_(h, h_mod, keep, koff, ftp, P, a_shift, delta, C):
     from h: exact for relu, tanh, identity; integer devices divide by one = 2**a_shift with a floor), saturated
     to the activation format on integer devices; 0 for a unit the step's dropout mask ``keep`` (flat, layer
     block at koff; empty: none) drops. h, h_mod, delta: (B, d). One sample per parallel iteration; the
-    saturations are tallied per sample and added to C[SATURATION] in order."""
+    saturations are tallied per sample and added to C[SATURATION] in order. The format's fields are read into
+    locals first: read from P inside the loop, they are reloaded after every store (the compiler cannot rule
+    out that delta aliases them), which keeps the loop from vectorising."""
     batch, d_out = delta.shape
     masked = keep.size > 0
     clipped = np.zeros(batch, dtype=np.int64)
+    quantized, act, one = P.quantized, P.act, P.a_one
+    lo, hi = P.a_lo, P.a_hi
     for b in prange(batch):
         h_b, m_b, d_b = h[b], h_mod[b], delta[b]
         n_clipped = 0
-        for i in range(d_out):
-            if masked and keep[koff + b * d_out + i] == 0:  # a dropped unit has no local loss
-                d_b[i] = h_b[i] * 0
-                continue
-            diff = h_b[i] - m_b[i]
-            if ftp:
-                grad = activate_grad(h_b[i], h_b[i], P.act, P.a_one, a_shift, P.quantized)
-                if P.quantized:
-                    diff = (np.int64(diff) * np.int64(grad)) >> a_shift
-                else:
-                    diff = diff * grad
-            if P.quantized:
-                n_clipped += np.int64(diff > P.a_hi) + np.int64(diff < P.a_lo)
-                diff = min(max(diff, P.a_lo), P.a_hi)
-            d_b[i] = diff
+        if masked or not quantized:
+            for i in range(d_out):
+                if masked and keep[koff + b * d_out + i] == 0:  # a dropped unit has no local loss
+                    d_b[i] = h_b[i] * 0
+                    continue
+                diff = h_b[i] - m_b[i]
+                if ftp:
+                    grad = activate_grad(h_b[i], h_b[i], act, one, a_shift, quantized)
+                    if quantized:
+                        diff = (np.int64(diff) * np.int64(grad)) >> a_shift
+                    else:
+                        diff = diff * grad
+                if quantized:
+                    n_clipped += np.int64(diff > hi) + np.int64(diff < lo)
+                    diff = min(max(diff, lo), hi)
+                d_b[i] = diff
+        elif ftp:  # integer, no dropout: branch-free, vectorised
+            for i in range(d_out):
+                grad = activate_grad(h_b[i], h_b[i], act, one, a_shift, True)
+                diff = (np.int64(h_b[i] - m_b[i]) * np.int64(grad)) >> a_shift
+                n_clipped += np.int64(diff > hi) + np.int64(diff < lo)
+                d_b[i] = min(max(diff, lo), hi)
+        else:
+            for i in range(d_out):
+                diff = h_b[i] - m_b[i]
+                n_clipped += np.int64(diff > hi) + np.int64(diff < lo)
+                d_b[i] = min(max(diff, lo), hi)
         clipped[b] = n_clipped
     for b in range(batch):
         C[SATURATION] += clipped[b]
