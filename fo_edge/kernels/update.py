@@ -17,7 +17,7 @@ from numba import njit, prange
 from .analog import pulse_update_
 from .counters import LOST, MACS_DENSE, SATURATION, SRAM_READ, SRAM_WRITE, SYN_UPDATES, WEIGHT_WRITES
 from .fixed import ROUND_NEAREST_EVEN, ROUND_STOCHASTIC, log2_exact, round_div_at, round_shift_at
-from .linear import FLOAT32_EXACT, SMALL_BATCH, SPLIT_PARTS, _as_float32, exact_matmul, integral
+from .linear import FLOAT32_EXACT, SMALL_BATCH, SPLIT_PARTS, exact_matmul, integral
 from .rng import next_u53
 
 __all__ = ["outer_update_", "momentum_update_", "rescale_rows_", "rescale_network_", "DENSE_COLUMNS",
@@ -62,6 +62,32 @@ def _peak(a):
         for j in range(a.shape[1]):
             peak = max(peak, abs(float(a[b, j])))
     return peak
+
+
+@njit(cache=True, parallel=True)
+def _scan_(a):
+    """An integer operand a: (B, D) scanned once, one part of its rows per core: returns (a as float32 (B, D),
+    the ascending indices of its nonzero columns (int64), max |a| as a float). Exact: mantissas below 2**24."""
+    n, d = a.shape
+    parts = max(1, min(n, SPLIT_PARTS))
+    out = np.empty((n, d), dtype=np.float32)
+    keep = np.zeros((parts, d), dtype=np.uint8)
+    peaks = np.zeros(parts, dtype=np.int64)
+    for p in prange(parts):
+        keep_p = keep[p]
+        top = np.int64(0)
+        for b in range(p * n // parts, (p + 1) * n // parts):
+            row, out_b = a[b], out[b]
+            for j in range(d):
+                v = np.int64(row[j])
+                out_b[j] = v
+                keep_p[j] |= np.uint8(v != 0)
+                top = max(top, max(v, -v))
+        peaks[p] = top
+    flags = keep[0].copy()
+    for p in range(1, parts):
+        flags |= keep[p]
+    return out, np.nonzero(flags)[0].astype(np.int64), float(peaks.max())
 
 
 @njit(cache=True)
@@ -212,12 +238,18 @@ def _integer_update_(w, off, d_in, delta, hin, mul, shift, rs, P, rng):
     """
     batch = delta.shape[0]
     key = np.uint64(next_u53(rng))
-    rows = _nonzero_columns(delta)
+    blas32 = batch >= SMALL_BATCH and integral(delta) and integral(hin)
+    if blas32:  # each operand scanned once, in parallel: float32 copy, nonzero columns, peak
+        d32, rows, peak_d = _scan_(delta)
+        h32, cols, peak_h = _scan_(hin)
+    else:
+        d32, h32 = np.zeros((0, 0), dtype=np.float32), np.zeros((0, 0), dtype=np.float32)
+        rows, cols = _nonzero_columns(delta), _nonzero_columns(hin)
+        peak_d = peak_h = 0.0
     n_rows = rows.size
     imul = np.int64(mul)  # (a float only when compiled for the float reference, which never runs this)
     w_lo, w_hi = np.int64(P.w_lo), np.int64(P.w_hi)
     tallies = np.zeros((n_rows, 3), dtype=np.int64)
-    cols = _nonzero_columns(hin)
     if batch >= SMALL_BATCH and n_rows > 0:
         # g = delta[:, rows]^T hin[:, cols] through BLAS (float32 where exact), then the rows in parallel: all
         # columns contiguously when most inputs are active, else only the active ones
@@ -226,10 +258,12 @@ def _integer_update_(w, off, d_in, delta, hin, mul, shift, rs, P, rng):
             cols = np.arange(d_in)
         # the operands' largest magnitudes bound the sums (spike counts have no format); the columns left out
         # of the gathered operands are zero, so the whole arrays' peaks are theirs
-        bound = _peak(delta) * _peak(hin) * float(batch) if cols.size > 0 else 0.0
-        if integral(delta) and integral(hin) and bound <= FLOAT32_EXACT:  # gathered straight into float32
-            h32 = _as_float32(hin) if dense else _gather_float32(hin, cols, False)  # (B, n_cols): no transpose
-            _dot_rows_(w, off, d_in, rows, cols, dense, _gather_float32(delta, rows, True), h32, imul, shift, rs,
+        if not blas32:
+            peak_d, peak_h = _peak(delta), _peak(hin)
+        bound = peak_d * peak_h * float(batch) if cols.size > 0 else 0.0
+        if blas32 and bound <= FLOAT32_EXACT:  # the float32 copies, gathered where some columns are idle
+            h_op = h32 if dense else _gather_float32(h32, cols, False)  # (B, n_cols): no transpose
+            _dot_rows_(w, off, d_in, rows, cols, dense, _gather_float32(d32, rows, True), h_op, imul, shift, rs,
                        P.upd_round, w_lo, w_hi, key, tallies)
         else:
             d_rows = np.ascontiguousarray(_gather_columns(delta, rows).T)  # (n_rows, B)
