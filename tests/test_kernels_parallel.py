@@ -266,3 +266,65 @@ def test_keeping_pass1_equals_recomputing_it(device, rule, schedule, dropout):
         np.testing.assert_array_equal(a, b)
     recomputed = results[0][1][PHASES.index("recompute")].sum()
     assert recomputed > 0 if schedule == "stream" or rule == "ftp" else recomputed == 0  # store: FTP's a_1 only
+
+
+def idle_columns(data, batch, d_in, lo, hi):
+    """(batch, d_in) int64 inputs of which about three columns in five are zero in every sample (MNIST's border
+    pixels in miniature): enough that the kernels sum over the active columns only (linear.GATHER_COLUMNS)."""
+    hin = data.draw(arrays(np.int64, (batch, d_in), elements=st.one_of(st.just(0), st.integers(lo, hi))))
+    order = np.random.default_rng(data.draw(seeds)).permutation(d_in)
+    hin[:, order[:(3 * d_in + 4) // 5]] = 0
+    return hin
+
+
+@settings(max_examples=20, deadline=None)
+@given(data=st.data(), batch=st.sampled_from([32, 40]), d_out=st.integers(1, 6), d_in=st.integers(5, 40),
+       mode=MODES, mul=st.integers(1, 4095), shift=st.integers(0, 20), threads=st.sampled_from([1, 2]), seed=seeds)
+def test_update_over_the_active_columns_equals_the_serial_reference(data, batch, d_out, d_in, mode, mul, shift,
+                                                                    threads, seed):
+    """With idle input columns the update's product runs over the active ones and is spread back over whole rows
+    (kernels.update._dot_rows_): weights and counters still equal the one-weight-at-a-time reference."""
+    delta = data.draw(arrays(np.int64, (batch, d_out), elements=st.one_of(st.just(0), st.integers(-127, 127))))
+    hin = idle_columns(data, batch, d_in, -127, 127)
+    start = data.draw(arrays(np.int8, d_out * d_in, elements=st.integers(-127, 127)))
+    P = make_params(load_device("mcu-int8"), "relu", "ce")._replace(upd_round=mode, w_lo=np.int64(-127),
+                                                                   w_hi=np.int64(127))
+    rng = new_state(seed)
+    key = int(next_u53(rng.copy()))
+    expected_w = start.astype(np.int64)
+    expected = reference_update(expected_w, 0, d_out, d_in, delta, hin, mul, shift, mode, key, -127, 127)
+    w, C = start.copy(), new_counters(1)
+    with_threads(threads, lambda: outer_update_(w, 0, d_out, d_in, delta, hin, np.int64(mul), np.int64(1 << shift),
+                                                0.0, np.zeros(d_out, dtype=np.int64), P, C[0, 0], rng,
+                                                np.zeros(0)))
+    np.testing.assert_array_equal(w.astype(np.int64), expected_w)
+    names = ("weight_writes", "updates_lost", "saturation_events")
+    assert tuple(int(C[0, 0, COUNTERS.index(n)]) for n in names) == expected
+
+
+@settings(max_examples=20, deadline=None)
+@given(data=st.data(), batch=st.sampled_from([32, 48]), d_in=st.integers(5, 40), d_out=st.integers(1, 12),
+       act=st.sampled_from(["relu", "tanh"]), threads=st.sampled_from([1, 2]))
+def test_forward_over_the_active_columns_equals_the_direct_forward(data, batch, d_in, d_out, act, threads):
+    """With idle input columns the fused forward sums over the active columns of the inputs and of a gathered
+    copy of W; outputs and counters equal the direct int64 sums of each sample."""
+    from fo_edge.kernels.linear import layer_forward_
+    from fo_edge.models import init_weights
+    from fo_edge.rules.numba_binding import to_device
+
+    profile = load_device("mcu-int8")
+    net = to_device(init_weights((d_in, d_out), seed=data.draw(seeds)), profile)
+    P = make_params(profile, act, "ce")
+    hin = idle_columns(data, batch, d_in, int(P.a_lo), int(P.a_hi))
+    fused = [np.zeros((batch, d_out), dtype=np.int64) for _ in range(2)]
+    C = np.zeros(len(COUNTERS), dtype=np.int64)
+    with_threads(threads, lambda: layer_forward_(hin, net.w, 0, d_out, d_in, net.w_one[0], False, P, *fused, C,
+                                                 new_state(0)))
+    direct = [np.zeros((batch, d_out), dtype=np.int64) for _ in range(2)]
+    C_direct = np.zeros(len(COUNTERS), dtype=np.int64)
+    for b in range(batch):
+        layer_forward_(hin[b:b + 1], net.w, 0, d_out, d_in, net.w_one[0], False, P, direct[0][b:b + 1],
+                       direct[1][b:b + 1], C_direct, new_state(0))
+    for a, b in zip(fused, direct):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(C, C_direct)

@@ -17,22 +17,12 @@ from numba import njit, prange
 from .analog import pulse_update_
 from .counters import LOST, MACS_DENSE, SATURATION, SRAM_READ, SRAM_WRITE, SYN_UPDATES, WEIGHT_WRITES
 from .fixed import ROUND_NEAREST_EVEN, ROUND_STOCHASTIC, log2_exact, round_div_at, round_shift_at
-from .linear import FLOAT32_EXACT, SMALL_BATCH, SPLIT_PARTS, exact_matmul, integral
+from .linear import (FLOAT32_EXACT, GATHER_COLUMNS, SMALL_BATCH, SPLIT_PARTS, exact_matmul, gather_float32,
+                     integral, nonzero_columns)
 from .rng import next_u53
 
 __all__ = ["outer_update_", "momentum_update_", "rescale_rows_", "rescale_network_", "DENSE_COLUMNS",
            "MAX_ROW_SHIFT"]
-
-
-@njit(cache=True)
-def _nonzero_columns(a):
-    """Indices j (ascending, int64) where some row of a: (B, D) is nonzero."""
-    keep = np.zeros(a.shape[1], dtype=np.uint8)
-    for b in range(a.shape[0]):
-        row = a[b]
-        for j in range(row.size):  # branch-free, so the loop vectorises
-            keep[j] |= np.uint8(row[j] != 0)
-    return np.nonzero(keep)[0].astype(np.int64)
 
 
 @njit(cache=True)
@@ -88,26 +78,6 @@ def _scan_(a):
     for p in range(1, parts):
         flags |= keep[p]
     return out, np.nonzero(flags)[0].astype(np.int64), float(peaks.max())
-
-
-@njit(cache=True)
-def _gather_float32(a, idx, transpose):
-    """a[:, idx] (B, K) as float32, or its transpose (K, B) when ``transpose``: the operands of g's BLAS
-    product gathered and converted in one pass (exact: integer mantissas below 2**24)."""
-    n = a.shape[0]
-    if transpose:
-        out = np.empty((idx.size, n), dtype=np.float32)
-        for k in range(idx.size):
-            col = idx[k]
-            for b in range(n):
-                out[k, b] = a[b, col]
-        return out
-    out = np.empty((n, idx.size), dtype=np.float32)
-    for b in range(n):
-        row = a[b]
-        for k in range(idx.size):
-            out[b, k] = row[idx[k]]
-    return out
 
 
 @njit(cache=True, inline="always")
@@ -190,11 +160,15 @@ def _rows_from_sums_(w, off, d_in, rows, cols, dense, grads, imul, shift, rs, mo
 
 
 @njit(cache=True, parallel=True)
-def _dot_rows_(w, off, d_in, rows, cols, dense, d32, h32, imul, shift, rs, mode, w_lo, w_hi, key, tallies):
+def _dot_rows_(w, off, d_in, rows, cols, dense, d32, h32, spread, imul, shift, rs, mode, w_lo, w_hi, key,
+               tallies):
     """``_rows_from_sums_`` with g = d32 @ h32 (d32: (len(rows), B), h32: (B, len(cols)) float32, every sum an
     integer below 2**24, so exact in any order) formed part by part, one part of the rows per core
     (``linear.SPLIT_PARTS``, as ``split_dot``): each part is one single-threaded BLAS call whose rows are applied
-    at once, while they are still in cache (measured 7-10 % faster than the product and then the rows)."""
+    at once, while they are still in cache (measured 7-10 % faster than the product and then the rows).
+    ``spread`` (ascending column indices; empty: none): h32 holds only those columns of the inputs, the others
+    being zero in every sample, and each row of g is spread over a whole row of zeros before the dense visit
+    (the same steps as the full product's, for fewer terms)."""
     n_rows = rows.size
     parts = min(n_rows, SPLIT_PARTS)
     for p in prange(parts):
@@ -203,11 +177,17 @@ def _dot_rows_(w, off, d_in, rows, cols, dense, d32, h32, imul, shift, rs, mode,
         if hi <= lo:
             continue
         grads = np.dot(d32[lo:hi], h32)
+        full = np.zeros(d_in if spread.size > 0 else 0, dtype=np.float32)  # zero at the idle columns throughout
         for r in range(lo, hi):
             i = rows[r]
             r_mul, r_shift = _row_scale(imul, shift, rs[i])
             wrow = w[off + i * d_in:off + (i + 1) * d_in]
-            if dense:
+            if spread.size > 0:
+                g_row = grads[r - lo]
+                for k in range(spread.size):
+                    full[spread[k]] = g_row[k]
+                n_w, n_l, n_c = _apply_contiguous_(wrow, full, r_mul, r_shift, mode, w_lo, w_hi, key, i * d_in)
+            elif dense:
                 n_w, n_l, n_c = _apply_contiguous_(wrow, grads[r - lo], r_mul, r_shift, mode, w_lo, w_hi, key,
                                                    i * d_in)
             else:
@@ -244,7 +224,7 @@ def _integer_update_(w, off, d_in, delta, hin, mul, shift, rs, P, rng):
         h32, cols, peak_h = _scan_(hin)
     else:
         d32, h32 = np.zeros((0, 0), dtype=np.float32), np.zeros((0, 0), dtype=np.float32)
-        rows, cols = _nonzero_columns(delta), _nonzero_columns(hin)
+        rows, cols = nonzero_columns(delta), nonzero_columns(hin)
         peak_d = peak_h = 0.0
     n_rows = rows.size
     imul = np.int64(mul)  # (a float only when compiled for the float reference, which never runs this)
@@ -254,6 +234,7 @@ def _integer_update_(w, off, d_in, delta, hin, mul, shift, rs, P, rng):
         # g = delta[:, rows]^T hin[:, cols] through BLAS (float32 where exact), then the rows in parallel: all
         # columns contiguously when most inputs are active, else only the active ones
         dense = cols.size >= DENSE_COLUMNS * d_in
+        active = cols
         if dense:
             cols = np.arange(d_in)
         # the operands' largest magnitudes bound the sums (spike counts have no format); the columns left out
@@ -262,9 +243,11 @@ def _integer_update_(w, off, d_in, delta, hin, mul, shift, rs, P, rng):
             peak_d, peak_h = _peak(delta), _peak(hin)
         bound = peak_d * peak_h * float(batch) if cols.size > 0 else 0.0
         if blas32 and bound <= FLOAT32_EXACT:  # the float32 copies, gathered where some columns are idle
-            h_op = h32 if dense else _gather_float32(h32, cols, False)  # (B, n_cols): no transpose
-            _dot_rows_(w, off, d_in, rows, cols, dense, _gather_float32(d32, rows, True), h_op, imul, shift, rs,
-                       P.upd_round, w_lo, w_hi, key, tallies)
+            # dense with idle columns: the product over the active ones, spread back (linear.GATHER_COLUMNS)
+            spread = dense and (d_in - active.size) * batch > GATHER_COLUMNS * active.size
+            h_op = gather_float32(h32, active if spread else cols, False) if spread or not dense else h32
+            _dot_rows_(w, off, d_in, rows, cols, dense, gather_float32(d32, rows, True), h_op,
+                       active if spread else active[:0], imul, shift, rs, P.upd_round, w_lo, w_hi, key, tallies)
         else:
             d_rows = np.ascontiguousarray(_gather_columns(delta, rows).T)  # (n_rows, B)
             h_sel = hin if dense else _gather_columns(hin, cols)  # (B, n_cols)
