@@ -8,7 +8,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fo_edge
-from fo_edge.device import load_device
 from fo_edge.device.load import parse_device
 from fo_edge.device.spec import InputCode
 from fo_edge.errors import DeviceProfileError

@@ -1,6 +1,5 @@
 """A spiking hidden layer's error (rules.spiking_binding.HIDDEN_ERRORS): hand-worked deltas for each form, the
 central difference's third pass in memory and counters, both backends, CLI and refusals."""
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
