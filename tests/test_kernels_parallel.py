@@ -111,6 +111,26 @@ def with_threads(n, call):
         numba.set_num_threads(before)
 
 
+def assert_update_equals_reference(start, off, delta, hin, hi, mode, mul, shift, threads, seed):
+    """``outer_update_`` of the weights ``start`` (layer at ``off``, mantissas in [-hi, hi]) at ``threads``
+    threads leaves the weights and counters of ``reference_update``; returns the stream's state after it."""
+    d_out, d_in = delta.shape[1], hin.shape[1]
+    P = make_params(load_device("mcu-int8"), "relu", "ce")._replace(upd_round=mode, w_lo=np.int64(-hi),
+                                                                   w_hi=np.int64(hi))
+    rng = new_state(seed)
+    key = int(next_u53(rng.copy()))
+    expected_w = start.astype(np.int64)
+    expected = reference_update(expected_w, off, d_out, d_in, delta, hin, mul, shift, mode, key, -hi, hi)
+    w, C = start.copy(), new_counters(1)
+    with_threads(threads, lambda: outer_update_(w, off, d_out, d_in, delta, hin, np.int64(mul),
+                                                np.int64(1 << shift), 0.0, np.zeros(d_out, dtype=np.int64), P,
+                                                C[0, 0], rng, np.zeros(0)))
+    np.testing.assert_array_equal(w.astype(np.int64), expected_w)
+    names = ("weight_writes", "updates_lost", "saturation_events")
+    assert tuple(int(C[0, 0, COUNTERS.index(n)]) for n in names) == expected
+    return rng
+
+
 @settings(max_examples=40, deadline=None)
 @given(data=st.data(), batch=st.sampled_from([1, 2, 3, 4, 9]), d_out=st.integers(1, 12), d_in=st.integers(1, 12),
        bits=st.sampled_from([8, 16]), mode=MODES, mul=st.integers(1, 4095), shift=st.integers(0, 20),
@@ -125,20 +145,7 @@ def test_parallel_integer_update_equals_the_serial_reference(data, batch, d_out,
     delta = data.draw(arrays(np.int64, (batch, d_out), elements=values))
     hin = data.draw(arrays(np.int64, (batch, d_in), elements=values))
     start = data.draw(arrays(dtype, d_out * d_in + 2, elements=st.integers(-hi, hi)))
-    P = make_params(load_device("mcu-int8"), "relu", "ce")._replace(upd_round=mode, w_lo=np.int64(-hi),
-                                                                   w_hi=np.int64(hi))
-    rng = new_state(seed)
-    key = int(next_u53(rng.copy()))
-    expected_w = start.astype(np.int64)
-    expected = reference_update(expected_w, 2, d_out, d_in, delta, hin, mul, shift, mode, key, -hi, hi)
-    w = start.copy()
-    C = new_counters(1)
-    with_threads(threads, lambda: outer_update_(w, 2, d_out, d_in, delta, hin, np.int64(mul), np.int64(1 << shift),
-                                                0.0, np.zeros(d_out, dtype=np.int64), P, C[0, 0], rng,
-                                                np.zeros(0)))
-    np.testing.assert_array_equal(w.astype(np.int64), expected_w)
-    names = ("weight_writes", "updates_lost", "saturation_events")
-    assert tuple(int(C[0, 0, COUNTERS.index(n)]) for n in names) == expected
+    rng = assert_update_equals_reference(start, 2, delta, hin, hi, mode, mul, shift, threads, seed)
     check = new_state(seed)
     next_u53(check)
     assert rng[0] == check[0]  # one draw of the stream per update
@@ -173,7 +180,7 @@ def test_fused_parallel_forward_equals_the_direct_forward_of_each_sample(data, b
                                                                         linear, threads):
     """From FUSED_BATCH rows on the integer forward runs in parallel over samples through float32 BLAS on a copy of W; one
     sample at a time it sums the nonzero inputs directly in int64. Outputs and counters are equal."""
-    from fo_edge.kernels.linear import FUSED_BATCH, layer_forward_
+    from fo_edge.kernels.linear import FUSED_BATCH
     from fo_edge.models import init_weights
     from fo_edge.rules.numba_binding import to_device
 
@@ -185,6 +192,16 @@ def test_fused_parallel_forward_equals_the_direct_forward_of_each_sample(data, b
         P = P._replace(fwd_round=ROUND_NEAREST_EVEN)
     lo, hi = int(P.a_lo), int(P.a_hi)
     hin = data.draw(arrays(np.int64, (batch, d_in), elements=st.one_of(st.just(0), st.integers(lo, hi))))
+    assert_batch_forward_equals_direct(hin, net, P, linear, threads)
+
+
+def assert_batch_forward_equals_direct(hin, net, P, linear, threads):
+    """``layer_forward_`` on the whole batch hin (B, d_in) at ``threads`` threads gives the outputs and counters
+    of the direct int64 sums of one sample at a time."""
+    from fo_edge.kernels.linear import layer_forward_
+
+    batch, d_in = hin.shape
+    d_out = int(net.dims[1])
     fused = [np.zeros((batch, d_out), dtype=np.int64) for _ in range(2)]
     C = np.zeros(len(COUNTERS), dtype=np.int64)
     with_threads(threads, lambda: layer_forward_(hin, net.w, 0, d_out, d_in, net.w_one[0], linear, P, *fused, C,
@@ -287,19 +304,7 @@ def test_update_over_the_active_columns_equals_the_serial_reference(data, batch,
     delta = data.draw(arrays(np.int64, (batch, d_out), elements=st.one_of(st.just(0), st.integers(-127, 127))))
     hin = idle_columns(data, batch, d_in, -127, 127)
     start = data.draw(arrays(np.int8, d_out * d_in, elements=st.integers(-127, 127)))
-    P = make_params(load_device("mcu-int8"), "relu", "ce")._replace(upd_round=mode, w_lo=np.int64(-127),
-                                                                   w_hi=np.int64(127))
-    rng = new_state(seed)
-    key = int(next_u53(rng.copy()))
-    expected_w = start.astype(np.int64)
-    expected = reference_update(expected_w, 0, d_out, d_in, delta, hin, mul, shift, mode, key, -127, 127)
-    w, C = start.copy(), new_counters(1)
-    with_threads(threads, lambda: outer_update_(w, 0, d_out, d_in, delta, hin, np.int64(mul), np.int64(1 << shift),
-                                                0.0, np.zeros(d_out, dtype=np.int64), P, C[0, 0], rng,
-                                                np.zeros(0)))
-    np.testing.assert_array_equal(w.astype(np.int64), expected_w)
-    names = ("weight_writes", "updates_lost", "saturation_events")
-    assert tuple(int(C[0, 0, COUNTERS.index(n)]) for n in names) == expected
+    assert_update_equals_reference(start, 0, delta, hin, 127, mode, mul, shift, threads, seed)
 
 
 @settings(max_examples=20, deadline=None)
@@ -308,7 +313,6 @@ def test_update_over_the_active_columns_equals_the_serial_reference(data, batch,
 def test_forward_over_the_active_columns_equals_the_direct_forward(data, batch, d_in, d_out, act, threads):
     """With idle input columns the fused forward sums over the active columns of the inputs and of a gathered
     copy of W; outputs and counters equal the direct int64 sums of each sample."""
-    from fo_edge.kernels.linear import layer_forward_
     from fo_edge.models import init_weights
     from fo_edge.rules.numba_binding import to_device
 
@@ -316,15 +320,4 @@ def test_forward_over_the_active_columns_equals_the_direct_forward(data, batch, 
     net = to_device(init_weights((d_in, d_out), seed=data.draw(seeds)), profile)
     P = make_params(profile, act, "ce")
     hin = idle_columns(data, batch, d_in, int(P.a_lo), int(P.a_hi))
-    fused = [np.zeros((batch, d_out), dtype=np.int64) for _ in range(2)]
-    C = np.zeros(len(COUNTERS), dtype=np.int64)
-    with_threads(threads, lambda: layer_forward_(hin, net.w, 0, d_out, d_in, net.w_one[0], False, P, *fused, C,
-                                                 new_state(0)))
-    direct = [np.zeros((batch, d_out), dtype=np.int64) for _ in range(2)]
-    C_direct = np.zeros(len(COUNTERS), dtype=np.int64)
-    for b in range(batch):
-        layer_forward_(hin[b:b + 1], net.w, 0, d_out, d_in, net.w_one[0], False, P, direct[0][b:b + 1],
-                       direct[1][b:b + 1], C_direct, new_state(0))
-    for a, b in zip(fused, direct):
-        np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(C, C_direct)
+    assert_batch_forward_equals_direct(hin, net, P, False, threads)
