@@ -29,8 +29,8 @@ def activate(a, act, one, quantized):
 @njit(cache=True, inline="always")
 def activate_grad(a, h, act, one, shift, quantized):
     """sigma'(a) in the activation format (``one`` = 2**shift means 1.0; the float reference passes one = 1.0
-    and ignores shift), given a and h = sigma(a). The tanh derivative 1 - h**2 rounds to nearest-even (branch-free, so loops over it
-    vectorise)."""
+    and ignores shift), given a and h = sigma(a). The tanh derivative 1 - h**2 rounds to nearest-even
+    (branch-free, so loops over it vectorise)."""
     if act == RELU:
         return one if a > 0 else one * 0
     if act == TANH:

@@ -42,9 +42,9 @@ FLOAT32_EXACT = 16777216.0
 #: with the step's float32 copy of W at hand, a few-row forward goes through BLAS once more than 1/DENSE_INPUTS
 #: of its inputs are nonzero (tanh hidden layers), and sums the nonzero inputs directly below that (MNIST pixels)
 DENSE_INPUTS = 4
-#: how many parts ``split_dot`` cuts a product's rows into: the cores this process may use when first imported
-#: (a constant of the compiled kernels; Numba's own get_num_threads() would keep them from being cached). More
-#: parts than threads run in turn, fewer leave cores idle; neither changes a result.
+#: how many parts the integer products cut their rows into (one single-threaded BLAS call each): the cores this
+#: process may use when first imported (a constant of the compiled kernels; Numba's own get_num_threads() would keep
+#: them from being cached). More parts than threads run in turn, fewer leave cores idle; neither changes a result.
 SPLIT_PARTS = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
@@ -251,24 +251,6 @@ def layer_forward_(hin, w, off, d_out, d_in, w_one, linear, P, pre, h, C, rng):
                           *no_weight_cache())
 
 
-@njit(cache=True, parallel=True)
-def split_dot(a, b):
-    """a @ b for float32 a: (n, k), b: (k, m), its rows split across the kernels' threads, each part one
-    single-threaded BLAS call. Callers run inside ``engine.threads.kernel_threads``, which keeps BLAS at one
-    thread: BLAS threads of its own inside these parts oversubscribe the cores and busy-wait (a step 40x slower,
-    ``tools/profile_int8_step.py --blas-threads 2``). Exact where every partial sum is an integer below 2**24,
-    whatever order BLAS sums in."""
-    n = a.shape[0]
-    out = np.empty((n, b.shape[1]), dtype=np.float32)
-    parts = min(n, SPLIT_PARTS)
-    for p in prange(parts):
-        lo = p * n // parts
-        hi = (p + 1) * n // parts
-        if hi > lo:
-            out[lo:hi] = np.dot(a[lo:hi], b)
-    return out
-
-
 @njit(cache=True)
 def nonzero_columns(a):
     """Indices j (ascending, int64) where some row of a: (B, D) is nonzero."""
@@ -321,7 +303,7 @@ def _fused_forward_(hin, w32, nonzero, shift, rs, linear, P, pre, h, C):
     """The integer layer forward: acc = hin @ W^T through BLAS (w32: (d_out, d_in) float32, exact since every
     partial sum is an integer below 2**24), then wrap to the accumulator, round by 2**(shift + rs[i])
     (nearest-even or toward zero: no draws), saturate, activate, exactly as ``cached_layer_forward_``'s serial
-    loop. The samples are cut into one part per core (``SPLIT_PARTS``, as ``split_dot``): each part converts its
+    loop. The samples are cut into one part per core (``SPLIT_PARTS``): each part converts its
     inputs, forms its sums by one single-threaded BLAS call and requantises them while they are in cache. Where
     enough input columns are zero in every sample (MNIST's border pixels: a third of them in a batch of 128),
     the sums run over the active columns only, of the inputs and of a gathered copy of W (``GATHER_COLUMNS``):
