@@ -179,7 +179,7 @@ def test_parallel_momentum_update_is_the_same_at_one_and_two_threads(data, d_out
 def test_fused_parallel_forward_equals_the_direct_forward_of_each_sample(data, batch, d_in, d_out, device, act,
                                                                         linear, threads):
     """From FUSED_BATCH rows on the integer forward runs in parallel over samples through float32 BLAS on a copy of W; one
-    sample at a time it sums the nonzero inputs directly in int64. Outputs and counters are equal."""
+    sample at a time it sums directly (``assert_batch_forward_equals_direct``). Outputs and counters are equal."""
     from fo_edge.kernels.linear import FUSED_BATCH
     from fo_edge.models import init_weights
     from fo_edge.rules.numba_binding import to_device
@@ -197,7 +197,8 @@ def test_fused_parallel_forward_equals_the_direct_forward_of_each_sample(data, b
 
 def assert_batch_forward_equals_direct(hin, net, P, linear, threads):
     """``layer_forward_`` on the whole batch hin (B, d_in) at ``threads`` threads gives the outputs and counters
-    of the direct int64 sums of one sample at a time."""
+    of one sample at a time (the few-sample paths: every column's sums in float32 where at least
+    linear.FEW_ROWS_DENSE of the inputs are nonzero, the int64 sums over the nonzero inputs below it)."""
     from fo_edge.kernels.linear import layer_forward_
 
     batch, d_in = hin.shape
@@ -321,3 +322,23 @@ def test_forward_over_the_active_columns_equals_the_direct_forward(data, batch, 
     P = make_params(profile, act, "ce")
     hin = idle_columns(data, batch, d_in, int(P.a_lo), int(P.a_hi))
     assert_batch_forward_equals_direct(hin, net, P, False, threads)
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), batch=st.integers(1, 3), d_in=st.integers(1, 80), d_out=st.integers(1, 12),
+       w_dtype=st.sampled_from([np.int8, np.int16, np.int64]))
+def test_few_rows_sums_equal_the_int64_products(data, batch, d_in, d_out, w_dtype):
+    """A few samples' forward sums every column in float32, vectorised and reassociated (linear._few_rows_sums):
+    exact wherever the caller takes it (every partial sum below 2**24), so equal to the int64 matrix product, and
+    its effective MACs to the count of nonzero input x nonzero weight pairs."""
+    from fo_edge.kernels.linear import FLOAT32_EXACT, _few_rows_sums
+
+    w_peak = int(FLOAT32_EXACT) // (127 * 80)  # 127 x w_peak x d_in stays below 2**24
+    w = data.draw(arrays(w_dtype, d_out * d_in, elements=st.integers(-min(w_peak, np.iinfo(w_dtype).max),
+                                                                     min(w_peak, np.iinfo(w_dtype).max))))
+    hin = data.draw(arrays(np.int64, (batch, d_in), elements=st.one_of(st.just(0), st.integers(-127, 127))))
+    sums = np.zeros((batch, d_out))
+    effective = _few_rows_sums(hin, w, 0, d_out, d_in, sums)
+    W = w.astype(np.int64).reshape(d_out, d_in)
+    np.testing.assert_array_equal(sums, hin @ W.T)
+    assert effective == int(((hin != 0).astype(np.int64) @ (W != 0).astype(np.int64).T).sum())

@@ -210,6 +210,46 @@ def _sparse_rows_matmul(hin, w, off, d_out, d_in, sums):
     return effective
 
 
+#: below SMALL_BATCH samples an integer forward whose sums are exact in float32 visits every weight
+#: (``_few_rows_sums``) once at least this share of its inputs is nonzero, and only the nonzero inputs' columns
+#: below it (``_sparse_rows_matmul``): on a 256 x 784 int8 layer at one sample the vectorised visit of all 784
+#: columns (21 us) overtakes the gathered visit of the nonzero ones between 10 % and 15 % of them (17 / 23 us)
+FEW_ROWS_DENSE = 0.14
+
+
+@njit(cache=True, fastmath={"reassoc"})
+def _few_rows_sums(hin, w, off, d_out, d_in, sums):
+    """sums[b, i] = sum_j hin[b, j] W[i, j] for a few samples hin: (B, d_in), W read in its stored width, each row
+    against every sample while it is in cache; returns the effective MACs sum_b sum_ij [hin[b, j] != 0][W[i, j] != 0].
+
+    The sums run in float32 over every column, vectorised: exact in any order, since the caller takes this path
+    only where every partial sum is an integer below 2**24 (``FLOAT32_EXACT``), which is what makes the
+    reassociation the vectoriser needs (fastmath ``reassoc``) change no result; the MAC counts, below 2**24 as
+    well, likewise. Numba would widen int32 sums to int64, at half the lanes."""
+    batch = hin.shape[0]
+    x32 = np.empty((batch, d_in), dtype=np.float32)
+    active = np.empty((batch, d_in), dtype=np.float32)  # simulator scratch: 1 where the input is nonzero
+    for b in range(batch):
+        row = hin[b]
+        for j in range(d_in):
+            x32[b, j] = row[j]
+            active[b, j] = np.float32(row[j] != 0)
+    effective = 0
+    for i in range(d_out):
+        wrow = w[off + i * d_in:off + (i + 1) * d_in]  # a view: j from 0, no negative-index wraparound
+        for b in range(batch):
+            x_b, a_b = x32[b], active[b]
+            acc = np.float32(0.0)
+            count = np.float32(0.0)
+            for j in range(d_in):
+                wv = np.float32(wrow[j])
+                acc += x_b[j] * wv
+                count += a_b[j] * np.float32(wv != 0)
+            sums[b, i] = acc
+            effective += np.int64(count)
+    return effective
+
+
 @njit(cache=True)
 def activation_table(P, uses):
     """tanh of every mantissa of the activation format, as the device's lookup table (float64, as ``activate``
@@ -419,7 +459,10 @@ def cached_layer_forward_(hin, w, off, d_out, d_in, w_one, rs, linear, P, pre, h
         blas = use32 and nnz * DENSE_INPUTS > batch * d_in
     else:
         blas = batch >= SMALL_BATCH and nnz > SPARSE_INPUTS * d_in
-    if not blas and (batch < SMALL_BATCH or nnz <= SPARSE_INPUTS * d_in):
+    if use32 and batch < SMALL_BATCH and nnz >= FEW_ROWS_DENSE * batch * d_in:
+        sums = np.empty((batch, d_out))
+        effective = _few_rows_sums(hin, w, off, d_out, d_in, sums)
+    elif not blas and (batch < SMALL_BATCH or nnz <= SPARSE_INPUTS * d_in):
         sums = np.empty((batch, d_out))
         effective = _sparse_rows_matmul(hin, w, off, d_out, d_in, sums)
     else:

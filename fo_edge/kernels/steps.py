@@ -15,6 +15,7 @@ layer l has scale w_one_l * 2**rs_i; per-channel weight scales, see :mod:`fo_edg
 """
 from collections import namedtuple
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -26,7 +27,7 @@ from .linear import (activation_table, cached_layer_forward_, effective_macs, ex
                      project_)
 from .update import momentum_update_, outer_update_
 
-__all__ = ["Params", "RULE_CODES", "forward_only_step_", "bp_step_", "output_error_", "predict_"]
+__all__ = ["Params", "RULE_CODES", "forward_only_step_", "bp_step_", "output_error_", "predict_", "swap_threads"]
 
 RULE_CODES = {"foton": 0, "pepita": 1, "ftp": 2}
 CE, MSE = 0, 1
@@ -52,6 +53,15 @@ Params = namedtuple("Params", [
     "dac_half", "adc_half",  # DAC / ADC codes per sign: 2**(bits-1) - 1
     "read_noise", "out_bound", "dw_min", "asymmetry", "c2c_noise", "g_min", "g_max", "max_pulses",
 ])
+
+
+@njit  # not cached: a function that sets the thread count references the threading layer's globals
+def swap_threads(n):
+    """Set this thread's Numba thread count to n (1 <= n <= NUMBA_NUM_THREADS); returns the count before. Called
+    compiled, it costs a function call (numba.set_num_threads from Python validates its argument: ~2 us)."""
+    before = numba.get_num_threads()
+    numba.set_num_threads(n)
+    return before
 
 
 @njit(cache=True, inline="always")

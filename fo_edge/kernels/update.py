@@ -73,27 +73,45 @@ def _scan_(a):
 
 
 @njit(cache=True, inline="always")
-def _apply_row_(wrow, cols, row, mul, shift, mode, w_lo, w_hi, key, kbase):
+def _apply_row_(wrow, cols, row, mul, shift, mode, w_lo, w_hi, key, kbase, steps):
     """wrow[cols[c]] -= round(row[c] * mul / 2**shift) (row: integer sums, or exact ones in float), saturated to
     [w_lo, w_hi], for every c; wrow: one row of the layer (a view of the weight store), whose weight at layer index
-    kbase + cols[c] rounds with the draw ``counter_u53(key, kbase + cols[c])``. Branch-free (the stores are
-    unconditional), so the loop vectorises.
-    Returns (writes, lost, clipped): stored values that changed, nonzero steps that rounded to 0, saturated
-    weights. (The indices are unsigned so Numba emits no negative-index wraparound, which would keep LLVM from
-    vectorising the loop.)"""
-    writes = lost = clipped = 0
-    for c in range(cols.size):
-        scaled = np.int64(row[c]) * mul
+    kbase + cols[c] rounds with the draw ``counter_u53(key, kbase + cols[c])``. steps: int64 scratch of at least
+    cols.size. Returns (writes, lost, clipped): stored values that changed, nonzero steps that rounded to 0,
+    saturated weights.
+
+    In two loops: the rounded steps first, over contiguous arrays (the draws' hashing vectorises; each rounding
+    mode its own loop, a constant inside it), then the scattered read-modify-write of the weights, which does
+    not (measured on a 256 x 784 int8 layer at one sample, stochastic rounding: 4.2 ns a weight in one loop)."""
+    if mode == ROUND_STOCHASTIC:
+        lost = _row_steps_(cols, row, mul, shift, ROUND_STOCHASTIC, key, kbase, steps)
+    elif mode == ROUND_NEAREST_EVEN:
+        lost = _row_steps_(cols, row, mul, shift, ROUND_NEAREST_EVEN, key, kbase, steps)
+    else:
+        lost = _row_steps_(cols, row, mul, shift, mode, key, kbase, steps)
+    writes = clipped = 0
+    for c in range(cols.size):  # (unsigned indices: no negative-index wraparound)
         j = np.uint64(cols[c])
-        step = round_shift_at(scaled, shift, mode, key, kbase + cols[c])
         old = np.int64(wrow[j])
-        wanted = old - step
+        wanted = old - steps[c]
         new = min(max(wanted, w_lo), w_hi)
-        lost += np.int64((step == 0) & (scaled != 0))
         clipped += np.int64(new != wanted)
         writes += np.int64(new != old)
         wrow[j] = new
     return writes, lost, clipped
+
+
+@njit(cache=True, inline="always")
+def _row_steps_(cols, row, mul, shift, mode, key, kbase, steps):
+    """steps[c] = round(row[c] * mul / 2**shift), drawing ``counter_u53(key, kbase + cols[c])``; returns the lost
+    updates (nonzero products that rounded to 0). Branch-free, so the loop vectorises."""
+    lost = 0
+    for c in range(cols.size):
+        scaled = np.int64(row[c]) * mul
+        step = round_shift_at(scaled, shift, mode, key, kbase + cols[c])
+        lost += np.int64((step == 0) & (scaled != 0))
+        steps[c] = step
+    return lost
 
 
 @njit(cache=True, inline="always")
@@ -148,7 +166,8 @@ def _rows_from_sums_(w, off, d_in, rows, cols, dense, grads, imul, shift, rs, mo
         if dense:  # g's row times the multiplier: the device's accumulator row, formed as it is applied
             n_w, n_l, n_c = _apply_contiguous_(wrow, grads[r], r_mul, r_shift, mode, w_lo, w_hi, key, i * d_in)
         else:
-            n_w, n_l, n_c = _apply_row_(wrow, cols, grads[r], r_mul, r_shift, mode, w_lo, w_hi, key, i * d_in)
+            n_w, n_l, n_c = _apply_row_(wrow, cols, grads[r], r_mul, r_shift, mode, w_lo, w_hi, key, i * d_in,
+                                        np.empty(cols.size, dtype=np.int64))
         tallies[r, 0], tallies[r, 1], tallies[r, 2] = n_w, n_l, n_c
 
 
@@ -172,6 +191,7 @@ def _dot_rows_(w, off, d_in, rows, cols, dense, d32, h32, spread, imul, shift, r
             continue
         grads = np.dot(d32[lo:hi], h32)
         full = np.zeros(d_in if spread.size > 0 else 0, dtype=np.float32)  # zero at the idle columns throughout
+        steps = np.empty(0 if dense else cols.size, dtype=np.int64)
         for r in range(lo, hi):
             i = rows[r]
             r_mul, r_shift = _row_scale(imul, shift, rs[i])
@@ -186,7 +206,7 @@ def _dot_rows_(w, off, d_in, rows, cols, dense, d32, h32, spread, imul, shift, r
                                                    i * d_in)
             else:
                 n_w, n_l, n_c = _apply_row_(wrow, cols, grads[r - lo], r_mul, r_shift, mode, w_lo, w_hi, key,
-                                            i * d_in)
+                                            i * d_in, steps)
             tallies[r, 0], tallies[r, 1], tallies[r, 2] = n_w, n_l, n_c
 
 
@@ -260,23 +280,26 @@ def _integer_update_(w, off, d_in, delta, hin, mul, shift, rs, P, rng):
             h_row = hin[b]
             for c in range(n_cols):
                 h_sel[b, c] = h_row[cols[c]]
+        mode = P.upd_round
         for r in prange(n_rows):
             i = rows[r]
             r_mul, r_shift = _row_scale(imul, shift, rs[i])
-            row = np.zeros(n_cols, dtype=np.int64)
-            for b in range(batch):
-                d_b = np.int64(delta[b, i]) * r_mul
-                if d_b != 0:
-                    h_b = h_sel[b]
-                    for c in range(n_cols):
-                        row[c] += d_b * h_b[c]
+            if batch == 1:  # the row of g is delta x h: h's row times the scalar, no sums to form
+                row, row_mul = h_sel[0], np.int64(delta[0, i]) * r_mul
+            else:
+                row, row_mul = np.zeros(n_cols, dtype=np.int64), np.int64(1)
+                for b in range(batch):
+                    d_b = np.int64(delta[b, i]) * r_mul
+                    if d_b != 0:
+                        h_b = h_sel[b]
+                        for c in range(n_cols):
+                            row[c] += d_b * h_b[c]
             wrow = w[off + i * d_in:off + (i + 1) * d_in]
             if dense:
-                n_w, n_l, n_c = _apply_contiguous_(wrow, row, np.int64(1), r_shift, P.upd_round, w_lo, w_hi, key,
-                                                   i * d_in)
+                n_w, n_l, n_c = _apply_contiguous_(wrow, row, row_mul, r_shift, mode, w_lo, w_hi, key, i * d_in)
             else:
-                n_w, n_l, n_c = _apply_row_(wrow, cols, row, np.int64(1), r_shift, P.upd_round, w_lo, w_hi, key,
-                                            i * d_in)
+                n_w, n_l, n_c = _apply_row_(wrow, cols, row, row_mul, r_shift, mode, w_lo, w_hi, key, i * d_in,
+                                            np.empty(n_cols, dtype=np.int64))
             tallies[r, 0], tallies[r, 1], tallies[r, 2] = n_w, n_l, n_c
     writes = lost = clipped = 0
     for r in range(n_rows):
@@ -471,9 +494,11 @@ def rescale_rows_(w, off, d_out, d_in, rs, rs_min, P, C):
     changed = np.zeros(d_out, dtype=np.int64)
     for i in prange(d_out):
         wrow = w[off + i * d_in:off + (i + 1) * d_in]  # a view: j from 0, no wraparound, vectorised
-        peak = np.int64(0)
-        for j in range(d_in):
-            peak = max(peak, abs(np.int64(wrow[j])))
+        top = bottom = wrow[0]  # in the store's width (int8: 64 lanes a vector), widened once
+        for j in range(1, d_in):
+            top = max(top, wrow[j])
+            bottom = min(bottom, wrow[j])
+        peak = max(np.int64(top), -np.int64(bottom))
         if peak >= w_hi and rs[i] > rs_min:
             count = 0
             for j in range(d_in):

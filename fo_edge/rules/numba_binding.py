@@ -31,7 +31,7 @@ from ..kernels.counters import (COUNTERS, FORWARD, INFERENCE, ORTHOGONALIZE, REF
 from ..kernels.fixed import fixed_multiplier, quantize_array
 from ..kernels.orth import bjorck_, projection_rows_
 from ..kernels.rng import new_state
-from ..kernels.steps import RULE_CODES, Params, bp_step_, forward_only_step_, predict_
+from ..kernels.steps import RULE_CODES, Params, bp_step_, forward_only_step_, predict_, swap_threads
 from ..kernels.update import rescale_network_
 from .ftp import ftp_feedback
 from .pepita import pepita_feedback
@@ -555,11 +555,36 @@ def _proj_div(profile: DeviceProfile):
     return np.int64(1 << (profile.error.frac_bits + p.frac_bits - profile.activation.frac_bits))
 
 
+#: a step or prediction chunk of at most this many samples runs its kernels on one thread: their parallel loops
+#: have too little work to pay for waking the others (784-256-256-10 FTP on mcu-int8, 2 cores, one thread against
+#: two: 0.87x the step's time at batch 1, 0.79-0.85x at 8, 1.19x at 16; results do not depend on the thread count)
+SERIAL_BATCH = 8
+
+
 def run_step(rule: str, net: DeviceNet, bufs: StepBuffers, profile: DeviceProfile, params: Params, x_dev, t,
              lr: float, schedule: str, counters, rng, g_out=None, drop=None, sgd=(0.0, 0.0)) -> None:
     """One training step of ``rule`` on a batch already in the device format (x_dev: (n, d_0)); counters:
     (phases, L + 1, names) from kernels.counters.new_counters; drop: the step's dropout (``dropout_drop``);
-    sgd: (momentum, weight decay), which need ``bufs.vel`` (allocate_buffers(momentum=True))."""
+    sgd: (momentum, weight decay), which need ``bufs.vel`` (allocate_buffers(momentum=True)). At most
+    SERIAL_BATCH samples run on one thread."""
+    _threads_for(x_dev.shape[0], _run_step, rule, net, bufs, profile, params, x_dev, t, lr, schedule, counters, rng,
+                 g_out, drop, sgd)
+
+
+def _threads_for(batch: int, call, *args) -> None:
+    """call(*args) on one Numba thread when ``batch`` <= SERIAL_BATCH, else on the threads set (the count set back
+    after, also on an error)."""
+    if batch > SERIAL_BATCH:
+        call(*args)
+        return
+    threads = swap_threads(1)
+    try:
+        call(*args)
+    finally:
+        swap_threads(threads)
+
+
+def _run_step(rule, net, bufs, profile, params, x_dev, t, lr, schedule, counters, rng, g_out, drop, sgd) -> None:
     n = x_dev.shape[0]
     drop = (np.zeros(0, dtype=np.uint8), 1.0, 0) if drop is None else drop
     vel = bufs.vel if bufs.vel is not None else net.w[:0]
@@ -607,8 +632,9 @@ def predict(net: DeviceNet, bufs: StepBuffers, profile: DeviceProfile, params: P
     bufs.cache[2][:] = False  # W is fixed while predicting: each layer is converted once for all chunks
     for start in range(0, len(x), batch):
         x_dev = quantize_input(x[start:start + batch], profile, bufs.x, counters[INFERENCE, net.n_layers], rng)
-        predict_(net.w, net.dims, net.offs, net.w_one, net.row_shift, x_dev, params, bufs.pre, bufs.tmp, bufs.m0,
-                 bufs.m1, counters, rng, labels[start:start + batch], raw[start:start + batch], bufs.cache)
+        _threads_for(batch, predict_, net.w, net.dims, net.offs, net.w_one, net.row_shift, x_dev, params, bufs.pre,
+                     bufs.tmp, bufs.m0, bufs.m1, counters, rng, labels[start:start + batch], raw[start:start + batch],
+                     bufs.cache)
     if logits is not None:
         logits[:] = raw / float(params.a_one)
     return labels
