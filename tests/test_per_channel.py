@@ -5,6 +5,9 @@ from importlib import resources
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 import fo_edge
 from fo_edge.accounting.memory import MemoryArena
@@ -241,7 +244,7 @@ def test_dynamic_rows_move_one_bit_by_hand():
                   -128, 9, 1], dtype=np.int8)  # -128 reached the bound, but rs is already at its floor
     rs = np.array([2, 0, 1, 0, -1], dtype=np.int64)
     C = new_counters(1)[0, 0]
-    rescale_rows_(w, 0, 5, 3, rs, np.int64(-1), P, C)
+    rescale_rows_(w, 0, 5, 3, rs, np.int64(-1), P, C, np.ones(5, dtype=np.uint8))
     assert w.reshape(5, 3).tolist() == [[64, -2, 2], [80, -14, 0], [60, 1, 2], [0, 0, 0], [-128, 9, 1]]
     assert rs.tolist() == [1, 1, 1, 0, -1]
 
@@ -270,3 +273,32 @@ def test_a_dynamic_net_rebases_keeps_its_real_weights_and_resumes_bit_identicall
                            resume=saved[1], **kw)
     for name in full.stored:
         np.testing.assert_array_equal(resumed.stored[name], full.stored[name])
+
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data(), d_out=st.integers(1, 6), d_in=st.integers(1, 8), steps=st.integers(1, 8))
+def test_rescaling_the_marked_rows_equals_rescaling_every_row(data, d_out, d_in, steps):
+    """A dynamic rescale that looks only at the rows marked in ``rescan`` (those written since, re-scaled the
+    call before, or in a re-based layer) leaves weights, exponents and counters as looking at every row does,
+    over a run of writes to some rows between the calls (small weights: rows double over several calls)."""
+    from fo_edge.kernels.update import rescale_network_
+
+    P = make_params(dynamic_profile(), "relu", "ce")
+    dims, offs = np.array([d_in, d_out], dtype=np.int64), np.array([0, d_out * d_in], dtype=np.int64)
+    row = arrays(np.int8, d_in, elements=st.one_of(st.integers(-3, 3), st.integers(-127, 127)))
+    start = data.draw(arrays(np.int8, d_out * d_in, elements=st.integers(-127, 127)))
+    writes = [data.draw(st.dictionaries(st.integers(0, d_out - 1), row, max_size=d_out)) for _ in range(steps)]
+    results = []
+    for marked in (True, False):
+        w, rs, C = start.copy(), np.zeros(d_out, dtype=np.int64), new_counters(1)[0]
+        w_frac, w_one, rescan = np.array([6]), np.array([64]), np.ones(d_out, dtype=np.uint8)
+        for step in writes:
+            rescale_network_(w, dims, offs, rs, w_frac, w_one, P, C, rescan if marked else np.ones_like(rescan))
+            for i, values in step.items():
+                w[i * d_in:(i + 1) * d_in] = values
+                rescan[i] = 1
+        rescale_network_(w, dims, offs, rs, w_frac, w_one, P, C, rescan if marked else np.ones_like(rescan))
+        results.append((w, rs, w_frac, C))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)

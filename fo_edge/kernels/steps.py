@@ -145,16 +145,25 @@ def _pass1_(w, dims, offs, w_one, rs, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, st
 
 
 @njit(cache=True)
-def update_(w, dims, offs, rs, l, d_out, d_in, delta, hin, upd_mul, upd_div, g_scale, P, C, rng, g_out, opt):
+def update_(w, dims, offs, rs, l, d_out, d_in, delta, hin, upd_mul, upd_div, g_scale, P, C, rng, g_out, opt,
+            rescan):
     """Layer l's weight update: plain SGD (``linear.outer_update_``), or with ``opt`` = (vel, mom) holding a
-    velocity store, SGD with momentum and weight decay (``linear.momentum_update_``, mom[l] its multipliers)."""
+    velocity store, SGD with momentum and weight decay (``linear.momentum_update_``, mom[l] its multipliers).
+    rescan: (sum_l d_{l+1},) uint8, the rows the dynamic rescale must look at (``update.rescale_network_``): set
+    for every row this update may have changed (a nonzero delta[:, i]; every row with momentum or decay)."""
     vel, mom = opt
     rows = layer_rows(rs, dims, l)
+    marks = layer_rows(rescan, dims, l)
     if vel.size > 0:
         momentum_update_(w, offs[l], d_out, d_in, delta, hin, vel, mom[l], rows, P, C, rng)
+        marks[:] = 1
     else:
         outer_update_(w, offs[l], d_out, d_in, delta, hin, upd_mul[l], upd_div[l], g_scale[l], rows, P, C, rng,
                       g_out)
+        for b in range(delta.shape[0]):
+            d_b = delta[b]
+            for i in range(d_out):  # branch-free, so it vectorises
+                marks[i] |= np.uint8(d_b[i] != 0)
 
 
 @njit(cache=True, inline="always")
@@ -262,7 +271,7 @@ def local_error_(h, h_mod, keep, koff, ftp, P, a_shift, delta, C):
 @njit(cache=True)
 def forward_only_step_(rule, store_mode, w, dims, offs, w_one, rs, upd_mul, upd_div, g_scale, x, t, tq, proj,
                        proj_div, P, buf_c0, buf_c1, buf_m0, buf_m1, buf_pre, buf_tmp, store, e, xm, C, rng,
-                       g_out, cache, yq, drop, opt, kept):
+                       g_out, cache, yq, drop, opt, kept, rescan):
     """One FOTON (rule 0), PEPITA (1) or FTP (2) step on a batch; see the module docstring.
 
     x: (B, d_0) input mantissas; t: (B, d_L) float one-hot; tq: t in the error format (FTP label targets);
@@ -274,7 +283,8 @@ def forward_only_step_(rule, store_mode, w, dims, offs, w_one, rs, upd_mul, upd_
     error. opt: (velocity, multipliers) for SGD with momentum and weight decay (``update_``), or empty.
     kept: (activations (B x sum of hidden d_l,), a_1 (B x d_1,), counts (L + 1, counters)), the simulator's
     own copies (not device memory) that spare it the schedule's recompute of the clean pass (see
-    ``_reuses_pass1``); empty arrays: recompute.
+    ``_reuses_pass1``); empty arrays: recompute. rescan: the rows each update may have changed are marked in it
+    (``update_``).
     """
     batch = x.shape[0]
     n_layers = dims.size - 1
@@ -339,7 +349,7 @@ def forward_only_step_(rule, store_mode, w, dims, offs, w_one, rs, upd_mul, upd_
         if l == 0 and rule == 1:
             hin = xm
         update_(w, dims, offs, rs, l, d_out, d_in, delta, hin, upd_mul, upd_div, g_scale, P, C[UPDATE, l], rng, g_out,
-                opt)
+                opt, rescan)
         cache[2][l] = False
         hc = c_next
         hm = m_next
@@ -356,7 +366,7 @@ def forward_only_step_(rule, store_mode, w, dims, offs, w_one, rs, upd_mul, upd_
         out_err = _local_output_error_(w, dims, offs, w_one, rs, hc, hm, P, buf_pre, buf_tmp,
                                        buf_m1 if (last - 1) % 2 == 0 else buf_m0, C, rng, cache)
     update_(w, dims, offs, rs, last, dims[last + 1], dims[last], out_err, hin, upd_mul, upd_div, g_scale, P,
-            C[UPDATE, last], rng, g_out, opt)
+            C[UPDATE, last], rng, g_out, opt, rescan)
 
 
 @njit(cache=True, inline="always")
@@ -429,10 +439,11 @@ def _difference_target_(h1, tq, yq, proj, proj_div, P, p_t, p_y, tau, C, rng):
 
 @njit(cache=True)
 def bp_step_(w, dims, offs, w_one, rs, upd_mul, upd_div, g_scale, x, t, P, buf_c0, buf_c1, buf_m0, buf_m1,
-             buf_pre, buf_tmp, store, e, C, rng, g_out, cache, drop, opt):
+             buf_pre, buf_tmp, store, e, C, rng, g_out, cache, drop, opt, rescan):
     """One BP step: pass 1 stores h_1..h_{L-1} in ``store`` (B x sum d_l); then for l = L..1,
     delta_{l-1} = (delta_l W_l) * sigma'(a_{l-1}) (times the dropout mask's keep / (1 - p) when ``drop`` holds
-    one) is formed (error format) before W_l is updated."""
+    one) is formed (error format) before W_l is updated; the rows each update may have changed are marked in
+    ``rescan`` (``update_``)."""
     batch = x.shape[0]
     n_layers = dims.size - 1
     a_shift = log2_exact(P.a_one)
@@ -487,7 +498,7 @@ def bp_step_(w, dims, offs, w_one, rs, upd_mul, upd_div, g_scale, x, t, P, buf_c
             cb[SRAM_READ] += batch * (d_in * d_out * P.w_bytes + d_out * P.e_bytes + d_in * P.a_bytes)
             cb[SRAM_WRITE] += batch * d_in * P.e_bytes
         update_(w, dims, offs, rs, l, d_out, d_in, delta, hin, upd_mul, upd_div, g_scale, P, C[UPDATE, l], rng, g_out,
-                opt)
+                opt, rescan)
         if l > 0:
             delta = prev
 

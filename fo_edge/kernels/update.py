@@ -480,7 +480,7 @@ MAX_ROW_SHIFT = 16
 
 
 @njit(cache=True, parallel=True)
-def rescale_rows_(w, off, d_out, d_in, rs, rs_min, P, C):
+def rescale_rows_(w, off, d_out, d_in, rs, rs_min, P, C, rescan):
     """Dynamic per-channel exponents (dynamic fixed point, Courbariaux et al. 2014, per output channel): each
     row i of the layer whose peak |mantissa| reached the weight format's bound is halved (nearest-even, one bit
     coarser: rs[i] -= 1), and each nonzero row whose doubled peak stays a quarter of the range below the bound
@@ -488,11 +488,21 @@ def rescale_rows_(w, off, d_out, d_in, rs, rs_min, P, C):
     top of the format without clipping them; rows run in parallel. rs_min: the coarsest offset allowed (minus
     the layer's exponent: no row gets a negative exponent). rs may go negative here: the caller
     re-bases the layer (rules.numba_binding.rescale_rows). Counts the row scan as SRAM reads and the rewritten
-    weights as weight writes."""
+    weights as weight writes.
+
+    rescan: (d_out,) uint8, the rows to look at; the others are skipped (charged all the same: the device scans
+    every row). A row's outcome depends only on its weights, its exponent (rs[i] - rs_min) and rs[i] against
+    MAX_ROW_SHIFT, so a row found unchanged stays so until its weights change (the updates mark it:
+    ``steps.update_``), its layer is re-based (``rescale_network_`` marks the layer) or its weights or exponents
+    are set from outside (``rules.numba_binding`` marks every row). Each row looked at leaves its mark set when
+    it was re-scaled (it may be again), cleared when not."""
     w_lo, w_hi = np.int64(P.w_lo), np.int64(P.w_hi)
     margin = w_hi // 4
     changed = np.zeros(d_out, dtype=np.int64)
     for i in prange(d_out):
+        if rescan[i] == 0:
+            continue
+        rescan[i] = 0
         wrow = w[off + i * d_in:off + (i + 1) * d_in]  # a view: j from 0, no wraparound, vectorised
         top = bottom = wrow[0]  # in the store's width (int8: 64 lanes a vector), widened once
         for j in range(1, d_in):
@@ -508,6 +518,7 @@ def rescale_rows_(w, off, d_out, d_in, rs, rs_min, P, C):
                 wrow[j] = new
             rs[i] -= 1
             changed[i] = count
+            rescan[i] = 1
         elif peak > 0 and 2 * peak + margin <= w_hi and rs[i] < MAX_ROW_SHIFT:
             count = 0
             for j in range(d_in):
@@ -516,6 +527,7 @@ def rescale_rows_(w, off, d_out, d_in, rs, rs_min, P, C):
                 wrow[j] = 2 * old
             rs[i] += 1
             changed[i] = count
+            rescan[i] = 1
     writes = 0
     for i in range(d_out):
         writes += changed[i]
@@ -525,19 +537,22 @@ def rescale_rows_(w, off, d_out, d_in, rs, rs_min, P, C):
 
 
 @njit(cache=True)
-def rescale_network_(w, dims, offs, row_shift, w_frac, w_one, P, C):
+def rescale_network_(w, dims, offs, row_shift, w_frac, w_one, P, C, rescan):
     """``rescale_rows_`` for every layer l (counted into C[l]: the caller passes its update phase's rows,
     (L + 1, counters)), each layer then re-based so that its coarsest row has row_shift 0: w_frac[l] += that
-    row's offset, w_one[l] = 2**w_frac[l]. row_shift: (sum_l d_{l+1},) int64; w_frac, w_one: (L,) int64.
-    One compiled call per step instead of one per layer (the Python loop it replaces cost as much as the
-    kernels at batch 1)."""
+    row's offset, w_one[l] = 2**w_frac[l]. row_shift: (sum_l d_{l+1},) int64; w_frac, w_one: (L,) int64;
+    rescan: (sum_l d_{l+1},) uint8, the rows to look at (see ``rescale_rows_``), every row of a re-based layer
+    marked for the next call. One compiled call per step instead of one per layer (the Python loop it replaces
+    cost as much as the kernels at batch 1)."""
     start = 0
     for l in range(dims.size - 1):
         d_out = dims[l + 1]
         rows = row_shift[start:start + d_out]
-        rescale_rows_(w, offs[l], d_out, dims[l], rows, -np.int64(w_frac[l]), P, C[l])
+        marks = rescan[start:start + d_out]
+        rescale_rows_(w, offs[l], d_out, dims[l], rows, -np.int64(w_frac[l]), P, C[l], marks)
         low = rows.min()
         if low != 0:
+            marks[:] = 1  # each row's offset against MAX_ROW_SHIFT moved
             for i in range(d_out):
                 rows[i] -= low
             w_frac[l] += low

@@ -82,11 +82,16 @@ class DeviceNet:
     per_channel: bool = False
     #: per-channel exponents that follow the weights (``rescale_rows``) after every update
     dynamic: bool = False
+    #: (sum_l d_l,) uint8, the rows ``rescale_rows`` must look at (kernels.update.rescale_rows_): marked by the
+    #: step's updates, by ``orthogonalize`` and ``set_row_exponents``; simulator bookkeeping, not device memory
+    rescan: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         threads_ready()  # before any (cached) kernel is loaded: fo_edge.kernels
         if self.row_shift is None:
             self.row_shift = np.zeros(int(self.dims[1:].sum()), dtype=np.int64)
+        if self.rescan is None:
+            self.rescan = np.ones(self.row_shift.size, dtype=np.uint8)
 
     @property
     def n_layers(self) -> int:
@@ -115,6 +120,7 @@ class DeviceNet:
             self.w_one[l] = 2 ** int(rows.min())
             self.rows(l)[:] = rows - rows.min()
             start += rows.size
+        self.rescan[:] = 1
 
     def real_scale(self, l: int) -> np.ndarray:
         """(d_l, 1) float64 divisors of layer l's stored values (w_one, times 2**row_shift per row)."""
@@ -514,6 +520,7 @@ def orthogonalize(net: DeviceNet, profile: DeviceProfile, iters: int, counters, 
     (``tol``: kernels.orth.bjorck_)."""
     params = make_params(profile, "identity", "mse")
     fmt = profile.spiking.weights if profile.spiking is not None else None
+    net.rescan[:] = 1  # every row may change
     if fmt is None:
         return [int(bjorck_(net.w, net.offs[l], net.dims[l + 1], net.dims[l], net.w_one[l], net.rows(l), iters,
                             params, rng, counters[ORTHOGONALIZE, l], float(tol))) for l in range(net.n_layers)]
@@ -595,7 +602,7 @@ def _run_step(rule, net, bufs, profile, params, x_dev, t, lr, schedule, counters
     if rule == "bp":
         bp_step_(net.w, net.dims, net.offs, net.w_one, net.row_shift, mul, div, g_scale, x_dev, t, params, bufs.c0,
                  bufs.c1, bufs.m0, bufs.m1, bufs.pre, bufs.tmp, bufs.store, bufs.e[:n], counters, rng, g_out,
-                 bufs.cache, drop, opt)
+                 bufs.cache, drop, opt, net.rescan)
         rescale_rows(net, params, counters)
         return
     # only FTP's label targets read t in the error format; other steps get an empty array (no per-step work)
@@ -608,17 +615,19 @@ def _run_step(rule, net, bufs, profile, params, x_dev, t, lr, schedule, counters
     forward_only_step_(RULE_CODES[rule], schedule == "store", net.w, net.dims, net.offs, net.w_one, net.row_shift,
                        mul, div, g_scale, x_dev, t, tq, bufs.proj, _proj_div(profile), params, bufs.c0, bufs.c1,
                        bufs.m0, bufs.m1, bufs.pre, bufs.tmp, bufs.store, bufs.e[:n], bufs.xm[:n], counters, rng, g_out,
-                       bufs.cache, yq, drop, opt, bufs.kept)
+                       bufs.cache, yq, drop, opt, bufs.kept, net.rescan)
     rescale_rows(net, params, counters)
 
 
 def rescale_rows(net: DeviceNet, params: Params, counters) -> None:
     """Dynamic per-channel exponents (``net.dynamic``; else nothing): every layer's rows re-scaled after the
     step (``kernels.update.rescale_network_``, charged to the update phase), then each layer re-based so that its
-    coarsest row has row_shift 0 (w_frac and w_one follow)."""
+    coarsest row has row_shift 0 (w_frac and w_one follow). Only the rows marked in ``net.rescan`` are looked at
+    (the others cannot change); code that writes ``net.w`` other than through a step marks the rows it wrote."""
     if not net.dynamic or params.collect:
         return
-    rescale_network_(net.w, net.dims, net.offs, net.row_shift, net.w_frac, net.w_one, params, counters[UPDATE])
+    rescale_network_(net.w, net.dims, net.offs, net.row_shift, net.w_frac, net.w_one, params, counters[UPDATE],
+                     net.rescan)
 
 
 def predict(net: DeviceNet, bufs: StepBuffers, profile: DeviceProfile, params: Params, x: np.ndarray,
