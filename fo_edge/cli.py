@@ -293,11 +293,14 @@ def _export_line(report: dict) -> str:
                   f"{100 * report['min_agreement']:.1f} %), max logit difference {report['max_logit_diff']:g} "
                   f"(allowed {report['logit_tolerance']:g})")
     else:
-        detail = (f"max |logit difference| vs PyTorch {report['max_abs_diff']:.2e} (allowed "
+        what = "output" if "onnx_relative_l2" in report else "logit"
+        detail = (f"max |{what} difference| vs PyTorch {report['max_abs_diff']:.2e} (allowed "
                   f"{report['tolerance']:g}) on {report['test_samples']} test samples")
     verdict = "verified" if report["passed"] else "FAILED verification"
+    metric = (f"relative L2 error {report['onnx_relative_l2']:.4f}" if "onnx_relative_l2" in report else
+              f"accuracy {100 * report['onnx_accuracy']:.2f} %")
     return (f"{report['kind']} ONNX {report['model']} ({report['bytes'] / 1024:.1f} KiB) {verdict} in onnxruntime: "
-            f"{detail}; accuracy {100 * report['onnx_accuracy']:.2f} %")
+            f"{detail}; {metric}")
 
 
 @cli.command()

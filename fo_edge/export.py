@@ -10,7 +10,11 @@ the activation on the integer grid (ReLU; tanh as floor(tanh(a) * one + 0.5)), a
 input is quantised with the activation format's scale and the logits leave as float (mantissa x 2**-frac).
 Verified against the Numba device inference on the test set: predictions identical on >= 99.9 % of samples
 and logits within one activation step. Conv runs: the graphs of export_conv, verified the same way (fp32 against
-the PyTorch conv forward, int8 against the Numba conv inference).
+the PyTorch conv forward, int8 against the Numba conv inference). MANO runs (fp32 only: they train on float
+devices): the network rebuilt from the run's options and weights.npz (mano_run), exported with its batch dynamic
+(input x: (batch, C*S*S) images or (batch, n, n) Darcy coefficients as training scaled them; output ``logits``,
+or ``u`` over the run's solution scale) and verified against the PyTorch forward on the run's test inputs like
+the fp32 MLP graph; the report gives the graph's accuracy or relative L2 error.
 """
 from __future__ import annotations
 
@@ -26,7 +30,10 @@ from .device import DeviceProfile
 from .device.spec import Overflow, Rounding
 from .errors import ConfigError
 from .export_conv import conv_device_inference, conv_int8_model_bytes, conv_torch_logits, conv_torch_module
-from .runs import TrainedRun, load_trained, real_weights, run_status_note, write_file_atomic, write_json_atomic
+from .mano_run import build_mano, mano_task, task_score
+from .run_config import config_from_saved
+from .runs import (TrainedRun, load_state_weights, load_trained, read_run, real_weights, run_status_note,
+                   write_file_atomic, write_json_atomic)
 
 __all__ = ["export_onnx", "FP32_ATOL", "MIN_AGREEMENT"]
 
@@ -39,14 +46,14 @@ def _fp32_model_bytes(weights: list[np.ndarray], activation: str) -> bytes:
 
     from .models.mlp import MLP
 
-    return _exported(MLP([torch.as_tensor(w) for w in weights], activation).eval(), weights[0].shape[1])
+    return _exported(MLP([torch.as_tensor(w) for w in weights], activation).eval(), (weights[0].shape[1],))
 
 
-def _exported(model, d_in: int) -> bytes:
-    """``model`` (input (batch, d_in) float32 -> logits) as ONNX bytes, the batch dimension dynamic."""
+def _exported(model, sample: tuple[int, ...], output: str = "logits") -> bytes:
+    """``model`` (input x: (batch, *sample) float32 -> ``output``) as ONNX bytes, the batch dimension dynamic."""
     import torch
 
-    example = (torch.zeros(2, d_in),)
+    example = (torch.zeros(2, *sample),)
     exporter_log = logging.getLogger("torch.onnx")
     level = exporter_log.level
     exporter_log.setLevel(logging.ERROR)  # it warns about optional torchvision ops an MLP never uses
@@ -54,7 +61,7 @@ def _exported(model, d_in: int) -> bytes:
         # the exporter reports progress on stdout
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(model, example, dynamo=True, input_names=["x"], output_names=["logits"],
+            program = torch.onnx.export(model, example, dynamo=True, input_names=["x"], output_names=[output],
                                         dynamic_shapes=({0: torch.export.Dim("batch")},))
     finally:
         exporter_log.setLevel(level)
@@ -138,14 +145,15 @@ def _int8_model_bytes(run: TrainedRun) -> bytes:
     return model.SerializeToString()
 
 
-def _ort_logits(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
+def _ort_logits(model_bytes: bytes, x: np.ndarray, output: str = "logits") -> np.ndarray:
+    """The graph's ``output`` for input x in onnxruntime (CPU, the graph as written)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # run the graph as written
     options.log_severity_level = 3
     session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-    return session.run(["logits"], {"x": np.ascontiguousarray(x, dtype=np.float32)})[0]
+    return session.run([output], {"x": np.ascontiguousarray(x, dtype=np.float32)})[0]
 
 
 def _verify_fp32(run: TrainedRun, model_bytes: bytes, x: np.ndarray, y: np.ndarray) -> dict:
@@ -213,13 +221,18 @@ def export_onnx(run_dir: str | Path, out: str | Path, *, int8: bool = False) -> 
         raise ConfigError(f"--out {out}: give a file name ending in .onnx")
     if not out.parent.is_dir():
         raise ConfigError(f"--out {out}: directory {out.parent} does not exist")
+    record = read_run(run_dir)
+    if record["config"].get("mano"):
+        if int8:
+            raise ConfigError(f"--int8: {run_dir} is a MANO run, trained on a float device; export it without --int8")
+        return _export_mano(run_dir, record, out)
     run = load_trained(run_dir, conv=True)
     conv = bool(run.record["config"].get("conv"))
     if int8:
         _check_int8_device(run.profile)
         model_bytes = conv_int8_model_bytes(run) if conv else _int8_model_bytes(run)
     elif conv:
-        model_bytes = _exported(conv_torch_module(run), int(np.prod(run.record["config"]["conv"]["in_shape"])))
+        model_bytes = _exported(conv_torch_module(run), (int(np.prod(run.record["config"]["conv"]["in_shape"])),))
     else:
         model_bytes = _fp32_model_bytes(real_weights(run), run.activation)
     write_file_atomic(out, lambda handle: handle.write(model_bytes))
@@ -230,7 +243,35 @@ def export_onnx(run_dir: str | Path, out: str | Path, *, int8: bool = False) -> 
               (False, False): _verify_fp32}[(int8, conv)]
     report = {"model": str(out), "run": str(run.path), "kind": "int8" if int8 else "fp32",
               "device": run.profile.id, "test_samples": int(len(data.x_test)), "bytes": len(model_bytes),
-              "run_status": run.record.get("status"), "note": run_status_note(run),
+              "run_status": run.record.get("status"), "note": run_status_note(run.record),
               **verify(run, model_bytes, data.x_test, data.y_test)}
+    write_json_atomic(Path(str(out) + ".verify.json"), report)
+    return report
+
+
+def _export_mano(run_dir, record: dict, out: Path) -> dict:
+    """fp32 ONNX of a MANO run (its network rebuilt from the recorded options, its weights.npz loaded by name),
+    verified against the PyTorch forward on the run's test inputs (max |output difference| <= FP32_ATOL)."""
+    import torch
+
+    config = config_from_saved(record["config"].get("simulate") or {})
+    task = mano_task(config)
+    model = build_mano(config, task, record["config"]["mano"])
+    state = load_state_weights(run_dir, {name: tuple(p.shape) for name, p in model.state_dict().items()})
+    model.load_state_dict({name: torch.as_tensor(a) for name, a in state.items()})
+    model.eval()
+    output = "u" if task.field else "logits"
+    model_bytes = _exported(model, tuple(task.x_test.shape[1:]), output)
+    write_file_atomic(out, lambda handle: handle.write(model_bytes))
+    with torch.no_grad():
+        ref = np.concatenate([model(torch.as_tensor(task.x_test[b:b + 500])).numpy()
+                              for b in range(0, len(task.x_test), 500)])
+    got = _ort_logits(model_bytes, task.x_test, output)
+    diff = float(np.abs(got - ref).max())
+    metric = ("onnx_relative_l2" if task.field else "onnx_accuracy", task_score(task, got))
+    report = {"model": str(out), "run": str(run_dir), "kind": "fp32", "device": record["config"]["device"],
+              "test_samples": int(len(task.x_test)), "bytes": len(model_bytes), "run_status": record.get("status"),
+              "note": run_status_note(record), "max_abs_diff": diff, "tolerance": FP32_ATOL,
+              "passed": diff <= FP32_ATOL, metric[0]: metric[1], "reference": "PyTorch fp32 MANO forward"}
     write_json_atomic(Path(str(out) + ".verify.json"), report)
     return report

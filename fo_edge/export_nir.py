@@ -154,7 +154,7 @@ def export_nir(run_dir: str | Path, out: str | Path) -> dict:
     device_labels = _device_predict(run, x)
     agree = float((nir_labels == float_labels).mean())
     report = {"model": str(out), "run": str(run.path), "kind": "nir", "device": run.profile.id,
-              "run_status": run.record.get("status"), "note": run_status_note(run),
+              "run_status": run.record.get("status"), "note": run_status_note(run.record),
               "test_samples": int(len(x)), "bytes": out.stat().st_size, "readout_steps": steps,
               "timesteps": run.profile.spiking.timesteps, "agreement_float": agree,
               "agreement_device": float((nir_labels == device_labels).mean()), "min_agreement": MIN_NIR_AGREEMENT,

@@ -7,6 +7,7 @@ data pipeline) and the dataset a run reads. Family-specific checks live with eac
 from __future__ import annotations
 
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from .errors import ConfigError
 from .models.mlp import INITS
 
 __all__ = ["SimulateConfig", "DEFAULT_MODEL", "NORMALIZATIONS", "default_run_dir", "check_run_options",
-           "check_threads", "check_pipeline", "prepared_data"]
+           "check_threads", "check_pipeline", "prepared_data", "config_from_saved"]
 
 #: the model ``fo-edge simulate`` trains when --model is not given (spiking devices: SPIKING_DEFAULT_MODEL)
 DEFAULT_MODEL = "784-256-256-10"
@@ -132,3 +133,10 @@ def prepared_data(config: SimulateConfig):
     if config.normalize == "standard":
         data = data.standardized()
     return data.limited(config.limit)
+
+
+def config_from_saved(saved: dict) -> SimulateConfig:
+    """A SimulateConfig from the options a run recorded as given (run.json's ``config.simulate``); names this
+    version does not know are left out."""
+    names = {f.name for f in dataclasses.fields(SimulateConfig)}
+    return SimulateConfig(**{k: v for k, v in saved.items() if k in names})

@@ -24,7 +24,7 @@ from .run_schema import CHECKPOINT_REQUIRED, validate_checkpoint, validate_recor
 __all__ = ["SCHEMA_VERSION", "prepare_run_dir", "write_json_atomic", "write_file_atomic", "read_run",
            "save_weights", "load_weights", "save_checkpoint", "load_checkpoint", "package_versions",
            "MAX_CHECKPOINT_BYTES", "CHECKPOINT_KEYS", "TrainedRun", "load_trained", "load_conv_weights", "real_weights",
-           "run_status_note"]
+           "run_status_note", "load_state_weights"]
 
 #: refuse checkpoints larger than this before reading them (4 GiB)
 MAX_CHECKPOINT_BYTES = 4 << 30
@@ -216,8 +216,8 @@ def load_trained(run_dir: str | Path, spiking: bool = False, conv: bool = False)
     path = Path(run_dir)
     record = read_run(path)
     if record["config"].get("mano"):
-        raise RunError(f"{path} is a MANO run: MANO models have no ONNX or NIR export and no diagnose yet (their "
-                       f"weights are in weights.npz under their state_dict names)")
+        raise RunError(f"{path} is a MANO run: MANO models export to fp32 ONNX only (fo-edge export RUN_DIR --out "
+                       f"FILE.onnx); they have no NIR export and no diagnose yet")
     if record["config"].get("conv") and not conv:
         raise RunError(f"{path} is a conv-net run; NIR export takes spiking MLP runs (export it to ONNX with --out)")
     if record["config"].get("activation") == "loihi-cuba" and not spiking:
@@ -234,6 +234,28 @@ def load_trained(run_dir: str | Path, spiking: bool = False, conv: bool = False)
     stored = load_conv_weights(path, record["config"]["conv"], dims[-1]) if record["config"].get("conv") else \
         load_weights(path, dims)
     return TrainedRun(path, record, profile, stored, dims, record["config"]["activation"])
+
+
+def load_state_weights(run_dir: str | Path, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """The arrays of ``RUN_DIR/weights.npz`` stored under a model's state_dict names (MANO runs), checked against
+    ``shapes`` (name -> shape): every name present, no other, each float32 of its shape; else RunError."""
+    path = Path(run_dir) / "weights.npz"
+    try:
+        size = path.stat().st_size
+    except OSError:
+        raise RunError(f"{run_dir} has no weights.npz; re-run the simulation") from None
+    if size > MAX_CHECKPOINT_BYTES:
+        raise RunError(f"{path} is {size} bytes, larger than any fo-edge checkpoint; refusing to read it")
+    out = _read_npz(path)
+    missing, extra = sorted(set(shapes) - set(out)), sorted(set(out) - set(shapes))
+    if missing or extra:
+        raise RunError(f"{path} does not hold this model's parameters (missing {missing or 'none'}, unexpected "
+                       f"{extra or 'none'})")
+    for name, shape in shapes.items():
+        if out[name].shape != tuple(shape) or out[name].dtype != np.float32:
+            raise RunError(f"{path}: {name} should be float32 of shape {tuple(shape)}, got {out[name].dtype} "
+                           f"{out[name].shape}")
+    return out
 
 
 def load_conv_weights(run_dir: str | Path, conv: dict, n_classes: int) -> dict[str, np.ndarray]:
@@ -277,12 +299,13 @@ def load_conv_weights(run_dir: str | Path, conv: dict, n_classes: int) -> dict[s
     return out
 
 
-def run_status_note(run: TrainedRun) -> str | None:
-    """A one-line warning when the run did not complete (its weights are those of a stopped or interrupted run)."""
-    status = run.record.get("status")
+def run_status_note(record: dict) -> str | None:
+    """A one-line warning when the run (its run.json ``record``) did not complete: its weights are those of a
+    stopped or interrupted run."""
+    status = record.get("status")
     if status == "complete":
         return None
-    reason = (run.record.get("stop") or {}).get("message")
+    reason = (record.get("stop") or {}).get("message")
     return f"the run is {status}{': ' + reason if reason else ''}; these are its last weights, not a finished model"
 
 

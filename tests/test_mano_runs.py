@@ -156,3 +156,42 @@ def test_mano_steps_adams_lr_down_at_the_milestones(tmp_path):
     a, b = np.load(flat.run_dir / "weights.npz"), np.load(stepped.run_dir / "weights.npz")
     assert flat.history[0]["test_accuracy"] == stepped.history[0]["test_accuracy"]  # the first epoch is the same
     assert any(not np.array_equal(a[k], b[k]) for k in a.files)  # the second ran at half the lr
+
+
+def test_mano_runs_export_to_onnx_that_onnxruntime_runs_as_pytorch_does(tmp_path):
+    """A MANO classifier and a MANO operator export to fp32 ONNX through the CLI: the graph's outputs equal the
+    PyTorch forward's on the run's test inputs (within FP32_ATOL), and its accuracy / relative L2 error is the
+    run's own, which shows the export rebuilt the network and its inputs as training had them. --int8 and a
+    weights.npz that lacks a parameter are refused with one line, the .onnx left unwritten."""
+    from fo_edge.export import FP32_ATOL
+
+    runs = {"digits": ["--model", "mano:dim=8,depth=1,heads=2,window=2,patch=2", "--normalize", "standard"],
+            "darcy32": ["--model", "mano:dim=8,depth=1,heads=2,window=4", "--limit", "24"]}
+    for dataset, options in runs.items():
+        out = tmp_path / dataset
+        trained = CliRunner().invoke(cli, ["simulate", "--rule", "ftp", "--device", "gpu-fp32", "--dataset", dataset,
+                                           "--epochs", "1", "--batch-size", "16", "--out", str(out), *options])
+        assert trained.exit_code == 0, trained.output
+        result = CliRunner().invoke(cli, ["export", str(out), "--out", str(tmp_path / f"{dataset}.onnx")])
+        assert result.exit_code == 0 and "verified in onnxruntime" in result.output, result.output
+        report = json.loads((tmp_path / f"{dataset}.onnx.verify.json").read_text())
+        final = read_run(out)["final"]
+        assert report["passed"] and report["max_abs_diff"] <= FP32_ATOL
+        if dataset == "darcy32":
+            assert report["test_samples"] == 24 and "relative L2 error" in result.output
+            assert report["onnx_relative_l2"] == pytest.approx(final["relative_l2"], rel=1e-4)
+        else:
+            assert report["onnx_accuracy"] == pytest.approx(final["test_accuracy"])
+
+    def export(*args):
+        return subprocess.run([sys.executable, "-m", "fo_edge", "export", str(tmp_path / "digits"), *args],
+                              capture_output=True, text=True, timeout=300)
+
+    refused = export("--out", str(tmp_path / "q.onnx"), "--int8")
+    assert refused.returncode == 2 and "without --int8" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    weights = dict(np.load(tmp_path / "digits" / "weights.npz"))
+    weights.pop(sorted(weights)[0])
+    np.savez(tmp_path / "digits" / "weights.npz", **weights)
+    broken = export("--out", str(tmp_path / "b.onnx"))
+    assert broken.returncode == 2 and "missing" in broken.stderr and len(broken.stderr.splitlines()) == 1
+    assert not (tmp_path / "b.onnx").exists() and not (tmp_path / "q.onnx").exists()

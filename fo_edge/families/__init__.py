@@ -6,12 +6,10 @@ reads back the options a recorded run was started with (--resume).
 """
 from __future__ import annotations
 
-import dataclasses
-
 from ..darcy import DARCY_DATASETS
 from ..errors import ConfigError
 from ..models.conv import is_conv_spec
-from ..run_config import SimulateConfig
+from ..run_config import SimulateConfig, config_from_saved
 
 __all__ = ["FAMILIES", "family_of", "prepare", "saved_config", "default_model"]
 
@@ -53,8 +51,7 @@ def saved_config(record: dict, run_dir) -> SimulateConfig:
     MLP record's own config."""
     saved = record["config"].get("simulate")
     if isinstance(saved, dict):
-        names = {f.name for f in dataclasses.fields(SimulateConfig)}
-        return SimulateConfig(**{k: v for k, v in saved.items() if k in names})
+        return config_from_saved(saved)
     if record["config"].get("conv"):
         raise ConfigError(f"--resume {run_dir}: this conv run was recorded before conv runs had checkpoints; "
                           f"start it again")

@@ -24,16 +24,16 @@ import torch
 from ..accounting.counters import counters_record
 from ..accounting.energy import energy_of
 from ..accounting.mano_counts import MANOMeter
-from ..darcy import DARCY_DATASETS, DARCY_SPLIT, darcy_dataset, relative_l2
-from ..data import DATASETS
+from ..darcy import DARCY_DATASETS
 from ..device import DeviceProfile, load_device
 from ..engine.health import TrainingStopped
 from ..engine.mano_loop import MANO_RULES, MANOTrainConfig, train_mano
 from ..errors import ConfigError
 from ..kernels.counters import INFERENCE
 from ..lifecycle import Training, skeleton
-from ..models.mano import MANOClassifier, MANOOperator, parse_mano_spec
-from ..run_config import SimulateConfig, check_pipeline, check_run_options, check_threads, prepared_data
+from ..mano_run import MANOTask, build_mano, mano_task, task_score
+from ..models.mano import parse_mano_spec
+from ..run_config import SimulateConfig, check_pipeline, check_run_options, check_threads
 
 __all__ = ["MANOPrepared", "prepare", "MANO_DEFAULT_LR", "EVAL_CHUNK"]
 
@@ -48,63 +48,6 @@ _UNUSED = {"activation": None, "schedule": "stream", "drop_last": False, "batch_
 
 
 @dataclass
-class _Task:
-    """The data of a run in the model's terms: inputs (N, ...) float32, targets (labels or scaled fields)."""
-
-    name: str
-    field: bool
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    outputs: int
-    scale: float = 1.0
-    image_shape: tuple[int, ...] = ()
-
-
-def _task(config: SimulateConfig) -> _Task:
-    if config.data_dir is None and config.dataset in DARCY_DATASETS:
-        if config.normalize != "none":
-            raise ConfigError(f"{config.dataset}: the coefficients are scaled to {{-1, 1}} and the solutions by their "
-                              f"standard deviation already; --normalize does not apply")
-        darcy = darcy_dataset(DARCY_DATASETS[config.dataset], *DARCY_SPLIT, seed=0)
-        n = config.limit
-        a_train, u_train = darcy.a_train[:n], darcy.u_train[:n]
-        scale = float(u_train.std()) or 1.0
-        return _Task(config.dataset, True, ((a_train - 7.5) / 4.5).astype(np.float32),
-                     (u_train / scale).astype(np.float32), ((darcy.a_test[:n] - 7.5) / 4.5).astype(np.float32),
-                     darcy.u_test[:n], 1, scale)
-    if config.data_dir is None and config.dataset not in DATASETS:
-        raise ConfigError(f"unknown dataset {config.dataset!r}; choose one of "
-                          f"{', '.join((*DATASETS, *DARCY_DATASETS))} or --data-dir")
-    data = prepared_data(config)
-    return _Task(data.name, False, data.x_train, data.y_train, data.x_test, data.y_test, data.n_classes,
-                 image_shape=tuple(data.image_shape))
-
-
-def _image_shape(config: SimulateConfig, task: _Task) -> tuple[int, int, int]:
-    shape = task.image_shape
-    if len(shape) == 2:
-        shape = (1, *shape)
-    if len(shape) != 3 or shape[1] != shape[2]:
-        raise ConfigError(f"MANO classifies square images; {config.dataset} has samples of shape {shape}")
-    return tuple(int(v) for v in shape)
-
-
-def _build(config: SimulateConfig, task: _Task, sizes: dict) -> torch.nn.Module:
-    torch.manual_seed(config.seed)
-    common = dict(dim=sizes["dim"], depth=sizes["depth"], heads=sizes["heads"], window=sizes["window"],
-                  variant=sizes["variant"], stride=sizes["stride"])
-    if task.field:
-        return MANOOperator(size=task.x_train.shape[-1], **common)
-    image = _image_shape(config, task)
-    if sizes["patch"] > image[1]:
-        raise ConfigError(f"--model {config.model}: patch {sizes['patch']} is larger than the {image[1]}x{image[2]} "
-                          f"images")
-    return MANOClassifier(image, task.outputs, patch=sizes["patch"], **common)
-
-
-@dataclass
 class MANOPrepared:
     """A prepared MANO run (lifecycle.PreparedRun)."""
 
@@ -113,7 +56,7 @@ class MANOPrepared:
     record: dict
     total_samples: int
     device: DeviceProfile
-    task: _Task
+    task: MANOTask
     model: torch.nn.Module
     train_config: MANOTrainConfig
 
@@ -126,10 +69,7 @@ class MANOPrepared:
                     with meter.phase(INFERENCE, len(x)):
                         outputs.append(model(x).numpy())
                     meter.inferred += len(x)
-            out = np.concatenate(outputs)
-            if self.task.field:
-                return relative_l2(out * self.task.scale, self.task.y_test)
-            return float((out.argmax(1) == self.task.y_test).mean())
+            return task_score(self.task, np.concatenate(outputs))
         return evaluate
 
     def train(self, training: Training):
@@ -208,8 +148,8 @@ def prepare(config: SimulateConfig) -> MANOPrepared:
                                    lr=lr, epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
                                    plan=config.plan(), **{k: float(v) for k, v in config.rule_options.items()})
     train_config.validate()
-    task = _task(config)
-    model = _build(config, task, sizes)
+    task = mano_task(config)
+    model = build_mano(config, task, sizes)
     from ..rules.mano_memory import plan_mano_memory
 
     sample = task.x_train.shape[1:]
