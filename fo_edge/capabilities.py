@@ -32,9 +32,7 @@ CAPABILITIES: dict[tuple[str, str], dict[str, bool | str]] = {
                                        "refused"},
     ("conv", "numba"): {**_ALL, "export": "onnx-int8"},
     ("conv", "torch"): {**_ALL, "export": "onnx"},
-    ("mano", "torch"): {**_ALL, "export": "onnx",
-                        "diagnose": "gap: diagnose compares per-layer updates with BP's gradient for MLP and conv "
-                                    "nets; MANO runs are refused"},
+    ("mano", "torch"): {**_ALL, "export": "onnx"},
 }
 
 

@@ -420,12 +420,15 @@ def diagnose(run_dir, rule, model, dataset, steps, every, batch_size, lr, activa
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    click.echo(f"{result['rule']} on {result['model']} ({result['dataset']}, {result['activation']}; "
+    click.echo(f"{result['rule']} on {result['model']} ({result['dataset']}, {result['activation'] or 'MANO'}; "
                f"{result['source']}), sampled at steps {result['step'][0]}..{result['step'][-1]}")
-    click.echo("layer  cosine with BP (first -> last)  drift |W^T W - I|_F (first -> last)")
-    for l in range(result["layers"]):
-        click.echo(f"{l + 1:<5}  {result['cosine'][0][l]:+.3f} -> {result['cosine'][-1][l]:+.3f}"
-                   f"{'':14}{result['drift'][0][l]:.3g} -> {result['drift'][-1][l]:.3g}")
+    names = result.get("stages") or [str(l + 1) for l in range(result["layers"])]
+    width = max(5, *(len(name) for name in names))
+    click.echo(f"{'layer':<{width}}  cosine with BP (first -> last)  drift |W^T W - I|_F (first -> last)")
+    for l, name in enumerate(names):
+        first, last = result["drift"][0][l], result["drift"][-1][l]
+        drift = "n/a (attention blocks)" if first is None else f"{first:.3g} -> {last:.3g}"
+        click.echo(f"{name:<{width}}  {result['cosine'][0][l]:+.3f} -> {result['cosine'][-1][l]:+.3f}{'':14}{drift}")
     if plot:
         click.echo(f"plot written to {plot}")
 

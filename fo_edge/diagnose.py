@@ -4,7 +4,8 @@ For a batch and the current weights, ``cosine_l = <g_rule_l, g_bp_l> / (|g_rule_
 ``rules.compute_updates`` on the same batch, so 1 means the rule follows the gradient, 0 is a random
 direction) and ``drift_l = |W_l^T W_l - I|_F`` on the smaller Gram side (0 for an orthogonal layer, FOTON's
 premise). A fresh run trains on the PyTorch path and samples both every ``every`` steps; a saved run is
-measured once, averaged over test batches. A saved conv run (models.conv) compares FOTON's conv update with
+measured once, averaged over test batches. A saved MANO run compares per stage (stem, blocks, head) the
+direction its rule moves the parameters in with BP's gradient (engine.mano_loop.stage_updates); no drift. A saved conv run (models.conv) compares FOTON's conv update with
 autograd's kernel gradient (rules.foton_conv) on its host weights; a conv layer's drift is that of its circular
 convolution operator A on the (C, H, W) map, |A^T A - I|_F (co-isometries: |A A^T - I|_F), exact through the
 2-D DFT, which block-diagonalises A into the C_out x C_in matrices K^(u, v), one per frequency:
@@ -12,6 +13,7 @@ drift^2 = sum_{u, v} |K^(u, v)^H K^(u, v) - I|_F^2.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,7 @@ from .engine.torch_loop import train_torch
 from .errors import ConfigError
 from .models.mlp import init_weights, parse_model_spec
 from .rules import RULES, compute_updates, rule_config
-from .runs import load_trained, real_weights, write_file_atomic
+from .runs import load_trained, read_run, real_weights, write_file_atomic
 
 __all__ = ["layer_diagnostics", "diagnose_fresh", "diagnose_run", "plot_diagnostics"]
 
@@ -131,7 +133,11 @@ def conv_layer_diagnostics(run, x: np.ndarray, t: np.ndarray) -> tuple[list[floa
 
 
 def diagnose_run(run_dir: str | Path, *, batches: int = 8, batch_size: int = 64) -> dict:
-    """The diagnostics of a saved run's final weights (MLP or conv), averaged over ``batches`` test batches."""
+    """The diagnostics of a saved run's final weights (MLP, conv or MANO), averaged over ``batches`` test
+    batches."""
+    record = read_run(run_dir)
+    if record["config"].get("mano"):
+        return _diagnose_mano_run(record, run_dir, batches, batch_size)
     run = load_trained(run_dir, conv=True)
     cfg = run.record["config"]
     if cfg.get("conv"):
@@ -163,6 +169,41 @@ def _diagnose_conv_run(run, run_dir, batches: int, batch_size: int) -> dict:
             "cosine": [np.mean([r[0] for r in results], axis=0).tolist()], "drift": [results[0][1]]}
 
 
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """<a, b> / (|a| |b|) clipped to [-1, 1] (rounding can carry it past), 0 when either is zero."""
+    norm = float(a.norm() * b.norm())
+    return max(-1.0, min(1.0, float(a @ b) / norm)) if norm > 0 else 0.0
+
+
+def _diagnose_mano_run(record: dict, run_dir, batches: int, batch_size: int) -> dict:
+    """A saved MANO run: per stage (stem, each block, head), the cosine between the direction its rule moves the
+    stage's parameters in and BP's gradient (engine.mano_loop.stage_updates, on the run's test inputs and
+    targets), averaged over test batches. Orthogonality drift is not defined for attention blocks: None."""
+    from .engine.mano_loop import MANOTrainConfig, stage_updates
+    from .mano_run import trained_mano
+
+    model, task, config = trained_mano(run_dir, record)
+    cfg = record["config"]
+    train = MANOTrainConfig(rule=cfg["rule"], task=cfg["task"], seed=config.seed,
+                            **{k: float(v) for k, v in cfg.get("rule_options", {}).items()})
+    cosines = []
+    for i in range(batches):
+        x, y = task.x_test[i * batch_size:(i + 1) * batch_size], task.y_test[i * batch_size:(i + 1) * batch_size]
+        if len(x) == 0:
+            break
+        target = torch.as_tensor((y / task.scale).astype(np.float32) if task.field else y)
+        rule = stage_updates(model, torch.as_tensor(x), target, train, task.outputs)
+        bp = rule if cfg["rule"] == "bp" else \
+            stage_updates(model, torch.as_tensor(x), target, dataclasses.replace(train, rule="bp"), task.outputs)
+        cosines.append([_cosine(a, b) for a, b in zip(rule, bp)])
+    batch = int(cfg["batch_size"])
+    step = len(record["history"]) * -(-int(record["dataset"]["n_train"]) // batch)  # the epochs' steps
+    stages = list(cfg.get("stages") or [f"stage{l}" for l in range(len(cosines[0]))])
+    return {"rule": cfg["rule"], "model": cfg["model"], "dataset": task.name, "activation": None,
+            "source": str(run_dir), "layers": len(stages), "stages": stages, "step": [step],
+            "cosine": [np.mean(cosines, axis=0).tolist()], "drift": [[None] * len(stages)]}
+
+
 def plot_diagnostics(result: dict, path: str | Path) -> None:
     """Cosine with BP and orthogonality drift over steps, one line per layer (PNG, written atomically)."""
     import matplotlib
@@ -172,13 +213,18 @@ def plot_diagnostics(result: dict, path: str | Path) -> None:
 
     cos, drift = np.array(result["cosine"]), np.array(result["drift"])
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    for l in range(result["layers"]):
-        axes[0].plot(result["step"], cos[:, l], marker=".", label=f"layer {l + 1}")
-        axes[1].plot(result["step"], drift[:, l], marker=".", label=f"layer {l + 1}")
+    names = result.get("stages") or [f"layer {l + 1}" for l in range(result["layers"])]
+    for l, name in enumerate(names):
+        axes[0].plot(result["step"], cos[:, l], marker=".", label=name)
+        if drift[0, l] is not None:  # (None: not defined, MANO's attention blocks)
+            axes[1].plot(result["step"], drift[:, l].astype(float), marker=".", label=name)
     axes[0].set(title=f"{result['rule']}: cosine(update, BP gradient)", xlabel="step", ylabel="cosine", ylim=(-1, 1))
     axes[1].set(title="orthogonality drift |W^T W - I|_F", xlabel="step", ylabel="Frobenius norm")
+    if not axes[1].lines:
+        axes[1].set_title("orthogonality drift: not defined for these layers")
     for ax in axes:
-        ax.legend(fontsize=7, ncol=2)
+        if ax.lines:
+            ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     write_file_atomic(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
     plt.close(fig)

@@ -30,10 +30,9 @@ from .device import DeviceProfile
 from .device.spec import Overflow, Rounding
 from .errors import ConfigError
 from .export_conv import conv_device_inference, conv_int8_model_bytes, conv_torch_logits, conv_torch_module
-from .mano_run import build_mano, mano_task, task_score
-from .run_config import config_from_saved
-from .runs import (TrainedRun, load_state_weights, load_trained, read_run, real_weights, run_status_note,
-                   write_file_atomic, write_json_atomic)
+from .mano_run import task_score, trained_mano
+from .runs import (TrainedRun, load_trained, read_run, real_weights, run_status_note, write_file_atomic,
+                   write_json_atomic)
 
 __all__ = ["export_onnx", "FP32_ATOL", "MIN_AGREEMENT"]
 
@@ -254,12 +253,7 @@ def _export_mano(run_dir, record: dict, out: Path) -> dict:
     verified against the PyTorch forward on the run's test inputs (max |output difference| <= FP32_ATOL)."""
     import torch
 
-    config = config_from_saved(record["config"].get("simulate") or {})
-    task = mano_task(config)
-    model = build_mano(config, task, record["config"]["mano"])
-    state = load_state_weights(run_dir, {name: tuple(p.shape) for name, p in model.state_dict().items()})
-    model.load_state_dict({name: torch.as_tensor(a) for name, a in state.items()})
-    model.eval()
+    model, task, _ = trained_mano(run_dir, record)
     output = "u" if task.field else "logits"
     model_bytes = _exported(model, tuple(task.x_test.shape[1:]), output)
     write_file_atomic(out, lambda handle: handle.write(model_bytes))

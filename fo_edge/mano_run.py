@@ -17,9 +17,10 @@ from .darcy import DARCY_DATASETS, DARCY_SPLIT, darcy_dataset, relative_l2
 from .data import DATASETS
 from .errors import ConfigError
 from .models.mano import MANOClassifier, MANOOperator
-from .run_config import SimulateConfig, prepared_data
+from .run_config import SimulateConfig, config_from_saved, prepared_data
+from .runs import load_state_weights
 
-__all__ = ["MANOTask", "mano_task", "build_mano", "task_score"]
+__all__ = ["MANOTask", "mano_task", "build_mano", "task_score", "trained_mano"]
 
 
 @dataclass
@@ -89,3 +90,14 @@ def task_score(task: MANOTask, outputs: np.ndarray) -> float:
     if task.field:
         return relative_l2(outputs * task.scale, task.y_test)
     return float((outputs.argmax(1) == task.y_test).mean())
+
+
+def trained_mano(run_dir, record: dict) -> tuple[torch.nn.Module, MANOTask, SimulateConfig]:
+    """A saved MANO run (run.json's ``record``) read back: its network with the weights of ``weights.npz``
+    (checked by name and shape: runs.load_state_weights), in eval mode, its data and its options."""
+    config = config_from_saved(record["config"].get("simulate") or {})
+    task = mano_task(config)
+    model = build_mano(config, task, record["config"]["mano"])
+    state = load_state_weights(run_dir, {name: tuple(p.shape) for name, p in model.state_dict().items()})
+    model.load_state_dict({name: torch.as_tensor(a) for name, a in state.items()})
+    return model.eval(), task, config

@@ -217,7 +217,7 @@ def load_trained(run_dir: str | Path, spiking: bool = False, conv: bool = False)
     record = read_run(path)
     if record["config"].get("mano"):
         raise RunError(f"{path} is a MANO run: MANO models export to fp32 ONNX only (fo-edge export RUN_DIR --out "
-                       f"FILE.onnx); they have no NIR export and no diagnose yet")
+                       f"FILE.onnx), not to NIR")
     if record["config"].get("conv") and not conv:
         raise RunError(f"{path} is a conv-net run; NIR export takes spiking MLP runs (export it to ONNX with --out)")
     if record["config"].get("activation") == "loihi-cuba" and not spiking:

@@ -98,8 +98,9 @@ def test_each_guarantee_a_cell_claims_holds(tmp_path, cell):
         assert export_onnx(tmp_path / "run", tmp_path / "m.onnx")["passed"]
         if row["export"] == "onnx-int8":
             assert export_onnx(tmp_path / "run", tmp_path / "m8.onnx", int8=True)["passed"]
-    if row["diagnose"] is True:
-        assert len(diagnose(str(tmp_path / "run"))["cosine"][0]) == len(record["config"]["dims"]) - 1
+    if row["diagnose"] is True:  # one cosine per layer, or per stage (MANO: stem, blocks, head)
+        layers = len(record["config"].get("stages") or record["config"]["dims"][1:])
+        assert len(diagnose(str(tmp_path / "run"))["cosine"][0]) == layers
     else:
         with pytest.raises(RunError):
             diagnose(str(tmp_path / "run"))

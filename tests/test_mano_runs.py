@@ -195,3 +195,47 @@ def test_mano_runs_export_to_onnx_that_onnxruntime_runs_as_pytorch_does(tmp_path
     broken = export("--out", str(tmp_path / "b.onnx"))
     assert broken.returncode == 2 and "missing" in broken.stderr and len(broken.stderr.splitlines()) == 1
     assert not (tmp_path / "b.onnx").exists() and not (tmp_path / "q.onnx").exists()
+
+
+def test_mano_stage_updates_are_the_rules_gradients_and_move_nothing():
+    """engine.mano_loop.stage_updates: BP's equals autograd's gradient of the task loss, stage by stage; FTP's
+    head (trained on the task loss) equals BP's head; the parameters are left as they were."""
+    from fo_edge.accounting.mano_counts import stage_of
+    from fo_edge.engine.mano_loop import stage_updates
+
+    torch.manual_seed(0)
+    model = MANOClassifier((1, 8, 8), 10, dim=8, depth=2, heads=2, patch=2, window=2)
+    x, labels = torch.randn(6, 64), torch.tensor([0, 1, 2, 3, 4, 5])
+    before = [p.detach().clone() for p in model.parameters()]
+    bp = stage_updates(model, x, labels, MANOTrainConfig(rule="bp"), 10)
+    ftp = stage_updates(model, x, labels, MANOTrainConfig(rule="ftp", seed=3), 10)
+    for p, q in zip(model.parameters(), before):
+        assert torch.equal(p, q) and p.grad is None
+    grads = torch.autograd.grad(torch.nn.functional.cross_entropy(model(x), labels), list(model.parameters()))
+    names = [name for name, _ in model.named_parameters()]
+    for stage, got in enumerate(bp):
+        want = torch.cat([g.reshape(-1) for name, g in zip(names, grads) if stage_of(name, 2) == stage])
+        torch.testing.assert_close(got, want.to(torch.float64))
+    assert len(ftp) == 4 and torch.equal(ftp[-1], bp[-1]) and not torch.allclose(ftp[1], bp[1])
+
+
+def test_fo_edge_diagnose_reports_a_mano_run_per_stage(tmp_path):
+    """A saved MANO run's diagnose: one cosine per stage (stem, blocks, head), 1 for BP; drift not defined."""
+    for rule in ("bp", "ftp"):
+        out = tmp_path / rule
+        trained = CliRunner().invoke(cli, ["simulate", "--rule", rule, "--device", "gpu-fp32", "--dataset", "digits",
+                                           "--model", "mano:dim=8,depth=2,heads=2,window=2,patch=2", "--epochs", "1",
+                                           "--out", str(out)])
+        assert trained.exit_code == 0, trained.output
+        result = CliRunner().invoke(cli, ["diagnose", str(out), "--json", "--plot", str(tmp_path / f"{rule}.png")])
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.output.split("plot written")[0])
+        assert report["stages"] == ["stem", "block1", "block2", "head"] and report["drift"] == [[None] * 4]
+        assert report["step"] == [-(-1348 // 32)]
+        if rule == "bp":
+            assert report["cosine"][0] == pytest.approx([1.0] * 4)
+        else:
+            assert report["cosine"][0][-1] == pytest.approx(1.0) and all(-1 <= c <= 1 for c in report["cosine"][0])
+        table = CliRunner().invoke(cli, ["diagnose", str(out)])
+        assert table.exit_code == 0 and "block2" in table.output and "n/a" in table.output
+        assert (tmp_path / f"{rule}.png").stat().st_size > 0

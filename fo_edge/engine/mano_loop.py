@@ -37,7 +37,7 @@ from ..rules.base import feedback_matrix
 from .health import HealthConfig, HealthMonitor, NumericHealthError, TrainingStopped
 from .plan import BatchPlan
 
-__all__ = ["MANOTrainConfig", "train_mano", "MANO_RULES", "ftp_step", "bp_step"]
+__all__ = ["MANOTrainConfig", "train_mano", "MANO_RULES", "ftp_step", "bp_step", "feedback", "stage_updates"]
 
 MANO_RULES = ("bp", "ftp")
 
@@ -162,6 +162,31 @@ def _restore(model, optimizer, resume: dict) -> None:
                                       "exp_avg_sq": torch.as_tensor(second[ends[i]:ends[i + 1]]).reshape(p.shape).clone()}
 
 
+def feedback(model, outputs: int, config: MANOTrainConfig) -> torch.Tensor:
+    """FTP's G: (dim, outputs) float32, from the run's g_scale and seed (as training draws it)."""
+    dim = model.blocks[0].norm1.normalized_shape[0]
+    return torch.tensor(feedback_matrix((dim, outputs), outputs, config.g_scale, config.seed), dtype=torch.float32)
+
+
+def stage_updates(model, x: torch.Tensor, target: torch.Tensor, config: MANOTrainConfig, outputs: int) -> list:
+    """The direction ``config.rule`` would move each stage's parameters in on batch (x, target), as one flat
+    float64 tensor per stage (stem, blocks, head: accounting.mano_counts.stage_of): the gradients its step forms
+    (FTP: the block-local losses and the head's task loss; BP: autograd through the model), taken before any
+    optimiser sees them. The parameters are left as they were."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # zero_grad only: a zero step moves nothing
+    if config.rule == "ftp":
+        ftp_step(model, x, target, config, feedback(model, outputs, config), optimizer)
+    else:
+        bp_step(model, x, target, config, optimizer)
+    depth = len(model.blocks)
+    stages = [[] for _ in range(depth + 2)]
+    for name, p in model.named_parameters():
+        grad = p.grad if p.grad is not None else torch.zeros_like(p)
+        stages[stage_of(name, depth)].append(grad.detach().reshape(-1).to(torch.float64))
+    model.zero_grad(set_to_none=True)
+    return [torch.cat(parts) for parts in stages]
+
+
 def _stage_weights(model, depth: int) -> list[np.ndarray]:
     """Every stage's parameters flat (stem, blocks, head: accounting.mano_counts.stage_of), for the health checks."""
     stages = [[] for _ in range(depth + 2)]
@@ -184,8 +209,7 @@ def train_mano(model: torch.nn.Module, x_train: np.ndarray, y_train: np.ndarray,
     config.validate()
     torch.manual_seed(config.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    dim = model.blocks[0].norm1.normalized_shape[0]
-    g = torch.tensor(feedback_matrix((dim, outputs), outputs, config.g_scale, config.seed), dtype=torch.float32)
+    g = feedback(model, outputs, config)
     depth = len(model.blocks)
     monitor = HealthMonitor(health or HealthConfig(), depth + 2)
     history: list[dict] = []
