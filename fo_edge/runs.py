@@ -128,10 +128,8 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         raise RunError(f"{path} is truncated or not an npz checkpoint ({exc})") from None
 
 
-def load_weights(run_dir: str | Path, dims: list[int]) -> dict[str, np.ndarray]:
-    """The arrays of ``RUN_DIR/weights.npz``, checked against ``dims`` (W{l}: (d_{l+1}, d_l) float32 or int32,
-    exp{l}: int32 scalars, or (d_{l+1},) int32 per-row exponents of per-channel scales). Pickled objects,
-    truncated or foreign files and wrong shapes raise RunError."""
+def _read_weights(run_dir: str | Path) -> tuple[Path, dict[str, np.ndarray]]:
+    """(path, arrays) of ``RUN_DIR/weights.npz``: a missing or oversized file, pickles or damage raise RunError."""
     path = Path(run_dir) / "weights.npz"
     try:
         size = path.stat().st_size
@@ -139,7 +137,14 @@ def load_weights(run_dir: str | Path, dims: list[int]) -> dict[str, np.ndarray]:
         raise RunError(f"{run_dir} has no weights.npz; re-run the simulation") from None
     if size > MAX_CHECKPOINT_BYTES:
         raise RunError(f"{path} is {size} bytes, larger than any fo-edge checkpoint; refusing to read it")
-    out = _read_npz(path)
+    return path, _read_npz(path)
+
+
+def load_weights(run_dir: str | Path, dims: list[int]) -> dict[str, np.ndarray]:
+    """The arrays of ``RUN_DIR/weights.npz``, checked against ``dims`` (W{l}: (d_{l+1}, d_l) float32 or int32,
+    exp{l}: int32 scalars, or (d_{l+1},) int32 per-row exponents of per-channel scales). Pickled objects,
+    truncated or foreign files and wrong shapes raise RunError."""
+    path, out = _read_weights(run_dir)
     n = len(dims) - 1
     for l in range(n):
         w = out.get(f"W{l}")
@@ -239,14 +244,7 @@ def load_trained(run_dir: str | Path, spiking: bool = False, conv: bool = False)
 def load_state_weights(run_dir: str | Path, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
     """The arrays of ``RUN_DIR/weights.npz`` stored under a model's state_dict names (MANO runs), checked against
     ``shapes`` (name -> shape): every name present, no other, each float32 of its shape; else RunError."""
-    path = Path(run_dir) / "weights.npz"
-    try:
-        size = path.stat().st_size
-    except OSError:
-        raise RunError(f"{run_dir} has no weights.npz; re-run the simulation") from None
-    if size > MAX_CHECKPOINT_BYTES:
-        raise RunError(f"{path} is {size} bytes, larger than any fo-edge checkpoint; refusing to read it")
-    out = _read_npz(path)
+    path, out = _read_weights(run_dir)
     missing, extra = sorted(set(shapes) - set(out)), sorted(set(out) - set(shapes))
     if missing or extra:
         raise RunError(f"{path} does not hold this model's parameters (missing {missing or 'none'}, unexpected "
