@@ -5,7 +5,8 @@ For a batch and the current weights, ``cosine_l = <g_rule_l, g_bp_l> / (|g_rule_
 direction) and ``drift_l = |W_l^T W_l - I|_F`` on the smaller Gram side (0 for an orthogonal layer, FOTON's
 premise). A fresh run trains on the PyTorch path and samples both every ``every`` steps; a saved run is
 measured once, averaged over test batches. A saved MANO run compares per stage (stem, blocks, head) the
-direction its rule moves the parameters in with BP's gradient (engine.mano_loop.stage_updates); no drift. A saved conv run (models.conv) compares FOTON's conv update with
+direction its rule moves the parameters in with BP's gradient (engine.mano_loop.stage_updates); no drift.
+A saved conv run (models.conv) compares FOTON's conv update with
 autograd's kernel gradient (rules.foton_conv) on its host weights; a conv layer's drift is that of its circular
 convolution operator A on the (C, H, W) map, |A^T A - I|_F (co-isometries: |A A^T - I|_F), exact through the
 2-D DFT, which block-diagonalises A into the C_out x C_in matrices K^(u, v), one per frequency:

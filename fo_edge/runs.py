@@ -261,7 +261,6 @@ def load_conv_weights(run_dir: str | Path, conv: dict, n_classes: int) -> dict[s
     run.json records them): ``K{l}`` (C_out, C_in, k, k) float32 per conv layer, then the dense ``W{L-1}``
     (n_classes, C*H*W of the last pooled map) float32; and, from an integer device, its store for every layer:
     ``D{l}`` (rows, C_in k k or the dense width) int32 mantissas with ``dexp{l}`` (rows,) int32 exponents."""
-    path = Path(run_dir) / "weights.npz"
     try:
         channels, k = [int(c) for c in conv["channels"]], int(conv["kernel"])
         c, h, w = (int(v) for v in conv["in_shape"])
@@ -273,11 +272,7 @@ def load_conv_weights(run_dir: str | Path, conv: dict, n_classes: int) -> dict[s
         c, h, w = out, h // 2, w // 2
     shapes.append((n_classes, c * h * w))
     names = [f"K{l}" for l in range(len(channels))] + [f"W{len(channels)}"]
-    if not path.exists():
-        raise RunError(f"{run_dir} has no weights.npz; re-run the simulation")
-    if path.stat().st_size > MAX_CHECKPOINT_BYTES:
-        raise RunError(f"{path} is larger than any fo-edge checkpoint; refusing to read it")
-    out = _read_npz(path)
+    path, out = _read_weights(run_dir)
     for name, shape in zip(names, shapes):
         array = out.get(name)
         if array is None or array.shape != shape or array.dtype != np.float32:

@@ -72,7 +72,7 @@ def _scan_(a):
     return out, np.nonzero(flags)[0].astype(np.int64), float(peaks.max())
 
 
-@njit(cache=True)  # a call, not inlined: inlined into its three parallel callers it added 8 s to a cold compile
+@njit(cache=True)  # called, not inlined: inlined into its 3 parallel callers, outer_update_ compiled in 33 s, not 28
 def _apply_row_(wrow, cols, row, mul, shift, mode, w_lo, w_hi, key, kbase, steps):
     """wrow[cols[c]] -= round(row[c] * mul / 2**shift) (row: integer sums, or exact ones in float), saturated to
     [w_lo, w_hi], for every c; wrow: one row of the layer (a view of the weight store), whose weight at layer index
