@@ -24,12 +24,8 @@ _ALL = {name: True for name in GUARANTEES if name != "export"}
 CAPABILITIES: dict[tuple[str, str], dict[str, bool | str]] = {
     ("mlp", "numba"): {**_ALL, "export": "onnx-int8"},
     ("mlp", "torch"): {**_ALL, "export": "onnx"},
-    ("spiking", "numba"): {**_ALL, "export": "nir",
-                           "diagnose": "gap: diagnose compares float updates with BP's gradient; spiking runs are "
-                                       "refused"},
-    ("spiking", "torch"): {**_ALL, "export": "nir",
-                           "diagnose": "gap: diagnose compares float updates with BP's gradient; spiking runs are "
-                                       "refused"},
+    ("spiking", "numba"): {**_ALL, "export": "nir"},
+    ("spiking", "torch"): {**_ALL, "export": "nir"},
     ("conv", "numba"): {**_ALL, "export": "onnx-int8"},
     ("conv", "torch"): {**_ALL, "export": "onnx"},
     ("mano", "torch"): {**_ALL, "export": "onnx"},

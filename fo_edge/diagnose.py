@@ -6,6 +6,8 @@ direction) and ``drift_l = |W_l^T W_l - I|_F`` on the smaller Gram side (0 for a
 premise). A fresh run trains on the PyTorch path and samples both every ``every`` steps; a saved run is
 measured once, averaged over test batches. A saved MANO run compares per stage (stem, blocks, head) the
 direction its rule moves the parameters in with BP's gradient (engine.mano_loop.stage_updates); no drift.
+A saved spiking run (either backend) compares, on its real weights in the float spiking net, the rule's step
+direction with BP through time using snnTorch's surrogate spike derivative (engine.spiking_torch).
 A saved conv run (models.conv) compares FOTON's conv update with
 autograd's kernel gradient (rules.foton_conv) on its host weights; a conv layer's drift is that of its circular
 convolution operator A on the (C, H, W) map, |A^T A - I|_F (co-isometries: |A A^T - I|_F), exact through the
@@ -139,10 +141,12 @@ def diagnose_run(run_dir: str | Path, *, batches: int = 8, batch_size: int = 64)
     record = read_run(run_dir)
     if record["config"].get("mano"):
         return _diagnose_mano_run(record, run_dir, batches, batch_size)
-    run = load_trained(run_dir, conv=True)
+    run = load_trained(run_dir, spiking=True, conv=True)
     cfg = run.record["config"]
     if cfg.get("conv"):
         return _diagnose_conv_run(run, run_dir, batches, batch_size)
+    if run.profile.spiking is not None:
+        return _diagnose_spiking_run(run, run_dir, batches, batch_size)
     data = load_dataset(cfg["dataset"] if cfg.get("data_dir") is None else None, cfg.get("data_dir"))
     weights = real_weights(run)
     config = rule_config(cfg["rule"], **cfg.get("rule_options", {}))
@@ -167,6 +171,55 @@ def _diagnose_conv_run(run, run_dir, batches: int, batch_size: int) -> dict:
     step = run.record["history"][-1]["steps"] if run.record["history"] else 0
     return {"rule": run.record["config"]["rule"], "model": run.record["config"]["model"], "dataset": data.name,
             "activation": run.activation, "source": str(run_dir), "layers": len(run.dims) - 1, "step": [step],
+            "cosine": [np.mean([r[0] for r in results], axis=0).tolist()], "drift": [results[0][1]]}
+
+
+def spiking_layer_diagnostics(run, weights: list[torch.Tensor], x: np.ndarray,
+                              t: np.ndarray) -> tuple[list[float], list[float]]:
+    """(cosine with BP, orthogonality drift) per layer of a saved spiking run (either backend: its real weights
+    on the float spiking net, models.spiking) on batch (x (B, d_0) in [0, 1], t one-hot): the rule's step
+    direction (engine.spiking_torch.spiking_updates, the run's hidden error) against BP through time with
+    snnTorch's surrogate spike derivative (engine.spiking_torch.surrogate_gradients)."""
+    from .engine.spiking_torch import spiking_updates, surrogate_gradients
+    from .models.spiking import SpikingMLP
+    from .rules import projection_torch
+    from .rules.ftp import ftp_feedback
+    from .rules.pepita import pepita_feedback
+
+    cfg = run.record["config"]
+    config = rule_config(cfg["rule"], **cfg.get("rule_options", {}))
+    temperature = getattr(config, "temperature", 1.0)
+    if cfg["rule"] == "ftp":
+        proj = torch.tensor(ftp_feedback(run.dims, config), dtype=torch.float32)
+    elif cfg["rule"] == "pepita":
+        proj = torch.tensor(pepita_feedback(run.dims, config), dtype=torch.float32)
+    else:  # FOTON's F = W_L ... W_1 of the weights measured
+        proj = projection_torch(weights)
+    net = SpikingMLP(weights, run.profile.spiking)
+    xt, tt = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(t, dtype=torch.float32)
+    rule, _ = spiking_updates(lambda phase, xb, inject=None: net(xb, inject=inject), weights, xt, tt, cfg["rule"],
+                              config, proj, error=cfg["error"], temperature=temperature,
+                              hidden_error=cfg.get("hidden_error"), timesteps=run.profile.spiking.timesteps)
+    bp = surrogate_gradients(net, xt, tt, error=cfg["error"], temperature=temperature)
+    drifts = []
+    for w in weights:
+        w = w.to(torch.float64)
+        gram = w @ w.T if w.shape[0] < w.shape[1] else w.T @ w
+        drifts.append(float(torch.linalg.matrix_norm(gram - torch.eye(gram.shape[0], dtype=gram.dtype))))
+    return [_cosine(a.flatten().double(), b.flatten().double()) for a, b in zip(rule, bp)], drifts
+
+
+def _diagnose_spiking_run(run, run_dir, batches: int, batch_size: int) -> dict:
+    cfg = run.record["config"]
+    data = load_dataset(cfg["dataset"] if cfg.get("data_dir") is None else None, cfg.get("data_dir"))
+    weights = [torch.as_tensor(w) for w in real_weights(run)]
+    eye = np.eye(run.dims[-1])
+    results = [spiking_layer_diagnostics(run, weights, data.x_test[i * batch_size:(i + 1) * batch_size],
+                                         eye[data.y_test[i * batch_size:(i + 1) * batch_size]])
+               for i in range(batches) if i * batch_size < len(data.x_test)]
+    step = run.record["history"][-1]["steps"] if run.record["history"] else 0
+    return {"rule": cfg["rule"], "model": cfg["model"], "dataset": data.name, "activation": run.activation,
+            "source": str(run_dir), "layers": len(run.dims) - 1, "step": [step],
             "cosine": [np.mean([r[0] for r in results], axis=0).tolist()], "drift": [results[0][1]]}
 
 

@@ -226,8 +226,8 @@ def load_trained(run_dir: str | Path, spiking: bool = False, conv: bool = False)
     if record["config"].get("conv") and not conv:
         raise RunError(f"{path} is a conv-net run; NIR export takes spiking MLP runs (export it to ONNX with --out)")
     if record["config"].get("activation") == "loihi-cuba" and not spiking:
-        raise RunError(f"{path} is a spiking run; export it with --nir (ONNX export and diagnose handle non-spiking "
-                       f"MLP runs)")
+        raise RunError(f"{path} is a spiking run; export it with --nir (ONNX export handles non-spiking MLP and "
+                       f"conv runs)")
     if not (path / "device.toml").exists():
         raise RunError(f"{path} has no readable device.toml; re-run the simulation with this fo-edge")
     try:

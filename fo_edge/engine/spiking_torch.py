@@ -35,7 +35,7 @@ from .health import HealthConfig, HealthMonitor, NumericHealthError, TrainingSto
 from .plan import BatchPlan, epoch_order
 from .torch_loop import checkpoint_state, restore_checkpoint
 
-__all__ = ["train_spiking_torch"]
+__all__ = ["train_spiking_torch", "spiking_updates", "surrogate_gradients"]
 
 
 def train_spiking_torch(weights: list[np.ndarray], data: Dataset, rule: str, config, profile: DeviceProfile, *,
@@ -96,38 +96,15 @@ def train_spiking_torch(weights: list[np.ndarray], data: Dataset, rule: str, con
                 meter.begin_step()
             if is_foton and step % config.refresh_every == 0:
                 proj = projection_torch(ws)
-            y, counts, in_counts, acc = run(FORWARD, x)
-            e = output_error_torch(y, t, error, temperature)
-            if rule == "ftp":
-                inject = ftp_signal(config, t, e, y, proj)
-                y_m, counts_m, in_m, acc_m = run(MODULATED, x, inject)
-                if hidden_error == "central":
-                    y_n, counts_n = run(MODULATED, x, -inject)[:2]
-                if getattr(config, "output_loss", "error") == "local":  # y - tau_L (central: (y^- - y^+) / 2)
-                    e = (y_n - y_m) / 2 if hidden_error == "central" else y - y_m
-            else:
-                sign = 1.0 if rule == "pepita" else -1.0
-                _, counts_m, in_m, acc_m = run(MODULATED, torch.clamp(x + sign * (e @ proj), 0.0, 1.0))
-                if hidden_error == "central":
-                    counts_n = run(MODULATED, torch.clamp(x - sign * (e @ proj), 0.0, 1.0))[1]
+            steps_l, _ = spiking_updates(run, ws, x, t, rule, config, proj, error=error, temperature=temperature,
+                                         hidden_error=hidden_error, timesteps=steps_t, lr=lr_step)
             n = len(idx)
-            hins = [in_m if rule == "pepita" else in_counts] + [
-                (counts_m if rule == "pepita" else counts)[l] for l in range(len(ws) - 1)]
-            for l in range(len(ws) - 1):
-                if hidden_error == "central":
-                    delta = (counts_n[l] - counts_m[l]) / 2
-                elif hidden_error == "surrogate":
-                    delta = torch.where(counts[l] + counts_m[l] > 0, acc[l] - acc_m[l], 0.0)
-                else:
-                    delta = counts[l] - counts_m[l]
+            for l, delta_w in enumerate(steps_l):
                 before = ws[l].clone() if meter is not None else None
-                ws[l].sub_(lr_step * delta.T @ hins[l] / (steps_t ** 2 * n))
+                ws[l].sub_(delta_w)
                 if meter is not None:
                     meter.update(l, n, before, ws[l], False)
-            before = ws[-1].clone() if meter is not None else None
-            ws[-1].sub_(lr_step * e.T @ hins[-1] / (steps_t * n))
             if meter is not None:
-                meter.update(len(ws) - 1, n, before, ws[-1], False)
                 meter.trained += n
             step += 1
             bad = [l for l, w in enumerate(ws) if not bool(torch.isfinite(w).all())]
@@ -166,3 +143,57 @@ def train_spiking_torch(weights: list[np.ndarray], data: Dataset, rule: str, con
         if on_checkpoint is not None and checkpoint_every:
             on_checkpoint(state(epoch + 1, 0))
     return [w.cpu().numpy() for w in ws], history
+
+
+def spiking_updates(run: Callable, ws: list[torch.Tensor], x: torch.Tensor, t: torch.Tensor, rule: str, config,
+                    proj: torch.Tensor, *, error: str, temperature: float, hidden_error: str | None, timesteps: int,
+                    lr: float = 1.0) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """One batch's weight steps of a forward-only rule on the float spiking net, none applied: (Delta W_l per
+    layer, each shaped like W_l, the rule moves W_l -= Delta W_l; e (B, d_L)). ``run(phase, x, inject=None)``
+    presents x (B, d_0) (``SpikingMLP.forward``, metered or not); x in [0, 1], t (B, d_L) one-hot; ``proj``:
+    FTP's G, PEPITA's F or FOTON's F = W_L ... W_1 (d_L, d_1 or d_0). With B samples and T timesteps:
+    Delta W_l = lr delta_l^T h_{l-1} / (T^2 B) for the hidden layers and lr e^T c_{L-1} / (T B) for the output,
+    delta_l the hidden error (rules.spiking_binding.HIDDEN_ERRORS) and h_{l-1} the clean pass's counts
+    (PEPITA: the modulated pass's). lr = 1 gives the rule's update direction (``fo-edge diagnose``)."""
+    y, counts, in_counts, acc = run(FORWARD, x)
+    e = output_error_torch(y, t, error, temperature)
+    if rule == "ftp":
+        inject = ftp_signal(config, t, e, y, proj)
+        y_m, counts_m, in_m, acc_m = run(MODULATED, x, inject)
+        if hidden_error == "central":
+            y_n, counts_n = run(MODULATED, x, -inject)[:2]
+        if getattr(config, "output_loss", "error") == "local":  # y - tau_L (central: (y^- - y^+) / 2)
+            e = (y_n - y_m) / 2 if hidden_error == "central" else y - y_m
+    else:
+        sign = 1.0 if rule == "pepita" else -1.0
+        _, counts_m, in_m, acc_m = run(MODULATED, torch.clamp(x + sign * (e @ proj), 0.0, 1.0))
+        if hidden_error == "central":
+            counts_n = run(MODULATED, torch.clamp(x - sign * (e @ proj), 0.0, 1.0))[1]
+    n = len(x)
+    hins = [in_m if rule == "pepita" else in_counts] + [
+        (counts_m if rule == "pepita" else counts)[l] for l in range(len(ws) - 1)]
+    steps = []
+    for l in range(len(ws) - 1):
+        if hidden_error == "central":
+            delta = (counts_n[l] - counts_m[l]) / 2
+        elif hidden_error == "surrogate":
+            delta = torch.where(counts[l] + counts_m[l] > 0, acc[l] - acc_m[l], 0.0)
+        else:
+            delta = counts[l] - counts_m[l]
+        steps.append(lr * delta.T @ hins[l] / (timesteps ** 2 * n))
+    steps.append(lr * e.T @ hins[-1] / (timesteps * n))
+    return steps, e
+
+
+def surrogate_gradients(net: SpikingMLP, x: torch.Tensor, t: torch.Tensor, *, error: str,
+                        temperature: float) -> list[torch.Tensor]:
+    """BP's reference on the spiking net: dL/dW_l by backpropagation through time with snnTorch's surrogate spike
+    derivative (``SpikingMLP.surrogate_logits``), L the rule's own loss on logits y (B, d_L): its gradient with
+    respect to y is e / B, e = output_error_torch(y, t) (CE: softmax(y / temperature) - t; MSE: y - t), so the
+    output layer's gradient is the rules' g_L up to the spikes of the last timestep. Returns one (d_l, d_{l-1})
+    tensor per layer; the weights are not changed."""
+    leaves = [w.detach().clone().requires_grad_(True) for w in net.weights]
+    y = net.surrogate_logits(x, leaves)
+    e = output_error_torch(y.detach(), t, error, temperature)
+    grads = torch.autograd.grad(y, leaves, grad_outputs=e / len(x))
+    return [g.detach() for g in grads]

@@ -84,3 +84,25 @@ class SpikingMLP(torch.nn.Module):
                 else:
                     out += current
         return out / sp.timesteps, counts, in_counts, integrals
+
+    def surrogate_logits(self, x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
+        """The logits (B, d_L) of ``forward`` with ``weights`` (W_l: (d_l, d_{l-1}), e.g. leaves that require
+        grad) and the autograd graph kept: backpropagation through time then passes each spike through snnTorch's
+        surrogate derivative (``snn.Leaky``'s default, the arctan d S / d U = 1 / (1 + (pi U)^2), U the membrane
+        potential above threshold) and the reset is detached (snnTorch's default), as in snnTorch's BPTT
+        training. Memory: the graph holds every timestep's potentials, O(T B sum_l d_l)."""
+        sp = self.sp
+        mems = [lif.init_leaky() for lif in self.neurons]
+        pending = [torch.zeros(x.shape[0], w.shape[0], dtype=x.dtype, device=x.device) for w in weights]
+        out = torch.zeros(x.shape[0], weights[-1].shape[0], dtype=x.dtype, device=x.device)
+        for spikes in input_spikes(x, sp.timesteps, sp.input_code):
+            src = spikes
+            for l, w in enumerate(weights):
+                current = src @ w.T
+                if sp.delay > 0:
+                    current, pending[l] = pending[l], current
+                if l < len(weights) - 1:
+                    src, mems[l] = self.neurons[l](current, mems[l])
+                else:
+                    out = out + current
+        return out / sp.timesteps
