@@ -233,13 +233,13 @@ def _diagnose_mano_run(record: dict, run_dir, batches: int, batch_size: int) -> 
     """A saved MANO run: per stage (stem, each block, head), the cosine between the direction its rule moves the
     stage's parameters in and BP's gradient (engine.mano_loop.stage_updates, on the run's test inputs and
     targets), averaged over test batches. Orthogonality drift is not defined for attention blocks: None."""
-    from .engine.mano_loop import MANOTrainConfig, stage_updates
+    from .engine.mano_loop import MANOTrainConfig, stage_updates, train_options
     from .mano_run import trained_mano
 
     model, task, config = trained_mano(run_dir, record)
     cfg = record["config"]
     train = MANOTrainConfig(rule=cfg["rule"], task=cfg["task"], seed=config.seed,
-                            **{k: float(v) for k, v in cfg.get("rule_options", {}).items()})
+                            **train_options(cfg["rule"], cfg.get("rule_options", {})))
     cosines = []
     for i in range(batches):
         x, y = task.x_test[i * batch_size:(i + 1) * batch_size], task.y_test[i * batch_size:(i + 1) * batch_size]

@@ -15,12 +15,13 @@ import torch
 
 from .darcy import DARCY_DATASETS, DARCY_SPLIT, darcy_dataset, relative_l2
 from .data import DATASETS
+from .engine.mano_loop import MANO_RULES, MANOTrainConfig, train_options
 from .errors import ConfigError
 from .models.mano import MANOClassifier, MANOOperator
 from .run_config import SimulateConfig, config_from_saved, prepared_data
 from .runs import load_state_weights
 
-__all__ = ["MANOTask", "mano_task", "build_mano", "task_score", "trained_mano"]
+__all__ = ["MANOTask", "mano_task", "build_mano", "trains_readouts", "task_score", "trained_mano"]
 
 
 @dataclass
@@ -71,10 +72,11 @@ def _image_shape(config: SimulateConfig, task: MANOTask) -> tuple[int, int, int]
 
 
 def build_mano(config: SimulateConfig, task: MANOTask, sizes: dict) -> torch.nn.Module:
-    """The run's network, initialised from ``config.seed`` (sizes: models.mano.parse_mano_spec's dict)."""
+    """The run's network, initialised from ``config.seed`` (sizes: models.mano.parse_mano_spec's dict), with a
+    readout per block when its rule trains them (:func:`trains_readouts`)."""
     torch.manual_seed(config.seed)
     common = dict(dim=sizes["dim"], depth=sizes["depth"], heads=sizes["heads"], window=sizes["window"],
-                  variant=sizes["variant"], stride=sizes["stride"])
+                  variant=sizes["variant"], stride=sizes["stride"], readouts=trains_readouts(config))
     if task.field:
         return MANOOperator(size=task.x_train.shape[-1], **common)
     image = _image_shape(config, task)
@@ -82,6 +84,13 @@ def build_mano(config: SimulateConfig, task: MANOTask, sizes: dict) -> torch.nn.
         raise ConfigError(f"--model {config.model}: patch {sizes['patch']} is larger than the {image[1]}x{image[2]} "
                           f"images")
     return MANOClassifier(image, task.outputs, patch=sizes["patch"], **common)
+
+
+def trains_readouts(config: SimulateConfig) -> bool:
+    """Whether the run's rule trains block readouts (engine.mano_loop: ftp with block_loss "readout")."""
+    if config.rule not in MANO_RULES:
+        return False
+    return MANOTrainConfig(rule=config.rule, **train_options(config.rule, dict(config.rule_options))).readouts
 
 
 def task_score(task: MANOTask, outputs: np.ndarray) -> float:

@@ -73,12 +73,13 @@ def test_darcy_dataset_is_seeded_and_cached(tmp_path, monkeypatch):
 
 
 def test_ftp_step_never_sends_a_gradient_across_a_block_boundary():
-    """After one FTP step, block 2's gradient equals that of its local loss alone with its input detached."""
+    """After one FTP step (block_loss target), block 2's gradient equals that of its local loss alone with its
+    input detached."""
     torch.manual_seed(2)
     model = MANOClassifier((1, 8, 8), 10, dim=8, depth=2, heads=2, patch=2, window=2)
     x, t = torch.rand(4, 64), torch.tensor([1, 2, 3, 4])
     g = torch.randn(8, 10) * 0.1
-    config = MANOTrainConfig(rule="ftp")
+    config = MANOTrainConfig(rule="ftp", block_loss="target")
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     ftp_step(model, x, t, config, g, opt)
     got = {n: p.grad.clone() for n, p in model.blocks[1].named_parameters()}
@@ -92,12 +93,53 @@ def test_ftp_step_never_sends_a_gradient_across_a_block_boundary():
         assert torch.allclose(got[n], p.grad, atol=1e-6), n
 
 
+@pytest.mark.parametrize("field", [False, True])
+def test_a_readout_step_trains_each_block_on_its_own_readout_alone(field):
+    """block_loss readout: block 2 and its readout get the gradient of the task loss of readout_2(block_2(h_1))
+    with h_1 detached, nothing else; the stem and block 1 that of readout_1's loss; the readouts are outside the
+    model's forward."""
+    torch.manual_seed(4)
+    if field:
+        model = MANOOperator(dim=8, depth=2, heads=2, window=4, size=8, readouts=True)
+        x, t = torch.rand(3, 8, 8), torch.rand(3, 8, 8)
+        loss = lambda y: 0.5 * ((y - t) ** 2).sum() / 3  # noqa: E731
+    else:
+        model = MANOClassifier((1, 8, 8), 10, dim=8, depth=2, heads=2, patch=2, window=2, readouts=True)
+        x, t = torch.rand(4, 64), torch.tensor([1, 2, 3, 4])
+        loss = lambda y: torch.nn.functional.cross_entropy(y, t)  # noqa: E731
+    config = MANOTrainConfig(rule="ftp", task="field" if field else "classify")
+    assert config.block_loss == "readout" and config.readouts
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    ftp_step(model, x, t, config, torch.zeros(8, 10), opt)
+    got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    want = {}
+    with torch.no_grad():
+        h1 = model.blocks[0](model.stem(x))
+    for local, params in ((lambda: model.readouts[0](model.blocks[0](model.stem(x))),
+                           [*model.blocks[0].named_parameters("blocks.0"), *model.readouts[0].named_parameters(
+                               "readouts.0"), *[(n, p) for n, p in model.named_parameters() if n.split(".")[0] in
+                                                ("embed", "pos", "lift")]]),
+                          (lambda: model.readouts[1](model.blocks[1](h1)),
+                           [*model.blocks[1].named_parameters("blocks.1"),
+                            *model.readouts[1].named_parameters("readouts.1")])):
+        names, ps = zip(*params)
+        want.update(zip(names, torch.autograd.grad(loss(local()), ps, allow_unused=True)))
+    for name, grad in want.items():
+        if grad is not None:
+            torch.testing.assert_close(got[name], grad, rtol=1e-5, atol=1e-7)
+    with torch.no_grad():  # the forward never runs the readouts
+        before = model(x)
+        for r in model.readouts:
+            r.fc.weight.add_(1.0)
+        torch.testing.assert_close(model(x), before)
+
+
 @pytest.mark.parametrize("rule", ["bp", "ftp"])
 def test_mano_operator_learns_darcy_with_either_rule(tmp_path, monkeypatch, rule):
     monkeypatch.setenv("FO_EDGE_CACHE", str(tmp_path))
     data = darcy_dataset(8, 64, 16, seed=0)
     scale = float(data.u_train.std())
-    model = MANOOperator(dim=8, depth=2, heads=2, window=4, size=8)
+    model = MANOOperator(dim=8, depth=2, heads=2, window=4, size=8, readouts=rule == "ftp")
 
     def evaluate(m):
         with torch.no_grad():

@@ -54,11 +54,12 @@ def test_a_darcy_set_needs_a_mano_model_and_mano_defaults_to_it(tmp_path):
     assert run.record["config"]["model"] == "mano" and run.accuracy is None
 
 
-def _classifier_step(rule: str):
+def _classifier_step(rule: str, block_loss: str = "target"):
     torch.manual_seed(0)
-    model = MANOClassifier((1, 8, 8), 10, dim=8, depth=2, heads=2, patch=2, window=2)
+    model = MANOClassifier((1, 8, 8), 10, dim=8, depth=2, heads=2, patch=2, window=2,
+                           readouts=block_loss == "readout")
     x, t = torch.rand(6, 64), torch.randint(0, 10, (6,))
-    return model, x, t, MANOTrainConfig(rule=rule)
+    return model, x, t, MANOTrainConfig(rule=rule, block_loss=block_loss)
 
 
 def test_bp_counters_are_what_torch_counts_of_the_same_step():
@@ -94,6 +95,45 @@ def test_ftp_counters_charge_each_pass_to_its_phase():
     # the local graphs recompute every stage once, and backpropagate within it only
     assert (c[RECOMPUTE, :-1, MACS_DENSE] == c[FORWARD, :-1, MACS_DENSE]).all()
     assert c[BACKWARD, :, MACS_DENSE].sum() > 0 and c[UPDATE, :, WEIGHT_WRITES].sum() > 0
+
+
+def test_readout_counters_charge_each_readout_to_its_block():
+    """block_loss readout: one pass with a graph per block (no target pass, no recompute), each block's readout
+    (LayerNorm, pooled, then 8 x 10 MACs per sample) charged to its block, every stage backpropagated."""
+    model, x, t, config = _classifier_step("ftp", block_loss="readout")
+    meter = MANOMeter(model)
+    with FlopCounterMode(display=False) as flops:
+        with torch.no_grad():
+            model(x)
+    ftp_step(model, x, t, config, torch.zeros(8, 10), torch.optim.Adam(model.parameters(), lr=1e-3), meter)
+    c = meter.counters
+    assert c[MODULATED].sum() == 0 and c[RECOMPUTE].sum() == 0
+    assert c[FORWARD, :, MACS_DENSE].sum() == flops.get_total_flops() // 2 + 2 * 6 * 8 * 10
+    assert (c[UPDATE, :-1, MACS_DENSE] > 0).all() and c[UPDATE, :, WEIGHT_WRITES].sum() > 0
+
+
+@pytest.mark.parametrize("options, message", [({"block_loss": "nudge"}, "block_loss must be readout or target"),
+                                              ({"g_scale": 0.5}, "block_loss=target only"),
+                                              ({"block_loss": "target", "g_scale": "big"}, "g_scale must be a number"),
+                                              ({"gamma": 1}, "block_loss and g_scale, not gamma")])
+def test_mano_ftp_options_are_checked_in_one_line(options, message):
+    with pytest.raises(ConfigError, match=message):
+        fo_edge.simulate(rule="ftp", device="gpu-fp32", dataset="digits", model="mano:dim=8,depth=1,heads=2,window=2",
+                         rule_options=options)
+
+
+def test_a_readout_run_plans_no_targets_and_records_its_block_loss(tmp_path):
+    common = dict(rule="ftp", device="gpu-fp32", dataset="digits", limit=64, batch_size=16,
+                  model="mano:dim=8,depth=2,heads=2,window=2,patch=2")
+    readout = fo_edge.simulate(out=str(tmp_path / "r"), **common).record
+    target = fo_edge.simulate(out=str(tmp_path / "t"), rule_options={"block_loss": "target"}, **common).record
+    assert readout["config"]["block_loss"] == "readout" and target["config"]["block_loss"] == "target"
+    names = lambda record: set(record["memory"]["buffers"])  # noqa: E731
+    assert "stage_output" in names(readout) and "stage_outputs_and_targets" in names(target)
+    assert readout["memory"]["peak_bytes"] < target["memory"]["peak_bytes"]
+    weights = np.load(tmp_path / "r" / "weights.npz")
+    assert any(k.startswith("readouts.1.") for k in weights.files)
+    assert not any(k.startswith("readouts.") for k in np.load(tmp_path / "t" / "weights.npz").files)
 
 
 def test_saved_bytes_sees_what_autograd_keeps():
@@ -208,7 +248,7 @@ def test_mano_stage_updates_are_the_rules_gradients_and_move_nothing():
     x, labels = torch.randn(6, 64), torch.tensor([0, 1, 2, 3, 4, 5])
     before = [p.detach().clone() for p in model.parameters()]
     bp = stage_updates(model, x, labels, MANOTrainConfig(rule="bp"), 10)
-    ftp = stage_updates(model, x, labels, MANOTrainConfig(rule="ftp", seed=3), 10)
+    ftp = stage_updates(model, x, labels, MANOTrainConfig(rule="ftp", seed=3, block_loss="target"), 10)
     for p, q in zip(model.parameters(), before):
         assert torch.equal(p, q) and p.grad is None
     grads = torch.autograd.grad(torch.nn.functional.cross_entropy(model(x), labels), list(model.parameters()))

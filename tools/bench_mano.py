@@ -1,8 +1,11 @@
 """MANO benchmarks: one attention layer's time and peak memory against full softmax attention as the grid
-grows, then (``--train``) MANO's accuracy on MNIST and error on Darcy, BP against FTP's block-local losses.
+grows, then (``--train``) MANO's accuracy on MNIST and error on Darcy, BP against the forward-only rule's two
+block losses (engine.mano_loop: ftp with block_loss readout, the default, and target), and (``--depths``) the
+training memory each rule plans as the model deepens.
 
     python tools/bench_mano.py --grids 16,32,64,128
-    python tools/bench_mano.py --grids '' --train --mnist-limit 10000 --darcy-epochs 10
+    python tools/bench_mano.py --grids '' --train --mnist-limit 10000 --mnist-epochs 3 --darcy-epochs 10
+    python tools/bench_mano.py --grids '' --depths 1,2,4,8,16
 
 Layer: B = 1, 32 channels, 2 heads, window 4; the authors' V-cycle (models.mano_vcycle: levels down to 2x2), the
 first pooled variant (models.mano.MultipoleAttention: levels to cover the grid) and full attention; forward
@@ -16,6 +19,8 @@ softmax(QK^T)V, as a standard Transformer computes it.
 Training (the default, vcycle variant): MANOClassifier (2x2 patches -> 14x14 grid, dim 32, 2 blocks) on MNIST and MANOOperator (dim 32,
 2 blocks) on the generated 32x32 Darcy set (1000 train / 200 test, fo_edge.darcy), Adam lr 1e-3, batch 32
 (Darcy 16); the MNIST models are also run with their linear maps on mcu-int8 (rules.mano_binding).
+Depths: the training memory rules.mano_memory plans for the MNIST classifier (batch 32) on gpu-fp32, measured
+from what autograd keeps (torch.autograd.graph.saved_tensors_hooks), per depth and rule.
 """
 import argparse
 import json
@@ -103,17 +108,18 @@ def bench_training(args) -> None:
         with torch.no_grad():
             return float((model(x_test).argmax(1).numpy() == data.y_test).mean())
 
-    print("\n| task | rule | epochs | test metric | int8 (mcu-int8 linears) | seconds |\n|---|---|---|---|---|---|")
-    for rule in ("bp", "ftp"):
+    print("\n| task | rule | block loss | epochs | test metric | int8 (mcu-int8 linears) | seconds |\n"
+          "|---|---|---|---|---|---|---|")
+    for rule, block_loss in RULES:
         torch.manual_seed(0)
-        model = MANOClassifier((1, 28, 28), 10)
+        model = MANOClassifier((1, 28, 28), 10, readouts=block_loss == "readout")
         start = time.perf_counter()
-        history = train_mano(model, data.x_train, data.y_train, MANOTrainConfig(rule=rule, epochs=args.mnist_epochs),
-                             accuracy, 10)
+        config = MANOTrainConfig(rule=rule, epochs=args.mnist_epochs, block_loss=block_loss or "readout")
+        history = train_mano(model, data.x_train, data.y_train, config, accuracy, 10)
         seconds = time.perf_counter() - start
         with DeviceLinears(model, load_device("mcu-int8")):
             int8 = accuracy(model)
-        print(f"| MNIST ({len(data.x_train)} train) accuracy | {rule} | {args.mnist_epochs} | "
+        print(f"| MNIST ({len(data.x_train)} train) accuracy | {rule} | {block_loss or ''} | {args.mnist_epochs} | "
               f"{100 * history[-1]['test_metric']:.2f} % | {100 * int8:.2f} % | {seconds:.0f} |", flush=True)
     darcy = darcy_dataset(32, 1000, 200, seed=0)
     scale = float(darcy.u_train.std())
@@ -123,15 +129,42 @@ def bench_training(args) -> None:
         with torch.no_grad():
             return relative_l2(model(a_test).numpy() * scale, darcy.u_test)
 
-    for rule in ("bp", "ftp"):
+    for rule, block_loss in RULES:
         torch.manual_seed(0)
-        model = MANOOperator(size=32)
+        model = MANOOperator(size=32, readouts=block_loss == "readout")
         start = time.perf_counter()
-        history = train_mano(model, (darcy.a_train - 7.5) / 4.5, darcy.u_train / scale,
-                             MANOTrainConfig(rule=rule, task="field", epochs=args.darcy_epochs, batch_size=16),
-                             error, 1)
-        print(f"| Darcy 32x32 relative L2 | {rule} | {args.darcy_epochs} | {history[-1]['test_metric']:.4f} | | "
-              f"{time.perf_counter() - start:.0f} |", flush=True)
+        config = MANOTrainConfig(rule=rule, task="field", epochs=args.darcy_epochs, batch_size=16,
+                                 block_loss=block_loss or "readout")
+        history = train_mano(model, (darcy.a_train - 7.5) / 4.5, darcy.u_train / scale, config, error, 1)
+        print(f"| Darcy 32x32 relative L2 | {rule} | {block_loss or ''} | {args.darcy_epochs} | "
+              f"{history[-1]['test_metric']:.4f} | | {time.perf_counter() - start:.0f} |", flush=True)
+
+
+#: (rule, block loss) pairs the training rows compare
+RULES = (("bp", None), ("ftp", "readout"), ("ftp", "target"))
+
+
+def bench_depths(depths: list[int]) -> None:
+    import torch
+
+    from fo_edge.device import load_device
+    from fo_edge.models.mano import MANOClassifier
+    from fo_edge.rules.mano_memory import plan_mano_memory
+
+    device = load_device("gpu-fp32")
+    print("\n| depth | " + " | ".join(f"{rule} {loss or ''} MiB (activations)".replace("  ", " ")
+                                     for rule, loss in RULES) + " |\n|---|" + "---|" * len(RULES))
+    for depth in depths:
+        cells = []
+        for rule, block_loss in RULES:
+            torch.manual_seed(0)
+            model = MANOClassifier((1, 28, 28), 10, depth=depth, readouts=block_loss == "readout")
+            report = plan_mano_memory(model, (784,), device, rule, 32, 10, False,
+                                      readouts=block_loss == "readout").report()
+            kept = report["peak_by_category"].get("stored_activations", 0) + \
+                report["peak_by_category"].get("activations", 0)
+            cells.append(f"{report['peak_bytes'] / 2**20:.1f} ({kept / 2**20:.1f})")
+        print(f"| {depth} | " + " | ".join(cells) + " |", flush=True)
 
 
 def main() -> None:
@@ -141,13 +174,17 @@ def main() -> None:
     parser.add_argument("--mnist-limit", type=int, default=10000)
     parser.add_argument("--mnist-epochs", type=int, default=1)
     parser.add_argument("--darcy-epochs", type=int, default=10)
+    parser.add_argument("--depths", default="", help="comma-separated depths for the training-memory table")
     args = parser.parse_args()
     print(f"command: python tools/bench_mano.py --grids '{args.grids}'"
           + (f" --train --mnist-limit {args.mnist_limit} --mnist-epochs {args.mnist_epochs} --darcy-epochs "
-             f"{args.darcy_epochs}" if args.train else "") + "\n")
+             f"{args.darcy_epochs}" if args.train else "") + (f" --depths {args.depths}" if args.depths else "")
+          + "\n")
     grids = [int(g) for g in args.grids.split(",") if g]
     if grids:
         bench_layers(grids)
+    if args.depths:
+        bench_depths([int(d) for d in args.depths.split(",") if d])
     if args.train:
         bench_training(args)
 

@@ -36,9 +36,10 @@ __all__ = ["MANOMeter", "stage_of"]
 
 
 def stage_of(name: str, depth: int) -> int:
-    """The stage column of a parameter or module named ``name`` in a MANO model: ``blocks.{i}.`` -> i + 1,
-    the embedding/lift and position table -> 0, everything else (norm, readout, projection) -> depth + 1."""
-    if name.startswith("blocks."):
+    """The stage column of a parameter or module named ``name`` in a MANO model: ``blocks.{i}.`` and block i's
+    own readout ``readouts.{i}.`` -> i + 1, the embedding/lift and position table -> 0, everything else (norm,
+    readout, projection) -> depth + 1."""
+    if name.startswith("blocks.") or name.startswith("readouts."):
         return int(name.split(".")[1]) + 1
     if name.split(".")[0] in ("embed", "lift", "pos"):
         return 0

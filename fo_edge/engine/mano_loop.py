@@ -2,14 +2,23 @@
 
 A model has three stages: ``stem`` (embedding), ``blocks`` (MANO blocks) and ``head`` (readout).
 - ``bp``: autograd through the whole model; the graph of every block is alive at the backward pass.
-- ``ftp``: per batch, (1) a clean pass without a graph gives h_0 = stem(x), h_l = block_l(h_{l-1}), y = head(h_L)
-  and the output error e (softmax(y) - t for classes, y - u for fields); (2) the target pass: tau_1 =
-  h_1 - e G^T (G: (dim, outputs) fixed random, seeded, applied per grid point: for classes the same e at every
-  point, for fields the point's own error), tau_l = block_l(tau_{l-1}) without a graph; (3) each stage
-  learns from a local loss with its input detached: the stem and block 1 from 0.5 |block_1(stem(x)) - tau_1|^2,
-  block l from 0.5 |block_l(h_{l-1}) - tau_l|^2, the head from the task loss on h_L. Each local graph is
+- ``ftp``: forward-only, block-local losses: each block (the stem with block 1) learns from a loss on its own
+  output with its input detached, the head from the task loss on h_L detached; each local graph is
   backpropagated and freed before the next is built, so no gradient crosses a block boundary and training
-  memory does not grow with depth. Both rules use Adam.
+  memory does not grow with depth. The block's loss (``block_loss``):
+    ``readout`` (default): block l's own small readout R_l (models.mano.BlockReadout: LayerNorm, mean over the
+      points for classes, a linear map to the classes or, per point, to the field) learns with the block, on
+      the task loss of R_l(block_l(h_{l-1})) (cross-entropy, or 0.5 |R_l(.) - u|^2 / B for fields): local
+      learning with auxiliary readouts (Belilovsky, Eickenberg, Oyallon, "Decoupled Greedy Learning of
+      CNNs", ICML 2020, arXiv 1901.08164). One pass: each block's graph is built on the previous block's
+      detached output, backpropagated and freed in turn, so one map and one block's graph are alive.
+    ``target``: FTP's target, forwarded. A clean pass without a graph gives h_0 = stem(x),
+      h_l = block_l(h_{l-1}), y = head(h_L) and the output error e (softmax(y) - t for classes, y - u for
+      fields); tau_1 = h_1 - e G^T (G: (dim, outputs) fixed random, seeded, applied per grid point: for
+      classes the same e at every point, for fields the point's own error), tau_l = block_l(tau_{l-1})
+      without a graph; block l learns 0.5 |block_l(h_{l-1}) - tau_l|^2 / B. Written for MLPs, it trails BP
+      far on residual attention blocks (docs/MANO.md).
+  Both rules use Adam.
 
 :func:`train_mano` follows the other engines' conventions for the run lifecycle (fo_edge.lifecycle): an optional
 ``meter`` (accounting.mano_counts) told the phase of every pass, ``on_batch`` progress, engine.health checks of
@@ -37,16 +46,20 @@ from ..rules.base import feedback_matrix
 from .health import HealthConfig, HealthMonitor, NumericHealthError, TrainingStopped
 from .plan import BatchPlan
 
-__all__ = ["MANOTrainConfig", "train_mano", "MANO_RULES", "ftp_step", "bp_step", "feedback", "stage_updates"]
+__all__ = ["MANOTrainConfig", "train_mano", "MANO_RULES", "BLOCK_LOSSES", "ftp_step", "bp_step", "feedback",
+           "stage_updates", "train_options"]
 
 MANO_RULES = ("bp", "ftp")
+#: the forward-only rule's block losses (module docstring); the first is the default
+BLOCK_LOSSES = ("readout", "target")
 
 
 @dataclass(frozen=True)
 class MANOTrainConfig:
     """rule: bp | ftp; task: classify (targets are labels) | field (targets are fields, MSE); lr: Adam's;
-    g_scale: FTP's G scale (U(-1, 1) * g_scale * sqrt(6 / outputs), as rules.ftp); plan: its lr milestones and
-    gamma step Adam's lr per epoch (engine.plan.BatchPlan.epoch_lr)."""
+    g_scale: FTP's G scale (U(-1, 1) * g_scale * sqrt(6 / outputs), as rules.ftp; block_loss "target");
+    block_loss: ftp's block loss (BLOCK_LOSSES, module docstring); plan: its lr milestones and gamma step Adam's
+    lr per epoch (engine.plan.BatchPlan.epoch_lr)."""
 
     rule: str = "bp"
     task: str = "classify"
@@ -55,6 +68,7 @@ class MANOTrainConfig:
     batch_size: int = 32
     seed: int = 0
     g_scale: float = 1.0
+    block_loss: str = BLOCK_LOSSES[0]
     plan: BatchPlan = BatchPlan()
 
     def validate(self) -> None:
@@ -64,6 +78,38 @@ class MANOTrainConfig:
             raise ConfigError(f"unknown MANO task {self.task!r}; choose classify or field")
         if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("lr must be > 0, epochs and batch_size >= 1")
+        if self.block_loss not in BLOCK_LOSSES:
+            raise ConfigError(f"block_loss must be {' or '.join(BLOCK_LOSSES)}, not {self.block_loss!r}")
+
+    @property
+    def readouts(self) -> bool:
+        """Whether the model trains block readouts (models.mano.BlockReadout): FTP with block_loss "readout"."""
+        return self.rule == "ftp" and self.block_loss == "readout"
+
+
+def train_options(rule: str, options: dict) -> dict:
+    """MANOTrainConfig's fields from a run's rule options (``-o g_scale=0.5``, ``-o block_loss=target``): FTP takes
+    g_scale (a number, with block_loss target) and block_loss (BLOCK_LOSSES); BP takes none. ConfigError names
+    what does not fit."""
+    if options and rule != "ftp":
+        raise ConfigError(f"MANO's {rule} takes no rule options (ftp takes block_loss and g_scale), not "
+                          f"{', '.join(sorted(options))}")
+    unknown = sorted(set(options) - {"g_scale", "block_loss"})
+    if unknown:
+        raise ConfigError(f"MANO's ftp takes the rule options block_loss and g_scale, not {', '.join(unknown)}")
+    out: dict = {}
+    if "block_loss" in options:
+        out["block_loss"] = str(options["block_loss"])
+        if out["block_loss"] not in BLOCK_LOSSES:
+            raise ConfigError(f"block_loss must be {' or '.join(BLOCK_LOSSES)}, not {out['block_loss']!r}")
+    if "g_scale" in options:
+        if out.get("block_loss", BLOCK_LOSSES[0]) != "target":
+            raise ConfigError("g_scale scales FTP's target feedback G: it applies with -o block_loss=target only")
+        try:
+            out["g_scale"] = float(options["g_scale"])
+        except (TypeError, ValueError):
+            raise ConfigError(f"g_scale must be a number, not {options['g_scale']!r}") from None
+    return out
 
 
 def _task_loss(y: torch.Tensor, target: torch.Tensor, task: str) -> torch.Tensor:
@@ -83,7 +129,10 @@ def _metered(meter, phase: int, batch: int, with_graph: bool = False):
 
 def ftp_step(model, x: torch.Tensor, target: torch.Tensor, config: MANOTrainConfig, g: torch.Tensor,
              optimizer, meter=None) -> float:
-    """One FTP step on a batch (module docstring); returns the task loss of the clean pass."""
+    """One FTP step on a batch (module docstring; ``g``: G, used by block_loss "target"); returns the task loss
+    of the clean pass."""
+    if config.block_loss == "readout":
+        return _readout_step(model, x, target, config, optimizer, meter)
     b = len(x)
     with torch.no_grad():
         with _metered(meter, FORWARD, b):
@@ -109,6 +158,27 @@ def ftp_step(model, x: torch.Tensor, target: torch.Tensor, config: MANOTrainConf
         _task_loss(model.head(hs[-1]), target, config.task).backward()
     _step(optimizer, meter)
     return float(_task_loss(y, target, config.task))
+
+
+def _readout_step(model, x: torch.Tensor, target: torch.Tensor, config: MANOTrainConfig, optimizer, meter) -> float:
+    """FTP's step with block_loss "readout": one pass, block by block; block l's graph (with the stem's for
+    l = 1) is built on h_{l-1} detached, its readout's task loss backpropagated and the graph freed, and its
+    output, detached, is the next block's input. No parameter moves before the one optimiser step, so every
+    block sees the clean pass's h_{l-1}; only the current map and one block's graph are alive."""
+    if getattr(model, "readouts", None) is None:
+        raise ConfigError("block_loss readout trains each block with its own readout: build the model with "
+                          "readouts=True")
+    optimizer.zero_grad(set_to_none=True)
+    with _metered(meter, FORWARD, len(x), with_graph=True):
+        h = model.stem(x)
+        for block, readout in zip(model.blocks, model.readouts):
+            out = block(h)
+            _task_loss(readout(out), target, config.task).backward()  # frees this block's graph
+            h = out.detach()
+        loss = _task_loss(model.head(h), target, config.task)
+        loss.backward()
+    _step(optimizer, meter)
+    return float(loss.detach())
 
 
 def bp_step(model, x: torch.Tensor, target: torch.Tensor, config: MANOTrainConfig, optimizer, meter=None) -> float:
@@ -172,7 +242,8 @@ def stage_updates(model, x: torch.Tensor, target: torch.Tensor, config: MANOTrai
     """The direction ``config.rule`` would move each stage's parameters in on batch (x, target), as one flat
     float64 tensor per stage (stem, blocks, head: accounting.mano_counts.stage_of): the gradients its step forms
     (FTP: the block-local losses and the head's task loss; BP: autograd through the model), taken before any
-    optimiser sees them. The parameters are left as they were."""
+    optimiser sees them; the block readouts' own parameters are left out. The parameters are left as they
+    were."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # zero_grad only: a zero step moves nothing
     if config.rule == "ftp":
         ftp_step(model, x, target, config, feedback(model, outputs, config), optimizer)
@@ -181,6 +252,8 @@ def stage_updates(model, x: torch.Tensor, target: torch.Tensor, config: MANOTrai
     depth = len(model.blocks)
     stages = [[] for _ in range(depth + 2)]
     for name, p in model.named_parameters():
+        if name.startswith("readouts."):  # training scaffolding, outside the model's function: BP has none
+            continue
         grad = p.grad if p.grad is not None else torch.zeros_like(p)
         stages[stage_of(name, depth)].append(grad.detach().reshape(-1).to(torch.float64))
     model.zero_grad(set_to_none=True)

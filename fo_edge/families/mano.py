@@ -27,7 +27,7 @@ from ..accounting.mano_counts import MANOMeter
 from ..darcy import DARCY_DATASETS
 from ..device import DeviceProfile, load_device
 from ..engine.health import TrainingStopped
-from ..engine.mano_loop import MANO_RULES, MANOTrainConfig, train_mano
+from ..engine.mano_loop import MANO_RULES, MANOTrainConfig, train_mano, train_options
 from ..errors import ConfigError
 from ..kernels.counters import INFERENCE
 from ..lifecycle import Training, skeleton
@@ -121,10 +121,7 @@ def _check_options(config: SimulateConfig, device: DeviceProfile) -> str:
         if (tuple(value) if isinstance(value, (list, tuple)) else value) != unused:
             raise ConfigError(f"--{name.replace('_', '-')} does not apply to MANO models (Adam, cross-entropy for "
                               f"classes and MSE for fields)")
-    unknown = sorted(set(config.rule_options) - {"g_scale"})
-    if unknown or (config.rule_options and config.rule != "ftp"):
-        raise ConfigError(f"MANO takes one rule option, g_scale (FTP's G scale), not {', '.join(unknown) or 'g_scale'}"
-                          + (" with bp" if not unknown else ""))
+    train_options(config.rule, dict(config.rule_options))  # refuses what MANO's rules do not take
     return backend
 
 
@@ -146,7 +143,7 @@ def prepare(config: SimulateConfig) -> MANOPrepared:
     config = dataclasses.replace(config, lr=lr, backend=backend)
     train_config = MANOTrainConfig(rule=config.rule, task="field" if config.dataset in DARCY_DATASETS else "classify",
                                    lr=lr, epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
-                                   plan=config.plan(), **{k: float(v) for k, v in config.rule_options.items()})
+                                   plan=config.plan(), **train_options(config.rule, dict(config.rule_options)))
     train_config.validate()
     task = mano_task(config)
     model = build_mano(config, task, sizes)
@@ -154,12 +151,13 @@ def prepare(config: SimulateConfig) -> MANOPrepared:
 
     sample = task.x_train.shape[1:]
     memory = plan_mano_memory(model, sample, device, config.rule, config.batch_size, task.outputs,
-                              task.field).report()
+                              task.field, readouts=train_config.readouts).report()
     record = skeleton({"rule": config.rule, "device": device.id, "model": config.model, "dataset": task.name,
                        "backend": backend, "lr": lr, "epochs": config.epochs, "batch_size": config.batch_size,
                        "seed": config.seed, "limit": config.limit, "data_dir": config.data_dir, "activation": None,
                        "dims": [int(np.prod(sample)), int(np.prod(sample)) if task.field else task.outputs],
                        "mano": sizes, "task": train_config.task,
+                       "block_loss": train_config.block_loss if config.rule == "ftp" else None,
                        "stages": ["stem", *(f"block{i + 1}" for i in range(sizes["depth"])), "head"],
                        "parameters": int(sum(p.numel() for p in model.parameters())),
                        "rule_options": dict(config.rule_options), "simulate": simulate},

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 __all__ = ["multipole_attention", "full_attention", "window_attention", "levels_for", "attended_keys",
            "MANO_DEFAULTS", "parse_mano_spec", "VARIANTS", "make_block",
-           "MultipoleAttention", "MANOBlock", "MANOClassifier", "MANOOperator"]
+           "MultipoleAttention", "MANOBlock", "BlockReadout", "MANOClassifier", "MANOOperator"]
 
 
 def levels_for(size: int, window: int) -> int:
@@ -161,15 +161,38 @@ def make_block(variant: str, dim: int, heads: int, window: int, grid: int, full:
     raise ValueError(f"unknown MANO variant {variant!r}; choose {' or '.join(VARIANTS)}")
 
 
+class BlockReadout(torch.nn.Module):
+    """A block's own readout for forward-only training (engine.mano_loop, block_loss "readout"): h (B, H, W, C)
+    -> LayerNorm -> mean over the points -> bias-free linear (C -> classes): logits (B, classes) when
+    ``pool``; else LayerNorm -> linear (C -> 1) per point: a field (B, H, W). C (classes + 2) parameters; not
+    part of the model's forward (inference and export never run it)."""
+
+    def __init__(self, dim: int, outputs: int, pool: bool):
+        super().__init__()
+        self.pool = pool
+        self.norm = torch.nn.LayerNorm(dim)
+        self.fc = torch.nn.Linear(dim, outputs, bias=False)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        h = self.norm(h)
+        return self.fc(h.mean(dim=(1, 2))) if self.pool else self.fc(h)[..., 0]
+
+
+def _readouts(readouts: bool, depth: int, dim: int, outputs: int, pool: bool):
+    return torch.nn.ModuleList([BlockReadout(dim, outputs, pool) for _ in range(depth)]) if readouts else None
+
+
 class MANOClassifier(torch.nn.Module):
     """Images (B, C*S*S flat) -> logits: patch embedding (a bias-free linear map of p x p patches), MANO
     blocks on the (S/p) x (S/p) grid, LayerNorm, mean over points, linear head.
 
     ``stem`` is the embedding, ``blocks`` the blocks, ``head`` (norm + pool + linear) the readout: the three
-    stages forward-only training treats as local modules."""
+    stages forward-only training treats as local modules. ``readouts``: one BlockReadout per block (``readouts``,
+    forward-only training's block_loss "readout"), outside the forward."""
 
     def __init__(self, image: tuple[int, int, int], classes: int, dim: int = 32, depth: int = 2, heads: int = 2,
-                 patch: int = 2, window: int = 4, full: bool = False, variant: str = "vcycle", stride: int = 0):
+                 patch: int = 2, window: int = 4, full: bool = False, variant: str = "vcycle", stride: int = 0,
+                 readouts: bool = False):
         super().__init__()
         channels, size, _ = image
         self.image, self.patch = image, patch
@@ -180,6 +203,7 @@ class MANOClassifier(torch.nn.Module):
                                            for _ in range(depth)])
         self.norm = torch.nn.LayerNorm(dim)
         self.fc = torch.nn.Linear(dim, classes, bias=False)
+        self.readouts = _readouts(readouts, depth, dim, classes, pool=True)
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         c, s, _ = self.image
@@ -200,10 +224,11 @@ class MANOClassifier(torch.nn.Module):
 
 class MANOOperator(torch.nn.Module):
     """Darcy coefficient a (B, n, n) -> solution u (B, n, n): lift (a, x, y) per point to ``dim``, MANO blocks on
-    the n x n grid, project back per point (dim -> dim -> 1, GELU). Stages: stem, blocks, head."""
+    the n x n grid, project back per point (dim -> dim -> 1, GELU). Stages: stem, blocks, head; ``readouts`` as
+    MANOClassifier's (per point)."""
 
     def __init__(self, dim: int = 32, depth: int = 2, heads: int = 2, window: int = 4, size: int = 32,
-                 full: bool = False, variant: str = "vcycle", stride: int = 0):
+                 full: bool = False, variant: str = "vcycle", stride: int = 0, readouts: bool = False):
         super().__init__()
         self.lift = torch.nn.Linear(3, dim, bias=False)
         self.blocks = torch.nn.ModuleList([make_block(variant, dim, heads, window, size, full, stride)
@@ -211,6 +236,7 @@ class MANOOperator(torch.nn.Module):
         self.norm = torch.nn.LayerNorm(dim)
         self.proj1 = torch.nn.Linear(dim, dim, bias=False)
         self.proj2 = torch.nn.Linear(dim, 1, bias=False)
+        self.readouts = _readouts(readouts, depth, dim, 1, pool=False)
 
     def stem(self, a: torch.Tensor) -> torch.Tensor:
         n = a.shape[-1]

@@ -7,8 +7,10 @@ float32 throughout (4 bytes a value), with P the model's parameters and B the ba
   gradients           P (both rules accumulate every stage's gradient before the one optimiser step)
   input               B x the sample (a flat image, or a coefficient field)
   stored_activations  BP: every tensor autograd saves for the backward pass of the whole model;
-                      FTP: the clean pass's stage outputs h_0..h_L and the targets tau_1..tau_L it keeps, plus
-                      the largest one stage's local graph (each is backpropagated and freed before the next)
+                      FTP, block_loss "target": the clean pass's stage outputs h_0..h_L and the targets
+                      tau_1..tau_L it keeps, plus the largest one stage's local graph (each is backpropagated
+                      and freed before the next); block_loss "readout": the one map handed from block to block
+                      and the largest block's graph with its readout's (engine.mano_loop: one pass)
   output_error        e: (B, classes), or (B, H, W) for a field
 
 What autograd saves is measured, not estimated: ``torch.autograd.graph.saved_tensors_hooks`` sees every tensor
@@ -51,10 +53,11 @@ def _affine(measure: Callable[[int], int], batch: int) -> int:
 
 
 def plan_mano_memory(model: torch.nn.Module, sample_shape: tuple[int, ...], profile: DeviceProfile, rule: str,
-                     batch: int, outputs: int, field: bool) -> MemoryArena:
+                     batch: int, outputs: int, field: bool, readouts: bool = False) -> MemoryArena:
     """Allocate what training ``model`` with ``rule`` (bp or ftp) in batches of ``batch`` holds on ``profile``
     (module docstring); ``sample_shape``: one input's shape; ``outputs``: classes (``field``: the output is a
-    field of the input's grid). Raises DeviceMemoryError naming what did not fit."""
+    field of the input's grid); ``readouts``: FTP trains block readouts (block_loss "readout") instead of
+    forwarding targets. Raises DeviceMemoryError naming what did not fit."""
     arena = MemoryArena(profile.capacity.sram_bytes, profile.capacity.flash_bytes)
     params = list(model.parameters())
     n_params = sum(p.numel() for p in params)
@@ -76,18 +79,24 @@ def plan_mano_memory(model: torch.nn.Module, sample_shape: tuple[int, ...], prof
             with torch.no_grad():
                 h = model.stem(torch.zeros((1, *sample_shape)))
             map_values = batch * h.numel()
-            kept = (len(model.blocks) + 1) + len(model.blocks)  # h_0..h_L and tau_1..tau_L
+            # target: h_0..h_L and tau_1..tau_L; readout: the map handed from block to block
+            kept = 1 if readouts else (len(model.blocks) + 1) + len(model.blocks)
+
+            def local(l: int, h_in: torch.Tensor) -> torch.Tensor:
+                out = model.blocks[l](h_in)
+                return model.readouts[l](out) if readouts else out
 
             def largest_stage(b: int) -> int:
                 x = torch.zeros((b, *sample_shape))
                 with torch.no_grad():
                     hb = model.stem(x)
-                sizes = [saved_bytes(lambda: model.blocks[0](model.stem(x)), params)]
-                sizes += [saved_bytes(lambda blk=blk: blk(hb), params) for blk in model.blocks[1:]]
+                sizes = [saved_bytes(lambda: local(0, model.stem(x)), params)]
+                sizes += [saved_bytes(lambda l=l: local(l, hb), params) for l in range(1, len(model.blocks))]
                 sizes.append(saved_bytes(lambda: model.head(hb), params))
                 return max(sizes)
 
-            alloc("stage_outputs_and_targets", kept * map_values, "stored_activations")
+            alloc("stage_output" if readouts else "stage_outputs_and_targets", kept * map_values,
+                  "stored_activations")
             alloc("local_graph", _affine(largest_stage, batch) // 4, "activations")
     finally:
         model.train(was_training)
