@@ -181,7 +181,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--backend", type=click.Choice(BACKENDS), default=None, help="Default: torch for float devices, numba otherwise.")
 @click.option("--schedule", type=click.Choice(["stream", "store"]), default="stream", show_default=True)
 @click.option("--torch-device", default="cpu", show_default=True, help="cpu or cuda (torch backend).")
-@click.option("--rule-option", "-o", multiple=True, help="Rule option KEY=VALUE, e.g. -o ortho_every=10.")
+@click.option("--rule-option", "-o", multiple=True,
+              help="Rule option KEY=VALUE, e.g. -o ortho_every=10 (MANO's ftp: -o block_loss=target).")
 @click.option("--checkpoint-every", type=int, default=500, show_default=True,
               help="Steps between checkpoints (numba path; 0: none).")
 @click.option("--resume", type=click.Path(), default=None,

@@ -122,6 +122,18 @@ def test_mano_ftp_options_are_checked_in_one_line(options, message):
                          rule_options=options)
 
 
+def test_the_cli_takes_and_checks_the_block_loss(tmp_path):
+    base = ["simulate", "--rule", "ftp", "--device", "gpu-fp32", "--dataset", "digits", "--limit", "32",
+            "--model", "mano:dim=8,depth=1,heads=2,window=2"]
+    bad = subprocess.run([sys.executable, "-m", "fo_edge", *base, "-o", "block_loss=nudge", "--out",
+                          str(tmp_path / "bad")], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "block_loss must be readout or target" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+    good = CliRunner().invoke(cli, [*base, "-o", "block_loss=target", "--out", str(tmp_path / "t")])
+    assert good.exit_code == 0, good.output
+    assert read_run(tmp_path / "t")["config"]["block_loss"] == "target"
+
+
 def test_a_readout_run_plans_no_targets_and_records_its_block_loss(tmp_path):
     common = dict(rule="ftp", device="gpu-fp32", dataset="digits", limit=64, batch_size=16,
                   model="mano:dim=8,depth=2,heads=2,window=2,patch=2")
