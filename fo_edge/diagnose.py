@@ -29,7 +29,7 @@ from .models.mlp import init_weights, parse_model_spec
 from .rules import RULES, compute_updates, rule_config
 from .runs import load_trained, read_run, real_weights, write_file_atomic
 
-__all__ = ["layer_diagnostics", "diagnose_fresh", "diagnose_run", "plot_diagnostics"]
+__all__ = ["orthogonality_drift", "layer_diagnostics", "diagnose_fresh", "diagnose_run", "plot_diagnostics"]
 
 
 def layer_diagnostics(rule: str, weights, x, t, activation: str, config=None,
@@ -47,8 +47,7 @@ def layer_diagnostics(rule: str, weights, x, t, activation: str, config=None,
     for w, a, b in zip(ws, g_rule, g_bp):
         norm = float(a.norm() * b.norm())
         cosines.append(float((a * b).sum()) / norm if norm > 0 else 0.0)
-        gram = w @ w.T if w.shape[0] < w.shape[1] else w.T @ w
-        drifts.append(float(torch.linalg.matrix_norm(gram - torch.eye(gram.shape[0], dtype=gram.dtype))))
+        drifts.append(orthogonality_drift(w))
     return cosines, drifts
 
 
@@ -130,8 +129,7 @@ def conv_layer_diagnostics(run, x: np.ndarray, t: np.ndarray) -> tuple[list[floa
         if l < n_conv:
             drifts.append(conv_operator_drift(w, shapes[l][1], shapes[l][2]))
         else:
-            gram = w @ w.T if w.shape[0] < w.shape[1] else w.T @ w
-            drifts.append(float(torch.linalg.matrix_norm(gram - torch.eye(gram.shape[0], dtype=gram.dtype))))
+            drifts.append(orthogonality_drift(w))
     return cosines, drifts
 
 
@@ -174,48 +172,56 @@ def _diagnose_conv_run(run, run_dir, batches: int, batch_size: int) -> dict:
             "cosine": [np.mean([r[0] for r in results], axis=0).tolist()], "drift": [results[0][1]]}
 
 
-def spiking_layer_diagnostics(run, weights: list[torch.Tensor], x: np.ndarray,
-                              t: np.ndarray) -> tuple[list[float], list[float]]:
+def orthogonality_drift(w: torch.Tensor) -> float:
+    """|W^T W - I|_F of W (d_out, d_in) in float64, on the smaller Gram side."""
+    w = w.to(torch.float64)
+    gram = w @ w.T if w.shape[0] < w.shape[1] else w.T @ w
+    return float(torch.linalg.matrix_norm(gram - torch.eye(gram.shape[0], dtype=gram.dtype)))
+
+
+def spiking_layer_diagnostics(run, weights: list[torch.Tensor], x: np.ndarray, t: np.ndarray,
+                              setup: tuple | None = None) -> tuple[list[float], list[float]]:
     """(cosine with BP, orthogonality drift) per layer of a saved spiking run (either backend: its real weights
     on the float spiking net, models.spiking) on batch (x (B, d_0) in [0, 1], t one-hot): the rule's step
     direction (engine.spiking_torch.spiking_updates, the run's hidden error) against BP through time with
-    snnTorch's surrogate spike derivative (engine.spiking_torch.surrogate_gradients)."""
+    snnTorch's surrogate spike derivative (engine.spiking_torch.surrogate_gradients). ``setup``: the
+    :func:`_spiking_setup` of (run, weights), when the caller measures several batches."""
     from .engine.spiking_torch import spiking_updates, surrogate_gradients
-    from .models.spiking import SpikingMLP
-    from .rules import projection_torch
-    from .rules.ftp import ftp_feedback
-    from .rules.pepita import pepita_feedback
 
     cfg = run.record["config"]
-    config = rule_config(cfg["rule"], **cfg.get("rule_options", {}))
+    config, proj, net = setup or _spiking_setup(run, weights)
     temperature = getattr(config, "temperature", 1.0)
-    if cfg["rule"] == "ftp":
-        proj = torch.tensor(ftp_feedback(run.dims, config), dtype=torch.float32)
-    elif cfg["rule"] == "pepita":
-        proj = torch.tensor(pepita_feedback(run.dims, config), dtype=torch.float32)
-    else:  # FOTON's F = W_L ... W_1 of the weights measured
-        proj = projection_torch(weights)
-    net = SpikingMLP(weights, run.profile.spiking)
     xt, tt = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(t, dtype=torch.float32)
     rule, _ = spiking_updates(lambda phase, xb, inject=None: net(xb, inject=inject), weights, xt, tt, cfg["rule"],
                               config, proj, error=cfg["error"], temperature=temperature,
                               hidden_error=cfg.get("hidden_error"), timesteps=run.profile.spiking.timesteps)
     bp = surrogate_gradients(net, xt, tt, error=cfg["error"], temperature=temperature)
-    drifts = []
-    for w in weights:
-        w = w.to(torch.float64)
-        gram = w @ w.T if w.shape[0] < w.shape[1] else w.T @ w
-        drifts.append(float(torch.linalg.matrix_norm(gram - torch.eye(gram.shape[0], dtype=gram.dtype))))
-    return [_cosine(a.flatten().double(), b.flatten().double()) for a, b in zip(rule, bp)], drifts
+    return ([_cosine(a.flatten().double(), b.flatten().double()) for a, b in zip(rule, bp)],
+            [orthogonality_drift(w) for w in weights])
+
+
+def _spiking_setup(run, weights: list[torch.Tensor]) -> tuple:
+    """(rule config, its feedback G / F, the float spiking net) of a saved spiking run with ``weights``."""
+    from .engine.spiking_torch import fixed_feedback
+    from .models.spiking import SpikingMLP
+    from .rules import projection_torch
+
+    cfg = run.record["config"]
+    config = rule_config(cfg["rule"], **cfg.get("rule_options", {}))
+    proj = fixed_feedback(cfg["rule"], run.dims, config)
+    if proj is None:  # FOTON's F = W_L ... W_1 of the weights measured
+        proj = projection_torch(weights)
+    return config, proj, SpikingMLP(weights, run.profile.spiking)
 
 
 def _diagnose_spiking_run(run, run_dir, batches: int, batch_size: int) -> dict:
     cfg = run.record["config"]
     data = load_dataset(cfg["dataset"] if cfg.get("data_dir") is None else None, cfg.get("data_dir"))
     weights = [torch.as_tensor(w) for w in real_weights(run)]
+    setup = _spiking_setup(run, weights)
     eye = np.eye(run.dims[-1])
     results = [spiking_layer_diagnostics(run, weights, data.x_test[i * batch_size:(i + 1) * batch_size],
-                                         eye[data.y_test[i * batch_size:(i + 1) * batch_size]])
+                                         eye[data.y_test[i * batch_size:(i + 1) * batch_size]], setup)
                for i in range(batches) if i * batch_size < len(data.x_test)]
     step = run.record["history"][-1]["steps"] if run.record["history"] else 0
     return {"rule": cfg["rule"], "model": cfg["model"], "dataset": data.name, "activation": run.activation,

@@ -35,7 +35,7 @@ from .health import HealthConfig, HealthMonitor, NumericHealthError, TrainingSto
 from .plan import BatchPlan, epoch_order
 from .torch_loop import checkpoint_state, restore_checkpoint
 
-__all__ = ["train_spiking_torch", "spiking_updates", "surrogate_gradients"]
+__all__ = ["train_spiking_torch", "fixed_feedback", "spiking_updates", "surrogate_gradients"]
 
 
 def train_spiking_torch(weights: list[np.ndarray], data: Dataset, rule: str, config, profile: DeviceProfile, *,
@@ -55,10 +55,7 @@ def train_spiking_torch(weights: list[np.ndarray], data: Dataset, rule: str, con
     dims = tuple([int(weights[0].shape[1])] + [int(w.shape[0]) for w in weights])
     steps_t = profile.spiking.timesteps
     temperature = getattr(config, "temperature", 1.0)
-    if rule == "ftp":
-        proj = torch.tensor(ftp_feedback(dims, config), dtype=torch.float32, device=dev)
-    elif rule == "pepita":
-        proj = torch.tensor(pepita_feedback(dims, config), dtype=torch.float32, device=dev)
+    proj = fixed_feedback(rule, dims, config, dev)  # FOTON's F: refreshed from the weights in the loop
     is_foton = isinstance(config, FOTONConfig)
     eye = torch.eye(dims[-1], device=dev)
     x_tr, y_tr = torch.as_tensor(data.x_train, device=dev), torch.as_tensor(data.y_train, device=dev)
@@ -143,6 +140,16 @@ def train_spiking_torch(weights: list[np.ndarray], data: Dataset, rule: str, con
         if on_checkpoint is not None and checkpoint_every:
             on_checkpoint(state(epoch + 1, 0))
     return [w.cpu().numpy() for w in ws], history
+
+
+def fixed_feedback(rule: str, dims, config, device="cpu") -> torch.Tensor | None:
+    """The rule's fixed random feedback as float32: FTP's G (d_L, d_1) or PEPITA's F (d_L, d_0), drawn from the
+    config's seed (rules.ftp, rules.pepita); None for FOTON, whose F = W_L ... W_1 follows the weights."""
+    if rule == "ftp":
+        return torch.tensor(ftp_feedback(dims, config), dtype=torch.float32, device=device)
+    if rule == "pepita":
+        return torch.tensor(pepita_feedback(dims, config), dtype=torch.float32, device=device)
+    return None
 
 
 def spiking_updates(run: Callable, ws: list[torch.Tensor], x: torch.Tensor, t: torch.Tensor, rule: str, config,
