@@ -120,7 +120,8 @@ def test_cached_forward_reuses_the_layer_until_cleared():
     net = to_device(init_weights((40, 12), seed=1), profile)
     params = make_params(profile, "tanh", "ce")
     hin = np.random.default_rng(4).integers(-127, 128, size=(8, 40)).astype(np.int64)
-    cache = (np.zeros((12, 40), dtype=np.float32), np.zeros(40, dtype=np.int32), np.zeros(1, dtype=np.bool_))
+    cache = (np.zeros((12, 40), dtype=np.float32), np.zeros(40, dtype=np.int32), np.zeros(2, dtype=np.bool_),
+             np.zeros((12, 40), dtype=np.int8))
 
     def run(cached):
         pre, out = np.zeros((8, 12), dtype=np.int64), np.zeros((8, 12), dtype=np.int64)

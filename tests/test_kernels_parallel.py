@@ -111,12 +111,15 @@ def with_threads(n, call):
         numba.set_num_threads(before)
 
 
-def assert_update_equals_reference(start, off, delta, hin, hi, mode, mul, shift, threads, seed):
+def assert_update_equals_reference(start, off, delta, hin, hi, mode, mul, shift, threads, seed, a_bits=8):
     """``outer_update_`` of the weights ``start`` (layer at ``off``, mantissas in [-hi, hi]) at ``threads``
-    threads leaves the weights and counters of ``reference_update``; returns the stream's state after it."""
+    threads leaves the weights and counters of ``reference_update``; returns the stream's state after it.
+    ``a_bits``: the activation format's width (above 8 the update's product leaves the int8 GEMM)."""
     d_out, d_in = delta.shape[1], hin.shape[1]
+    a_hi = (1 << (a_bits - 1)) - 1
     P = make_params(load_device("mcu-int8"), "relu", "ce")._replace(upd_round=mode, w_lo=np.int64(-hi),
-                                                                   w_hi=np.int64(hi))
+                                                                   w_hi=np.int64(hi), a_lo=np.int64(-a_hi),
+                                                                   a_hi=np.int64(a_hi))
     rng = new_state(seed)
     key = int(next_u53(rng.copy()))
     expected_w = start.astype(np.int64)

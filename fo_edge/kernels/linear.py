@@ -25,6 +25,7 @@ from .analog import analog_forward_
 from .counters import (FLASH_READ, MACS_DENSE, MACS_EFF, NEURON_ACTIVE, NEURON_INACTIVE, SATURATION, SRAM_READ,
                        SRAM_WRITE, SYN_EVENTS, WRAPS)
 from .fixed import ROUND_STOCHASTIC, log2_exact, round_by, round_div_at, round_shift_at, saturate, wrap
+from .int8_gemm import INT8_BATCH, MIN_TERMS, fits_int8, int8_matmul_
 
 __all__ = ["layer_forward_", "cached_layer_forward_", "no_weight_cache", "project_", "exact_matmul",
            "effective_macs", "activation_table", "layer_rows", "no_row_shift", "SMALL_BATCH", "FUSED_BATCH"]
@@ -157,8 +158,9 @@ def _convert_rows_(src, dst, counts):
 
 
 @njit(cache=True, parallel=True)
-def _weights_float32_into(w, off, d_out, d_in, out, nonzero):
-    """out: (d_out, d_in) float32 = layer W (its row-major layout, so the conversion is contiguous); nonzero:
+def _weights_into(w, off, d_out, d_in, out, nonzero):
+    """out: (d_out, d_in) float32 or int8 (for weights within int8) = layer W (its row-major layout, so the
+    conversion is contiguous); nonzero:
     (d_in,) int32 = its nonzero weights per input column. Converted in blocks of CONVERT_ROWS rows (one block
     per parallel iteration); the column counts are summed over the blocks in order."""
     n_blocks = (d_out + CONVERT_ROWS - 1) // CONVERT_ROWS
@@ -178,7 +180,7 @@ def _weights_float32(w, off, d_out, d_in):
     """Layer W: (d_out, d_in) as float32 and its nonzero weights per input column (int32)."""
     out = np.empty((d_out, d_in), dtype=np.float32)
     nonzero = np.empty(d_in, dtype=np.int32)
-    _weights_float32_into(w, off, d_out, d_in, out, nonzero)
+    _weights_into(w, off, d_out, d_in, out, nonzero)
     return out, nonzero
 
 
@@ -420,21 +422,71 @@ def _requantise_row_(acc, shift, rs, linear, P, table, pre_b, h_b, tally):
     tally[NEURON_INACTIVE] = d_out - active
 
 
+@njit(cache=True, parallel=True)
+def _int8_operand_(hin, nonzero, x8):
+    """x8 (B, d_in) int8 = hin (integer mantissas within int8), one part of the samples per core; returns the
+    effective MACs sum_j (nonzero hin[:, j]) x nonzero[j], summed per part."""
+    batch, d_in = hin.shape
+    parts = min(batch, SPLIT_PARTS)
+    effective = np.zeros(parts, dtype=np.int64)
+    for p in prange(parts):
+        lo = p * batch // parts
+        hi = (p + 1) * batch // parts
+        for b in range(lo, hi):
+            row, out = hin[b], x8[b]
+            for j in range(d_in):
+                out[j] = row[j]
+        effective[p] = _effective_from_columns(hin[lo:hi], nonzero)
+    return effective.sum()
+
+
+@njit(cache=True, parallel=True)
+def _requantise_batch_(acc, shift, rs, linear, P, pre, h, C):
+    """Every sample of acc (B, d_out) integer sums through ``_requantise_row_``, in parallel, its counts added
+    to C in sample order."""
+    batch, d_out = acc.shape
+    table = activation_table(P, batch * d_out)
+    tallies = np.zeros((batch, C.size), dtype=np.int64)
+    for b in prange(batch):
+        _requantise_row_(acc[b], shift, rs, linear, P, table, pre[b], h[b], tallies[b])
+    for b in range(batch):
+        for k in range(C.size):
+            C[k] += tallies[b, k]
+
+
+@njit(cache=True)
+def _int8_forward_(hin, w8, nonzero, shift, rs, linear, P, pre, h, C):
+    """``_fused_forward_`` with acc = hin @ W^T formed by the int8 GEMM (``int8_gemm.int8_matmul_``: exact int32
+    sums, the same integers as float32 BLAS forms below 2**24): hin (B, d_in) and w8 (d_out, d_in) within int8.
+    The caller adds the dense MACs and bytes."""
+    batch, d_in = hin.shape
+    x8 = np.empty((batch, d_in), dtype=np.int8)
+    effective = _int8_operand_(hin, nonzero, x8)
+    acc = np.empty((batch, w8.shape[0]), dtype=np.int32)
+    int8_matmul_(x8, w8.T, acc)
+    _requantise_batch_(acc, shift, rs, linear, P, pre, h, C)
+    C[MACS_EFF] += effective
+    C[SYN_EVENTS] += effective
+
+
 @njit(cache=True)
 def no_weight_cache():
     """Empty cache arguments for ``cached_layer_forward_``: convert the layer on every call."""
-    return np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.bool_)
+    return (np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.bool_),
+            np.zeros((0, 0), dtype=np.int8))
 
 
 @njit(cache=True)
-def cached_layer_forward_(hin, w, off, d_out, d_in, w_one, rs, linear, P, pre, h, C, rng, w32, nonzero, ready):
+def cached_layer_forward_(hin, w, off, d_out, d_in, w_one, rs, linear, P, pre, h, C, rng, w32, nonzero, ready, w8):
     """``layer_forward_`` with row i's exponent offset rs[i] (its accumulator is divided by w_one * 2**rs[i]),
-    and a simulator-side float32 copy of the layer kept between calls of one step:
-    w32: (d_out, d_in) float32 = W, nonzero: (d_in,) int32 nonzero weights per column, ready: (1,) bool,
-    filled on first use (ready[0] set); the caller clears ready[0] whenever W changes. Empty arrays: no cache.
+    and simulator-side float32 and int8 copies of the layer kept between calls of one step:
+    w32: (d_out, d_in) float32 = W, w8: (d_out, d_in) int8 = W, nonzero: (d_in,) int32 nonzero weights per
+    column, ready: (2,) bool, w32's and w8's flags, each copy filled on first use (its flag set); the caller
+    clears both whenever W changes. Empty arrays: no cache.
 
     Integer layers whose sums are exact in float32 and whose rounding draws nothing go through
-    ``_fused_forward_`` (parallel over samples); the others through the paths below."""
+    ``_int8_forward_`` (the int8 GEMM, from INT8_BATCH samples on, where inputs and weights are int8) or
+    ``_fused_forward_`` (float32 BLAS, parallel over samples); the others through the paths below."""
     if P.analog:
         analog_forward_(hin, w, off, d_out, d_in, w_one, linear, P, pre, h, C, rng)
         return
@@ -443,11 +495,25 @@ def cached_layer_forward_(hin, w, off, d_out, d_in, w_one, rs, linear, P, pre, h
     use32 = integral(hin) and integral(w) and bound <= FLOAT32_EXACT  # exact_matmul's float32 case
     shift = log2_exact(w_one) if P.quantized else -1
     fused = use32 and P.quantized and P.fwd_round != ROUND_STOCHASTIC and shift >= 0
+    if (fused and batch >= INT8_BATCH and d_in >= MIN_TERMS and fits_int8(P.a_lo, P.a_hi)
+            and fits_int8(P.w_lo, P.w_hi)):
+        if ready.size == 0:
+            w8 = np.empty((d_out, d_in), dtype=np.int8)
+            nonzero = np.empty(d_in, dtype=np.int32)
+            _weights_into(w, off, d_out, d_in, w8, nonzero)
+        elif not ready[1]:
+            _weights_into(w, off, d_out, d_in, w8, nonzero)
+            ready[1] = True
+        _int8_forward_(hin, w8, nonzero, shift, rs, linear, P, pre, h, C)
+        C[MACS_DENSE] += batch * d_out * d_in
+        C[SRAM_READ] += batch * (d_out * d_in * P.w_bytes + d_in * P.a_bytes)
+        C[SRAM_WRITE] += batch * d_out * P.a_bytes
+        return
     if fused and (batch >= FUSED_BATCH or (ready.size > 0 and ready[0])):
         if ready.size == 0:
             w32, nonzero = _weights_float32(w, off, d_out, d_in)
         elif not ready[0]:
-            _weights_float32_into(w, off, d_out, d_in, w32, nonzero)
+            _weights_into(w, off, d_out, d_in, w32, nonzero)
             ready[0] = True
         _fused_forward_(hin, w32, nonzero, shift, rs, linear, P, pre, h, C)
         C[MACS_DENSE] += batch * d_out * d_in
@@ -470,7 +536,7 @@ def cached_layer_forward_(hin, w, off, d_out, d_in, w_one, rs, linear, P, pre, h
             if ready.size == 0:
                 w32, nonzero = _weights_float32(w, off, d_out, d_in)
             elif not ready[0]:
-                _weights_float32_into(w, off, d_out, d_in, w32, nonzero)
+                _weights_into(w, off, d_out, d_in, w32, nonzero)
                 ready[0] = True
             sums = np.dot(_as_float32(hin), w32.T).astype(np.float64)
             effective = _effective_from_columns(hin, nonzero)

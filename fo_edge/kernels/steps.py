@@ -66,15 +66,17 @@ def swap_threads(n):
 
 @njit(cache=True, inline="always")
 def layer_cache(cache, dims, offs, l):
-    """Layer l's slices of the step's weight cache ``(w32, nonzero, ready)``: w32 (total weights,) float32,
-    each layer's W (d_out, d_in) at the layer's offset, nonzero (sum_l d_l,) int32 column counts, ready
-    (L,) bool; see ``linear.cached_layer_forward_``. Simulator bookkeeping, not device memory."""
-    w32, nonzero, ready = cache
+    """Layer l's slices of the step's weight cache ``(w32, nonzero, ready, w8)``: w32 (total weights,) float32
+    and w8 (total weights,) int8, each layer's W (d_out, d_in) at the layer's offset, nonzero (sum_l d_l,) int32
+    column counts, ready (L, 2) bool (w32's and w8's flags); see ``linear.cached_layer_forward_``. Simulator
+    bookkeeping, not device memory."""
+    w32, nonzero, ready, w8 = cache
     d_in, d_out = dims[l], dims[l + 1]
     col = 0
     for k in range(l):
         col += dims[k]
-    return (w32[offs[l]:offs[l + 1]].reshape((d_out, d_in)), nonzero[col:col + d_in], ready[l:l + 1])
+    return (w32[offs[l]:offs[l + 1]].reshape((d_out, d_in)), nonzero[col:col + d_in], ready[l],
+            w8[offs[l]:offs[l + 1]].reshape((d_out, d_in)))
 
 
 def _view(buf, batch, d):

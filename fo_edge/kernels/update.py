@@ -17,6 +17,7 @@ from numba import njit, prange
 from .analog import pulse_update_
 from .counters import LOST, MACS_DENSE, SATURATION, SRAM_READ, SRAM_WRITE, SYN_UPDATES, WEIGHT_WRITES
 from .fixed import ROUND_NEAREST_EVEN, ROUND_STOCHASTIC, log2_exact, round_div_at, round_shift_at
+from .int8_gemm import INT8_BATCH, INT8_HI, fits_int8, int8_matmul_
 from .linear import (FLOAT32_EXACT, GATHER_COLUMNS, SMALL_BATCH, SPLIT_PARTS, exact_matmul, gather_float32,
                      integral, nonzero_columns)
 from .rng import next_u53
@@ -46,13 +47,29 @@ def _peak(a):
     return peak
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _scan_(a):
     """An integer operand a: (B, D) scanned once, one part of its rows per core: returns (a as float32 (B, D),
     the ascending indices of its nonzero columns (int64), max |a| as a float). Exact: mantissas below 2**24."""
+    out = np.empty(a.shape, dtype=np.float32)
+    cols, peak = _scan_into_(a, out)
+    return out, cols, peak
+
+
+@njit(cache=True)
+def _scan8_(a):
+    """``_scan_`` with a as int8 (B, D): exact where max |a| <= 127 (the returned peak says)."""
+    out = np.empty(a.shape, dtype=np.int8)
+    cols, peak = _scan_into_(a, out)
+    return out, cols, peak
+
+
+@njit(cache=True, parallel=True)
+def _scan_into_(a, out):
+    """out (B, D) = a, converted; returns (the ascending indices of a's nonzero columns (int64), max |a| as a
+    float), one part of the rows per core."""
     n, d = a.shape
     parts = max(1, min(n, SPLIT_PARTS))
-    out = np.empty((n, d), dtype=np.float32)
     keep = np.zeros((parts, d), dtype=np.uint8)
     peaks = np.zeros(parts, dtype=np.int64)
     for p in prange(parts):
@@ -69,7 +86,7 @@ def _scan_(a):
     flags = keep[0].copy()
     for p in range(1, parts):
         flags |= keep[p]
-    return out, np.nonzero(flags)[0].astype(np.int64), float(peaks.max())
+    return np.nonzero(flags)[0].astype(np.int64), float(peaks.max())
 
 
 @njit(cache=True)  # called, not inlined: inlined into its 3 parallel callers, outer_update_ compiled in 33 s, not 28
@@ -228,6 +245,11 @@ def _integer_update_(w, off, d_in, delta, hin, mul, shift, rs, P, rng):
     batch = delta.shape[0]
     key = np.uint64(next_u53(rng))
     blas32 = batch >= SMALL_BATCH and integral(delta) and integral(hin)
+    if blas32 and batch >= INT8_BATCH and fits_int8(P.a_lo, P.a_hi) and fits_int8(P.e_lo, P.e_hi):
+        d8, rows, peak_d = _scan8_(delta)
+        h8, cols, peak_h = _scan8_(hin)
+        if peak_d <= INT8_HI and peak_h <= INT8_HI:  # else (spike counts, say) the float32 path below
+            return _int8_update_(w, off, d_in, d8, h8, rows, cols, np.int64(mul), shift, rs, P, key)
     if blas32:  # each operand scanned once, in parallel: float32 copy, nonzero columns, peak
         d32, rows, peak_d = _scan_(delta)
         h32, cols, peak_h = _scan_(hin)
@@ -302,6 +324,52 @@ def _integer_update_(w, off, d_in, delta, hin, mul, shift, rs, P, rng):
         lost += tallies[r, 1]
         clipped += tallies[r, 2]
     return writes, lost, clipped
+
+
+@njit(cache=True)
+def _int8_update_(w, off, d_in, d8, h8, rows, cols, imul, shift, rs, P, key):
+    """``_integer_update_``'s product through the int8 GEMM: g = d8[:, rows]^T h8 (every column when most are
+    active, else the active ones gathered) as exact int32 sums (``int8_gemm.int8_matmul_``), then the rows in
+    parallel (``_rows_from_sums_``): the integers the float32 path forms, so the same steps and draws.
+    d8: (B, d_out), h8: (B, d_in) int8; rows / cols: the nonzero columns of each. Returns (writes, lost,
+    clipped)."""
+    n_rows = rows.size
+    tallies = np.zeros((n_rows, 3), dtype=np.int64)
+    if n_rows > 0 and cols.size > 0:
+        dense = cols.size >= DENSE_COLUMNS * d_in
+        if dense:
+            cols = np.arange(d_in)
+        d_rows = _gather_int8(d8, rows, True)  # (n_rows, B)
+        h_op = h8 if dense else _gather_int8(h8, cols, False)  # (B, n_cols)
+        grads = np.empty((n_rows, cols.size), dtype=np.int32)
+        int8_matmul_(d_rows, h_op, grads)
+        _rows_from_sums_(w, off, d_in, rows, cols, dense, grads, imul, shift, rs, P.upd_round,
+                         np.int64(P.w_lo), np.int64(P.w_hi), key, tallies)
+    writes = lost = clipped = 0
+    for r in range(n_rows):
+        writes += tallies[r, 0]
+        lost += tallies[r, 1]
+        clipped += tallies[r, 2]
+    return writes, lost, clipped
+
+
+@njit(cache=True)
+def _gather_int8(a, idx, transpose):
+    """a[:, idx] (B, K) int8, or its transpose (K, B) when ``transpose``, C-contiguous."""
+    n = a.shape[0]
+    if transpose:
+        out = np.empty((idx.size, n), dtype=np.int8)
+        for k in range(idx.size):
+            col = idx[k]
+            for b in range(n):
+                out[k, b] = a[b, col]
+        return out
+    out = np.empty((n, idx.size), dtype=np.int8)
+    for b in range(n):
+        row = a[b]
+        for k in range(idx.size):
+            out[b, k] = row[idx[k]]
+    return out
 
 
 @njit(cache=True, inline="always")

@@ -420,7 +420,7 @@ def allocate_buffers(arena: MemoryArena, profile: DeviceProfile, dims, batch: in
         proj = arena.alloc("feedback_G", (dims[-1], dims[1]), dtype, "projection", p_fmt.bytes_per_value, "flash")
     n_weights = sum(a * b for a, b in zip(dims[:-1], dims[1:]))
     cache = (np.zeros(n_weights, dtype=np.float32), np.zeros(sum(dims[:-1]), dtype=np.int32),
-             np.zeros(len(dims) - 1, dtype=np.bool_))
+             np.zeros((len(dims) - 1, 2), dtype=np.bool_), np.zeros(n_weights, dtype=np.int8))
     bufs = StepBuffers(x, c0, c1, m0, m1, pre, tmp, store, e, xm, proj, proj_work, cache)
     bufs.kept = kept_pass1(dtype, dims, batch, keep=not bp)
     if dropout:
