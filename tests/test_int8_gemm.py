@@ -10,6 +10,7 @@ from fo_edge.kernels.counters import COUNTERS
 from fo_edge.kernels.int8_gemm import INT8_BATCH, MIN_TERMS, int8_copy, int8_matmul_
 from fo_edge.kernels.linear import cached_layer_forward_, no_weight_cache
 from fo_edge.kernels.rng import new_state
+from fo_edge.kernels.update import int8_outer_update_, outer_update_
 from fo_edge.models import init_weights
 from fo_edge.rules.numba_binding import make_params, to_device
 
@@ -83,17 +84,17 @@ def test_cached_int8_forward_fills_the_int8_copy_only():
 @settings(max_examples=25, deadline=None)
 @given(data=st.data(), batch=st.sampled_from([INT8_BATCH, 40]), d_out=st.integers(1, 12), d_in=st.integers(1, 40),
        mode=MODES, mul=st.integers(1, 4095), shift=st.integers(0, 20), threads=st.sampled_from([1, 2]),
-       wide=st.booleans(), seed=seeds)
+       wide=st.booleans(), gemm8=st.booleans(), seed=seeds)
 def test_int8_and_float32_updates_equal_the_serial_reference(data, batch, d_out, d_in, mode, mul, shift, threads,
-                                                            wide, seed):
-    """The update's product through the int8 GEMM (int8 formats) and through float32 BLAS (the same operands
-    under a 16-bit activation format, ``wide``) leave the weights and counters of the one-weight-at-a-time
-    reference."""
+                                                            wide, gemm8, seed):
+    """The update's product through the int8 GEMM (``int8_outer_update_`` on int8 formats) and through float32
+    BLAS (``outer_update_``, or the same operands under a 16-bit activation format, ``wide``) leave the weights
+    and counters of the one-weight-at-a-time reference."""
     delta = data.draw(arrays(np.int64, (batch, d_out), elements=st.one_of(st.just(0), st.integers(-127, 127))))
     hin = data.draw(arrays(np.int64, (batch, d_in), elements=st.one_of(st.just(0), st.integers(-127, 127))))
     start = data.draw(arrays(np.int8, d_out * d_in, elements=st.integers(-127, 127)))
     assert_update_equals_reference(start, 0, delta, hin, 127, mode, mul, shift, threads, seed,
-                                   a_bits=16 if wide else 8)
+                                   a_bits=16 if wide else 8, update=int8_outer_update_ if gemm8 else outer_update_)
 
 
 @settings(max_examples=15, deadline=None)
@@ -104,4 +105,4 @@ def test_update_of_operands_beyond_int8_falls_back_exactly(data, d_out, d_in, mo
     delta = data.draw(arrays(np.int64, (32, d_out), elements=st.integers(-127, 127)))
     hin = data.draw(arrays(np.int64, (32, d_in), elements=st.integers(0, 1000)))
     start = data.draw(arrays(np.int8, d_out * d_in, elements=st.integers(-127, 127)))
-    assert_update_equals_reference(start, 0, delta, hin, 127, mode, 1, 16, 2, seed)
+    assert_update_equals_reference(start, 0, delta, hin, 127, mode, 1, 16, 2, seed, update=int8_outer_update_)

@@ -60,7 +60,8 @@ def test_sparse_integer_update_equals_the_dense_visit(data, batch, mode, mul, sh
     w_fast, w_dense = start.copy(), start.copy()
     rng_fast, rng_dense = new_state(seed), new_state(seed)
     counters = np.zeros(len(COUNTERS), dtype=np.int64)
-    fast = _integer_update_(w_fast, 3, d_in, delta, hin, np.int64(mul), np.int64(shift), rs, params, rng_fast)
+    fast = _integer_update_(w_fast, 3, d_in, delta, hin, np.int64(mul), np.int64(shift), rs, params, rng_fast,
+                           None)
     dense = _dense_update_(w_dense, 3, d_out, d_in, delta, hin, np.int64(mul), np.int64(1 << shift), 0.0, rs,
                            params, counters, rng_dense, np.zeros(0))
     np.testing.assert_array_equal(w_fast, w_dense)

@@ -111,10 +111,12 @@ def with_threads(n, call):
         numba.set_num_threads(before)
 
 
-def assert_update_equals_reference(start, off, delta, hin, hi, mode, mul, shift, threads, seed, a_bits=8):
-    """``outer_update_`` of the weights ``start`` (layer at ``off``, mantissas in [-hi, hi]) at ``threads``
-    threads leaves the weights and counters of ``reference_update``; returns the stream's state after it.
-    ``a_bits``: the activation format's width (above 8 the update's product leaves the int8 GEMM)."""
+def assert_update_equals_reference(start, off, delta, hin, hi, mode, mul, shift, threads, seed, a_bits=8,
+                                   update=outer_update_):
+    """``update`` (``outer_update_`` or ``int8_outer_update_``) of the weights ``start`` (layer at ``off``,
+    mantissas in [-hi, hi]) at ``threads`` threads leaves the weights and counters of ``reference_update``;
+    returns the stream's state after it. ``a_bits``: the activation format's width (above 8 the update's product
+    leaves the int8 GEMM)."""
     d_out, d_in = delta.shape[1], hin.shape[1]
     a_hi = (1 << (a_bits - 1)) - 1
     P = make_params(load_device("mcu-int8"), "relu", "ce")._replace(upd_round=mode, w_lo=np.int64(-hi),
@@ -125,7 +127,7 @@ def assert_update_equals_reference(start, off, delta, hin, hi, mode, mul, shift,
     expected_w = start.astype(np.int64)
     expected = reference_update(expected_w, off, d_out, d_in, delta, hin, mul, shift, mode, key, -hi, hi)
     w, C = start.copy(), new_counters(1)
-    with_threads(threads, lambda: outer_update_(w, off, d_out, d_in, delta, hin, np.int64(mul),
+    with_threads(threads, lambda: update(w, off, d_out, d_in, delta, hin, np.int64(mul),
                                                 np.int64(1 << shift), 0.0, np.zeros(d_out, dtype=np.int64), P,
                                                 C[0, 0], rng, np.zeros(0)))
     np.testing.assert_array_equal(w.astype(np.int64), expected_w)

@@ -9,7 +9,8 @@ Each step runs on the next batch of the MNIST training set, as training runs the
 let the integer kernels skip the zero errors of a memorised batch). The torch path is the rule's update plus
 ``W -= lr g`` in float32 on the CPU with torch's default threads; the Numba paths are the streaming fused step
 (``run_step``) including the input quantisation: the kernels run on every core (``--threads``), their BLAS
-calls single-threaded inside their parallel loops. Prints a Markdown table with the ratio Numba int8 / PyTorch and
+calls single-threaded inside their parallel loops; from ``kernels.int8_gemm.INT8_BATCH`` samples on the
+mcu-int8 step's products go through torch's int8 GEMM on the same threads. Prints a Markdown table with the ratio Numba int8 / PyTorch and
 the int8 step with nearest-even update rounding (no random draws: what the draws cost), then the cost of one
 stochastic-rounding draw of the run's serial xorshift64* stream (the updates' stochastic rounding draws
 counter-based values instead, kernels.rng.counter_u53; the stream gives each update its key).

@@ -25,7 +25,7 @@ from fo_edge.kernels.counters import UPDATE, new_counters
 from fo_edge.kernels.linear import cached_layer_forward_, layer_rows
 from fo_edge.kernels.rng import new_state
 from fo_edge.kernels.steps import layer_cache
-from fo_edge.kernels.update import outer_update_
+from fo_edge.kernels.update import int8_outer_update_
 from fo_edge.models import init_weights, parse_model_spec
 from fo_edge.rules import RULES, rule_config
 from fo_edge.rules.numba_binding import (allocate_buffers, fill_fixed_projection, make_params, quantize_input,
@@ -108,7 +108,7 @@ def profile(args):
         delta = errors.integers(-20, 20, size=(batch, d_out)).astype(bufs.pre.dtype)
         rows = layer_rows(net.row_shift, net.dims, l)
         yield f"update of layer {l} ({d_out} x {d_in})", per_call_ms(
-            lambda: outer_update_(net.w, net.offs[l], d_out, d_in, delta, outs[l], mul[l], div[l], g_scale[l],
+            lambda: int8_outer_update_(net.w, net.offs[l], d_out, d_in, delta, outs[l], mul[l], div[l], g_scale[l],
                                   rows, params, counters[UPDATE, l], rng, np.zeros(0)), args.repeats)
         net.w[:] = saved
     yield "dynamic per-channel rescale, every layer", per_call_ms(lambda: rescale_rows(net, params, counters),

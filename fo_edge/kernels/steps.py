@@ -25,7 +25,7 @@ from .counters import (BACKWARD, FORWARD, INFERENCE, MACS_DENSE, MACS_EFF, MODUL
 from .fixed import ROUND_STOCHASTIC, log2_exact, round_div, saturate
 from .linear import (activation_table, cached_layer_forward_, effective_macs, exact_matmul, layer_rows, magnitude,
                      project_)
-from .update import momentum_update_, outer_update_
+from .update import int8_outer_update_, momentum_update_
 
 __all__ = ["Params", "RULE_CODES", "forward_only_step_", "bp_step_", "output_error_", "predict_", "swap_threads"]
 
@@ -149,7 +149,7 @@ def _pass1_(w, dims, offs, w_one, rs, x, P, buf_c0, buf_c1, buf_pre, buf_tmp, st
 @njit(cache=True)
 def update_(w, dims, offs, rs, l, d_out, d_in, delta, hin, upd_mul, upd_div, g_scale, P, C, rng, g_out, opt,
             rescan):
-    """Layer l's weight update: plain SGD (``linear.outer_update_``), or with ``opt`` = (vel, mom) holding a
+    """Layer l's weight update: plain SGD (``update.int8_outer_update_``), or with ``opt`` = (vel, mom) holding a
     velocity store, SGD with momentum and weight decay (``linear.momentum_update_``, mom[l] its multipliers).
     rescan: (sum_l d_{l+1},) uint8, the rows the dynamic rescale must look at (``update.rescale_network_``): set
     for every row this update may have changed (a nonzero delta[:, i]; every row with momentum or decay)."""
@@ -160,8 +160,8 @@ def update_(w, dims, offs, rs, l, d_out, d_in, delta, hin, upd_mul, upd_div, g_s
         momentum_update_(w, offs[l], d_out, d_in, delta, hin, vel, mom[l], rows, P, C, rng)
         marks[:] = 1
     else:
-        outer_update_(w, offs[l], d_out, d_in, delta, hin, upd_mul[l], upd_div[l], g_scale[l], rows, P, C, rng,
-                      g_out)
+        int8_outer_update_(w, offs[l], d_out, d_in, delta, hin, upd_mul[l], upd_div[l], g_scale[l], rows, P, C,
+                           rng, g_out)
         for b in range(delta.shape[0]):
             d_b = delta[b]
             for i in range(d_out):  # branch-free, so it vectorises

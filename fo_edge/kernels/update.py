@@ -22,7 +22,7 @@ from .linear import (FLOAT32_EXACT, GATHER_COLUMNS, SMALL_BATCH, SPLIT_PARTS, ex
                      integral, nonzero_columns)
 from .rng import next_u53
 
-__all__ = ["outer_update_", "momentum_update_", "rescale_rows_", "rescale_network_", "DENSE_COLUMNS",
+__all__ = ["outer_update_", "int8_outer_update_", "momentum_update_", "rescale_rows_", "rescale_network_", "DENSE_COLUMNS",
            "MAX_ROW_SHIFT"]
 
 
@@ -229,7 +229,7 @@ DENSE_COLUMNS = 0.3
 
 
 @njit(cache=True, parallel=True)
-def _integer_update_(w, off, d_in, delta, hin, mul, shift, rs, P, rng):
+def _integer_update_(w, off, d_in, delta, hin, mul, shift, rs, P, rng, gemm8):
     """The integer update W[i, j] -= round(mul * g_ij * 2**rs[i] / 2**shift) of ``outer_update_``; returns
     (writes, lost, clipped).
 
@@ -245,11 +245,12 @@ def _integer_update_(w, off, d_in, delta, hin, mul, shift, rs, P, rng):
     batch = delta.shape[0]
     key = np.uint64(next_u53(rng))
     blas32 = batch >= SMALL_BATCH and integral(delta) and integral(hin)
-    if blas32 and batch >= INT8_BATCH and fits_int8(P.a_lo, P.a_hi) and fits_int8(P.e_lo, P.e_hi):
-        d8, rows, peak_d = _scan8_(delta)
-        h8, cols, peak_h = _scan8_(hin)
-        if peak_d <= INT8_HI and peak_h <= INT8_HI:  # else (spike counts, say) the float32 path below
-            return _int8_update_(w, off, d_in, d8, h8, rows, cols, np.int64(mul), shift, rs, P, key)
+    if gemm8 is not None:  # pruned at compile time where gemm8 is None (``outer_update_``)
+        if blas32 and batch >= INT8_BATCH and fits_int8(P.a_lo, P.a_hi) and fits_int8(P.e_lo, P.e_hi):
+            d8, rows, peak_d = _scan8_(delta)
+            h8, cols, peak_h = _scan8_(hin)
+            if peak_d <= INT8_HI and peak_h <= INT8_HI:  # else (spike counts, say) the float32 path below
+                return _int8_update_(w, off, d_in, d8, h8, rows, cols, np.int64(mul), shift, rs, P, key)
     if blas32:  # each operand scanned once, in parallel: float32 copy, nonzero columns, peak
         d32, rows, peak_d = _scan_(delta)
         h32, cols, peak_h = _scan_(hin)
@@ -509,6 +510,21 @@ def momentum_update_(w, off, d_out, d_in, delta, hin, vel, mom, rs, P, C, rng):
 
 @njit(cache=True)
 def outer_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, rs, P, C, rng, g_out):
+    """``_outer_update_`` with its products through float32 BLAS (where exact) or float64: the spiking, conv
+    and MANO bindings' update, compiled without the int8 GEMM path."""
+    _outer_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, rs, P, C, rng, g_out, None)
+
+
+@njit(cache=True)
+def int8_outer_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, rs, P, C, rng, g_out):
+    """``_outer_update_`` whose product goes through the int8 GEMM where delta and hin are int8 and the batch has
+    ``int8_gemm.INT8_BATCH`` samples (``_int8_update_``): the fused MLP steps' update. The same results as
+    ``outer_update_``."""
+    _outer_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, rs, P, C, rng, g_out, True)
+
+
+@njit(cache=True, inline="always")
+def _outer_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, rs, P, C, rng, g_out, gemm8):
     """W_l <- W_l - round(mul * (delta^T hin) * 2**rs[i] / div) (row i), in place, one weight at a time.
 
     delta: (B, d_out), hin: (B, d_in). The device forms g row by row (accounted as one accumulator row); the
@@ -518,11 +534,13 @@ def outer_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, rs, P, C, 
     counted as lost. Float: W -= g * mul. Analog: the conductance step -g * mul is applied as pulses. With
     P.collect, nothing changes and
     g_out[off + i * d_in + j] = g * g_scale (the real, batch-averaged gradient estimate).
+    gemm8: True lets the integer product take the int8 GEMM; None (a compile-time constant: Numba prunes the
+    branch) keeps it, and the compile time of its kernels, out.
     """
     batch = delta.shape[0]
     shift = log2_exact(div) if P.quantized and not P.collect else -1
     if shift >= 0:
-        writes, lost, clipped = _integer_update_(w, off, d_in, delta, hin, mul, shift, rs, P, rng)
+        writes, lost, clipped = _integer_update_(w, off, d_in, delta, hin, mul, shift, rs, P, rng, gemm8)
     else:
         writes, lost, clipped = _dense_update_(w, off, d_out, d_in, delta, hin, mul, div, g_scale, rs, P, C, rng,
                                                g_out)
