@@ -505,9 +505,7 @@ def cached_layer_forward_(hin, w, off, d_out, d_in, w_one, rs, linear, P, pre, h
             _weights_into(w, off, d_out, d_in, w8, nonzero)
             ready[1] = True
         _int8_forward_(hin, w8, nonzero, shift, rs, linear, P, pre, h, C)
-        C[MACS_DENSE] += batch * d_out * d_in
-        C[SRAM_READ] += batch * (d_out * d_in * P.w_bytes + d_in * P.a_bytes)
-        C[SRAM_WRITE] += batch * d_out * P.a_bytes
+        _charge_dense_(C, batch, d_out, d_in, P)
         return
     if fused and (batch >= FUSED_BATCH or (ready.size > 0 and ready[0])):
         if ready.size == 0:
@@ -516,9 +514,7 @@ def cached_layer_forward_(hin, w, off, d_out, d_in, w_one, rs, linear, P, pre, h
             _weights_into(w, off, d_out, d_in, w32, nonzero)
             ready[0] = True
         _fused_forward_(hin, w32, nonzero, shift, rs, linear, P, pre, h, C)
-        C[MACS_DENSE] += batch * d_out * d_in
-        C[SRAM_READ] += batch * (d_out * d_in * P.w_bytes + d_in * P.a_bytes)
-        C[SRAM_WRITE] += batch * d_out * P.a_bytes
+        _charge_dense_(C, batch, d_out, d_in, P)
         return
     nnz = np.count_nonzero(hin)
     if ready.size > 0:  # the conversion is paid once per step: BLAS unless the inputs are sparse
@@ -571,9 +567,16 @@ def cached_layer_forward_(hin, w, off, d_out, d_in, w_one, rs, linear, P, pre, h
             else:
                 C[NEURON_INACTIVE] += 1
     rng[0] = s
-    C[MACS_DENSE] += batch * d_out * d_in
     C[MACS_EFF] += effective
     C[SYN_EVENTS] += effective
+    _charge_dense_(C, batch, d_out, d_in, P)
+
+
+@njit(cache=True, inline="always")
+def _charge_dense_(C, batch, d_out, d_in, P):
+    """A layer forward's dense MACs (B d_out d_in) and SRAM traffic: W read once per sample (bytes), the inputs
+    read and the outputs written."""
+    C[MACS_DENSE] += batch * d_out * d_in
     C[SRAM_READ] += batch * (d_out * d_in * P.w_bytes + d_in * P.a_bytes)
     C[SRAM_WRITE] += batch * d_out * P.a_bytes
 

@@ -9,7 +9,8 @@ BP stores every clean activation, then runs the backward pass, updating each W_l
 has been formed from the old W_l.
 
 All arrays are preallocated by the caller (from the device memory arena); these kernels allocate nothing.
-Mantissas are int64 (integer devices) or float64 (float reference); ``Params`` carries the formats. ``w_one``:
+Integer devices store weight mantissas in the format's width (int8 / int16 / int32) and activation and error
+mantissas as int64; the float reference uses float64 throughout; ``Params`` carries the formats. ``w_one``:
 (L,) each layer's weight scale 2**w_frac_l; ``rs``: (sum_l d_l,) int64 per-row exponent offsets (row i of
 layer l has scale w_one_l * 2**rs_i; per-channel weight scales, see :mod:`fo_edge.kernels.linear`).
 """
