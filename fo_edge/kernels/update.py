@@ -22,8 +22,8 @@ from .linear import (FLOAT32_EXACT, GATHER_COLUMNS, SMALL_BATCH, SPLIT_PARTS, ex
                      integral, nonzero_columns)
 from .rng import next_u53
 
-__all__ = ["outer_update_", "int8_outer_update_", "momentum_update_", "rescale_rows_", "rescale_network_", "DENSE_COLUMNS",
-           "MAX_ROW_SHIFT"]
+__all__ = ["outer_update_", "int8_outer_update_", "momentum_update_", "rescale_rows_", "rescale_network_",
+           "DENSE_COLUMNS", "MAX_ROW_SHIFT"]
 
 
 @njit(cache=True)
