@@ -14,11 +14,10 @@ torch 2.13.0's CPU ``_int_mm`` returns wrong sums for K = 1 (a single term: ever
 so products with fewer than ``MIN_TERMS`` terms stay on the float32 path (``tests/test_int8_gemm.py`` holds the
 product against int64 sums over shapes, strides and the full int8 range).
 """
-import numpy as np
 import torch
 from numba import njit, objmode
 
-__all__ = ["INT8_LO", "INT8_HI", "INT8_BATCH", "MIN_TERMS", "fits_int8", "int8_matmul_", "int8_copy"]
+__all__ = ["INT8_LO", "INT8_HI", "INT8_BATCH", "MIN_TERMS", "fits_int8", "int8_matmul_"]
 
 INT8_LO, INT8_HI = -128, 127
 #: products with fewer inner terms than this stay on float32 BLAS (torch's K = 1 case is wrong; a few terms gain
@@ -48,13 +47,3 @@ def int8_matmul_(a, b, out):
     """out = a @ b exactly: a (M, K) int8, b (K, N) int8, out (M, N) int32 preallocated, K >= MIN_TERMS."""
     with objmode():
         _int_mm_into(a, b, out)
-
-
-@njit(cache=True)
-def int8_copy(a):
-    """a (an integer array whose values lie in int8) as a C-contiguous int8 array of the same shape."""
-    out = np.empty(a.shape, dtype=np.int8)
-    flat_out, flat_a = out.reshape(-1), a.reshape(-1)
-    for i in range(flat_a.size):
-        flat_out[i] = flat_a[i]
-    return out

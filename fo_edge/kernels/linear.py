@@ -176,12 +176,18 @@ def _weights_into(w, off, d_out, d_in, out, nonzero):
 
 
 @njit(cache=True)
-def _weights_float32(w, off, d_out, d_in):
-    """Layer W: (d_out, d_in) as float32 and its nonzero weights per input column (int32)."""
-    out = np.empty((d_out, d_in), dtype=np.float32)
-    nonzero = np.empty(d_in, dtype=np.int32)
-    _weights_into(w, off, d_out, d_in, out, nonzero)
-    return out, nonzero
+def _layer_copy(w, off, d_out, d_in, copy, nonzero, ready, k):
+    """Layer W as ``copy``'s dtype (d_out, d_in) and its nonzero weights per input column: the step's cached
+    copy (filled here unless its flag ready[k] says it already holds W, then flagged), or, with no cache (ready
+    empty), fresh arrays. Returns (copy, nonzero)."""
+    if ready.size == 0:
+        copy = np.empty((d_out, d_in), dtype=copy.dtype)
+        nonzero = np.empty(d_in, dtype=np.int32)
+        _weights_into(w, off, d_out, d_in, copy, nonzero)
+    elif not ready[k]:
+        _weights_into(w, off, d_out, d_in, copy, nonzero)
+        ready[k] = True
+    return copy, nonzero
 
 
 @njit(cache=True)
@@ -305,18 +311,19 @@ def nonzero_columns(a):
 
 
 @njit(cache=True)
-def gather_float32(a, idx, transpose):
-    """a[:, idx] (B, K) as float32, or its transpose (K, B) when ``transpose``: the operands of g's BLAS
-    product gathered and converted in one pass (exact: integer mantissas below 2**24)."""
+def gather_as(a, idx, transpose, like):
+    """a[:, idx] (B, K) in ``like``'s dtype, or its transpose (K, B) when ``transpose``: a product's operand
+    gathered and converted in one pass (float32 for BLAS, exact: integer mantissas below 2**24; int8 for the
+    int8 GEMM)."""
     n = a.shape[0]
     if transpose:
-        out = np.empty((idx.size, n), dtype=np.float32)
+        out = np.empty((idx.size, n), dtype=like.dtype)
         for k in range(idx.size):
             col = idx[k]
             for b in range(n):
                 out[k, b] = a[b, col]
         return out
-    out = np.empty((n, idx.size), dtype=np.float32)
+    out = np.empty((n, idx.size), dtype=like.dtype)
     for b in range(n):
         row = a[b]
         for k in range(idx.size):
@@ -362,7 +369,7 @@ def _fused_forward_(hin, w32, nonzero, shift, rs, linear, P, pre, h, C):
     d_in = hin.shape[1]
     cols = nonzero_columns(hin)
     gather = (d_in - cols.size) * batch > GATHER_COLUMNS * cols.size  # idle input columns: sum over the others
-    x_op = gather_float32(hin, cols, False) if gather else np.zeros((0, 0), dtype=np.float32)
+    x_op = gather_as(hin, cols, False, w32) if gather else np.zeros((0, 0), dtype=np.float32)
     w_op = _gather_weight_columns(w32, cols).T if gather else w32.T  # (K, d_out)
     for p in prange(parts):
         lo = p * batch // parts
@@ -497,22 +504,12 @@ def cached_layer_forward_(hin, w, off, d_out, d_in, w_one, rs, linear, P, pre, h
     fused = use32 and P.quantized and P.fwd_round != ROUND_STOCHASTIC and shift >= 0
     if (fused and batch >= INT8_BATCH and d_in >= MIN_TERMS and fits_int8(P.a_lo, P.a_hi)
             and fits_int8(P.w_lo, P.w_hi)):
-        if ready.size == 0:
-            w8 = np.empty((d_out, d_in), dtype=np.int8)
-            nonzero = np.empty(d_in, dtype=np.int32)
-            _weights_into(w, off, d_out, d_in, w8, nonzero)
-        elif not ready[1]:
-            _weights_into(w, off, d_out, d_in, w8, nonzero)
-            ready[1] = True
+        w8, nonzero = _layer_copy(w, off, d_out, d_in, w8, nonzero, ready, 1)
         _int8_forward_(hin, w8, nonzero, shift, rs, linear, P, pre, h, C)
         _charge_dense_(C, batch, d_out, d_in, P)
         return
     if fused and (batch >= FUSED_BATCH or (ready.size > 0 and ready[0])):
-        if ready.size == 0:
-            w32, nonzero = _weights_float32(w, off, d_out, d_in)
-        elif not ready[0]:
-            _weights_into(w, off, d_out, d_in, w32, nonzero)
-            ready[0] = True
+        w32, nonzero = _layer_copy(w, off, d_out, d_in, w32, nonzero, ready, 0)
         _fused_forward_(hin, w32, nonzero, shift, rs, linear, P, pre, h, C)
         _charge_dense_(C, batch, d_out, d_in, P)
         return
@@ -529,11 +526,7 @@ def cached_layer_forward_(hin, w, off, d_out, d_in, w_one, rs, linear, P, pre, h
         effective = _sparse_rows_matmul(hin, w, off, d_out, d_in, sums)
     else:
         if use32:  # fused with the weight count of effective_macs
-            if ready.size == 0:
-                w32, nonzero = _weights_float32(w, off, d_out, d_in)
-            elif not ready[0]:
-                _weights_into(w, off, d_out, d_in, w32, nonzero)
-                ready[0] = True
+            w32, nonzero = _layer_copy(w, off, d_out, d_in, w32, nonzero, ready, 0)
             sums = np.dot(_as_float32(hin), w32.T).astype(np.float64)
             effective = _effective_from_columns(hin, nonzero)
         else:

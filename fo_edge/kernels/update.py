@@ -18,8 +18,8 @@ from .analog import pulse_update_
 from .counters import LOST, MACS_DENSE, SATURATION, SRAM_READ, SRAM_WRITE, SYN_UPDATES, WEIGHT_WRITES
 from .fixed import ROUND_NEAREST_EVEN, ROUND_STOCHASTIC, log2_exact, round_div_at, round_shift_at
 from .int8_gemm import INT8_BATCH, INT8_HI, fits_int8, int8_matmul_
-from .linear import (FLOAT32_EXACT, GATHER_COLUMNS, SMALL_BATCH, SPLIT_PARTS, exact_matmul, gather_float32,
-                     integral, nonzero_columns)
+from .linear import (FLOAT32_EXACT, GATHER_COLUMNS, SMALL_BATCH, SPLIT_PARTS, exact_matmul, gather_as, integral,
+                     nonzero_columns)
 from .rng import next_u53
 
 __all__ = ["outer_update_", "int8_outer_update_", "momentum_update_", "rescale_rows_", "rescale_network_",
@@ -277,8 +277,8 @@ def _integer_update_(w, off, d_in, delta, hin, mul, shift, rs, P, rng, gemm8):
         if blas32 and bound <= FLOAT32_EXACT:  # the float32 copies, gathered where some columns are idle
             # dense with idle columns: the product over the active ones, spread back (linear.GATHER_COLUMNS)
             spread = dense and (d_in - active.size) * batch > GATHER_COLUMNS * active.size
-            h_op = gather_float32(h32, active if spread else cols, False) if spread or not dense else h32
-            _dot_rows_(w, off, d_in, rows, cols, dense, gather_float32(d32, rows, True), h_op,
+            h_op = gather_as(h32, active if spread else cols, False, h32) if spread or not dense else h32
+            _dot_rows_(w, off, d_in, rows, cols, dense, gather_as(d32, rows, True, d32), h_op,
                        active if spread else active[:0], imul, shift, rs, P.upd_round, w_lo, w_hi, key, tallies)
         else:
             d_rows = np.ascontiguousarray(_gather_columns(delta, rows).T)  # (n_rows, B)
@@ -319,12 +319,7 @@ def _integer_update_(w, off, d_in, delta, hin, mul, shift, rs, P, rng, gemm8):
                 n_w, n_l, n_c = _apply_row_(wrow, cols, row, row_mul, r_shift, mode, w_lo, w_hi, key, i * d_in,
                                             np.empty(n_cols, dtype=np.int64))
             tallies[r, 0], tallies[r, 1], tallies[r, 2] = n_w, n_l, n_c
-    writes = lost = clipped = 0
-    for r in range(n_rows):
-        writes += tallies[r, 0]
-        lost += tallies[r, 1]
-        clipped += tallies[r, 2]
-    return writes, lost, clipped
+    return _tally_sums(tallies)
 
 
 @njit(cache=True)
@@ -340,37 +335,24 @@ def _int8_update_(w, off, d_in, d8, h8, rows, cols, imul, shift, rs, P, key):
         dense = cols.size >= DENSE_COLUMNS * d_in
         if dense:
             cols = np.arange(d_in)
-        d_rows = _gather_int8(d8, rows, True)  # (n_rows, B)
-        h_op = h8 if dense else _gather_int8(h8, cols, False)  # (B, n_cols)
+        d_rows = gather_as(d8, rows, True, d8)  # (n_rows, B)
+        h_op = h8 if dense else gather_as(h8, cols, False, h8)  # (B, n_cols)
         grads = np.empty((n_rows, cols.size), dtype=np.int32)
         int8_matmul_(d_rows, h_op, grads)
         _rows_from_sums_(w, off, d_in, rows, cols, dense, grads, imul, shift, rs, P.upd_round,
                          np.int64(P.w_lo), np.int64(P.w_hi), key, tallies)
+    return _tally_sums(tallies)
+
+
+@njit(cache=True, inline="always")
+def _tally_sums(tallies):
+    """(writes, lost, clipped): the per-row tallies (rows, 3) summed in row order."""
     writes = lost = clipped = 0
-    for r in range(n_rows):
+    for r in range(tallies.shape[0]):
         writes += tallies[r, 0]
         lost += tallies[r, 1]
         clipped += tallies[r, 2]
     return writes, lost, clipped
-
-
-@njit(cache=True)
-def _gather_int8(a, idx, transpose):
-    """a[:, idx] (B, K) int8, or its transpose (K, B) when ``transpose``, C-contiguous."""
-    n = a.shape[0]
-    if transpose:
-        out = np.empty((idx.size, n), dtype=np.int8)
-        for k in range(idx.size):
-            col = idx[k]
-            for b in range(n):
-                out[k, b] = a[b, col]
-        return out
-    out = np.empty((n, idx.size), dtype=np.int8)
-    for b in range(n):
-        row = a[b]
-        for k in range(idx.size):
-            out[b, k] = row[idx[k]]
-    return out
 
 
 @njit(cache=True, inline="always")
@@ -494,11 +476,7 @@ def momentum_update_(w, off, d_out, d_in, delta, hin, vel, mom, rs, P, C, rng):
     for i in prange(d_out):
         tallies[i, 0], tallies[i, 1], tallies[i, 2] = _momentum_row_(w, vel, off + i * d_in, grads[i], mom, rs[i], P,
                                                                      key, i * d_in, v_lo, v_hi)
-    writes = lost = clipped = 0
-    for i in range(d_out):
-        writes += tallies[i, 0]
-        lost += tallies[i, 1]
-        clipped += tallies[i, 2]
+    writes, lost, clipped = _tally_sums(tallies)
     C[WEIGHT_WRITES] += writes
     C[LOST] += lost
     C[SATURATION] += clipped
