@@ -4,9 +4,10 @@
     2 plan memory   family.prepare plans the device's memory; a run that cannot fit is refused, still unwritten
     3 run dir       :func:`execute` makes the directory (refuse / replace / resume), writes device.toml and the
                     run.json skeleton (status "running", a fresh run id), fingerprints the recorded config
-    4 train         the family's loop under the backend's threads: steps, engine.health checks, a checkpoint every
-                    N steps (arrays fingerprinted here: run id, config and weights, which --resume checks),
-                    progress through on_batch; a health stop ends it early, Ctrl-C records "interrupted"
+    4 train         engine.loop.run_epochs driving the family's stepper under the backend's threads: steps,
+                    engine.health checks, a checkpoint every N steps (arrays fingerprinted here: run id, config
+                    and weights, which --resume checks), progress through on_batch; a health stop ends it
+                    early, Ctrl-C records "interrupted"
     5 evaluate and  the family fills run.json (history, final metrics, counters, energy, memory) and returns its
       record        weights; weights.npz, then run.json, are written atomically
 
@@ -50,7 +51,8 @@ class Training:
     resume: dict | None
 
     def keywords(self) -> dict[str, Any]:
-        """The keywords every engine loop takes (engine.stream, torch_loop, spiking_torch, conv_loop, mano_loop)."""
+        """The keywords every engine's train function passes to engine.loop.run_epochs (engine.stream, torch_loop,
+        spiking_torch, conv_loop, mano_loop)."""
         return dict(on_batch=self.on_batch, health=self.health, checkpoint_every=self.checkpoint_every,
                     on_checkpoint=self.on_checkpoint, resume=self.resume)
 

@@ -15,7 +15,12 @@ final weights, its test accuracy and every counter in run.json. ``--against`` li
 fingerprint differs and exits 1 when any does. ``--nearest-updates`` runs every integer device with
 ``update_rounding = "nearest-even"`` (copies of the bundled profiles, one line changed), so the updates draw
 no random numbers: a change to the random draws alone leaves these fingerprints unchanged, and a change to
-anything else shows. The old code runs this script by path (it only needs ``fo_edge.api.simulate``).
+anything else shows. ``--families`` adds the engines beyond the Numba MLP loop, two epochs each (so a
+change to the training loops themselves shows): the four MLP rules on the torch path (gpu-fp32, FOTON and BP
+with momentum, FTP with dropout and a learning-rate milestone), the spiking torch path (loihi-like,
+``backend="torch"``), BCOP conv nets (FOTON on mcu-int8's Numba path, FOTON and BP on the torch path) and MANO
+(BP and FTP on digits, BP and FTP on Darcy 32x32); their fingerprints add every epoch's metrics. The old code
+runs this script by path (it only needs ``fo_edge.api.simulate``).
 """
 import argparse
 import hashlib
@@ -48,6 +53,26 @@ def configs(limit: int, ftp_options: dict | None = None) -> list[dict]:
     return runs
 
 
+def family_configs(limit: int) -> list[dict]:
+    """The ``--families`` runs (module docstring): every engine loop besides the Numba MLP one, two epochs."""
+    mlp = dict(device="gpu-fp32", backend="torch", batch_size=16, model="784-64-32-10", limit=limit, epochs=2)
+    runs = [dict(mlp, rule=rule) for rule in ("ftp", "pepita")]
+    runs += [dict(mlp, rule=rule, momentum=0.9, weight_decay=1e-4) for rule in ("foton", "bp")]
+    runs.append(dict(mlp, rule="ftp", dropout=0.1, lr_milestones=(1,), lr_gamma=0.5))
+    runs += [dict(rule=rule, device="loihi-like", backend="torch", batch_size=8, model="784-48-10",
+                  limit=limit // 2, epochs=2) for rule in ("ftp", "foton", "pepita")]
+    runs.append(dict(rule="foton", device="mcu-int8", batch_size=4, model="c4-10", limit=limit // 2, epochs=2))
+    runs += [dict(rule=rule, device="gpu-fp32", batch_size=16, model="c4-10", limit=limit // 2, epochs=2)
+             for rule in ("foton", "bp")]
+    mano = "mano:dim=8,depth=2,heads=2,window=4,patch=2"
+    runs += [dict(rule=rule, device="gpu-fp32", dataset=dataset, model=mano, batch_size=16, limit=limit // 4,
+                  epochs=2) for dataset in ("digits", "darcy32") for rule in ("bp", "ftp")]
+    return runs
+
+
+METRICS = ("test_accuracy", "test_relative_l2", "train_loss", "lr", "bjorck_iters_mean")
+
+
 def nearest_update_profiles(folder: Path) -> dict[str, str]:
     """Paths of copies of the bundled profiles with ``update_rounding = "nearest-even"``, by profile id."""
     bundled = Path(__import__("fo_edge").__file__).parent / "profiles"
@@ -74,7 +99,10 @@ def fingerprint(config: dict, profiles: dict[str, str] | None = None) -> dict:
         digest = hashlib.sha256()
         for name in sorted(weights.files):
             digest.update(np.ascontiguousarray(weights[name]).tobytes())
-        return {"accuracy": result.accuracy, "weights": digest.hexdigest(), "counters": result.record["counters"]}
+        found = {"accuracy": result.accuracy, "weights": digest.hexdigest(), "counters": result.record["counters"]}
+        if config.get("epochs", 1) > 1:  # the --families runs: every epoch's metrics too (no timings)
+            found["metrics"] = [{k: r[k] for k in METRICS if k in r} for r in result.record["history"]]
+        return found
 
 
 def differences(before: dict, after: dict) -> list[str]:
@@ -85,7 +113,7 @@ def differences(before: dict, after: dict) -> list[str]:
         if new is None:
             lines.append(f"{key}: missing")
         elif new != old:
-            fields = [f for f in ("accuracy", "weights", "error") if old.get(f) != new.get(f)]
+            fields = [f for f in ("accuracy", "weights", "error", "metrics") if old.get(f) != new.get(f)]
             counts = old.get("counters", {})
             counters = sorted(c for c in counts if counts[c] != new.get("counters", {}).get(c))
             lines.append(f"{key}: {', '.join(fields + counters[:6])} differ")
@@ -100,6 +128,8 @@ def main() -> None:
     parser.add_argument("--ftp-option", action="append", default=[],
                         help="KEY=VALUE rule option for every FTP run, e.g. target_mode=error (the form older code "
                              "knows) to fingerprint FTP's error_preactivation target on both sides")
+    parser.add_argument("--families", action="store_true",
+                        help="also the torch, spiking torch, conv and MANO loops (see above)")
     parser.add_argument("--nearest-updates", action="store_true",
                         help="round every update to nearest-even (no random draws): see above")
     args = parser.parse_args()
@@ -113,7 +143,8 @@ def main() -> None:
     prints = {}
     folder = tempfile.TemporaryDirectory()
     profiles = nearest_update_profiles(Path(folder.name)) if args.nearest_updates else None
-    for config in configs(args.limit, ftp_options):
+    runs = configs(args.limit, ftp_options) + (family_configs(args.limit) if args.families else [])
+    for config in runs:
         key = json.dumps(config, sort_keys=True)
         prints[key] = fingerprint(config, profiles)
         print(key, prints[key].get("accuracy", prints[key].get("error")), flush=True)

@@ -19,7 +19,6 @@ the Numba path, the counters (saturation storms, stalls) after every step.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -40,10 +39,11 @@ from ..rules.conv_binding import (ConvPasses, check_conv_exact, conv_predict, co
 from ..rules.foton import FOTONConfig
 from ..rules.foton_conv import bp_conv_update_torch, conv_projection_torch, count_conv_pass, foton_conv_update_torch
 from ..rules.numba_binding import make_params, quantize_input
-from .health import HealthConfig, HealthMonitor, NumericHealthError, TrainingStopped
-from .plan import BatchPlan, epoch_order
+from .health import HealthConfig
+from .loop import run_epochs
+from .plan import BatchPlan
 
-__all__ = ["ConvTrainConfig", "ConvRun", "train_conv", "evaluate_conv_torch", "CONV_RULES"]
+__all__ = ["ConvTrainConfig", "ConvRun", "ConvStepper", "train_conv", "evaluate_conv_torch", "CONV_RULES"]
 
 CONV_RULES = ("foton", "bp")
 
@@ -122,84 +122,94 @@ def train_conv(spec: ConvSpec, data: Dataset, config: ConvTrainConfig, profile: 
                checkpoint_every: int = 0, on_checkpoint: Callable[[dict], None] | None = None,
                resume: dict | None = None, meter: ConvFloatMeter | None = None) -> ConvRun:
     """Train the conv net on ``data`` (x: (N, C*H*W) in [0, 1]); see the module docstring. A health stop raises
-    :class:`TrainingStopped` carrying the ConvRun so far. ``meter`` counts a torch-path run in the device
-    kernels' schema (accounting.conv_float_counts; the Numba path counts itself)."""
+    engine.health.TrainingStopped carrying the ConvRun so far. ``meter`` counts a torch-path run in the device
+    kernels' schema (accounting.conv_float_counts; the Numba path counts itself). The epochs, batches, health
+    checks and checkpoints are engine.loop's; :class:`ConvStepper` is the step."""
     config.validate()
     if config.backend == "numba" and profile is None:
         raise ConfigError("the Numba conv path needs a device profile")
-    params = init_conv_params(spec, config.seed)
-    eye = np.eye(spec.n_classes)
-    # calibrated from the initial parameters, as in the uninterrupted run; a checkpoint then overwrites the store
-    device = _NumbaConv(spec, params, profile, config) if config.backend == "numba" else None
-    step, history, proj, first_epoch, first_begin, trained, inferred = 0, [], None, 0, 0, 0, 0
-    meter = meter if device is None else None
-    if resume is not None:
-        params, proj, (first_epoch, first_begin, step, trained, inferred), history = _restore(resume, params, device)
-        if meter is not None and resume["counters"].size:
-            meter.restore(resume["counters"].reshape(meter.shape.shape), trained, inferred)
-    monitor = HealthMonitor(health, spec.n_layers) if health is not None else None
+    stepper = ConvStepper(spec, data, config, profile, meter)
+    return run_epochs(stepper, epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
+                      plan=config.plan, on_batch=on_batch, health=health, checkpoint_every=checkpoint_every,
+                      on_checkpoint=on_checkpoint, resume=resume, on_epoch=on_epoch)
 
-    def state(epoch: int, begin: int) -> dict:
-        state = _state(params, proj, device, (epoch, begin, step, trained, inferred), history)
-        if meter is not None:
-            state["counters"] = meter.counts().reshape(-1)
-        return state
 
-    def outcome() -> ConvRun:
+class ConvStepper:
+    """A conv net's step (engine.loop.Stepper): the rule's per-layer updates (the device's passes on the Numba
+    path, torch's otherwise), mapped through BCOP to the parameters, SGD, Björck on its schedule, the kernels
+    written back into the device (or counted by the meter)."""
+
+    def __init__(self, spec: ConvSpec, data: Dataset, config: ConvTrainConfig, profile: DeviceProfile | None,
+                 meter: ConvFloatMeter | None):
+        self.spec, self.data, self.config = spec, data, config
+        self.params = init_conv_params(spec, config.seed)
+        self.eye = np.eye(spec.n_classes)
+        # calibrated from the initial parameters, as in the uninterrupted run; a checkpoint then overwrites the store
+        self.device = _NumbaConv(spec, self.params, profile, config) if config.backend == "numba" else None
+        self.meter = meter if self.device is None else None
+        self.proj, self.trained, self.inferred = None, 0, 0
+        self.n_train, self.n_monitored = len(data.x_train), spec.n_layers
+
+    def start_epoch(self, epoch: int) -> None:
+        pass
+
+    def step(self, idx: np.ndarray, epoch: int, step: int) -> None:
+        spec, config, device, meter = self.spec, self.config, self.device, self.meter
+        lr = config.plan.step_lr(config.lr, epoch, len(idx), config.batch_size)
+        x, t = self.data.x_train[idx], self.eye[self.data.y_train[idx]]
+        refresh = config.rule == "foton" and step % config.refresh_every == 0
+        if device is not None:
+            grads = device.updates(x, t, refresh)
+        else:
+            kernels = [k.detach().float() for k in kernels_of(spec, self.params)]
+            if meter is not None:
+                meter.begin_step()
+                if refresh:
+                    meter.conv_refresh()
+            grads, self.proj = _torch_updates(spec, kernels, x, t, config, self.proj, refresh, meter)
+        pg = param_grads(spec, self.params, [torch.as_tensor(g, dtype=torch.float64) for g in grads])
+        params = [{k: v - lr * pg[l][k] for k, v in p.items()} for l, p in enumerate(self.params)]
+        if config.ortho_every and (step + 1) % config.ortho_every == 0:
+            params = orthonormalize_params(params, bjorck_torch, config.bjorck_iters)
+        self.params = params
+        if device is not None:
+            device.store(params)
+        elif meter is not None:  # the kernels written back into the device
+            meter.written(kernels, [k.detach().float() for k in kernels_of(spec, params)])
+            meter.trained += len(idx)
+        self.trained += len(idx)
+
+    def health(self) -> tuple[np.ndarray | None, list]:
+        return self.device.counters if self.device is not None else None, [_flat([p]) for p in self.params]
+
+    def evaluate(self, epoch: int) -> dict:
+        data = self.data
+        accuracy = self.device.accuracy(data.x_test, data.y_test) if self.device is not None else \
+            evaluate_conv_torch(self.spec, kernels_of(self.spec, self.params), data.x_test, data.y_test,
+                                self.config.activation, meter=self.meter)
+        self.inferred += len(data.x_test)
+        return {"test_accuracy": accuracy}
+
+    def state(self, step: int) -> dict:
+        state = _state(self.params, self.proj, self.device, (0, 0, step, self.trained, self.inferred), [])
+        if self.meter is not None:
+            state["counters"] = self.meter.counts().reshape(-1)
+        return {k: v for k, v in state.items() if k not in ("position", "history")}
+
+    def tallies(self) -> tuple[int, int]:
+        return self.trained, self.inferred
+
+    def restore(self, resume: dict) -> None:
+        self.params, self.proj, position, _ = _restore(resume, self.params, self.device)
+        self.trained, self.inferred = position[3:5]
+        if self.meter is not None and resume["counters"].size:
+            self.meter.restore(resume["counters"].reshape(self.meter.shape.shape), self.trained, self.inferred)
+
+    def outcome(self, history: list[dict], warnings: list[str]) -> ConvRun:
+        device, meter = self.device, self.meter
         counters = device.counters if device is not None else meter.counts() if meter is not None else None
-        return ConvRun(params, history, counters, trained, inferred, device.net if device is not None else None)
-
-    for epoch in range(first_epoch, config.epochs):
-        start = time.perf_counter()
-        order = epoch_order(len(data.x_train), config.seed, epoch)
-        for begin in config.plan.starts(len(order), config.batch_size, first_begin if epoch == first_epoch else 0):
-            idx = order[begin:begin + config.batch_size]
-            lr = config.plan.step_lr(config.lr, epoch, len(idx), config.batch_size)
-            x, t = data.x_train[idx], eye[data.y_train[idx]]
-            refresh = config.rule == "foton" and step % config.refresh_every == 0
-            if device is not None:
-                grads = device.updates(x, t, refresh)
-            else:
-                kernels = [k.detach().float() for k in kernels_of(spec, params)]
-                if meter is not None:
-                    meter.begin_step()
-                    if refresh:
-                        meter.conv_refresh()
-                grads, proj = _torch_updates(spec, kernels, x, t, config, proj, refresh, meter)
-            pg = param_grads(spec, params, [torch.as_tensor(g, dtype=torch.float64) for g in grads])
-            params = [{k: v - lr * pg[l][k] for k, v in p.items()} for l, p in enumerate(params)]
-            step += 1
-            if config.ortho_every and step % config.ortho_every == 0:
-                params = orthonormalize_params(params, bjorck_torch, config.bjorck_iters)
-            if device is not None:
-                device.store(params)
-            elif meter is not None:  # the kernels written back into the device
-                meter.written(kernels, [k.detach().float() for k in kernels_of(spec, params)])
-                meter.trained += len(idx)
-            trained += len(idx)
-            if monitor is not None:
-                try:
-                    monitor.check(step, device.counters if device is not None else None,
-                                  [_flat([p]) for p in params])
-                except NumericHealthError as exc:
-                    raise TrainingStopped(exc, outcome()) from None
-            if on_batch is not None:
-                on_batch(len(idx))
-            if on_checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
-                on_checkpoint(state(epoch, begin + config.batch_size))
-        seconds = time.perf_counter() - start
-        accuracy = device.accuracy(data.x_test, data.y_test) if device is not None else \
-            evaluate_conv_torch(spec, kernels_of(spec, params), data.x_test, data.y_test, config.activation,
-                                meter=meter)
-        inferred += len(data.x_test)
-        record = {"epoch": epoch + 1, "steps": step, "test_accuracy": accuracy, "seconds": seconds,
-                  "samples_per_s": len(order) / max(seconds, 1e-9)}
-        history.append(record)
-        if on_epoch is not None:
-            on_epoch(record)
-        if on_checkpoint is not None and checkpoint_every:
-            on_checkpoint(state(epoch + 1, 0))
-    return outcome()
+        return ConvRun(self.params, history, counters, self.trained, self.inferred,
+                       device.net if device is not None else None)
 
 
 def _flat(params: list[dict]) -> np.ndarray:

@@ -30,8 +30,6 @@ weights on the same device and thread count (each epoch's order is drawn from (s
 from __future__ import annotations
 
 import contextlib
-import json
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -43,10 +41,11 @@ from ..accounting.mano_counts import stage_of
 from ..errors import ConfigError, RunError
 from ..kernels.counters import FORWARD, MODULATED, RECOMPUTE
 from ..rules.base import feedback_matrix
-from .health import HealthConfig, HealthMonitor, NumericHealthError, TrainingStopped
+from .health import HealthConfig
+from .loop import run_epochs
 from .plan import BatchPlan
 
-__all__ = ["MANOTrainConfig", "train_mano", "MANO_RULES", "BLOCK_LOSSES", "ftp_step", "bp_step", "feedback",
+__all__ = ["MANOTrainConfig", "MANOStepper", "train_mano", "MANO_RULES", "BLOCK_LOSSES", "ftp_step", "bp_step", "feedback",
            "stage_updates", "train_options"]
 
 MANO_RULES = ("bp", "ftp")
@@ -277,66 +276,69 @@ def train_mano(model: torch.nn.Module, x_train: np.ndarray, y_train: np.ndarray,
     """Train ``model`` in place on (x_train, y_train) (labels (N,) or fields (N, n, n)); ``evaluate(model)`` gives
     the epoch's test metric, recorded under ``metric``; ``outputs`` is the classes or 1 (G's width). Returns
     per-epoch records; the lifecycle keywords are the module docstring's (a resumed epoch's train_loss averages
-    the steps after the resume). A health stop raises TrainingStopped
-    whose outcome is the history so far."""
+    the steps after the resume). A health stop raises TrainingStopped whose outcome is the history so far. The
+    epochs, batches, health checks (``health`` None: the default thresholds) and checkpoints are engine.loop's;
+    :class:`MANOStepper` is the step."""
     config.validate()
-    torch.manual_seed(config.seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    g = feedback(model, outputs, config)
-    depth = len(model.blocks)
-    monitor = HealthMonitor(health or HealthConfig(), depth + 2)
-    history: list[dict] = []
-    first_epoch, first_begin, step = 0, 0, 0
-    if resume is not None:
-        _restore(model, optimizer, resume)
-        first_epoch, first_begin, step = (int(v) for v in resume["position"][:3])
-        history = json.loads(str(resume["history"]))
-        if meter is not None and resume["counters"].size:
-            meter.restore(resume["counters"].reshape(meter.counters.shape), *(int(v) for v in resume["position"][3:5]))
+    stepper = MANOStepper(model, x_train, y_train, config, evaluate, outputs, meter=meter, metric=metric)
+    return run_epochs(stepper, epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
+                      plan=config.plan, on_batch=on_batch, health=health or HealthConfig(),
+                      checkpoint_every=checkpoint_every, on_checkpoint=on_checkpoint, resume=resume,
+                      on_epoch=on_epoch)
 
-    def state(epoch: int, begin: int) -> dict:
-        counters = meter.counters.copy() if meter is not None else np.zeros(0, np.int64)
-        trained, inferred = (meter.trained, meter.inferred) if meter is not None else (0, 0)
-        return {"w": _flat(list(model.parameters())), "proj": _adam_state(optimizer, list(model.parameters())),
-                "rng": np.zeros(1, np.uint64), "counters": counters,
-                "position": np.array([epoch, begin, step, trained, inferred], dtype=np.int64),
-                "history": np.array(json.dumps(history))}
 
-    for epoch in range(first_epoch, config.epochs):
-        start = time.perf_counter()
-        for group in optimizer.param_groups:
-            group["lr"] = config.plan.epoch_lr(config.lr, epoch)
-        order = np.random.default_rng([config.seed, epoch]).permutation(len(x_train))
-        losses = []
-        model.train()
-        begin0 = first_begin if epoch == first_epoch else 0
-        for begin in range(begin0, len(order), config.batch_size):
-            idx = order[begin:begin + config.batch_size]
-            x = torch.as_tensor(x_train[idx])
-            target = torch.as_tensor(y_train[idx])
-            if config.rule == "ftp":
-                losses.append(ftp_step(model, x, target, config, g, optimizer, meter))
-            else:
-                losses.append(bp_step(model, x, target, config, optimizer, meter))
-            step += 1
-            if meter is not None:
-                meter.trained += len(idx)
-            try:
-                monitor.check(step, None, _stage_weights(model, depth))
-            except NumericHealthError as error:
-                raise TrainingStopped(error, history) from None
-            if on_batch is not None:
-                on_batch(len(idx))
-            if on_checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
-                on_checkpoint(state(epoch, begin + config.batch_size))
-        seconds = time.perf_counter() - start
-        model.eval()
-        value = evaluate(model)  # charges its own passes to the meter's inference phase, if it has one
-        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None, metric: value,
-                  "seconds": seconds, "samples_per_s": (len(order) - begin0) / max(seconds, 1e-9)}
-        history.append(record)
-        if on_epoch is not None:
-            on_epoch(record)
-        if on_checkpoint is not None and checkpoint_every:
-            on_checkpoint(state(epoch + 1, 0))
-    return history
+class MANOStepper:
+    """A MANO model's step (engine.loop.Stepper): Adam's lr set per epoch from the plan, then BP's or FTP's step
+    on each batch; the health monitor sees every stage's parameters (stem, blocks, head)."""
+
+    def __init__(self, model: torch.nn.Module, x_train: np.ndarray, y_train: np.ndarray, config: MANOTrainConfig,
+                 evaluate: Callable[[torch.nn.Module], float], outputs: int, *, meter, metric: str):
+        torch.manual_seed(config.seed)
+        self.model, self.x_train, self.y_train, self.config = model, x_train, y_train, config
+        self.evaluate_model, self.meter, self.metric = evaluate, meter, metric
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        self.g = feedback(model, outputs, config)
+        self.depth = len(model.blocks)
+        self.n_train, self.n_monitored = len(x_train), self.depth + 2
+        self.losses: list[float] = []
+
+    def start_epoch(self, epoch: int) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.plan.epoch_lr(self.config.lr, epoch)
+        self.losses = []
+        self.model.train()
+
+    def step(self, idx: np.ndarray, epoch: int, step: int) -> None:
+        x, target = torch.as_tensor(self.x_train[idx]), torch.as_tensor(self.y_train[idx])
+        if self.config.rule == "ftp":
+            self.losses.append(ftp_step(self.model, x, target, self.config, self.g, self.optimizer, self.meter))
+        else:
+            self.losses.append(bp_step(self.model, x, target, self.config, self.optimizer, self.meter))
+        if self.meter is not None:
+            self.meter.trained += len(idx)
+
+    def health(self) -> tuple[None, list]:
+        return None, _stage_weights(self.model, self.depth)
+
+    def evaluate(self, epoch: int) -> dict:
+        self.model.eval()
+        value = self.evaluate_model(self.model)  # charges its own passes to the meter's inference phase, if any
+        return {"train_loss": float(np.mean(self.losses)) if self.losses else None, self.metric: value}
+
+    def state(self, step: int) -> dict:
+        params = list(self.model.parameters())
+        meter = self.meter
+        return {"w": _flat(params), "proj": _adam_state(self.optimizer, params), "rng": np.zeros(1, np.uint64),
+                "counters": meter.counters.copy() if meter is not None else np.zeros(0, np.int64)}
+
+    def tallies(self) -> tuple[int, int]:
+        return (self.meter.trained, self.meter.inferred) if self.meter is not None else (0, 0)
+
+    def restore(self, resume: dict) -> None:
+        _restore(self.model, self.optimizer, resume)
+        if self.meter is not None and resume["counters"].size:
+            self.meter.restore(resume["counters"].reshape(self.meter.counters.shape),
+                               *(int(v) for v in resume["position"][3:5]))
+
+    def outcome(self, history: list[dict], warnings: list[str]) -> list[dict]:
+        return history

@@ -15,7 +15,6 @@ every presentation, update and Björck pass in the spiking kernels' schema; its 
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Callable
 
 import numpy as np
@@ -31,11 +30,12 @@ from ..rules.base import output_error_torch
 from ..rules.foton import FOTONConfig
 from ..rules.ftp import ftp_feedback, ftp_signal
 from ..rules.pepita import pepita_feedback
-from .health import HealthConfig, HealthMonitor, NumericHealthError, TrainingStopped
-from .plan import BatchPlan, epoch_order
+from .health import HealthConfig, NumericHealthError
+from .loop import run_epochs
+from .plan import BatchPlan
 from .torch_loop import checkpoint_state, restore_checkpoint
 
-__all__ = ["train_spiking_torch", "fixed_feedback", "spiking_updates", "surrogate_gradients"]
+__all__ = ["train_spiking_torch", "SpikingTorchStepper", "fixed_feedback", "spiking_updates", "surrogate_gradients"]
 
 
 def train_spiking_torch(weights: list[np.ndarray], data: Dataset, rule: str, config, profile: DeviceProfile, *,
@@ -49,97 +49,117 @@ def train_spiking_torch(weights: list[np.ndarray], data: Dataset, rule: str, con
     """Train; returns the final weights (float32 numpy) and per-epoch metrics. ``plan``: batches and per-step lr
     (engine.plan); ``on_checkpoint(state)`` every ``checkpoint_every`` steps and after every epoch, ``resume``
     such a state (module docstring); ``health`` checks non-finite and exploding weights after every step;
-    ``meter`` counts the work (module docstring)."""
-    dev = torch.device(device)
-    ws = [torch.as_tensor(w, dtype=torch.float32, device=dev).clone() for w in weights]
-    dims = tuple([int(weights[0].shape[1])] + [int(w.shape[0]) for w in weights])
-    steps_t = profile.spiking.timesteps
-    temperature = getattr(config, "temperature", 1.0)
-    proj = fixed_feedback(rule, dims, config, dev)  # FOTON's F: refreshed from the weights in the loop
-    is_foton = isinstance(config, FOTONConfig)
-    eye = torch.eye(dims[-1], device=dev)
-    x_tr, y_tr = torch.as_tensor(data.x_train, device=dev), torch.as_tensor(data.y_train, device=dev)
-    step, history, first_epoch, first_begin = 0, [], 0, 0
-    if resume is not None:
-        ws, config, (first_epoch, first_begin, step), history = restore_checkpoint(resume, ws, config, is_foton, dev)
-        if is_foton and config.projection is not None:
-            proj = config.projection
-        if meter is not None and resume["counters"].size:
-            meter.restore(resume["counters"].reshape(meter.shape.shape), *(int(v) for v in resume["position"][3:5]))
-    net = SpikingMLP(ws, profile.spiking).to(dev)
+    ``meter`` counts the work (module docstring). The epochs, batches, health checks and checkpoints are
+    engine.loop's; :class:`SpikingTorchStepper` is the step."""
+    stepper = SpikingTorchStepper(weights, data, rule, config, profile, error=error, lr=lr, batch_size=batch_size,
+                                  device=device, plan=plan, hidden_error=hidden_error, meter=meter)
+    return run_epochs(stepper, epochs=epochs, batch_size=batch_size, seed=seed, plan=plan, on_batch=on_batch,
+                      health=health, checkpoint_every=checkpoint_every, on_checkpoint=on_checkpoint, resume=resume)
 
-    def run(phase: int, x: torch.Tensor, inject: torch.Tensor | None = None):
+
+class SpikingTorchStepper:
+    """The float spiking step (engine.loop.Stepper): FOTON's F refresh, the rule's weight steps
+    (:func:`spiking_updates`) applied, a non-finite check (a float run whose weights are no longer numbers
+    stops, with or without a monitor), FOTON's Björck; a ``meter`` counts every presentation."""
+
+    def __init__(self, weights: list[np.ndarray], data: Dataset, rule: str, config, profile: DeviceProfile, *,
+                 error: str, lr: float, batch_size: int, device: str, plan: BatchPlan, hidden_error: str | None,
+                 meter: SpikingFloatMeter | None):
+        self.dev = dev = torch.device(device)
+        self.ws = [torch.as_tensor(w, dtype=torch.float32, device=dev).clone() for w in weights]
+        dims = tuple([int(weights[0].shape[1])] + [int(w.shape[0]) for w in weights])
+        self.timesteps = profile.spiking.timesteps
+        self.temperature = getattr(config, "temperature", 1.0)
+        self.proj = fixed_feedback(rule, dims, config, dev)  # FOTON's F: refreshed from the weights in the loop
+        self.rule, self.config, self.is_foton = rule, config, isinstance(config, FOTONConfig)
+        self.eye = torch.eye(dims[-1], device=dev)
+        self.x_tr, self.y_tr = torch.as_tensor(data.x_train, device=dev), torch.as_tensor(data.y_train, device=dev)
+        self.data, self.profile, self.error, self.lr, self.batch_size, self.plan = data, profile, error, lr, \
+            batch_size, plan
+        self.hidden_error, self.meter = hidden_error, meter
+        self.net = SpikingMLP(self.ws, profile.spiking).to(dev)
+        self.n_train, self.n_monitored = len(data.x_train), len(self.ws)
+
+    def run(self, phase: int, x: torch.Tensor, inject: torch.Tensor | None = None):
         """One presentation, counted into ``phase`` when metered."""
-        if meter is None:
-            return net(x, inject=inject)
-        active = [torch.zeros((), dtype=torch.int64, device=dev) for _ in ws[:-1]]
-        out = net(x, inject=inject, active=active)
-        meter.presentation(phase, ws, out[2], out[1], active)
+        if self.meter is None:
+            return self.net(x, inject=inject)
+        active = [torch.zeros((), dtype=torch.int64, device=self.dev) for _ in self.ws[:-1]]
+        out = self.net(x, inject=inject, active=active)
+        self.meter.presentation(phase, self.ws, out[2], out[1], active)
         return out
-    monitor = HealthMonitor(health, len(ws)) if health is not None else None
 
-    def state(epoch: int, begin: int) -> dict:
-        foton = dataclasses.replace(config, projection=proj) if is_foton and step > 0 else config
-        return checkpoint_state(ws, foton, is_foton, [None] * len(ws), epoch, begin, step, history, meter)
+    def start_epoch(self, epoch: int) -> None:
+        pass
 
-    for epoch in range(first_epoch, epochs):
-        start = time.perf_counter()
-        order = torch.as_tensor(epoch_order(len(x_tr), seed, epoch), device=dev)
-        for begin in plan.starts(len(order), batch_size, first_begin if epoch == first_epoch else 0):
-            idx = order[begin:begin + batch_size]
-            x, t = x_tr[idx], eye[y_tr[idx]]
-            lr_step = plan.step_lr(lr, epoch, len(idx), batch_size)
+    def step(self, idx: np.ndarray, epoch: int, step: int) -> None:
+        ws, meter, config = self.ws, self.meter, self.config
+        rows = torch.as_tensor(idx, device=self.dev)
+        x, t = self.x_tr[rows], self.eye[self.y_tr[rows]]
+        lr_step = self.plan.step_lr(self.lr, epoch, len(idx), self.batch_size)
+        if meter is not None:
+            meter.begin_step()
+        if self.is_foton and step % config.refresh_every == 0:
+            self.proj = projection_torch(ws)
+        steps_l, _ = spiking_updates(self.run, ws, x, t, self.rule, config, self.proj, error=self.error,
+                                     temperature=self.temperature, hidden_error=self.hidden_error,
+                                     timesteps=self.timesteps, lr=lr_step)
+        n = len(idx)
+        for l, delta_w in enumerate(steps_l):
+            before = ws[l].clone() if meter is not None else None
+            ws[l].sub_(delta_w)
             if meter is not None:
-                meter.begin_step()
-            if is_foton and step % config.refresh_every == 0:
-                proj = projection_torch(ws)
-            steps_l, _ = spiking_updates(run, ws, x, t, rule, config, proj, error=error, temperature=temperature,
-                                         hidden_error=hidden_error, timesteps=steps_t, lr=lr_step)
-            n = len(idx)
-            for l, delta_w in enumerate(steps_l):
-                before = ws[l].clone() if meter is not None else None
-                ws[l].sub_(delta_w)
+                meter.update(l, n, before, ws[l], False)
+        if meter is not None:
+            meter.trained += n
+        bad = [l for l, w in enumerate(ws) if not bool(torch.isfinite(w).all())]
+        if bad:
+            raise NumericHealthError(f"numeric health: layer {bad[0] + 1} at step {step + 1}: non-finite weights on "
+                                     f"the float spiking path; lower --lr", bad[0] + 1, step + 1, "non-finite")
+        if self.is_foton and config.ortho_every and (step + 1) % config.ortho_every == 0:
+            for l, w in enumerate(ws):
+                used: list[int] = []
+                unchanged: list[bool] = []
+                new = bjorck_torch(w, config.bjorck_iters, used=used, unchanged=unchanged)
                 if meter is not None:
-                    meter.update(l, n, before, ws[l], False)
-            if meter is not None:
-                meter.trained += n
-            step += 1
-            bad = [l for l, w in enumerate(ws) if not bool(torch.isfinite(w).all())]
-            if bad:  # a float run whose weights are no longer numbers is stopped, never recorded as complete
-                error = NumericHealthError(f"numeric health: layer {bad[0] + 1} at step {step}: non-finite weights "
-                                           f"on the float spiking path; lower --lr", bad[0] + 1, step, "non-finite")
-                raise TrainingStopped(error, ([w.cpu().numpy() for w in ws], history))
-            if is_foton and config.ortho_every and step % config.ortho_every == 0:
-                for l, w in enumerate(ws):
-                    used: list[int] = []
-                    unchanged: list[bool] = []
-                    new = bjorck_torch(w, config.bjorck_iters, used=used, unchanged=unchanged)
-                    if meter is not None:
-                        meter.orthogonalize(l, w, new, used[-1], unchanged[-1], config.bjorck_iters, 0.0)
-                    w.copy_(new)
-            if monitor is not None:
-                try:
-                    monitor.check(step, None, [w.detach().cpu().numpy() for w in ws])
-                except NumericHealthError as exc:
-                    raise TrainingStopped(exc, ([w.cpu().numpy() for w in ws], history)) from None
-            if on_batch is not None:
-                on_batch(n)
-            if on_checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
-                on_checkpoint(state(epoch, begin + batch_size))
-        seconds = time.perf_counter() - start
-        correct = 0
+                    meter.orthogonalize(l, w, new, used[-1], unchanged[-1], config.bjorck_iters, 0.0)
+                w.copy_(new)
+
+    def health(self) -> tuple[None, list]:
+        return None, [w.detach().cpu().numpy() for w in self.ws]
+
+    def evaluate(self, epoch: int) -> dict:
+        data, meter, correct = self.data, self.meter, 0
         if meter is not None:
             meter.begin_step()  # the weights' nonzero counts of the trained net
         for begin in range(0, len(data.x_test), 1024):
-            xb = torch.as_tensor(data.x_test[begin:begin + 1024], device=dev)
-            correct += int((run(INFERENCE, xb)[0].argmax(1).cpu().numpy() == data.y_test[begin:begin + 1024]).sum())
+            xb = torch.as_tensor(data.x_test[begin:begin + 1024], device=self.dev)
+            correct += int((self.run(INFERENCE, xb)[0].argmax(1).cpu().numpy() == data.y_test[begin:begin + 1024])
+                           .sum())
             if meter is not None:
                 meter.inferred += len(xb)
-        history.append({"epoch": epoch + 1, "steps": step, "test_accuracy": correct / max(len(data.x_test), 1),
-                        "seconds": seconds, "samples_per_s": len(order) / max(seconds, 1e-9)})
-        if on_checkpoint is not None and checkpoint_every:
-            on_checkpoint(state(epoch + 1, 0))
-    return [w.cpu().numpy() for w in ws], history
+        return {"test_accuracy": correct / max(len(data.x_test), 1)}
+
+    def state(self, step: int) -> dict:
+        foton = dataclasses.replace(self.config, projection=self.proj) if self.is_foton and step > 0 else self.config
+        state = checkpoint_state(self.ws, foton, self.is_foton, [None] * len(self.ws), 0, 0, step, [], self.meter)
+        return {k: v for k, v in state.items() if k not in ("position", "history")}
+
+    def tallies(self) -> tuple[int, int]:
+        return (self.meter.trained, self.meter.inferred) if self.meter is not None else (0, 0)
+
+    def restore(self, resume: dict) -> None:
+        ws, self.config, _, _ = restore_checkpoint(resume, self.ws, self.config, self.is_foton, self.dev)
+        for w, saved in zip(self.ws, ws):  # in place: the SpikingMLP holds these tensors
+            w.copy_(saved)
+        if self.is_foton and self.config.projection is not None:
+            self.proj = self.config.projection
+        if self.meter is not None and resume["counters"].size:
+            self.meter.restore(resume["counters"].reshape(self.meter.shape.shape),
+                               *(int(v) for v in resume["position"][3:5]))
+
+    def outcome(self, history: list[dict], warnings: list[str]) -> tuple[list[np.ndarray], list[dict]]:
+        return [w.cpu().numpy() for w in self.ws], history
 
 
 def fixed_feedback(rule: str, dims, config, device="cpu") -> torch.Tensor | None:

@@ -1,4 +1,5 @@
-"""The device training loop on the Numba path: every buffer from the memory arena, then streamed steps.
+"""The device training step on the Numba path (engine.loop runs it): every buffer from the memory arena, then
+streamed steps.
 
 Order per step: quantise the batch into the input buffer, (FOTON) refresh F every ``refresh_every`` steps,
 run the rule's fused step, (FOTON) re-orthogonalise every ``ortho_every`` steps. Memory is allocated once,
@@ -6,8 +7,6 @@ before the first step, so a model that cannot fit is refused before any work, wi
 """
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -24,10 +23,11 @@ from ..rules.foton import FOTONConfig
 from ..rules.numba_binding import (allocate_buffers, dropout_drop, fill_fixed_projection, ftp_kernel_options, make_params, orthogonalize,
                                    predict, quantize_input, refresh_projection, run_step, to_device)
 from ..rules.spiking_binding import allocate_spiking, refresh_feedback, spiking_predict, spiking_step
-from .health import HealthConfig, HealthMonitor, NumericHealthError, TrainingStopped
-from .plan import BatchPlan, epoch_order
+from .health import HealthConfig, TrainingStopped
+from .loop import run_epochs
+from .plan import BatchPlan
 
-__all__ = ["StreamOutcome", "StreamStopped", "train_stream", "plan_memory"]
+__all__ = ["StreamOutcome", "StreamStopped", "StreamStepper", "train_stream", "plan_memory"]
 
 
 @dataclass
@@ -89,7 +89,8 @@ def train_stream(weights: list[np.ndarray], data: Dataset, rule: str, config, pr
                  on_checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None,
                  plan: BatchPlan = BatchPlan(), hidden_error: str | None = None,
                  dropout: float = 0.0, momentum: float = 0.0, weight_decay: float = 0.0) -> StreamOutcome:
-    """Train on the device model; see the module docstring.
+    """Train on the device model; see the module docstring. The epochs, batches, health checks and checkpoints
+    are engine.loop's; this module supplies the step (:class:`StreamStepper`).
 
     Every ``checkpoint_every`` steps (and after each epoch's evaluation) ``on_checkpoint(state)`` gets the full
     state as arrays (weights, RNG, counters, FOTON's F, position, history); ``resume=state`` continues from
@@ -100,27 +101,100 @@ def train_stream(weights: list[np.ndarray], data: Dataset, rule: str, config, pr
     torch path's masks (rules.numba_binding.dropout_drop). ``momentum`` / ``weight_decay``: SGD as PyTorch's,
     with a velocity per weight (linear.momentum_update_; checkpointed).
     """
-    arena = MemoryArena(profile.capacity.sram_bytes, profile.capacity.flash_bytes)
-    net = to_device(weights, profile, arena)
-    is_foton = isinstance(config, FOTONConfig)
-    ortho = is_foton and config.ortho_every > 0
-    spiking = profile.spiking is not None
-    if spiking:
-        bufs = allocate_spiking(arena, profile, net.dims, batch_size, rule, hidden_error or "spike-count")
-        refresh_feedback(rule, config, net, bufs)
-    else:
-        bufs = allocate_buffers(arena, profile, net.dims, batch_size, rule, schedule, ortho, dropout > 0,
-                                momentum > 0 or weight_decay > 0)
-        fill_fixed_projection(bufs, profile, rule, net.dims, config)
-    params = make_params(profile, "identity" if spiking else activation, error, getattr(config, "temperature", 1.0),
-                         **({} if spiking else ftp_kernel_options(config)))
-    counters = new_counters(net.n_layers)
-    io = counters[FORWARD, net.n_layers]
-    rng = new_state(seed)
-    eye = np.eye(int(net.dims[-1]))
-    first_epoch, first_begin, step, trained, inferred, history = 0, 0, 0, 0, 0, []
-    if resume is not None:
-        first_epoch, first_begin, step, trained, inferred, history = _restore(resume, net, bufs, counters, rng)
+    stepper = StreamStepper(weights, data, rule, config, profile, activation=activation, error=error, lr=lr,
+                            batch_size=batch_size, seed=seed, schedule=schedule, plan=plan,
+                            hidden_error=hidden_error, dropout=dropout, momentum=momentum,
+                            weight_decay=weight_decay)
+    return run_epochs(stepper, epochs=epochs, batch_size=batch_size, seed=seed, plan=plan, on_batch=on_batch,
+                      health=health, checkpoint_every=checkpoint_every, on_checkpoint=on_checkpoint, resume=resume)
+
+
+class StreamStepper:
+    """The Numba device's step (engine.loop.Stepper): quantise the batch, (FOTON) refresh F, the rule's fused
+    step, (FOTON) Björck; every buffer from the memory arena, allocated here, before the first step."""
+
+    def __init__(self, weights: list[np.ndarray], data: Dataset, rule: str, config, profile: DeviceProfile, *,
+                 activation: str, error: str, lr: float, batch_size: int, seed: int, schedule: str,
+                 plan: BatchPlan, hidden_error: str | None, dropout: float, momentum: float, weight_decay: float):
+        self.arena = arena = MemoryArena(profile.capacity.sram_bytes, profile.capacity.flash_bytes)
+        self.net = net = to_device(weights, profile, arena)
+        self.data, self.rule, self.config, self.profile = data, rule, config, profile
+        self.error, self.lr, self.batch_size, self.seed, self.schedule, self.plan = error, lr, batch_size, seed, \
+            schedule, plan
+        self.dropout, self.sgd = dropout, (momentum, weight_decay)
+        self.is_foton = isinstance(config, FOTONConfig)
+        self.ortho = self.is_foton and config.ortho_every > 0
+        self.spiking = profile.spiking is not None
+        if self.spiking:
+            self.bufs = allocate_spiking(arena, profile, net.dims, batch_size, rule, hidden_error or "spike-count")
+            refresh_feedback(rule, config, net, self.bufs)
+        else:
+            self.bufs = allocate_buffers(arena, profile, net.dims, batch_size, rule, schedule, self.ortho,
+                                         dropout > 0, momentum > 0 or weight_decay > 0)
+            fill_fixed_projection(self.bufs, profile, rule, net.dims, config)
+        self.params = make_params(profile, "identity" if self.spiking else activation, error,
+                                  getattr(config, "temperature", 1.0),
+                                  **({} if self.spiking else ftp_kernel_options(config)))
+        self.counters = new_counters(net.n_layers)
+        self.io = self.counters[FORWARD, net.n_layers]
+        self.rng = new_state(seed)
+        self.eye = np.eye(int(net.dims[-1]))
+        self.n_train, self.n_monitored = len(data.x_train), net.n_layers
+        self.trained, self.inferred, self.iters_used = 0, 0, []
+
+    def start_epoch(self, epoch: int) -> None:
+        self.iters_used = []
+
+    def step(self, idx: np.ndarray, epoch: int, step: int) -> None:
+        net, bufs, profile, config, data = self.net, self.bufs, self.profile, self.config, self.data
+        lr_step = self.plan.step_lr(self.lr, epoch, len(idx), self.batch_size)
+        if self.spiking:
+            if self.is_foton and step % config.refresh_every == 0:
+                refresh_feedback(self.rule, config, net, bufs)
+            spiking_step(self.rule, config, net, bufs, profile, self.params, data.x_train[idx],
+                         self.eye[data.y_train[idx]], lr_step, self.error, self.counters, self.rng)
+        else:
+            x_dev = quantize_input(data.x_train[idx], profile, bufs.x, self.io, self.rng)
+            if self.is_foton and step % config.refresh_every == 0:
+                refresh_projection(net, bufs, profile, self.counters, self.rng)
+            drop = dropout_drop(bufs, profile, net.dims, len(idx), self.dropout, self.seed, step)
+            run_step(self.rule, net, bufs, profile, self.params, x_dev, self.eye[data.y_train[idx]], lr_step,
+                     self.schedule, self.counters, self.rng, drop=drop, sgd=self.sgd)
+        self.trained += len(idx)
+        if self.ortho and (step + 1) % config.ortho_every == 0:
+            self.iters_used += orthogonalize(net, profile, config.bjorck_iters, self.counters, self.rng,
+                                             config.bjorck_tol)
+
+    def health(self) -> tuple[np.ndarray, list]:
+        return self.counters, _real_views(self.net)
+
+    def evaluate(self, epoch: int) -> dict:
+        data = self.data
+        labels = spiking_predict(self.net, self.bufs, self.profile, data.x_test, self.counters) if self.spiking \
+            else predict(self.net, self.bufs, self.profile, self.params, data.x_test, self.counters, self.rng)
+        self.inferred += len(labels)
+        record = {"test_accuracy": float((labels == data.y_test).mean()), "lr": self.plan.epoch_lr(self.lr, epoch)}
+        if self.iters_used and self.config.bjorck_tol > 0:
+            record["bjorck_iters_mean"] = float(np.mean(self.iters_used))
+        return record
+
+    def state(self, step: int) -> dict:
+        net, bufs = self.net, self.bufs
+        saved = {"w": net.w.copy(), "rng": self.rng.copy(), "counters": self.counters.copy(),
+                 "proj": bufs.proj.copy()}
+        if getattr(bufs, "vel", None) is not None and bufs.vel.size:
+            saved["velocity"] = bufs.vel.copy()
+        if net.per_channel:  # their exponents (a dynamic net's change during the run)
+            saved["w_exp"] = net.all_row_exponents()
+        return saved
+
+    def tallies(self) -> tuple[int, int]:
+        return self.trained, self.inferred
+
+    def restore(self, resume: dict) -> None:
+        net, bufs = self.net, self.bufs
+        _restore(resume, net, bufs, self.counters, self.rng)
+        self.trained, self.inferred = (int(v) for v in resume["position"][3:5])
         if getattr(bufs, "vel", None) is not None and bufs.vel.size:
             saved = resume.get("velocity")
             if saved is None or saved.shape != bufs.vel.shape:
@@ -133,67 +207,10 @@ def train_stream(weights: list[np.ndarray], data: Dataset, rule: str, config, pr
                 raise RunError("checkpoint does not match this run: it holds no per-channel weight exponents of the "
                                "right shape")
             net.set_row_exponents(exps.astype(np.int64))
-    monitor = HealthMonitor(health, net.n_layers) if health is not None else None
 
-    def state(epoch: int, begin: int) -> dict:
-        saved = {"w": net.w.copy(), "rng": rng.copy(), "counters": counters.copy(), "proj": bufs.proj.copy(),
-                 "position": np.array([epoch, begin, step, trained, inferred], dtype=np.int64),
-                 "history": np.array(json.dumps(history))}
-        if getattr(bufs, "vel", None) is not None and bufs.vel.size:
-            saved["velocity"] = bufs.vel.copy()
-        if net.per_channel:  # their exponents (a dynamic net's change during the run)
-            saved["w_exp"] = net.all_row_exponents()
-        return saved
-
-    def outcome(warnings: list[str]) -> StreamOutcome:
-        record = counters_record(counters, training_samples=trained, inference_samples=inferred)
-        return StreamOutcome(history, _stored(net), arena.report(), record, warnings)
-
-    for epoch in range(first_epoch, epochs):
-        start = time.perf_counter()
-        order = epoch_order(len(data.x_train), seed, epoch)
-        iters_used: list[int] = []
-        for begin in plan.starts(len(order), batch_size, first_begin if epoch == first_epoch else 0):
-            idx = order[begin:begin + batch_size]
-            lr_step = plan.step_lr(lr, epoch, len(idx), batch_size)
-            if spiking:
-                if is_foton and step % config.refresh_every == 0:
-                    refresh_feedback(rule, config, net, bufs)
-                spiking_step(rule, config, net, bufs, profile, params, data.x_train[idx], eye[data.y_train[idx]],
-                             lr_step, error, counters, rng)
-            else:
-                x_dev = quantize_input(data.x_train[idx], profile, bufs.x, io, rng)
-                if is_foton and step % config.refresh_every == 0:
-                    refresh_projection(net, bufs, profile, counters, rng)
-                drop = dropout_drop(bufs, profile, net.dims, len(idx), dropout, seed, step)
-                run_step(rule, net, bufs, profile, params, x_dev, eye[data.y_train[idx]], lr_step, schedule,
-                         counters, rng, drop=drop, sgd=(momentum, weight_decay))
-            step += 1
-            trained += len(idx)
-            if ortho and step % config.ortho_every == 0:
-                iters_used += orthogonalize(net, profile, config.bjorck_iters, counters, rng, config.bjorck_tol)
-            if monitor is not None:
-                try:
-                    monitor.check(step, counters, _real_views(net))
-                except NumericHealthError as exc:
-                    raise StreamStopped(exc, outcome(monitor.warnings)) from None
-            if on_batch is not None:
-                on_batch(len(idx))
-            if on_checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
-                on_checkpoint(state(epoch, begin + batch_size))
-        seconds = time.perf_counter() - start
-        labels = spiking_predict(net, bufs, profile, data.x_test, counters) if spiking else \
-            predict(net, bufs, profile, params, data.x_test, counters, rng)
-        inferred += len(labels)
-        history.append({"epoch": epoch + 1, "steps": step,
-                        "test_accuracy": float((labels == data.y_test).mean()),
-                        "seconds": seconds, "samples_per_s": len(order) / max(seconds, 1e-9),
-                        "lr": plan.epoch_lr(lr, epoch)})
-        if iters_used and config.bjorck_tol > 0:
-            history[-1]["bjorck_iters_mean"] = float(np.mean(iters_used))
-        if on_checkpoint is not None and checkpoint_every:
-            on_checkpoint(state(epoch + 1, 0))
-    return outcome(monitor.warnings if monitor is not None else [])
+    def outcome(self, history: list[dict], warnings: list[str]) -> StreamOutcome:
+        record = counters_record(self.counters, training_samples=self.trained, inference_samples=self.inferred)
+        return StreamOutcome(history, _stored(self.net), self.arena.report(), record, warnings)
 
 
 def _widened(source, target) -> bool:
@@ -202,8 +219,8 @@ def _widened(source, target) -> bool:
             and source.shape == target.shape and np.array_equal(source.astype(target.dtype), source))
 
 
-def _restore(resume: dict, net, bufs, counters, rng):
-    """Copy a checkpoint's arrays into the live buffers (shapes checked); returns the loop position."""
+def _restore(resume: dict, net, bufs, counters, rng) -> None:
+    """Copy a checkpoint's arrays into the live buffers (shapes checked)."""
     for name, target in (("w", net.w), ("rng", rng), ("counters", counters), ("proj", bufs.proj)):
         source = resume.get(name)
         if _widened(source, target):  # weights saved as int64 before the store took the format's width
@@ -213,5 +230,3 @@ def _restore(resume: dict, net, bufs, counters, rng):
                            f"{None if source is None else (source.dtype, source.shape)}, expected "
                            f"{(target.dtype, target.shape)}")
         target[...] = source
-    epoch, begin, step, trained, inferred = (int(v) for v in resume["position"])
-    return epoch, begin, step, trained, inferred, json.loads(str(resume["history"]))

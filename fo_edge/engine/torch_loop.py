@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from typing import Callable
 
 import numpy as np
@@ -27,10 +26,12 @@ from ..kernels.counters import INFERENCE
 from ..models.mlp import activate_torch
 from ..rules import RULES, bjorck_torch, projection_torch
 from ..rules.foton import FOTONConfig
-from .health import HealthConfig, HealthMonitor, NumericHealthError, TrainingStopped
+from .health import HealthConfig
+from .loop import run_epochs
 from .plan import BatchPlan, epoch_order
 
-__all__ = ["train_torch", "evaluate_torch", "epoch_order", "dropout_masks", "checkpoint_state", "restore_checkpoint"]
+__all__ = ["train_torch", "TorchStepper", "evaluate_torch", "epoch_order", "dropout_masks", "checkpoint_state",
+           "restore_checkpoint"]
 
 
 def dropout_masks(dims, batch: int, p: float, seed: int, step: int, dev) -> list[torch.Tensor] | None:
@@ -74,94 +75,107 @@ def train_torch(weights: list[np.ndarray], data: Dataset, rule: str, config, *, 
                 resume: dict | None = None, on_step: Callable | None = None, plan: BatchPlan = BatchPlan(),
                 momentum: float = 0.0, weight_decay: float = 0.0,
                 dropout: float = 0.0, meter: FloatMeter | None = None) -> tuple[list[np.ndarray], list[dict]]:
-    """Train in float32 on ``device``; returns the final weights (numpy float32) and per-epoch metrics.
+    """Train in float32 on ``device``; returns the final weights (numpy float32) and per-epoch metrics. The
+    epochs, batches, health checks and checkpoints are engine.loop's; :class:`TorchStepper` is the step.
 
     Checkpoints and ``resume`` use the stream engine's state keys (``w`` flat float32, ``proj`` FOTON's F,
     ``position``, ``history``, ``velocity``, the momentum buffers, flat, and ``counters``, the meter's counts
     (empty without a meter); ``rng`` is empty: the dropout masks are seeded by the step). ``health`` checks non-finite
-    and exploding weights after every step; a stop raises :class:`TrainingStopped` carrying (weights, history).
+    and exploding weights after every step; a stop raises engine.health.TrainingStopped carrying (weights, history).
     ``on_step(step, ws, x, t, config)`` sees each batch before its update (diagnostics). Each epoch's record
     has the test accuracy, the lr, and for FOTON with a Björck tolerance the mean iterations per call.
     """
-    spec = RULES[rule]
-    dev = torch.device(device)
-    ws = [torch.as_tensor(w, dtype=torch.float32, device=dev).clone() for w in weights]
-    x_tr = torch.as_tensor(data.x_train, device=dev)
-    y_tr = torch.as_tensor(data.y_train, device=dev)
-    x_te = torch.as_tensor(data.x_test, device=dev)
-    y_te = torch.as_tensor(data.y_test, device=dev)
-    eye = torch.eye(ws[-1].shape[0], device=dev)
-    is_foton = isinstance(config, FOTONConfig)
-    dims = [ws[0].shape[1]] + [w.shape[0] for w in ws]
-    velocity: list[torch.Tensor | None] = [None] * len(ws)
-    step, history, first_epoch, first_begin = 0, [], 0, 0
-    if resume is not None:
-        ws, config, (first_epoch, first_begin, step), history = restore_checkpoint(resume, ws, config, is_foton,
-                                                                                   dev)
-        velocity = _restore_velocity(resume, ws, velocity)
-        if meter is not None and resume["counters"].size:
-            meter.restore(resume["counters"].reshape(meter.shape.shape), *(int(v) for v in resume["position"][3:5]))
-    monitor = HealthMonitor(health, len(ws)) if health is not None else None
-    tally = meter if meter is not None else NO_METER
+    stepper = TorchStepper(weights, data, rule, config, activation=activation, error=error, lr=lr,
+                           batch_size=batch_size, seed=seed, device=device, on_step=on_step, plan=plan,
+                           momentum=momentum, weight_decay=weight_decay, dropout=dropout, meter=meter)
+    return run_epochs(stepper, epochs=epochs, batch_size=batch_size, seed=seed, plan=plan, on_batch=on_batch,
+                      health=health, checkpoint_every=checkpoint_every, on_checkpoint=on_checkpoint, resume=resume,
+                      on_epoch=on_epoch)
 
-    def state(epoch: int, begin: int) -> dict:
-        return checkpoint_state(ws, config, is_foton, velocity, epoch, begin, step, history, meter)
 
-    for epoch in range(first_epoch, epochs):
-        start = time.perf_counter()
-        order = torch.as_tensor(epoch_order(len(x_tr), seed, epoch), device=dev)
-        iters_used: list[int] = []
-        for begin in plan.starts(len(order), batch_size, first_begin if epoch == first_epoch else 0):
-            idx = order[begin:begin + batch_size]
-            x, t = x_tr[idx], eye[y_tr[idx]]
-            if is_foton and step % config.refresh_every == 0:
-                config = dataclasses.replace(config, projection=projection_torch(ws))
-                tally.refresh()
-            if on_step is not None:
-                on_step(step, ws, x, t, config)
-            masks = dropout_masks(dims, len(idx), dropout, seed, step, dev)
-            tally.begin_step()
-            grads = spec.update_torch(ws, x, t, activation=activation, error=error, config=config,
-                                      masks=masks, meter=tally)
-            step_lr = plan.step_lr(lr, epoch, len(idx), batch_size)
-            for l, (w, g) in enumerate(zip(ws, grads)):
-                if weight_decay:
-                    g = g + weight_decay * w
-                if momentum:
-                    velocity[l] = g.clone() if velocity[l] is None else velocity[l].mul_(momentum).add_(g)
-                    g = velocity[l]
-                if meter is None:
-                    w.sub_(step_lr * g)
-                else:
-                    ws[l] = w - step_lr * g
-                    meter.update(l, len(idx), w, ws[l], bool(momentum or weight_decay))
-            step += 1
-            if meter is not None:
-                meter.trained += len(idx)
-            if is_foton and config.ortho_every and step % config.ortho_every == 0:
-                ws = _orthogonalize(ws, config, iters_used, meter)
-            if monitor is not None:
-                try:
-                    monitor.check(step, None, [w.detach().cpu().numpy() for w in ws])
-                except NumericHealthError as exc:
-                    raise TrainingStopped(exc, ([w.cpu().numpy() for w in ws], history)) from None
-            if on_batch is not None:
-                on_batch(len(idx))
-            if on_checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
-                on_checkpoint(state(epoch, begin + batch_size))
-        seconds = time.perf_counter() - start
-        record = {"epoch": epoch + 1, "steps": step,
-                  "test_accuracy": evaluate_torch(ws, x_te, y_te, activation, meter=meter),
-                  "seconds": seconds, "samples_per_s": len(order) / max(seconds, 1e-9),
-                  "lr": plan.epoch_lr(lr, epoch)}
-        if iters_used and config.bjorck_tol > 0:
-            record["bjorck_iters_mean"] = float(np.mean(iters_used))
-        history.append(record)
-        if on_epoch is not None:
-            on_epoch(record)
-        if on_checkpoint is not None and checkpoint_every:
-            on_checkpoint(state(epoch + 1, 0))
-    return [w.cpu().numpy() for w in ws], history
+class TorchStepper:
+    """The float step (engine.loop.Stepper): ``g = rule.update_torch(W, x, t)``, then SGD (module docstring);
+    FOTON's F refresh and Björck on their schedules; a ``meter`` counts it all."""
+
+    def __init__(self, weights: list[np.ndarray], data: Dataset, rule: str, config, *, activation: str,
+                 error: str, lr: float, batch_size: int, seed: int, device: str, on_step: Callable | None,
+                 plan: BatchPlan, momentum: float, weight_decay: float, dropout: float, meter: FloatMeter | None):
+        self.spec, self.dev = RULES[rule], torch.device(device)
+        dev = self.dev
+        self.ws = [torch.as_tensor(w, dtype=torch.float32, device=dev).clone() for w in weights]
+        self.x_tr, self.y_tr = torch.as_tensor(data.x_train, device=dev), torch.as_tensor(data.y_train, device=dev)
+        self.x_te, self.y_te = torch.as_tensor(data.x_test, device=dev), torch.as_tensor(data.y_test, device=dev)
+        self.eye = torch.eye(self.ws[-1].shape[0], device=dev)
+        self.config, self.is_foton = config, isinstance(config, FOTONConfig)
+        self.dims = [self.ws[0].shape[1]] + [w.shape[0] for w in self.ws]
+        self.velocity: list[torch.Tensor | None] = [None] * len(self.ws)
+        self.activation, self.error, self.lr, self.batch_size, self.seed = activation, error, lr, batch_size, seed
+        self.on_step, self.plan, self.momentum, self.weight_decay, self.dropout = on_step, plan, momentum, \
+            weight_decay, dropout
+        self.meter, self.tally = meter, meter if meter is not None else NO_METER
+        self.n_train, self.n_monitored = len(data.x_train), len(self.ws)
+        self.iters_used: list[int] = []
+
+    def start_epoch(self, epoch: int) -> None:
+        self.iters_used = []
+
+    def step(self, idx: np.ndarray, epoch: int, step: int) -> None:
+        ws, meter, tally, config = self.ws, self.meter, self.tally, self.config
+        rows = torch.as_tensor(idx, device=self.dev)
+        x, t = self.x_tr[rows], self.eye[self.y_tr[rows]]
+        if self.is_foton and step % config.refresh_every == 0:
+            config = self.config = dataclasses.replace(config, projection=projection_torch(ws))
+            tally.refresh()
+        if self.on_step is not None:
+            self.on_step(step, ws, x, t, config)
+        masks = dropout_masks(self.dims, len(idx), self.dropout, self.seed, step, self.dev)
+        tally.begin_step()
+        grads = self.spec.update_torch(ws, x, t, activation=self.activation, error=self.error, config=config,
+                                       masks=masks, meter=tally)
+        step_lr = self.plan.step_lr(self.lr, epoch, len(idx), self.batch_size)
+        for l, (w, g) in enumerate(zip(ws, grads)):
+            if self.weight_decay:
+                g = g + self.weight_decay * w
+            if self.momentum:
+                velocity = self.velocity
+                velocity[l] = g.clone() if velocity[l] is None else velocity[l].mul_(self.momentum).add_(g)
+                g = velocity[l]
+            if meter is None:
+                w.sub_(step_lr * g)
+            else:
+                ws[l] = w - step_lr * g
+                meter.update(l, len(idx), w, ws[l], bool(self.momentum or self.weight_decay))
+        if meter is not None:
+            meter.trained += len(idx)
+        if self.is_foton and config.ortho_every and (step + 1) % config.ortho_every == 0:
+            self.ws = _orthogonalize(ws, config, self.iters_used, meter)
+
+    def health(self) -> tuple[None, list]:
+        return None, [w.detach().cpu().numpy() for w in self.ws]
+
+    def evaluate(self, epoch: int) -> dict:
+        record = {"test_accuracy": evaluate_torch(self.ws, self.x_te, self.y_te, self.activation, meter=self.meter),
+                  "lr": self.plan.epoch_lr(self.lr, epoch)}
+        if self.iters_used and self.config.bjorck_tol > 0:
+            record["bjorck_iters_mean"] = float(np.mean(self.iters_used))
+        return record
+
+    def state(self, step: int) -> dict:
+        state = checkpoint_state(self.ws, self.config, self.is_foton, self.velocity, 0, 0, step, [], self.meter)
+        return {k: v for k, v in state.items() if k not in ("position", "history")}
+
+    def tallies(self) -> tuple[int, int]:
+        return (self.meter.trained, self.meter.inferred) if self.meter is not None else (0, 0)
+
+    def restore(self, resume: dict) -> None:
+        self.ws, self.config, _, _ = restore_checkpoint(resume, self.ws, self.config, self.is_foton, self.dev)
+        self.velocity = _restore_velocity(resume, self.ws, self.velocity)
+        if self.meter is not None and resume["counters"].size:
+            self.meter.restore(resume["counters"].reshape(self.meter.shape.shape),
+                               *(int(v) for v in resume["position"][3:5]))
+
+    def outcome(self, history: list[dict], warnings: list[str]) -> tuple[list[np.ndarray], list[dict]]:
+        return [w.cpu().numpy() for w in self.ws], history
 
 
 def checkpoint_state(ws: list, config, is_foton: bool, velocity: list, epoch: int, begin: int, step: int,
