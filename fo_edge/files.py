@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 import stat
+import tokenize
 import zipfile
 from pathlib import Path
 
@@ -75,6 +76,7 @@ def npz_members(path: str | Path, cap: int, error) -> dict[str, tuple[np.dtype, 
                 if nbytes > info.file_size:
                     raise error(f"{path}: {info.filename} claims {nbytes} bytes of data but holds {info.file_size}")
                 members[info.filename[:-4]] = (dtype, tuple(shape))
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise error(f"{path} is truncated or not an npz archive ({exc})") from None
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError) as exc:
+        # numpy parses an .npy header with Python's tokenizer: a mangled one can raise TokenError or SyntaxError
+        raise error(f"{path} is truncated or not an npz archive ({' '.join(str(exc).split())})") from None
     return members

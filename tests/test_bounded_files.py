@@ -70,6 +70,25 @@ def test_object_arrays_are_refused_from_the_header(tmp_path):
         npz_members(path, 1 << 20, RunError)
 
 
+@pytest.mark.parametrize("mangle", [b"{'descr': '<f8'", b"{'descr': ('<f8'"])
+def test_a_header_numpy_cannot_tokenise_is_a_clean_error(tmp_path, mangle):
+    """numpy reads an .npy header with Python's tokenizer: an unterminated string or bracket there raises
+    tokenize.TokenError or SyntaxError, which must come out as the loader's one-line error (found by the
+    loaders' fuzzing)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros(3))
+    member = buffer.getvalue()
+    start = member.index(b"{")
+    broken = member[:start] + mangle + b" " * (member.index(b"}") + 1 - start - len(mangle)) + member[
+        member.index(b"}") + 1:]
+    path = tmp_path / "broken.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("w.npy", broken)
+    with pytest.raises(RunError, match="truncated or not an npz archive") as caught:
+        npz_members(path, 1 << 20, RunError)
+    assert "\n" not in str(caught.value)
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.binary(max_size=2048))
 def test_fuzzed_archives_are_a_clean_error_or_their_members(tmp_path_factory, blob):
