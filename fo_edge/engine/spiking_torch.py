@@ -23,13 +23,14 @@ import torch
 from ..accounting.spiking_float_counts import SpikingFloatMeter
 from ..data import Dataset
 from ..device.spec import DeviceProfile
-from ..kernels.counters import FORWARD, INFERENCE, MODULATED
+from ..kernels.counters import INFERENCE
 from ..models.spiking import SpikingMLP
-from ..rules import bjorck_torch, projection_torch
+from ..rules import FORWARD_ONLY_UPDATES, bjorck_torch, projection_torch
 from ..rules.base import output_error_torch
 from ..rules.foton import FOTONConfig
-from ..rules.ftp import ftp_feedback, ftp_signal
+from ..rules.ftp import ftp_feedback
 from ..rules.pepita import pepita_feedback
+from ..rules.spiking_passes import SpikingPasses
 from .health import HealthConfig, NumericHealthError
 from .loop import run_epochs
 from .plan import BatchPlan
@@ -176,40 +177,14 @@ def spiking_updates(run: Callable, ws: list[torch.Tensor], x: torch.Tensor, t: t
                     proj: torch.Tensor, *, error: str, temperature: float, hidden_error: str | None, timesteps: int,
                     lr: float = 1.0) -> tuple[list[torch.Tensor], torch.Tensor]:
     """One batch's weight steps of a forward-only rule on the float spiking net, none applied: (Delta W_l per
-    layer, each shaped like W_l, the rule moves W_l -= Delta W_l; e (B, d_L)). ``run(phase, x, inject=None)``
-    presents x (B, d_0) (``SpikingMLP.forward``, metered or not); x in [0, 1], t (B, d_L) one-hot; ``proj``:
-    FTP's G, PEPITA's F or FOTON's F = W_L ... W_1 (d_L, d_1 or d_0). With B samples and T timesteps:
-    Delta W_l = lr delta_l^T h_{l-1} / (T^2 B) for the hidden layers and lr e^T c_{L-1} / (T B) for the output,
-    delta_l the hidden error (rules.spiking_binding.HIDDEN_ERRORS) and h_{l-1} the clean pass's counts
-    (PEPITA: the modulated pass's). lr = 1 gives the rule's update direction (``fo-edge diagnose``)."""
-    y, counts, in_counts, acc = run(FORWARD, x)
-    e = output_error_torch(y, t, error, temperature)
-    if rule == "ftp":
-        inject = ftp_signal(config, t, e, y, proj)
-        y_m, counts_m, in_m, acc_m = run(MODULATED, x, inject)
-        if hidden_error == "central":
-            y_n, counts_n = run(MODULATED, x, -inject)[:2]
-        if getattr(config, "output_loss", "error") == "local":  # y - tau_L (central: (y^- - y^+) / 2)
-            e = (y_n - y_m) / 2 if hidden_error == "central" else y - y_m
-    else:
-        sign = 1.0 if rule == "pepita" else -1.0
-        _, counts_m, in_m, acc_m = run(MODULATED, torch.clamp(x + sign * (e @ proj), 0.0, 1.0))
-        if hidden_error == "central":
-            counts_n = run(MODULATED, torch.clamp(x - sign * (e @ proj), 0.0, 1.0))[1]
-    n = len(x)
-    hins = [in_m if rule == "pepita" else in_counts] + [
-        (counts_m if rule == "pepita" else counts)[l] for l in range(len(ws) - 1)]
-    steps = []
-    for l in range(len(ws) - 1):
-        if hidden_error == "central":
-            delta = (counts_n[l] - counts_m[l]) / 2
-        elif hidden_error == "surrogate":
-            delta = torch.where(counts[l] + counts_m[l] > 0, acc[l] - acc_m[l], 0.0)
-        else:
-            delta = counts[l] - counts_m[l]
-        steps.append(lr * delta.T @ hins[l] / (timesteps ** 2 * n))
-    steps.append(lr * e.T @ hins[-1] / (timesteps * n))
-    return steps, e
+    layer, each shaped like W_l, the rule moves W_l -= Delta W_l; the output error g_L correlates, (B, d_L)).
+    ``run(phase, x, inject=None)`` presents x (B, d_0) (``SpikingMLP.forward``, metered or not); x in [0, 1], t
+    (B, d_L) one-hot; ``proj``: FTP's G, PEPITA's F or FOTON's F = W_L ... W_1. The rule is its one torch
+    definition (rules.FORWARD_ONLY_UPDATES) over the spiking passes (rules.spiking_passes: Delta W_l =
+    lr delta_l^T h_{l-1} / (T^2 B), the output's lr e^T c_{L-1} / (T B)). lr = 1 gives the rule's update
+    direction (``fo-edge diagnose``)."""
+    passes = SpikingPasses(run, len(ws), error, temperature, hidden_error, timesteps, lr)
+    return FORWARD_ONLY_UPDATES[rule](passes, x, t, config, proj)
 
 
 def surrogate_gradients(net: SpikingMLP, x: torch.Tensor, t: torch.Tensor, *, error: str,

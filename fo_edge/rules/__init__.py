@@ -12,14 +12,18 @@ from ..errors import ConfigError
 from ..models.mlp import ACTIVATIONS
 from .base import ERRORS, RuleSpec, parse_options
 from .bp import BPConfig, bp_update_torch
-from .foton import FOTONConfig, bjorck_torch, foton_update_torch, projection_torch
-from .ftp import FTPConfig, ftp_feedback, ftp_update_torch
-from .pepita import PEPITAConfig, pepita_feedback, pepita_update_torch
+from .foton import FOTONConfig, bjorck_torch, foton_update_torch, foton_updates, projection_torch
+from .ftp import FTPConfig, ftp_feedback, ftp_update_torch, ftp_updates
+from .pepita import PEPITAConfig, pepita_feedback, pepita_update_torch, pepita_updates
 
-__all__ = ["RULES", "BACKENDS", "RuleSpec", "compute_updates", "rule_config", "bjorck_torch",
-           "projection_torch", "pepita_feedback", "ftp_feedback"]
+__all__ = ["RULES", "BACKENDS", "FORWARD_ONLY_UPDATES", "RuleSpec", "compute_updates", "rule_config",
+           "bjorck_torch", "projection_torch", "pepita_feedback", "ftp_feedback"]
 
 BACKENDS = ("torch", "numba")
+
+#: each forward-only rule's one torch definition, over a model family's passes (rules.passes):
+#: ``updates(passes, x, t, config, feedback) -> (g_l per layer, the output error g_L correlates)``
+FORWARD_ONLY_UPDATES = {"ftp": ftp_updates, "pepita": pepita_updates, "foton": foton_updates}
 
 RULES: dict[str, RuleSpec] = {
     "bp": RuleSpec("bp", "backpropagation (autograd), the reference", "Rumelhart et al. 1986",

@@ -18,11 +18,10 @@ import torch
 
 from ..accounting.float_counts import NO_METER, NoMeter
 from ..errors import ConfigError
-from ..kernels.counters import FORWARD, MODULATED
-from ..models.mlp import activate_torch
-from .base import forward_torch, hidden_layer, output_error_torch
+from .mlp_passes import MLPPasses
+from .passes import Passes
 
-__all__ = ["FOTONConfig", "foton_update_torch", "projection_torch", "bjorck_torch"]
+__all__ = ["FOTONConfig", "foton_updates", "foton_update_torch", "projection_torch", "bjorck_torch"]
 
 
 @dataclass(frozen=True)
@@ -56,26 +55,29 @@ def projection_torch(weights: list[torch.Tensor]) -> torch.Tensor:
     return proj
 
 
+def foton_updates(passes: Passes, x, target, config: FOTONConfig, f) -> tuple[list, object]:
+    """FOTON's per-layer updates for one batch over a model family's passes (rules.passes; the module
+    docstring's steps 1, 3, 4 and 5, F given): returns (g_l for every layer, the output error e). F: (d_L, d_0).
+    Nothing is changed. The one definition of FOTON on the torch backend: MLPs (:func:`foton_update_torch`),
+    spiking nets (engine.spiking_torch) and BCOP conv nets (rules.foton_conv) run it."""
+    clean = passes.clean(x)
+    e = passes.error(clean, target)
+    second = passes.from_input(x, -passes.project(e, f))
+    last = passes.n_layers - 1
+    grads = [passes.correlate(l, passes.delta(l, clean, second, local=False), clean.h[l]) for l in range(last)]
+    grads.append(passes.correlate(last, e, clean.h[-1]))
+    return grads, e
+
+
 def foton_update_torch(weights, x, target, *, activation, error, config: FOTONConfig, masks=None,
                        meter: NoMeter = NO_METER):
-    """FOTON's per-layer updates for one batch (see the module docstring); nothing is changed. ``masks``:
-    dropout masks shared by both passes (rules.base.masked); ``meter`` counts the passes
+    """FOTON's per-layer updates for one batch of an MLP (see the module docstring); nothing is changed.
+    ``masks``: dropout masks shared by both passes (rules.base.masked); ``meter`` counts the passes
     (accounting.float_counts; F's refresh is the training loop's)."""
-    act = lambda a: activate_torch(a, activation)  # noqa: E731
-    pre, hs = forward_torch(weights, x, act, masks, meter)
-    e = output_error_torch(pre[-1], target, error, config.temperature)
-    batch = x.shape[0]
-    meter.error(FORWARD, batch)
     proj = config.projection
     proj = projection_torch(weights) if proj is None else torch.as_tensor(proj, dtype=x.dtype)
-    h_err = x - e @ proj
-    meter.project(MODULATED, e, proj)
-    grads = []
-    for l, w in enumerate(weights[:-1]):
-        h_err = hidden_layer(h_err, w, l, act, masks, meter, MODULATED)[2]
-        grads.append((hs[l + 1] - h_err).T @ hs[l] / batch)
-    grads.append(e.T @ hs[-1] / batch)
-    return grads
+    passes = MLPPasses(weights, activation, error, config.temperature, masks, meter)
+    return foton_updates(passes, x, target, config, proj)[0]
 
 
 def bjorck_torch(w: torch.Tensor, iters: int = 20, power_iters: int = 10, tol: float = 0.0,

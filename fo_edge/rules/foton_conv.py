@@ -20,10 +20,12 @@ from ..models.conv import ConvSpec, _pad_circular, conv_adjoint, conv_circular, 
     pool2_adjoint
 from ..models.mlp import activate_torch
 from ..kernels.counters import FORWARD, MODULATED, RECOMPUTE
+from ..errors import ConfigError
 from .base import output_error_torch
-from .foton import FOTONConfig
+from .foton import FOTONConfig, foton_updates
+from .passes import Pass
 
-__all__ = ["conv_projection_torch", "foton_conv_update_torch", "bp_conv_update_torch", "adjoint_chain"]
+__all__ = ["ConvTorchPasses", "conv_projection_torch", "foton_conv_update_torch", "bp_conv_update_torch", "adjoint_chain"]
 
 
 def adjoint_chain(spec: ConvSpec, weights: list[torch.Tensor], e: torch.Tensor) -> torch.Tensor:
@@ -53,40 +55,99 @@ def count_conv_pass(meter, phase: int, spec: ConvSpec, weights, inputs, outs) ->
     meter.forward(phase, last, inputs[last].reshape(inputs[last].shape[0], -1), weights[last], outs[last])
 
 
+class ConvTorchPasses:
+    """rules.passes.Passes for a BCOP conv net (``spec``, its kernels and dense W as ``weights``) on the torch
+    backend: the clean pass's presynaptic activities are the layers' pooled inputs u_0 .. u_{L-1}; a second pass
+    from x + shift runs each conv layer (pool, circular conv, activation) beside the clean one in lockstep, as the
+    device does; delta_l = h_l - h'_l (feature maps); a conv layer's g_K = adjoint-conv(u_{l-1}, delta_l) / B
+    (torch.nn.grad.conv2d_weight on the circularly padded input), the dense layer's g_L = e^T u_{L-1} / B.
+    ``meter`` (accounting.conv_float_counts.ConvFloatMeter, or None) counts the step as the device runs it. FOTON
+    is the rule these nets run forward-only (the module docstring); FTP's target pass and PEPITA's modulated
+    output error are not defined on them."""
+
+    def __init__(self, spec: ConvSpec, weights: list[torch.Tensor], activation: str, error: str,
+                 temperature: float, meter=None):
+        self.spec, self.weights, self.activation, self.error_kind = spec, weights, activation, error
+        self.temperature, self.meter = temperature, meter
+        self.n_layers, self.batch, self._clean = len(weights), 0, ([], [])
+
+    def clean(self, x: torch.Tensor) -> Pass:
+        y, inputs, outs = conv_forward_torch(self.spec, self.weights, x, self.activation, keep=True)
+        self.batch, self._clean = x.shape[0], (inputs, outs)
+        if self.meter is not None:
+            count_conv_pass(self.meter, FORWARD, self.spec, self.weights, inputs, outs)
+        return Pass(y, inputs, {"outs": outs})
+
+    def error(self, clean: Pass, t: torch.Tensor) -> torch.Tensor:
+        e = output_error_torch(clean.y, t, self.error_kind, self.temperature)
+        if self.meter is not None:
+            self.meter.error(FORWARD, self.batch)
+        return e
+
+    def project(self, v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        out = v @ m
+        if self.meter is not None:
+            self.meter.project(MODULATED, v, m)
+        return out
+
+    def charge_projection(self, v: torch.Tensor, m: torch.Tensor) -> None:
+        if self.meter is not None:
+            self.meter.project(MODULATED, v, m)
+
+    def from_input(self, x: torch.Tensor, shift: torch.Tensor) -> Pass:
+        h = (x + shift).reshape((x.shape[0],) + self.spec.layer_shapes()[0])
+        clean_in, clean_out = self._clean
+        hs, outs = [], []
+        for l, kernel in enumerate(self.weights[:-1]):
+            if l > 0:
+                h = pool2(h)
+            h_in = h
+            h = activate_torch(conv_circular(h_in, kernel), self.activation)
+            if self.meter is not None:  # the device recomputes the clean layer beside the modulated one
+                for phase, u, out in ((RECOMPUTE, clean_in[l], clean_out[l]), (MODULATED, h_in, h)):
+                    if l > 0:
+                        self.meter.pool(phase, l, u)
+                    self.meter.conv(phase, l, u, kernel, out)
+            hs.append(h_in)
+            outs.append(h)
+        return Pass(None, hs, {"outs": outs})
+
+    def from_first(self, clean: Pass, signal, pre: bool) -> Pass:
+        raise ConfigError("conv nets train forward-only with FOTON; FTP's target pass is not defined on them")
+
+    def delta(self, l: int, clean: Pass, second: Pass, local: bool) -> torch.Tensor:
+        return clean.state["outs"][l] - second.state["outs"][l]
+
+    def output_error(self, second: Pass, t) -> torch.Tensor:
+        raise ConfigError("conv nets train forward-only with FOTON; PEPITA's modulated output error is not "
+                          "defined on them")
+
+    def local_output_error(self, clean: Pass, second: Pass) -> torch.Tensor:
+        raise ConfigError("conv nets train forward-only with FOTON; FTP's local output loss is not defined on them")
+
+    def correlate(self, l: int, delta: torch.Tensor, h_in: torch.Tensor) -> torch.Tensor:
+        meter, batch = self.meter, self.batch
+        if l == self.n_layers - 1:
+            if meter is not None:
+                meter.pool(RECOMPUTE, l, h_in)
+                meter.correlation(l, batch, self.spec.n_classes, self.spec.dense_in)
+            return delta.T @ h_in.reshape(batch, -1) / batch
+        kernel = self.weights[l]
+        if meter is not None:
+            meter.correlation(l, batch * delta.shape[2] * delta.shape[3], kernel.shape[0], kernel[0].numel())
+        pad = kernel.shape[-1] // 2
+        return conv2d_weight(_pad_circular(h_in, pad), kernel.shape, delta) / batch
+
+
 def foton_conv_update_torch(spec: ConvSpec, weights, x, target, *, activation, error, config: FOTONConfig,
                             meter=None):
-    """Per-layer FOTON updates (kernel-shaped for conv layers, (d_L, dense_in) for the dense one). ``meter``
+    """Per-layer FOTON updates (kernel-shaped for conv layers, (d_L, dense_in) for the dense one): FOTON's one
+    torch definition (rules.foton.foton_updates) over :class:`ConvTorchPasses`. ``meter``
     (accounting.conv_float_counts.ConvFloatMeter) counts the step as the device runs it."""
-    y, inputs, outs = conv_forward_torch(spec, weights, x, activation, keep=True)
-    e = output_error_torch(y, target, error, config.temperature)
-    batch = x.shape[0]
-    if meter is not None:
-        count_conv_pass(meter, FORWARD, spec, weights, inputs, outs)
-        meter.error(FORWARD, batch)
     proj = config.projection
     proj = conv_projection_torch(spec, weights) if proj is None else torch.as_tensor(proj, dtype=x.dtype)
-    h = (x - e @ proj).reshape((x.shape[0],) + spec.layer_shapes()[0])
-    if meter is not None:
-        meter.project(MODULATED, e, proj)
-    grads = []
-    for l, kernel in enumerate(weights[:-1]):
-        if l > 0:
-            h = pool2(h)
-        h_in = h
-        h = activate_torch(conv_circular(h_in, kernel), activation)
-        if meter is not None:  # the device recomputes the clean layer beside the modulated one, in lockstep
-            for phase, u, out in ((RECOMPUTE, inputs[l], outs[l]), (MODULATED, h_in, h)):
-                if l > 0:
-                    meter.pool(phase, l, u)
-                meter.conv(phase, l, u, kernel, out)
-            meter.correlation(l, batch * h.shape[2] * h.shape[3], kernel.shape[0], kernel[0].numel())
-        pad = kernel.shape[-1] // 2
-        grads.append(conv2d_weight(_pad_circular(inputs[l], pad), kernel.shape, outs[l] - h) / batch)
-    if meter is not None:
-        meter.pool(RECOMPUTE, len(weights) - 1, inputs[-1])
-        meter.correlation(len(weights) - 1, batch, spec.n_classes, spec.dense_in)
-    grads.append(e.T @ inputs[-1].reshape(batch, -1) / batch)
-    return grads
+    passes = ConvTorchPasses(spec, weights, activation, error, config.temperature, meter)
+    return foton_updates(passes, x, target, config, proj)[0]
 
 
 def bp_conv_update_torch(spec: ConvSpec, weights, x, target, *, activation, error, temperature: float = 1.0,

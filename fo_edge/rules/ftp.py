@@ -36,12 +36,12 @@ import torch
 
 from ..accounting.float_counts import NO_METER, NoMeter
 from ..errors import ConfigError
-from ..kernels.counters import FORWARD, MODULATED, RECOMPUTE
-from ..models.mlp import activate_torch, activation_grad_torch
-from .base import check_shape, feedback_matrix, forward_torch, hidden_layer, output_error_torch
+from .base import check_shape, feedback_matrix
+from .mlp_passes import MLPPasses
+from .passes import Passes
 
-__all__ = ["FTPConfig", "ftp_update_torch", "ftp_feedback", "ftp_signal", "TARGETS", "PROJECTION_NONLINEARITIES",
-           "OUTPUT_LOSSES", "first_target_torch"]
+__all__ = ["FTPConfig", "ftp_updates", "ftp_update_torch", "ftp_feedback", "ftp_signal", "TARGETS",
+           "PROJECTION_NONLINEARITIES", "OUTPUT_LOSSES"]
 
 TARGETS = ("difference", "error_preactivation", "label")
 OUTPUT_LOSSES = ("error", "local")
@@ -120,49 +120,41 @@ def ftp_signal(config: FTPConfig, target, e, y, g_fb):
     return -e @ g_fb.T if config.target == "error_preactivation" else target @ g_fb.T
 
 
-def first_target_torch(pre1, h1, y, e, target, g_fb, config: FTPConfig, act,
-                       meter: NoMeter = NO_METER) -> torch.Tensor:
-    """tau_1: (B, d_1) from a_1 = ``pre1``, h_1, the output y, its error e, the one-hot target and G (d_1, d_L);
-    ``meter`` counts the projections through G^T (accounting.float_counts)."""
-    signal = ftp_signal(config, target, e, y, g_fb)
+def _projected(config: FTPConfig, target, e, y) -> list:
+    """The output-space vectors ftp_signal multiplies by G^T (each counted as a feedback product)."""
     if config.target == "difference":
-        meter.project(MODULATED, target, g_fb.T)
-        meter.project(MODULATED, e + target if config.y_hat == "softmax" else y, g_fb.T)
-    else:
-        meter.project(MODULATED, e if config.target == "error_preactivation" else target, g_fb.T)
-    return h1 + signal if config.target == "difference" else act(pre1 + signal)
+        return [target, e + target if config.y_hat == "softmax" else y]
+    return [e if config.target == "error_preactivation" else target]
+
+
+def ftp_updates(passes: Passes, x, target, config: FTPConfig, g_fb) -> tuple[list, object]:
+    """FTP's per-layer updates for one batch over a model family's passes (rules.passes; the module docstring's
+    steps 1 to 4): returns (g_l for every layer, the output error g_L correlates: e, or y - tau_L with
+    output_loss "local"). G: (d_1, d_L). Nothing is changed. The one definition of FTP on the torch backend:
+    MLPs (:func:`ftp_update_torch`) and spiking nets (engine.spiking_torch) run it."""
+    clean = passes.clean(x)
+    e = passes.error(clean, target)
+    last = passes.n_layers - 1
+    if config.output_loss == "local" and last < 1:
+        raise ConfigError("FTP output_loss=local needs a hidden layer (its target comes from the target pass)")
+    grads, second = [], None
+    if last > 0:
+        signal = ftp_signal(config, target, e, clean.y, g_fb)
+        for v in _projected(config, target, e, clean.y):
+            passes.charge_projection(v, g_fb.T)
+        second = passes.from_first(clean, signal, pre=config.target != "difference")
+        grads = [passes.correlate(l, passes.delta(l, clean, second, local=True), clean.h[l]) for l in range(last)]
+    out = passes.local_output_error(clean, second) if config.output_loss == "local" else e
+    grads.append(passes.correlate(last, out, clean.h[-1]))
+    return grads, out
 
 
 def ftp_update_torch(weights, x, target, *, activation, error, config: FTPConfig, masks=None,
                      meter: NoMeter = NO_METER):
-    """FTP's per-layer updates for one batch (see the module docstring); nothing is changed. ``masks``:
+    """FTP's per-layer updates for one batch of an MLP (see the module docstring); nothing is changed. ``masks``:
     dropout masks shared by both passes (rules.base.masked); a dropped unit has no local loss. ``meter``
     counts the passes (accounting.float_counts)."""
-    act = lambda a: activate_torch(a, activation)  # noqa: E731
     dims = (weights[0].shape[1],) + tuple(w.shape[0] for w in weights)
     g_fb = torch.tensor(ftp_feedback(dims, config), dtype=x.dtype, device=x.device)
-    pre, hs = forward_torch(weights, x, act, masks, meter)
-    e = output_error_torch(pre[-1], target, error, config.temperature)
-    batch = x.shape[0]
-    meter.error(FORWARD, batch)
-    grads = []
-    tau = None
-    for l in range(len(weights) - 1):
-        if l == 0:
-            tau = first_target_torch(pre[0], hs[1], pre[-1], e, target, g_fb, config, act, meter)
-        else:
-            tau = hidden_layer(tau, weights[l], l, act, masks, meter, MODULATED)[2]
-        delta = (hs[l + 1] - tau) * activation_grad_torch(pre[l], hs[l + 1], activation)
-        if masks is not None:
-            delta = delta * (masks[l] != 0)
-        grads.append(delta.T @ hs[l] / batch)
-    if config.output_loss == "local":
-        if tau is None:
-            raise ConfigError("FTP output_loss=local needs a hidden layer (its target comes from the target pass)")
-        tau_out = tau @ weights[-1].T
-        meter.forward(RECOMPUTE, len(weights) - 1, hs[-1], weights[-1], pre[-1])  # the device recomputes y
-        meter.forward(MODULATED, len(weights) - 1, tau, weights[-1], tau_out)
-        grads.append((pre[-1] - tau_out).T @ hs[-1] / batch)
-    else:
-        grads.append(e.T @ hs[-1] / batch)
-    return grads
+    passes = MLPPasses(weights, activation, error, config.temperature, masks, meter)
+    return ftp_updates(passes, x, target, config, g_fb)[0]

@@ -17,11 +17,11 @@ import torch
 
 from ..accounting.float_counts import NO_METER, NoMeter
 from ..errors import ConfigError
-from ..kernels.counters import FORWARD, MODULATED
-from ..models.mlp import activate_torch
-from .base import check_shape, feedback_matrix, forward_torch, hidden_layer, output_error_torch
+from .base import check_shape, feedback_matrix
+from .mlp_passes import MLPPasses
+from .passes import Passes
 
-__all__ = ["PEPITAConfig", "pepita_update_torch", "pepita_feedback"]
+__all__ = ["PEPITAConfig", "pepita_updates", "pepita_update_torch", "pepita_feedback"]
 
 
 @dataclass(frozen=True)
@@ -50,29 +50,27 @@ def pepita_feedback(dims: tuple[int, ...], config: PEPITAConfig):
     return feedback_matrix((dims[-1], dims[0]), dims[0], config.f_scale, config.seed)
 
 
+def pepita_updates(passes: Passes, x, target, config: PEPITAConfig, f) -> tuple[list, object]:
+    """PEPITA's per-layer updates for one batch over a model family's passes (rules.passes; the module
+    docstring's steps 1 to 4): returns (g_l for every layer, the output error g_L correlates). F: (d_L, d_0).
+    Nothing is changed. The one definition of PEPITA on the torch backend: MLPs (:func:`pepita_update_torch`)
+    and spiking nets (engine.spiking_torch) run it."""
+    clean = passes.clean(x)
+    e = passes.error(clean, target)
+    second = passes.from_input(x, passes.project(e, f))
+    last = passes.n_layers - 1
+    grads = [passes.correlate(l, passes.delta(l, clean, second, local=False), second.h[l]) for l in range(last)]
+    out = passes.output_error(second, target) if config.output_error == "modulated" else e
+    grads.append(passes.correlate(last, out, second.h[-1]))
+    return grads, out
+
+
 def pepita_update_torch(weights, x, target, *, activation, error, config: PEPITAConfig, masks=None,
                         meter: NoMeter = NO_METER):
-    """PEPITA's per-layer updates for one batch (see the module docstring); nothing is changed. ``masks``:
-    dropout masks shared by both passes (rules.base.masked); ``meter`` counts the passes
+    """PEPITA's per-layer updates for one batch of an MLP (see the module docstring); nothing is changed.
+    ``masks``: dropout masks shared by both passes (rules.base.masked); ``meter`` counts the passes
     (accounting.float_counts)."""
-    act = lambda a: activate_torch(a, activation)  # noqa: E731
     dims = (weights[0].shape[1],) + tuple(w.shape[0] for w in weights)
     proj = torch.tensor(pepita_feedback(dims, config), dtype=x.dtype, device=x.device)
-    pre, hs = forward_torch(weights, x, act, masks, meter)
-    e = output_error_torch(pre[-1], target, error, config.temperature)
-    batch = x.shape[0]
-    meter.error(FORWARD, batch)
-    h_mod = x + e @ proj
-    meter.project(MODULATED, e, proj)
-    grads = []
-    for l, w in enumerate(weights[:-1]):
-        h_next = hidden_layer(h_mod, w, l, act, masks, meter, MODULATED)[2]
-        grads.append((hs[l + 1] - h_next).T @ h_mod / batch)
-        h_mod = h_next
-    if config.output_error == "modulated":
-        y_mod = h_mod @ weights[-1].T
-        meter.forward(MODULATED, len(weights) - 1, h_mod, weights[-1], y_mod)
-        meter.error(MODULATED, batch)
-        e = output_error_torch(y_mod, target, error, config.temperature)
-    grads.append(e.T @ h_mod / batch)
-    return grads
+    passes = MLPPasses(weights, activation, error, config.temperature, masks, meter)
+    return pepita_updates(passes, x, target, config, proj)[0]
