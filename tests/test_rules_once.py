@@ -1,6 +1,7 @@
-"""Each forward-only rule is defined once on the torch backend (rules.FORWARD_ONLY_UPDATES, over a family's
-passes, rules.passes): its structure checked with a recording family; the spiking family's steps against the
-formulas of rules.spiking_passes written out plainly; MLPs, spiking nets and conv nets all reaching it."""
+"""Each forward-only rule is defined once (rules.FORWARD_ONLY_UPDATES, over a family's passes, rules.passes):
+its structure checked with a recording family; the spiking family's steps against the formulas of
+rules.spiking_passes written out plainly; MLPs, spiking nets and conv nets on torch, and the spiking device on
+Numba (rules.spiking_binding.DevicePasses), all reaching it."""
 import ast
 from pathlib import Path
 
@@ -157,14 +158,15 @@ def test_the_spiking_family_gives_its_formulas(rule, hidden_error, local, batch,
 @pytest.mark.parametrize("path, names", [
     ("rules/ftp.py", {"ftp_updates"}), ("rules/pepita.py", {"pepita_updates"}),
     ("rules/foton.py", {"foton_updates"}), ("rules/foton_conv.py", {"foton_updates"}),
-    ("engine/spiking_torch.py", {"FORWARD_ONLY_UPDATES"})])
+    ("engine/spiking_torch.py", {"FORWARD_ONLY_UPDATES"}), ("rules/spiking_binding.py", {"FORWARD_ONLY_UPDATES"})])
 def test_every_family_reaches_the_one_definition(path, names):
     """The MLP rules, the conv nets' FOTON and the spiking nets' rules go through the definitions; no family
     builds a second pass itself (x + e F, x - e F or FTP's signal)."""
     tree = ast.parse((ROOT / path).read_text())
     used = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
     assert names <= used
-    families = ["rules/mlp_passes.py", "rules/spiking_passes.py", "rules/foton_conv.py", "engine/spiking_torch.py"]
+    families = ["rules/mlp_passes.py", "rules/spiking_passes.py", "rules/foton_conv.py", "engine/spiking_torch.py",
+                "rules/spiking_binding.py"]
     for family in families:
         source = (ROOT / family).read_text()
         assert "ftp_signal(" not in source and "e @ proj" not in source, family

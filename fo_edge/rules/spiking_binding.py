@@ -14,7 +14,8 @@ presentation / (T 2**w_frac). With e = softmax(y / temp) - t (or y - t), each ru
   pepita  the input rates become clip(x + e F, 0, 1)
   foton   the input rates become clip(x - e F, 0, 1), F = W_L ... W_1 (refreshed every refresh_every steps from
           the device's weights; Björck every ortho_every steps as on the non-spiking path)
-and the updates, formed from integer counts and rounded stochastically at the format's step into the weights
+(each rule is its one definition, rules.FORWARD_ONLY_UPDATES, over :class:`DevicePasses`) and the updates,
+formed from integer counts and rounded stochastically at the format's step into the weights
 (the learning engine's widened register, DEVICES.md 1.6; then the format's truncation, which leaves nothing),
 are g_l = delta_l^T h_{l-1} / (T^2 B) with delta_l the hidden error (HIDDEN_ERRORS; spike-count: c_l - c'_l)
 and h_{l-1} the clean pass's counts (pepita: the modulated pass's), and g_L = e^T c_{L-1} / (T B).
@@ -35,13 +36,15 @@ from ..kernels.linear import no_row_shift
 from ..kernels.update import outer_update_
 from ..kernels.spiking import INPUT_CODES, PHASE_ONE, spiking_pass_
 from ..kernels.steps import Params
-from .ftp import FTPConfig, ftp_feedback, ftp_signal
+from . import FORWARD_ONLY_UPDATES
+from .ftp import FTPConfig, ftp_feedback
 from .numba_binding import DeviceNet, from_device, step_scale
+from .passes import Pass
 from .pepita import PEPITAConfig, pepita_feedback
 
 __all__ = ["HIDDEN_ERRORS", "SPIKING_DEFAULT_MODEL", "SPIKING_DEFAULT_HIDDEN_ERROR", "hidden_delta", "SPIKING_RULES",
            "SPIKING_ACTIVATION", "SPIKING_DEFAULT_LR", "SpikingBuffers", "allocate_spiking", "spiking_forward",
-           "spiking_step", "spiking_predict", "layer_cores", "thresholds", "refresh_feedback"]
+           "spiking_step", "DevicePasses", "spiking_predict", "layer_cores", "thresholds", "refresh_feedback"]
 
 SPIKING_RULES = ("ftp", "pepita", "foton")
 #: learning rates ``fo-edge simulate`` uses on a spiking device when --lr is not given (rate-coded counts make
@@ -189,45 +192,94 @@ def _error(y: np.ndarray, t: np.ndarray, error: str, temperature: float) -> np.n
 
 def spiking_step(rule: str, config, net: DeviceNet, bufs: SpikingBuffers, profile: DeviceProfile, params: Params,
                  x: np.ndarray, t: np.ndarray, lr: float, error: str, C, rng) -> None:
-    """One learning epoch of ``rule`` on a batch: clean run, second run, integer updates (module docstring)."""
-    n, T, L = x.shape[0], profile.spiking.timesteps, net.n_layers
-    dims = [int(d) for d in net.dims]
-    y = spiking_forward(net, bufs, profile, x, C, FORWARD)
-    e = _error(y, t, error, getattr(config, "temperature", 1.0))
-    e_one = float(1 << profile.error.frac_bits)
-    e_q = bufs.e[:n]
-    e_q[:] = np.clip(np.rint(e * e_one), profile.error.qmin, profile.error.qmax)
-    e_real = e_q / e_one
-    if rule == "ftp":
-        current = ftp_signal(config, t, e_real, y, bufs.proj)
-        inject = np.rint(current * float(input_scale(net, profile)[0])).astype(np.int64)
-        y_m = spiking_forward(net, bufs, profile, x, C, MODULATED, inject=inject, second=True)
-        if bufs.central:
-            y_n = spiking_forward(net, bufs, profile, x, C, MODULATED, inject=-inject, third=True)
-        if getattr(config, "output_loss", "error") == "local":  # y - tau_L (central: (y^- - y^+) / 2)
-            local = (y_n - y_m) / 2 if bufs.central else y - y_m
-            e_q[:] = np.clip(np.rint(local * e_one), profile.error.qmin, profile.error.qmax)
-    else:
-        sign = 1.0 if rule == "pepita" else -1.0
-        shift = sign * (e_real @ bufs.proj)
-        spiking_forward(net, bufs, profile, np.clip(x + shift, 0.0, 1.0), C, MODULATED, second=True)
-        if bufs.central:
-            spiking_forward(net, bufs, profile, np.clip(x - shift, 0.0, 1.0), C, MODULATED, third=True)
-    hoff = np.concatenate([[0], np.cumsum(dims[1:-1])]).astype(np.int64)
-    scales = input_scale(net, profile)
-    for l in range(L - 1):
-        delta, factor = hidden_delta(bufs, slice(hoff[l], hoff[l + 1]), n, float(scales[l]))
-        scale = lr / n * float(net.w_one[l]) / T ** 2 * factor
-        if l == 0:
-            hin = bufs.in_counts_m[:n] if rule == "pepita" else bufs.in_counts[:n]
+    """One learning epoch of ``rule`` on a batch: clean run, second run, integer updates (module docstring). The
+    rule is its one definition (rules.FORWARD_ONLY_UPDATES) over the device's passes (:class:`DevicePasses`),
+    whose correlations apply each layer's update in place."""
+    FORWARD_ONLY_UPDATES[rule](DevicePasses(net, bufs, profile, params, config, error, lr, C, rng), x, t, config,
+                               bufs.proj)
+
+
+class DevicePasses:
+    """rules.passes.Passes on the spiking device: presentations on the bit-accurate kernels (spiking_forward), the
+    output error quantised to the error format (e_q in bufs.e; the rules see e_q / 2**e_frac), FTP's signal
+    injected as integer current (rounded at layer 1's input scale), the hidden error of ``bufs``
+    (:func:`hidden_delta`), and each correlation applied to the weights at once (:func:`_update_layer`:
+    lr / B 2**w_frac / T^2 times the delta's factor for hidden layers, lr / B 2**w_frac / (2**e_frac T) on e_q
+    for the output), so every returned g_l is None."""
+
+    def __init__(self, net: DeviceNet, bufs: SpikingBuffers, profile: DeviceProfile, params: Params, config,
+                 error: str, lr: float, C, rng):
+        self.net, self.bufs, self.profile, self.params, self.config = net, bufs, profile, params, config
+        self.error_kind, self.lr, self.C, self.rng = error, lr, C, rng
+        self.n_layers = net.n_layers
+        self.e_one = float(1 << profile.error.frac_bits)
+        dims = [int(d) for d in net.dims]
+        self.hoff = np.concatenate([[0], np.cumsum(dims[1:-1])]).astype(np.int64)
+        self.scales = input_scale(net, profile)
+        self.x, self.n = None, 0
+
+    def _h(self, counts: np.ndarray, in_counts: np.ndarray) -> list:
+        n, hoff = self.n, self.hoff
+        return [in_counts[:n]] + [counts[:n, hoff[l]:hoff[l + 1]] for l in range(self.n_layers - 1)]
+
+    def _quantised(self, e: np.ndarray) -> np.ndarray:
+        """e into bufs.e as error-format mantissas; returns their real value."""
+        e_q = self.bufs.e[:self.n]
+        e_q[:] = np.clip(np.rint(e * self.e_one), self.profile.error.qmin, self.profile.error.qmax)
+        return e_q / self.e_one
+
+    def clean(self, x: np.ndarray) -> Pass:
+        self.x, self.n = x, x.shape[0]
+        y = spiking_forward(self.net, self.bufs, self.profile, x, self.C, FORWARD)
+        return Pass(y, self._h(self.bufs.counts, self.bufs.in_counts))
+
+    def error(self, clean: Pass, t: np.ndarray) -> np.ndarray:
+        return self._quantised(_error(clean.y, t, self.error_kind, getattr(self.config, "temperature", 1.0)))
+
+    def project(self, v: np.ndarray, m: np.ndarray) -> np.ndarray:
+        return v @ m
+
+    def charge_projection(self, v, m) -> None:
+        """The device's feedback products are not counted (as before the rules were shared)."""
+
+    def _second(self, x, y_m, third) -> Pass:
+        return Pass(y_m, self._h(self.bufs.counts_m, self.bufs.in_counts_m), {"y_n": third})
+
+    def from_input(self, x: np.ndarray, shift: np.ndarray) -> Pass:
+        net, bufs, profile, C = self.net, self.bufs, self.profile, self.C
+        y_m = spiking_forward(net, bufs, profile, np.clip(x + shift, 0.0, 1.0), C, MODULATED, second=True)
+        y_n = spiking_forward(net, bufs, profile, np.clip(x - shift, 0.0, 1.0), C, MODULATED, third=True) \
+            if bufs.central else None
+        return self._second(x, y_m, y_n)
+
+    def from_first(self, clean: Pass, signal: np.ndarray, pre: bool) -> Pass:
+        net, bufs, profile, C = self.net, self.bufs, self.profile, self.C
+        inject = np.rint(signal * float(self.scales[0])).astype(np.int64)
+        y_m = spiking_forward(net, bufs, profile, self.x, C, MODULATED, inject=inject, second=True)
+        y_n = spiking_forward(net, bufs, profile, self.x, C, MODULATED, inject=-inject, third=True) \
+            if bufs.central else None
+        return self._second(self.x, y_m, y_n)
+
+    def delta(self, l: int, clean: Pass, second: Pass, local: bool) -> tuple[np.ndarray, float]:
+        return hidden_delta(self.bufs, slice(self.hoff[l], self.hoff[l + 1]), self.n, float(self.scales[l]))
+
+    def output_error(self, second: Pass, t) -> np.ndarray:
+        raise ConfigError("PEPITA's output_error=modulated does not run on spiking devices")
+
+    def local_output_error(self, clean: Pass, second: Pass) -> np.ndarray:
+        """y - tau_L (central: (y^- - y^+) / 2), quantised as the output error."""
+        y_n = second.state["y_n"]
+        return self._quantised((y_n - second.y) / 2 if y_n is not None else clean.y - second.y)
+
+    def correlate(self, l: int, delta, h_in: np.ndarray) -> None:
+        net, n, T = self.net, self.n, self.profile.spiking.timesteps
+        if l < self.n_layers - 1:
+            d, factor = delta
+            scale = self.lr / n * float(net.w_one[l]) / T ** 2 * factor
         else:
-            src = bufs.counts_m if rule == "pepita" else bufs.counts
-            hin = src[:n, hoff[l - 1]:hoff[l]]
-        _update_layer(net, l, delta, hin, scale, profile, params, C, rng)
-    last = (bufs.counts_m if rule == "pepita" else bufs.counts)[:n, hoff[L - 2]:hoff[L - 1]] if L > 1 \
-        else bufs.in_counts[:n]
-    _update_layer(net, L - 1, e_q.astype(np.int64), last, lr / n * float(net.w_one[L - 1]) / (e_one * T), profile,
-                  params, C, rng)
+            d = np.rint(delta * self.e_one).astype(np.int64)  # the error mantissas: exact, e_one a power of two
+            scale = self.lr / n * float(net.w_one[l]) / (self.e_one * T)
+        _update_layer(net, l, d, h_in, scale, self.profile, self.params, self.C, self.rng)
 
 
 def hidden_delta(bufs: SpikingBuffers, span: slice, n: int, input_scale_l: float) -> tuple[np.ndarray, float]:
