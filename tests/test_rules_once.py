@@ -1,7 +1,7 @@
 """Each forward-only rule is defined once (rules.FORWARD_ONLY_UPDATES, over a family's passes, rules.passes):
 its structure checked with a recording family; the spiking family's steps against the formulas of
-rules.spiking_passes written out plainly; MLPs, spiking nets and conv nets on torch, and the spiking device on
-Numba (rules.spiking_binding.DevicePasses), all reaching it."""
+rules.spiking_passes written out plainly; MLPs, spiking nets and conv nets on torch, and the spiking and conv
+devices on Numba (rules.spiking_binding.DevicePasses, rules.conv_binding.ConvDevicePasses), all reaching it."""
 import ast
 from pathlib import Path
 
@@ -31,15 +31,11 @@ class Recording:
         self.log.append("error")
         return clean.y - t
 
-    def project(self, v, m):
-        self.log.append("project")
-        return v @ m
-
     def charge_projection(self, v, m):
         self.log.append("charge")
 
-    def from_input(self, x, shift):
-        self.log.append(("from_input", float(shift.sum())))
+    def from_input(self, x, e, f, sign):
+        self.log.append(("from_input", sign))
         return Pass(None, [f"m{l}" for l in range(self.n_layers)])
 
     def from_first(self, clean, signal, pre):
@@ -67,7 +63,7 @@ def test_foton_pairs_the_difference_with_the_clean_activities_and_modulates_by_m
     family = Recording(layers)
     grads, _ = FORWARD_ONLY_UPDATES["foton"](family, None, T, rule_config("foton"), torch.ones(3, 4))
     assert grads == [(l, f"d{l}", f"h{l}") for l in range(layers - 1)] + [(layers - 1, "e", f"h{layers - 1}")]
-    assert family.log[:3] == ["clean", "error", "project"] and family.log[3][1] < 0  # x - e F: e > 0 here
+    assert family.log == ["clean", "error", ("from_input", -1.0)]  # x - e F
 
 
 @pytest.mark.parametrize("output_error", ["clean", "modulated"])
@@ -76,7 +72,7 @@ def test_pepita_pairs_the_difference_with_the_modulated_activities(output_error)
     grads, _ = FORWARD_ONLY_UPDATES["pepita"](family, None, T, rule_config("pepita", output_error=output_error),
                                               torch.ones(3, 4))
     last = (2, "e_mod", "m2") if output_error == "modulated" else (2, "e", "m2")
-    assert grads == [(0, "d0", "m0"), (1, "d1", "m1"), last] and family.log[3][1] > 0  # x + e F
+    assert grads == [(0, "d0", "m0"), (1, "d1", "m1"), last] and family.log[2] == ("from_input", 1.0)  # x + e F
 
 
 @pytest.mark.parametrize("target, pre", [("difference", False), ("error_preactivation", True), ("label", True)])
@@ -118,10 +114,10 @@ def _plain(run, rule, config, x, t, proj, hidden_error, timesteps, lr, n_layers)
         if config.output_loss == "local":
             e = (twin[0] - y_m) / 2 if hidden_error == "central" else y - y_m
     else:
-        shift = e @ proj if rule == "pepita" else -(e @ proj)
-        y_m, counts_m, in_m, acc_m = run(1, torch.clamp(x + shift, 0, 1))
+        sign = 1.0 if rule == "pepita" else -1.0
+        y_m, counts_m, in_m, acc_m = run(1, torch.clamp(x + sign * (e @ proj), 0, 1))
         if hidden_error == "central":
-            twin = run(1, torch.clamp(x - shift, 0, 1))
+            twin = run(1, torch.clamp(x - sign * (e @ proj), 0, 1))
     pre = [in_m, *counts_m] if rule == "pepita" else [in_counts, *counts]
     steps = []
     for l in range(n_layers - 1):
@@ -158,7 +154,8 @@ def test_the_spiking_family_gives_its_formulas(rule, hidden_error, local, batch,
 @pytest.mark.parametrize("path, names", [
     ("rules/ftp.py", {"ftp_updates"}), ("rules/pepita.py", {"pepita_updates"}),
     ("rules/foton.py", {"foton_updates"}), ("rules/foton_conv.py", {"foton_updates"}),
-    ("engine/spiking_torch.py", {"FORWARD_ONLY_UPDATES"}), ("rules/spiking_binding.py", {"FORWARD_ONLY_UPDATES"})])
+    ("engine/spiking_torch.py", {"FORWARD_ONLY_UPDATES"}), ("rules/spiking_binding.py", {"FORWARD_ONLY_UPDATES"}),
+    ("rules/conv_binding.py", {"foton_updates"})])
 def test_every_family_reaches_the_one_definition(path, names):
     """The MLP rules, the conv nets' FOTON and the spiking nets' rules go through the definitions; no family
     builds a second pass itself (x + e F, x - e F or FTP's signal)."""
@@ -166,7 +163,7 @@ def test_every_family_reaches_the_one_definition(path, names):
     used = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
     assert names <= used
     families = ["rules/mlp_passes.py", "rules/spiking_passes.py", "rules/foton_conv.py", "engine/spiking_torch.py",
-                "rules/spiking_binding.py"]
+                "rules/spiking_binding.py", "rules/conv_binding.py"]
     for family in families:
         source = (ROOT / family).read_text()
         assert "ftp_signal(" not in source and "e @ proj" not in source, family

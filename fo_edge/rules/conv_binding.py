@@ -33,10 +33,13 @@ from ..kernels.update import outer_update_
 from ..kernels.rng import new_state
 from ..kernels.steps import Params, output_error_
 from ..models.conv import ConvSpec
+from .foton import FOTONConfig, foton_updates
 from .foton_conv import conv_projection_torch
 from .numba_binding import _calibrate, _proj_div, _row_exponents, _store_projection, quantize_input
+from .passes import Pass
 
-__all__ = ["ConvDeviceNet", "conv_to_device", "store_kernels", "dequantize", "ConvPasses", "foton_conv_step",
+__all__ = ["ConvDeviceNet", "conv_to_device", "store_kernels", "dequantize", "ConvPasses", "ConvDevicePasses",
+           "foton_conv_step",
            "refresh_conv_projection", "projection_buffer", "check_conv_exact",
            "conv_predict"]
 
@@ -218,39 +221,94 @@ def refresh_conv_projection(net: ConvDeviceNet, proj: np.ndarray, profile: Devic
 def foton_conv_step(passes: ConvPasses, profile: DeviceProfile, P: Params, x_dev: np.ndarray, t: np.ndarray,
                     proj: np.ndarray, counters, rng, a_frac_shift: tuple[int, int]) -> list[np.ndarray]:
     """One FOTON step's update correlations on the device (P.collect must be True): returns the real,
-    batch-averaged g_l (kernel-shaped for conv layers, (d_L, d) for the dense one); nothing is updated.
+    batch-averaged g_l (kernel-shaped for conv layers, (d_L, d) for the dense one); nothing is updated. FOTON's
+    one definition (rules.foton.foton_updates) over :class:`ConvDevicePasses`.
 
     x_dev: (n, d_0) activation mantissas; t: (n, d_L) float one-hot; proj: F (d_L, d_0) in the projection
     format; a_frac_shift: (activation frac, error frac) bits (0, 0 on float profiles).
     """
-    net, spec = passes.net, passes.net.spec
-    n, L = x_dev.shape[0], spec.n_layers
-    y = passes.forward("c", x_dev, P, counters, FORWARD, rng)
-    e = passes.e[:n]
-    output_error_(y, np.ascontiguousarray(t, dtype=np.float64), P, e, counters[FORWARD, L])
-    xm = passes.xm[:n]
-    project_(x_dev, e, proj, -1, _proj_div(profile), P, xm, counters[MODULATED, 0], rng)
-    a_frac, e_frac = a_frac_shift
-    g_out = np.zeros(net.w.size)
-    hc, hm = x_dev, xm
-    one = np.zeros(1, dtype=net.w.dtype)  # mul / div placeholders: P.collect skips the weight step
-    for l in range(L - 1):
-        hc = passes.layer("c", l, hc, P, counters[RECOMPUTE, l], rng)
-        hm = passes.layer("m", l, hm, P, counters[MODULATED, l], rng)
-        delta = passes.delta[l][:n * (passes.delta[l].shape[0] // passes.batch)]
+    device = ConvDevicePasses(passes, profile, P, counters, rng, a_frac_shift)
+    foton_updates(device, x_dev, t, FOTONConfig(), proj)
+    return _unflatten(passes.net, device.g_out)
+
+
+class ConvDevicePasses:
+    """rules.passes.Passes of a BCOP conv net on the device, streaming: the clean pass (its output error in the
+    error format), the modulated input x - e F formed by the projection kernel (kernels.orth.project_), and then,
+    layer by layer inside delta(l), the clean layer recomputed beside the modulated one (RECOMPUTE and MODULATED
+    counters), delta_l = rows_c - rows_m saturated to the activation format; correlate(l) collects
+    delta_l^T cols_l / B into ``g_out`` (outer_update_ with P.collect: the weights are the host's to step), the
+    dense layer's from the pooled clean input. The order of every kernel call, and so of every random draw, is
+    the step's as the device runs it."""
+
+    def __init__(self, passes: ConvPasses, profile: DeviceProfile, P: Params, counters, rng,
+                 a_frac_shift: tuple[int, int]):
+        self.passes, self.profile, self.P, self.counters, self.rng = passes, profile, P, counters, rng
+        self.net, self.spec = passes.net, passes.net.spec
+        self.n_layers = self.spec.n_layers
+        self.a_frac, self.e_frac = a_frac_shift
+        self.g_out = np.zeros(self.net.w.size)
+        self.one = np.zeros(1, dtype=self.net.w.dtype)  # mul / div placeholders: P.collect skips the weight step
+        self.n, self.hc, self.hm = 0, None, None
+
+    def clean(self, x_dev: np.ndarray) -> Pass:
+        passes, n = self.passes, x_dev.shape[0]
+        self.n, self.hc = n, x_dev
+        y = passes.forward("c", x_dev, self.P, self.counters, FORWARD, self.rng)
+        cols = [passes.bufs["c", "cols", l][:n * (passes.bufs["c", "cols", l].shape[0] // passes.batch)]
+                for l in range(self.n_layers - 1)]
+        return Pass(y, cols + [passes.bufs["c", "in", self.n_layers - 1][:n]])  # filled by the recompute
+
+    def error(self, clean: Pass, t: np.ndarray) -> np.ndarray:
+        e = self.passes.e[:self.n]
+        output_error_(clean.y, np.ascontiguousarray(t, dtype=np.float64), self.P, e,
+                      self.counters[FORWARD, self.n_layers])
+        return e
+
+    def charge_projection(self, v, m) -> None:
+        raise ConfigError("conv nets train forward-only with FOTON; FTP's target pass is not defined on them")
+
+    def from_input(self, x_dev: np.ndarray, e: np.ndarray, proj: np.ndarray, sign: float) -> Pass:
+        xm = self.passes.xm[:self.n]
+        project_(x_dev, e, proj, int(sign), _proj_div(self.profile), self.P, xm, self.counters[MODULATED, 0],
+                 self.rng)
+        self.hm = xm
+        return Pass(None, [])
+
+    def from_first(self, clean: Pass, signal, pre: bool) -> Pass:
+        raise ConfigError("conv nets train forward-only with FOTON; FTP's target pass is not defined on them")
+
+    def delta(self, l: int, clean: Pass, second: Pass, local: bool) -> np.ndarray:
+        passes, P, counters, rng = self.passes, self.P, self.counters, self.rng
+        self.hc = passes.layer("c", l, self.hc, P, counters[RECOMPUTE, l], rng)
+        self.hm = passes.layer("m", l, self.hm, P, counters[MODULATED, l], rng)
+        delta = passes.delta[l][:self.n * (passes.delta[l].shape[0] // passes.batch)]
         np.subtract(passes.bufs["c", "rows", l][:delta.shape[0]], passes.bufs["m", "rows", l][:delta.shape[0]],
                     out=delta)
-        if net.quantized:
+        if self.net.quantized:
             _saturate_all(delta, P, counters[UPDATE, l])
-        cols = passes.bufs["c", "cols", l][:delta.shape[0]]
-        outer_update_(net.w, net.offs[l], spec.channels[l], cols.shape[1], delta, cols, one[0], one[0],
-                      2.0 ** -(2 * a_frac) / n, no_row_shift(spec.channels[l]), P, counters[UPDATE, l], rng, g_out)
-    c_last, h_last, w_last = spec.channels[L - 2], *passes.shapes[L - 2][1:]
-    dense_in = passes.bufs["c", "in", L - 1][:n]  # the dense update needs only the pooled clean input
-    pool2_(hc, c_last, h_last, w_last, P, dense_in, counters[RECOMPUTE, L - 1], rng)
-    outer_update_(net.w, net.offs[L - 1], spec.n_classes, spec.dense_in, e, dense_in, one[0], one[0],
-                  2.0 ** -(a_frac + e_frac) / n, no_row_shift(spec.n_classes), P, counters[UPDATE, L - 1], rng, g_out)
-    return _unflatten(net, g_out)
+        return delta
+
+    def output_error(self, second: Pass, t) -> np.ndarray:
+        raise ConfigError("conv nets train forward-only with FOTON; PEPITA's modulated output error is not "
+                          "defined on them")
+
+    def local_output_error(self, clean: Pass, second: Pass) -> np.ndarray:
+        raise ConfigError("conv nets train forward-only with FOTON; FTP's local output loss is not defined on them")
+
+    def correlate(self, l: int, delta: np.ndarray, h_in: np.ndarray) -> None:
+        net, spec, P, n, one = self.net, self.spec, self.P, self.n, self.one
+        if l < self.n_layers - 1:
+            outer_update_(net.w, net.offs[l], spec.channels[l], h_in.shape[1], delta, h_in, one[0], one[0],
+                          2.0 ** -(2 * self.a_frac) / n, no_row_shift(spec.channels[l]), P,
+                          self.counters[UPDATE, l], self.rng, self.g_out)
+            return None
+        c_last, h_last, w_last = spec.channels[l - 1], *self.passes.shapes[l - 1][1:]
+        pool2_(self.hc, c_last, h_last, w_last, P, h_in, self.counters[RECOMPUTE, l], self.rng)  # the dense input
+        outer_update_(net.w, net.offs[l], spec.n_classes, spec.dense_in, delta, h_in, one[0], one[0],
+                      2.0 ** -(self.a_frac + self.e_frac) / n, no_row_shift(spec.n_classes), P,
+                      self.counters[UPDATE, l], self.rng, self.g_out)
+        return None
 
 
 def _saturate_all(delta: np.ndarray, P: Params, row) -> None:

@@ -62,10 +62,12 @@ def foton_updates(passes: Passes, x, target, config: FOTONConfig, f) -> tuple[li
     spiking nets (engine.spiking_torch) and BCOP conv nets (rules.foton_conv) run it."""
     clean = passes.clean(x)
     e = passes.error(clean, target)
-    second = passes.from_input(x, -passes.project(e, f))
-    last = passes.n_layers - 1
-    grads = [passes.correlate(l, passes.delta(l, clean, second, local=False), clean.h[l]) for l in range(last)]
-    grads.append(passes.correlate(last, e, clean.h[-1]))
+    second = passes.from_input(x, e, f, -1.0)  # x - e F
+    grads = []
+    for l in range(passes.n_layers - 1):
+        delta = passes.delta(l, clean, second, local=False)  # h_l - h^err_l
+        grads.append(passes.correlate(l, delta, clean.h[l]))
+    grads.append(passes.correlate(passes.n_layers - 1, e, clean.h[-1]))
     return grads, e
 
 

@@ -58,7 +58,7 @@ def count_conv_pass(meter, phase: int, spec: ConvSpec, weights, inputs, outs) ->
 class ConvTorchPasses:
     """rules.passes.Passes for a BCOP conv net (``spec``, its kernels and dense W as ``weights``) on the torch
     backend: the clean pass's presynaptic activities are the layers' pooled inputs u_0 .. u_{L-1}; a second pass
-    from x + shift runs each conv layer (pool, circular conv, activation) beside the clean one in lockstep, as the
+    from x + sign e F runs each conv layer (pool, circular conv, activation) beside the clean one in lockstep, as the
     device does; delta_l = h_l - h'_l (feature maps); a conv layer's g_K = adjoint-conv(u_{l-1}, delta_l) / B
     (torch.nn.grad.conv2d_weight on the circularly padded input), the dense layer's g_L = e^T u_{L-1} / B.
     ``meter`` (accounting.conv_float_counts.ConvFloatMeter, or None) counts the step as the device runs it. FOTON
@@ -84,18 +84,14 @@ class ConvTorchPasses:
             self.meter.error(FORWARD, self.batch)
         return e
 
-    def project(self, v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        out = v @ m
-        if self.meter is not None:
-            self.meter.project(MODULATED, v, m)
-        return out
-
     def charge_projection(self, v: torch.Tensor, m: torch.Tensor) -> None:
         if self.meter is not None:
             self.meter.project(MODULATED, v, m)
 
-    def from_input(self, x: torch.Tensor, shift: torch.Tensor) -> Pass:
-        h = (x + shift).reshape((x.shape[0],) + self.spec.layer_shapes()[0])
+    def from_input(self, x: torch.Tensor, e: torch.Tensor, f: torch.Tensor, sign: float) -> Pass:
+        h = (x + sign * (e @ f)).reshape((x.shape[0],) + self.spec.layer_shapes()[0])
+        if self.meter is not None:
+            self.meter.project(MODULATED, e, f)
         clean_in, clean_out = self._clean
         hs, outs = [], []
         for l, kernel in enumerate(self.weights[:-1]):

@@ -143,7 +143,9 @@ def ftp_updates(passes: Passes, x, target, config: FTPConfig, g_fb) -> tuple[lis
         for v in _projected(config, target, e, clean.y):
             passes.charge_projection(v, g_fb.T)
         second = passes.from_first(clean, signal, pre=config.target != "difference")
-        grads = [passes.correlate(l, passes.delta(l, clean, second, local=True), clean.h[l]) for l in range(last)]
+        for l in range(last):
+            delta = passes.delta(l, clean, second, local=True)  # the local loss's gradient at a_{l+1}
+            grads.append(passes.correlate(l, delta, clean.h[l]))
     out = passes.local_output_error(clean, second) if config.output_loss == "local" else e
     grads.append(passes.correlate(last, out, clean.h[-1]))
     return grads, out

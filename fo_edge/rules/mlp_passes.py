@@ -45,11 +45,6 @@ class MLPPasses:
         self.meter.error(FORWARD, self.batch)
         return e
 
-    def project(self, v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        out = v @ m
-        self.meter.project(MODULATED, v, m)
-        return out
-
     def charge_projection(self, v: torch.Tensor, m: torch.Tensor) -> None:
         self.meter.project(MODULATED, v, m)
 
@@ -61,8 +56,9 @@ class MLPPasses:
             out.append(h)
         return out
 
-    def from_input(self, x: torch.Tensor, shift: torch.Tensor) -> Pass:
-        h0 = x + shift
+    def from_input(self, x: torch.Tensor, e: torch.Tensor, f: torch.Tensor, sign: float) -> Pass:
+        h0 = x + sign * (e @ f)
+        self.meter.project(MODULATED, e, f)
         return Pass(None, [h0, *self._hidden(h0, 0)])
 
     def from_first(self, clean: Pass, signal: torch.Tensor, pre: bool) -> Pass:

@@ -6,9 +6,11 @@ BCOP conv nets (rules.foton_conv.ConvTorchPasses) implement it. With layers l = 
 
     clean(x)                          the clean pass: Pass(y (B, d_L), h = [h_0 = x's activity, h_1 .. h_{L-1}])
     error(clean, t)                   e (B, d_L): softmax(y / T) - t (CE) or y - t (MSE)
-    project(v, m)                     v @ m, counted where the family counts feedback products
-    from_input(x, shift)              a second pass from the modulated input x + shift (PEPITA, FOTON);
-                                      its h_0 is that input as the family presents it
+    charge_projection(v, m)           count the product v @ m where the family counts feedback products (FTP's
+                                      G^T products, which rules.ftp.ftp_signal forms)
+    from_input(x, e, f, sign)         a second pass from the modulated input x + sign e F (PEPITA: +1, FOTON:
+                                      -1), formed and counted as the family forms inputs; its h_0 is that input
+                                      as the family presents it
     from_first(clean, signal, pre)    a second pass whose first hidden layer is moved by ``signal`` (FTP's
                                       target pass): added to h_1, or to a_1 before the activation when ``pre``
     delta(l, clean, second, local)    hidden layer l's error (B, d_{l+1} or its feature maps): h_{l+1} minus the
@@ -17,7 +19,11 @@ BCOP conv nets (rules.foton_conv.ConvTorchPasses) implement it. With layers l = 
     output_error(second, t)           the second pass's own output error (PEPITA's output_error="modulated")
     local_output_error(clean, second) y - tau_L, the output's local loss gradient (FTP's output_loss="local")
     correlate(l, delta, h_in)         g_l, shaped like layer l's weights: the family's batch-averaged
-                                      correlation of ``delta`` with the presynaptic ``h_in``
+                                      correlation of ``delta`` with the presynaptic ``h_in`` (a device family
+                                      may apply it to its weights at once and return None)
+
+The rules ask for delta(l) and then correlate(l) layer by layer, in order, so a streaming family may run layer l
+of the clean and the second pass side by side inside delta(l) and read h_in only then.
 
 Every returned g_l has a gradient's sign (W_l <- W_l - lr g_l). A family keeps whatever else it needs (masks,
 meters, timesteps, the spiking hidden error) behind these calls, so the rules need not know the family.
@@ -50,9 +56,9 @@ class Passes(Protocol):
 
     def error(self, clean: Pass, t): ...
 
-    def project(self, v, m): ...
+    def charge_projection(self, v, m) -> None: ...
 
-    def from_input(self, x, shift) -> Pass: ...
+    def from_input(self, x, e, f, sign: float) -> Pass: ...
 
     def from_first(self, clean: Pass, signal, pre: bool) -> Pass: ...
 

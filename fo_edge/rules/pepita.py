@@ -57,11 +57,13 @@ def pepita_updates(passes: Passes, x, target, config: PEPITAConfig, f) -> tuple[
     and spiking nets (engine.spiking_torch) run it."""
     clean = passes.clean(x)
     e = passes.error(clean, target)
-    second = passes.from_input(x, passes.project(e, f))
-    last = passes.n_layers - 1
-    grads = [passes.correlate(l, passes.delta(l, clean, second, local=False), second.h[l]) for l in range(last)]
+    second = passes.from_input(x, e, f, 1.0)  # x + e F
+    grads = []
+    for l in range(passes.n_layers - 1):
+        delta = passes.delta(l, clean, second, local=False)  # h_l - h^mod_l
+        grads.append(passes.correlate(l, delta, second.h[l]))
     out = passes.output_error(second, target) if config.output_error == "modulated" else e
-    grads.append(passes.correlate(last, out, second.h[-1]))
+    grads.append(passes.correlate(passes.n_layers - 1, out, second.h[-1]))
     return grads, out
 
 

@@ -236,17 +236,15 @@ class DevicePasses:
     def error(self, clean: Pass, t: np.ndarray) -> np.ndarray:
         return self._quantised(_error(clean.y, t, self.error_kind, getattr(self.config, "temperature", 1.0)))
 
-    def project(self, v: np.ndarray, m: np.ndarray) -> np.ndarray:
-        return v @ m
-
     def charge_projection(self, v, m) -> None:
         """The device's feedback products are not counted (as before the rules were shared)."""
 
     def _second(self, x, y_m, third) -> Pass:
         return Pass(y_m, self._h(self.bufs.counts_m, self.bufs.in_counts_m), {"y_n": third})
 
-    def from_input(self, x: np.ndarray, shift: np.ndarray) -> Pass:
+    def from_input(self, x: np.ndarray, e: np.ndarray, f: np.ndarray, sign: float) -> Pass:
         net, bufs, profile, C = self.net, self.bufs, self.profile, self.C
+        shift = sign * (e @ f)
         y_m = spiking_forward(net, bufs, profile, np.clip(x + shift, 0.0, 1.0), C, MODULATED, second=True)
         y_n = spiking_forward(net, bufs, profile, np.clip(x - shift, 0.0, 1.0), C, MODULATED, third=True) \
             if bufs.central else None

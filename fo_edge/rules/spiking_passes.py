@@ -3,7 +3,7 @@
 A pass is one presentation of T timesteps (``run(phase, x, inject=None)``: models.spiking.SpikingMLP.forward,
 metered or not, returning (logits y, hidden spike counts c_l, input spike counts, input integrals A_l)); a
 layer's activity is its spike count. The second pass of PEPITA and FOTON presents the input rates
-clip(x + shift, 0, 1); FTP's injects its signal as a constant extra input current into layer 1 every timestep
+clip(x + sign e F, 0, 1); FTP's injects its signal as a constant extra input current into layer 1 every timestep
 (the spiking adaptation of its first-layer target, rules.ftp). With the hidden error "central" every second pass
 has a twin with the opposite modulation. The hidden error (rules.spiking_binding.HIDDEN_ERRORS) is the family's,
 whatever the rule (there is no derivative to take: ``local`` changes nothing):
@@ -53,18 +53,15 @@ class SpikingPasses:
     def error(self, clean: Pass, t: torch.Tensor) -> torch.Tensor:
         return output_error_torch(clean.y, t, self.error_kind, self.temperature)
 
-    def project(self, v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        return v @ m
-
     def charge_projection(self, v: torch.Tensor, m: torch.Tensor) -> None:
         """The float spiking meter counts presentations, updates and Björck only."""
 
     def _second(self, y, counts, in_counts, acc, twin) -> Pass:
         return Pass(y, [in_counts, *counts], {"counts": counts, "acc": acc, "twin": twin})
 
-    def from_input(self, x: torch.Tensor, shift: torch.Tensor) -> Pass:
-        y_m, counts_m, in_m, acc_m = self.run(MODULATED, torch.clamp(x + shift, 0.0, 1.0))
-        twin = self.run(MODULATED, torch.clamp(x - shift, 0.0, 1.0)) if self.central else None
+    def from_input(self, x: torch.Tensor, e: torch.Tensor, f: torch.Tensor, sign: float) -> Pass:
+        y_m, counts_m, in_m, acc_m = self.run(MODULATED, torch.clamp(x + sign * (e @ f), 0.0, 1.0))
+        twin = self.run(MODULATED, torch.clamp(x - sign * (e @ f), 0.0, 1.0)) if self.central else None
         return self._second(y_m, counts_m, in_m, acc_m, twin)
 
     def from_first(self, clean: Pass, signal: torch.Tensor, pre: bool) -> Pass:
