@@ -1,4 +1,5 @@
-"""Training orthogonal conv nets (models.conv): FOTON or BP, on the PyTorch path or the Numba device path.
+"""Training orthogonal conv nets (models.conv): FOTON or BP, on the PyTorch path or the Numba device path (the
+step, :class:`ConvStepper`; engine.loop.run_epochs runs the epochs).
 
 Per batch: the rule gives per-layer weight updates g_l (kernels for conv layers, the dense W last); the chain
 rule through the BCOP construction maps them to the parameters (models.conv.param_grads), the SGD step

@@ -20,7 +20,7 @@ A model has three stages: ``stem`` (embedding), ``blocks`` (MANO blocks) and ``h
       far on residual attention blocks (docs/MANO.md).
   Both rules use Adam.
 
-:func:`train_mano` follows the other engines' conventions for the run lifecycle (fo_edge.lifecycle): an optional
+:func:`train_mano` runs :class:`MANOStepper` under engine.loop.run_epochs, the loop every engine shares: an optional
 ``meter`` (accounting.mano_counts) told the phase of every pass, ``on_batch`` progress, engine.health checks of
 the parameters after every step (a run that diverges raises TrainingStopped), a checkpoint every
 ``checkpoint_every`` steps (``w`` every parameter flat, float32; ``proj`` Adam's state flat: step counts, then
@@ -45,8 +45,8 @@ from .health import HealthConfig
 from .loop import run_epochs
 from .plan import BatchPlan
 
-__all__ = ["MANOTrainConfig", "MANOStepper", "train_mano", "MANO_RULES", "BLOCK_LOSSES", "ftp_step", "bp_step", "feedback",
-           "stage_updates", "train_options"]
+__all__ = ["MANOTrainConfig", "MANOStepper", "train_mano", "MANO_RULES", "BLOCK_LOSSES", "ftp_step", "bp_step",
+           "feedback", "stage_updates", "train_options"]
 
 MANO_RULES = ("bp", "ftp")
 #: the forward-only rule's block losses (module docstring); the first is the default

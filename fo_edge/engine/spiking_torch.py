@@ -1,5 +1,6 @@
 """The float reference of spiking training (snnTorch, CPU or CUDA): the same rules and schedule as the
-device path (rules.spiking_binding), with float weights and exact (unrounded) updates.
+device path (rules.spiking_binding), with float weights and exact (unrounded) updates; the step
+(:class:`SpikingTorchStepper`) under engine.loop.run_epochs.
 
 Per batch: clean run -> counts c_l, logits y, e; second run (FTP: inject -e G^T into layer 1; PEPITA / FOTON:
 input rates clip(x +- e F, 0, 1)); g_l = delta_l^T h_{l-1} / (T^2 B), g_L = e^T c_{L-1} / (T B); W -= lr g, with

@@ -1,12 +1,12 @@
-"""The float reference training loop (PyTorch, CPU or CUDA).
+"""The float reference training step (PyTorch, CPU or CUDA), driven by engine.loop.run_epochs.
 
 Per batch: ``g = rule.update_torch(W, x, t)``, then SGD as PyTorch defines it: with weight decay wd and
 momentum mu, ``d_l = g_l + wd W_l``, ``v_l <- mu v_l + d_l`` (v_l = d_l on the first step), ``W_l <- W_l - lr v_l``
 (mu = wd = 0: ``W_l <- W_l - lr g_l``). FOTON additionally re-orthogonalises every ``ortho_every`` steps and
 refreshes its projection F every ``refresh_every`` steps. Dropout (probability p) draws one inverted-dropout
 mask per hidden layer and batch from a generator seeded by (seed, step) and shares it between the rule's
-passes. The batches, their order and the per-step lr come from :class:`fo_edge.engine.plan.BatchPlan`.
-Checkpoints, resume and the weight health checks follow the stream engine's conventions. A ``meter``
+passes. The batches, their order and the per-step lr come from :class:`fo_edge.engine.plan.BatchPlan`;
+checkpoints, resume and the weight health checks are the one loop's (engine.loop). A ``meter``
 (accounting.float_counts.FloatMeter) counts the run in the device kernels' schema: the rule's passes, each
 update's writes, Björck, F's refresh and every evaluation; its counts travel in the checkpoints.
 """

@@ -25,7 +25,8 @@ from .base import output_error_torch
 from .foton import FOTONConfig, foton_updates
 from .passes import Pass
 
-__all__ = ["ConvTorchPasses", "conv_projection_torch", "foton_conv_update_torch", "bp_conv_update_torch", "adjoint_chain"]
+__all__ = ["ConvTorchPasses", "conv_projection_torch", "foton_conv_update_torch", "bp_conv_update_torch",
+           "adjoint_chain"]
 
 
 def adjoint_chain(spec: ConvSpec, weights: list[torch.Tensor], e: torch.Tensor) -> torch.Tensor:
