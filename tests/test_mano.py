@@ -1,5 +1,6 @@
 """MANO: multipole attention against full attention in the degenerate case, its bounded-keys structure, the
-Darcy generator against its discrete equation, FTP's block-local training, and device inference."""
+Darcy generator against its discrete equation, FTP's block-local training, and device inference (bit-exact
+against an integer reference)."""
 import numpy as np
 import pytest
 import torch
@@ -164,3 +165,41 @@ def test_device_linears_run_mano_on_int_kernels():
     assert dev.counters.sum() > 0
     with pytest.raises(ConfigError):
         DeviceLinears(model, load_device("memristor-rram"))
+
+
+def _integer_linear(x: np.ndarray, net, profile) -> np.ndarray:
+    """An independent integer reference of one linear map on the device: the input rounded to the activation
+    format (nearest-even, saturating), the device's weight mantissas, exact sums in float64, each output row
+    divided by its scale (w_one, times 2**row_shift per channel) with nearest-even rounding and saturated, then
+    read back as reals."""
+    a = profile.activation
+    one = float(2 ** a.frac_bits)
+    x_q = np.clip(np.rint(x * one), a.qmin, a.qmax)
+    scale = net.real_scale(0)[:, 0]
+    mant = np.asarray(net.w, dtype=np.float64).reshape(int(net.dims[1]), int(net.dims[0]))
+    acc = x_q @ mant.T
+    return np.clip(np.rint(acc / scale), a.qmin, a.qmax) / one
+
+
+@pytest.mark.parametrize("profile_name", ["mcu-int8", "fpga-fixed16"])
+@pytest.mark.parametrize("batch", [1, 20])
+def test_device_linears_are_bit_exact_against_an_integer_reference(profile_name, batch):
+    """Every linear map of a MANO model on the device (embedding, q/k/v and output projections, the V-cycle's
+    strided and transposed maps, the MLPs, the head) gives exactly the integer reference's outputs, on the small-
+    batch paths and on the int8 GEMM (batch 20 puts every map's rows above kernels.int8_gemm.INT8_BATCH)."""
+    torch.manual_seed(5)
+    profile = load_device(profile_name)
+    model = MANOClassifier((1, 8, 8), 10, dim=8, depth=1, heads=2, patch=2, window=2).eval()
+    x = torch.rand(batch, 64)
+    seen = []
+    with torch.no_grad(), DeviceLinears(model, profile) as dev:
+        hooks = [m.register_forward_hook(lambda mod, args, out, i=i: seen.append((i, args[0], out)))
+                 for i, m in enumerate(dev.linears)]
+        model(x)
+        for hook in hooks:
+            hook.remove()
+    assert {i for i, _, _ in seen} == set(range(len(dev.linears)))
+    for i, given, out in seen:
+        flat = given.double().reshape(-1, given.shape[-1]).numpy()
+        want = _integer_linear(flat, dev.nets[i], profile)
+        np.testing.assert_array_equal(out.double().reshape(len(flat), -1).numpy(), want.astype(np.float32))
