@@ -291,3 +291,31 @@ def test_foton_records_the_bjorck_iterations_it_used(tmp_path):
                               rule_options={"bjorck_tol": 1e-5}, checkpoint_every=0, out=str(tmp_path / "r"))
     assert 0 < result.history[0]["bjorck_iters_mean"] < 20
     assert FOTONConfig(bjorck_tol=1e-5).bjorck_tol == 1e-5
+
+
+def test_the_darcy_recipe_runs_mano_with_its_schedule_and_reproduce_paper_leaves_it_out(tmp_path):
+    """bp-darcy32-mano is a MANO operator run (relative L2, Adam's lr stepped at its milestones), so
+    `fo-edge simulate --recipe` runs it, and tools/reproduce_paper.py, which compares accuracies, leaves it out of
+    its default list and refuses it by name in one line."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import fo_edge
+
+    recipe = load_recipe("bp-darcy32-mano")
+    assert (recipe.run["dataset"], recipe.run["model"], tuple(recipe.run["lr_milestones"])) == ("darcy32", "mano",
+                                                                                               (40, 70, 90))
+    settings = recipe_settings("bp-darcy32-mano", epochs=1, limit=24, lr_milestones=(), out=str(tmp_path / "d"))
+    result = fo_edge.simulate(fo_edge.SimulateConfig(**settings))
+    assert result.record["config"]["task"] == "field" and result.record["final"]["relative_l2"] > 0
+    tool = Path(__file__).resolve().parents[1] / "tools" / "reproduce_paper.py"
+    proc = subprocess.run([sys.executable, str(tool), "--recipes", "bp-darcy32-mano"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "relative L2" in proc.stderr
+    sys.path.insert(0, str(tool.parent))
+    try:
+        from reproduce_paper import accuracy_recipes
+    finally:
+        sys.path.remove(str(tool.parent))
+    assert "bp-darcy32-mano" not in accuracy_recipes() and "foton-mnist-mlp" in accuracy_recipes()
