@@ -53,8 +53,8 @@ def pepita_feedback(dims: tuple[int, ...], config: PEPITAConfig):
 def pepita_updates(passes: Passes, x, target, config: PEPITAConfig, f) -> tuple[list, object]:
     """PEPITA's per-layer updates for one batch over a model family's passes (rules.passes; the module
     docstring's steps 1 to 4): returns (g_l for every layer, the output error g_L correlates). F: (d_L, d_0).
-    Nothing is changed. The one definition of PEPITA on the torch backend: MLPs (:func:`pepita_update_torch`)
-    and spiking nets (engine.spiking_torch) run it."""
+    Nothing is changed. The one definition of PEPITA: MLPs on torch (:func:`pepita_update_torch`),
+    spiking nets on torch (engine.spiking_torch) and the spiking device on Numba (rules.spiking_binding) run it."""
     clean = passes.clean(x)
     e = passes.error(clean, target)
     second = passes.from_input(x, e, f, 1.0)  # x + e F
