@@ -19,7 +19,6 @@ the Numba path, the counters (saturation storms, stalls) after every step.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -191,18 +190,18 @@ class ConvStepper:
         self.inferred += len(data.x_test)
         return {"test_accuracy": accuracy}
 
-    def state(self, step: int) -> dict:
-        state = _state(self.params, self.proj, self.device, (0, 0, step, self.trained, self.inferred), [])
+    def state(self) -> dict:
+        state = _state(self.params, self.proj, self.device)
         if self.meter is not None:
             state["counters"] = self.meter.counts().reshape(-1)
-        return {k: v for k, v in state.items() if k not in ("position", "history")}
+        return state
 
     def tallies(self) -> tuple[int, int]:
         return self.trained, self.inferred
 
     def restore(self, resume: dict) -> None:
-        self.params, self.proj, position, _ = _restore(resume, self.params, self.device)
-        self.trained, self.inferred = position[3:5]
+        self.params, self.proj = _restore(resume, self.params, self.device)
+        self.trained, self.inferred = (int(v) for v in resume["position"][3:5])
         if self.meter is not None and resume["counters"].size:
             self.meter.restore(resume["counters"].reshape(self.meter.shape.shape), self.trained, self.inferred)
 
@@ -219,10 +218,9 @@ def _flat(params: list[dict]) -> np.ndarray:
                            for k in sorted(params[l])]).astype(np.float64)
 
 
-def _state(params: list[dict], proj, device: "_NumbaConv | None", position: tuple, history: list) -> dict:
-    """A checkpoint (module docstring)."""
-    state = {"w": _flat(params), "position": np.array(position, dtype=np.int64),
-             "history": np.array(json.dumps(history)), "rng": np.zeros(0, dtype=np.uint64),
+def _state(params: list[dict], proj, device: "_NumbaConv | None") -> dict:
+    """A checkpoint's engine arrays (module docstring; engine.loop adds ``position`` and ``history``)."""
+    state = {"w": _flat(params), "rng": np.zeros(0, dtype=np.uint64),
              "counters": np.zeros(0, dtype=np.int64),
              "proj": np.zeros(0, dtype=np.float32) if proj is None else proj.detach().numpy().copy()}
     if device is not None:
@@ -233,7 +231,7 @@ def _state(params: list[dict], proj, device: "_NumbaConv | None", position: tupl
 
 
 def _restore(state: dict, template: list[dict], device: "_NumbaConv | None"):
-    """Parameters (shaped as ``template``), F, position and history from a ``_state``; the device's store, RNG
+    """Parameters (shaped as ``template``) and F from a ``_state``; the device's store, RNG
     and counters restored in place. Sizes are checked: a checkpoint of another model raises RunError."""
     flat = state["w"]
     if flat.dtype != np.float64 or flat.shape != _flat(template).shape:
@@ -269,8 +267,7 @@ def _restore(state: dict, template: list[dict], device: "_NumbaConv | None"):
         device.counters[:] = state["counters"]
     elif state["proj"].size:
         proj = torch.as_tensor(state["proj"])
-    position = tuple(int(v) for v in state["position"])
-    return params, proj, position, json.loads(str(state["history"]))
+    return params, proj
 
 
 def _torch_updates(spec, kernels, x, t, config: ConvTrainConfig, proj, refresh: bool, meter=None):

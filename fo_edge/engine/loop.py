@@ -9,7 +9,7 @@
         on_epoch(record); on_checkpoint(state at (e + 1, 0))
     return stepper.outcome(history, warnings)
 
-A checkpoint is ``stepper.state(s)`` (the engine's arrays: ``w``, ``rng``, ``counters``, ``proj`` and whatever
+A checkpoint is ``stepper.state()`` (the engine's arrays: ``w``, ``rng``, ``counters``, ``proj`` and whatever
 else it needs to resume) plus ``position`` (epoch, next batch start, step, then ``stepper.tallies()``: samples
 trained, samples evaluated) and ``history`` (JSON). ``resume=`` such a state continues at its batch:
 ``stepper.restore(state)`` puts the engine's arrays back, the loop its position and history. A health stop
@@ -55,8 +55,8 @@ class Stepper(Protocol):
     def evaluate(self, epoch: int) -> dict:
         """The epoch's test metrics (and any per-epoch figures, e.g. its lr), in the order run.json shows them."""
 
-    def state(self, step: int) -> dict[str, np.ndarray]:
-        """The engine's checkpoint arrays after ``step`` steps (``w`` at least)."""
+    def state(self) -> dict[str, np.ndarray]:
+        """The engine's checkpoint arrays as they stand after the last step (``w`` at least)."""
 
     def tallies(self) -> tuple[int, int]:
         """(samples trained, samples evaluated) so far, as a checkpoint's position records them."""
@@ -87,7 +87,7 @@ def run_epochs(stepper: Stepper, *, epochs: int, batch_size: int, seed: int, pla
     monitor = HealthMonitor(health, stepper.n_monitored) if health is not None else None
 
     def state(epoch: int, begin: int) -> dict:
-        return {**stepper.state(step), "position": np.array([epoch, begin, step, *stepper.tallies()], dtype=np.int64),
+        return {**stepper.state(), "position": np.array([epoch, begin, step, *stepper.tallies()], dtype=np.int64),
                 "history": np.array(json.dumps(history))}
 
     for epoch in range(first_epoch, epochs):

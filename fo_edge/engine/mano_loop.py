@@ -325,7 +325,7 @@ class MANOStepper:
         value = self.evaluate_model(self.model)  # charges its own passes to the meter's inference phase, if any
         return {"train_loss": float(np.mean(self.losses)) if self.losses else None, self.metric: value}
 
-    def state(self, step: int) -> dict:
+    def state(self) -> dict:
         params = list(self.model.parameters())
         meter = self.meter
         return {"w": _flat(params), "proj": _adam_state(self.optimizer, params), "rng": np.zeros(1, np.uint64),

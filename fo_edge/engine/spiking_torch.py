@@ -142,16 +142,16 @@ class SpikingTorchStepper:
                 meter.inferred += len(xb)
         return {"test_accuracy": correct / max(len(data.x_test), 1)}
 
-    def state(self, step: int) -> dict:
-        foton = dataclasses.replace(self.config, projection=self.proj) if self.is_foton and step > 0 else self.config
-        state = checkpoint_state(self.ws, foton, self.is_foton, [None] * len(self.ws), 0, 0, step, [], self.meter)
-        return {k: v for k, v in state.items() if k not in ("position", "history")}
+    def state(self) -> dict:
+        foton = dataclasses.replace(self.config, projection=self.proj) \
+            if self.is_foton and self.proj is not None else self.config  # F exists once a step has refreshed it
+        return checkpoint_state(self.ws, foton, self.is_foton, [None] * len(self.ws), self.meter)
 
     def tallies(self) -> tuple[int, int]:
         return (self.meter.trained, self.meter.inferred) if self.meter is not None else (0, 0)
 
     def restore(self, resume: dict) -> None:
-        ws, self.config, _, _ = restore_checkpoint(resume, self.ws, self.config, self.is_foton, self.dev)
+        ws, self.config = restore_checkpoint(resume, self.ws, self.config, self.is_foton, self.dev)
         for w, saved in zip(self.ws, ws):  # in place: the SpikingMLP holds these tensors
             w.copy_(saved)
         if self.is_foton and self.config.projection is not None:

@@ -178,7 +178,7 @@ class StreamStepper:
             record["bjorck_iters_mean"] = float(np.mean(self.iters_used))
         return record
 
-    def state(self, step: int) -> dict:
+    def state(self) -> dict:
         net, bufs = self.net, self.bufs
         saved = {"w": net.w.copy(), "rng": self.rng.copy(), "counters": self.counters.copy(),
                  "proj": bufs.proj.copy()}

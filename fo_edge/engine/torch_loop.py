@@ -13,7 +13,6 @@ update's writes, Björck, F's refresh and every evaluation; its counts travel in
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Callable
 
 import numpy as np
@@ -160,15 +159,14 @@ class TorchStepper:
             record["bjorck_iters_mean"] = float(np.mean(self.iters_used))
         return record
 
-    def state(self, step: int) -> dict:
-        state = checkpoint_state(self.ws, self.config, self.is_foton, self.velocity, 0, 0, step, [], self.meter)
-        return {k: v for k, v in state.items() if k not in ("position", "history")}
+    def state(self) -> dict:
+        return checkpoint_state(self.ws, self.config, self.is_foton, self.velocity, self.meter)
 
     def tallies(self) -> tuple[int, int]:
         return (self.meter.trained, self.meter.inferred) if self.meter is not None else (0, 0)
 
     def restore(self, resume: dict) -> None:
-        self.ws, self.config, _, _ = restore_checkpoint(resume, self.ws, self.config, self.is_foton, self.dev)
+        self.ws, self.config = restore_checkpoint(resume, self.ws, self.config, self.is_foton, self.dev)
         self.velocity = _restore_velocity(resume, self.ws, self.velocity)
         if self.meter is not None and resume["counters"].size:
             self.meter.restore(resume["counters"].reshape(self.meter.shape.shape),
@@ -178,22 +176,18 @@ class TorchStepper:
         return [w.cpu().numpy() for w in self.ws], history
 
 
-def checkpoint_state(ws: list, config, is_foton: bool, velocity: list, epoch: int, begin: int, step: int,
-                     history: list, meter: FloatMeter | None = None) -> dict:
-    """A float run's checkpoint in the stream engine's state keys: ``w`` the weights flat (float32), ``proj``
-    FOTON's F (else empty), ``velocity`` the momentum buffers flat (empty before the first step or without
-    momentum), ``counters`` the meter's counts flat (empty without one), ``position`` (epoch, next batch start,
-    step, samples trained, samples evaluated), ``history``; ``rng`` empty."""
+def checkpoint_state(ws: list, config, is_foton: bool, velocity: list, meter: FloatMeter | None = None) -> dict:
+    """A float run's engine arrays in the stream engine's state keys (engine.loop adds ``position`` and
+    ``history``): ``w`` the weights flat (float32), ``proj`` FOTON's F (else empty), ``velocity`` the momentum
+    buffers flat (empty before the first step or without momentum), ``counters`` the meter's counts flat (empty
+    without one); ``rng`` empty."""
     proj = config.projection if is_foton and config.projection is not None else torch.zeros(0)
     moving = [v for v in velocity if v is not None]
     return {"w": torch.cat([w.reshape(-1) for w in ws]).cpu().numpy(), "rng": np.zeros(0, dtype=np.uint64),
             "counters": meter.counts().reshape(-1) if meter is not None else np.zeros(0, dtype=np.int64),
             "proj": proj.cpu().numpy().astype(np.float32),
             "velocity": torch.cat([v.reshape(-1) for v in moving]).cpu().numpy() if moving
-            else np.zeros(0, dtype=np.float32),
-            "position": np.array([epoch, begin, step, meter.trained if meter else 0, meter.inferred if meter else 0],
-                                 dtype=np.int64),
-            "history": np.array(json.dumps(history))}
+            else np.zeros(0, dtype=np.float32)}
 
 
 def _orthogonalize(ws: list, config: FOTONConfig, iters_used: list[int], meter: FloatMeter | None) -> list:
@@ -209,8 +203,7 @@ def _orthogonalize(ws: list, config: FOTONConfig, iters_used: list[int], meter: 
 
 
 def restore_checkpoint(resume: dict, ws: list, config, is_foton: bool, dev):
-    """Weights, FOTON's F and the loop position from a ``checkpoint_state`` (sizes checked): returns
-    (weights, config with F, (epoch, next batch start, step), history)."""
+    """Weights and FOTON's F from a ``checkpoint_state`` (sizes checked): returns (weights, config with F)."""
     flat = resume["w"]
     if flat.dtype != np.float32 or flat.shape != (sum(w.numel() for w in ws),):
         raise RunError(f"checkpoint does not match this run: w is {flat.dtype} {flat.shape}")
@@ -220,8 +213,7 @@ def restore_checkpoint(resume: dict, ws: list, config, is_foton: bool, dev):
         offset += w.numel()
     if is_foton and resume["proj"].size:
         config = dataclasses.replace(config, projection=torch.as_tensor(resume["proj"], device=dev))
-    epoch, begin, step = (int(v) for v in resume["position"][:3])
-    return restored, config, (epoch, begin, step), json.loads(str(resume["history"]))
+    return restored, config
 
 
 def _restore_velocity(resume: dict, ws: list, velocity: list) -> list:
