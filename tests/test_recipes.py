@@ -304,7 +304,8 @@ def test_the_darcy_recipe_runs_mano_with_its_schedule_and_reproduce_paper_leaves
     import fo_edge
 
     recipe = load_recipe("bp-darcy32-mano")
-    assert (recipe.run["dataset"], recipe.run["model"], tuple(recipe.run["lr_milestones"])) == ("darcy32", "mano",
+    assert (recipe.run["dataset"], recipe.run["model"], tuple(recipe.run["lr_milestones"])) == ("darcy32",
+                                                                                               "mano:dim=64",
                                                                                                (40, 70, 90))
     settings = recipe_settings("bp-darcy32-mano", epochs=1, limit=24, lr_milestones=(), out=str(tmp_path / "d"))
     result = fo_edge.simulate(fo_edge.SimulateConfig(**settings))
