@@ -1,7 +1,8 @@
 """Each forward-only rule is defined once (rules.FORWARD_ONLY_UPDATES, over a family's passes, rules.passes):
 its structure checked with a recording family; the spiking family's steps against the formulas of
-rules.spiking_passes written out plainly; MLPs, spiking nets and conv nets on torch, and the spiking and conv
-devices on Numba (rules.spiking_binding.DevicePasses, rules.conv_binding.ConvDevicePasses), all reaching it."""
+rules.spiking_passes written out plainly; MLPs, spiking nets and conv nets on torch, and the MLP, spiking and
+conv devices on Numba (rules.mlp_device_passes.MLPDevicePasses, rules.spiking_binding.DevicePasses,
+rules.conv_binding.ConvDevicePasses), all reaching it; the MLP device's fused kernel equal to its definitions."""
 import ast
 from pathlib import Path
 
@@ -155,7 +156,7 @@ def test_the_spiking_family_gives_its_formulas(rule, hidden_error, local, batch,
     ("rules/ftp.py", {"ftp_updates"}), ("rules/pepita.py", {"pepita_updates"}),
     ("rules/foton.py", {"foton_updates"}), ("rules/foton_conv.py", {"foton_updates"}),
     ("engine/spiking_torch.py", {"FORWARD_ONLY_UPDATES"}), ("rules/spiking_binding.py", {"FORWARD_ONLY_UPDATES"}),
-    ("rules/conv_binding.py", {"foton_updates"})])
+    ("rules/conv_binding.py", {"foton_updates"}), ("rules/numba_binding.py", {"FORWARD_ONLY_UPDATES"})])
 def test_every_family_reaches_the_one_definition(path, names):
     """The MLP rules, the conv nets' FOTON and the spiking nets' rules go through the definitions; no family
     builds a second pass itself (x + e F, x - e F or FTP's signal)."""
@@ -163,7 +164,84 @@ def test_every_family_reaches_the_one_definition(path, names):
     used = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
     assert names <= used
     families = ["rules/mlp_passes.py", "rules/spiking_passes.py", "rules/foton_conv.py", "engine/spiking_torch.py",
-                "rules/spiking_binding.py", "rules/conv_binding.py"]
+                "rules/spiking_binding.py", "rules/conv_binding.py", "rules/mlp_device_passes.py"]
     for family in families:
         source = (ROOT / family).read_text()
         assert "ftp_signal(" not in source and "e @ proj" not in source, family
+
+
+def _device_run(fused, rule, config, profile_id, dims, batch, schedule, keep, fwd_stochastic, dropout, momentum,
+                collect, seed):
+    """Two steps of ``rule`` on an MLP on the device, fused or from the definition: everything they leave."""
+    import numpy as np
+
+    from fo_edge.accounting.memory import MemoryArena
+    from fo_edge.device import load_device
+    from fo_edge.kernels.counters import new_counters
+    from fo_edge.kernels.fixed import ROUND_STOCHASTIC
+    from fo_edge.kernels.rng import new_state
+    from fo_edge.models import init_weights
+    from fo_edge.rules.numba_binding import (allocate_buffers, dropout_drop, fill_fixed_projection, ftp_kernel_options,
+                                             kept_pass1, make_params, quantize_input, refresh_projection, run_step,
+                                             to_device)
+
+    profile = load_device(profile_id)
+    net = to_device(init_weights(dims, seed=seed), profile)
+    bufs = allocate_buffers(MemoryArena(2**40, 2**40), profile, net.dims, batch, rule, schedule, ortho=False,
+                            dropout=dropout > 0, momentum=momentum)
+    if not keep:
+        bufs.kept = kept_pass1(bufs.store.dtype, net.dims, batch, keep=False)
+    fill_fixed_projection(bufs, profile, rule, net.dims, config)
+    params = make_params(profile, "tanh" if rule == "ftp" else "relu", "ce", collect=collect,
+                         **ftp_kernel_options(config))
+    if fwd_stochastic and params.quantized:
+        params = params._replace(fwd_round=ROUND_STOCHASTIC)
+    counters, rng = new_counters(net.n_layers), new_state(seed)
+    gen = np.random.default_rng(seed)
+    g_out = np.zeros(net.w.size)
+    for step in range(2):
+        if rule == "foton":
+            refresh_projection(net, bufs, profile, counters, rng)
+        x = gen.random((batch, int(net.dims[0])))
+        t = np.eye(int(net.dims[-1]))[gen.integers(0, int(net.dims[-1]), batch)]
+        x_dev = quantize_input(x, profile, bufs.x, counters[0, -1], rng)
+        drop = dropout_drop(bufs, profile, net.dims, batch, dropout, seed, step)
+        run_step(rule, net, bufs, profile, params, x_dev, t, 0.05, schedule, counters, rng, g_out if collect else None,
+                 drop, (0.9, 1e-3) if momentum else (0.0, 0.0), config=config, fused=fused)
+    vel = bufs.vel.copy() if bufs.vel is not None else None
+    return net.w.copy(), net.row_shift.copy(), counters.copy(), rng.copy(), g_out, vel
+
+
+_RULE_OPTIONS = st.one_of(
+    st.tuples(st.just("foton"), st.just({})),
+    st.tuples(st.just("pepita"), st.fixed_dictionaries({"output_error": st.sampled_from(["clean", "modulated"])})),
+    st.tuples(st.just("ftp"), st.fixed_dictionaries({
+        "target": st.sampled_from(["difference", "error_preactivation", "label"]),
+        "output_loss": st.sampled_from(["error", "local"]), "y_hat": st.sampled_from(["softmax", "raw"]),
+        "target_f": st.sampled_from(["tanh", "identity"])})))
+
+
+@settings(max_examples=40, deadline=None)
+@given(rule_options=_RULE_OPTIONS, profile=st.sampled_from(["mcu-int8", "fpga-fixed16", "gpu-fp32", "memristor-rram"]),
+       hidden=st.lists(st.integers(1, 12), min_size=1, max_size=3), batch=st.integers(1, 10),
+       schedule=st.sampled_from(["stream", "store"]), keep=st.booleans(), fwd_stochastic=st.booleans(),
+       dropout=st.sampled_from([0.0, 0.3]), momentum=st.booleans(), collect=st.booleans(), seed=st.integers(0, 50))
+def test_the_mlp_device_from_the_definitions_equals_the_fused_kernel(rule_options, profile, hidden, batch, schedule,
+                                                                      keep, fwd_stochastic, dropout, momentum,
+                                                                      collect, seed):
+    """The MLP device run from the one definitions (rules.mlp_device_passes) leaves what the fused kernel
+    (kernels.steps.forward_only_step_) leaves, bit for bit: weights, per-row exponents, every counter, the RNG,
+    the collected estimates and the velocity, over two steps, for every rule option, schedule, format, dropout
+    and optimiser."""
+    import numpy as np
+
+    rule, options = rule_options
+    config = rule_config(rule, **options)
+    dims = (7, *hidden, 4)
+    args = (rule, config, profile, dims, batch, schedule, keep, fwd_stochastic, dropout, momentum and not collect,
+            collect, seed)
+    for got, want in zip(_device_run(False, *args), _device_run(True, *args), strict=True):
+        if want is None:
+            assert got is None
+        else:
+            np.testing.assert_array_equal(got, want)

@@ -159,7 +159,7 @@ class StreamStepper:
                 refresh_projection(net, bufs, profile, self.counters, self.rng)
             drop = dropout_drop(bufs, profile, net.dims, len(idx), self.dropout, self.seed, step)
             run_step(self.rule, net, bufs, profile, self.params, x_dev, self.eye[data.y_train[idx]], lr_step,
-                     self.schedule, self.counters, self.rng, drop=drop, sgd=self.sgd)
+                     self.schedule, self.counters, self.rng, drop=drop, sgd=self.sgd, config=config)
         self.trained += len(idx)
         if self.ortho and (step + 1) % config.ortho_every == 0:
             self.iters_used += orthogonalize(net, profile, config.bjorck_iters, self.counters, self.rng,

@@ -59,8 +59,8 @@ def foton_updates(passes: Passes, x, target, config: FOTONConfig, f) -> tuple[li
     """FOTON's per-layer updates for one batch over a model family's passes (rules.passes; the module
     docstring's steps 1, 3, 4 and 5, F given): returns (g_l for every layer, the output error e). F: (d_L, d_0).
     Nothing is changed. The one definition of FOTON: on torch MLPs (:func:`foton_update_torch`), spiking nets
-    (engine.spiking_torch) and BCOP conv nets (rules.foton_conv); on Numba the spiking and conv devices
-    (rules.spiking_binding, rules.conv_binding)."""
+    (engine.spiking_torch) and BCOP conv nets (rules.foton_conv); on Numba the MLP, spiking and conv devices
+    (rules.mlp_device_passes, rules.spiking_binding, rules.conv_binding)."""
     clean = passes.clean(x)
     e = passes.error(clean, target)
     second = passes.from_input(x, e, f, -1.0)  # x - e F

@@ -131,8 +131,8 @@ def ftp_updates(passes: Passes, x, target, config: FTPConfig, g_fb) -> tuple[lis
     """FTP's per-layer updates for one batch over a model family's passes (rules.passes; the module docstring's
     steps 1 to 4): returns (g_l for every layer, the output error g_L correlates: e, or y - tau_L with
     output_loss "local"). G: (d_1, d_L). Nothing is changed. The one definition of FTP: MLPs on torch
-    (:func:`ftp_update_torch`), spiking nets on torch (engine.spiking_torch) and the spiking device on Numba
-    (rules.spiking_binding) run it."""
+    (:func:`ftp_update_torch`), spiking nets on torch (engine.spiking_torch), and the MLP and spiking devices on
+    Numba (rules.mlp_device_passes, rules.spiking_binding) run it."""
     clean = passes.clean(x)
     e = passes.error(clean, target)
     last = passes.n_layers - 1

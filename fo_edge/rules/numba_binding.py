@@ -569,11 +569,23 @@ SERIAL_BATCH = 8
 
 
 def run_step(rule: str, net: DeviceNet, bufs: StepBuffers, profile: DeviceProfile, params: Params, x_dev, t,
-             lr: float, schedule: str, counters, rng, g_out=None, drop=None, sgd=(0.0, 0.0)) -> None:
+             lr: float, schedule: str, counters, rng, g_out=None, drop=None, sgd=(0.0, 0.0), *, config=None,
+             fused: bool = True) -> None:
     """One training step of ``rule`` on a batch already in the device format (x_dev: (n, d_0)); counters:
     (phases, L + 1, names) from kernels.counters.new_counters; drop: the step's dropout (``dropout_drop``);
     sgd: (momentum, weight decay), which need ``bufs.vel`` (allocate_buffers(momentum=True)). At most
-    SERIAL_BATCH samples run on one thread."""
+    SERIAL_BATCH samples run on one thread.
+
+    A forward-only rule runs as one compiled kernel (``kernels.steps.forward_only_step_``), or with
+    ``fused=False`` (and the rule's ``config``) from its one definition over the device's kernels
+    (rules.mlp_device_passes), bit for bit the same step; a forward-only rule without a fused kernel always runs
+    the latter."""
+    if rule != "bp" and (not fused or rule not in RULE_CODES):
+        if config is None:
+            raise ConfigError(f"the {rule} step from its definition needs the rule's config")
+        _threads_for(x_dev.shape[0], _defined_step, rule, config, net, bufs, profile, params, x_dev, t, lr, schedule,
+                     counters, rng, g_out, drop, sgd)
+        return
     _threads_for(x_dev.shape[0], _run_step, rule, net, bufs, profile, params, x_dev, t, lr, schedule, counters, rng,
                  g_out, drop, sgd)
 
@@ -591,27 +603,53 @@ def _threads_for(batch: int, call, *args) -> None:
         swap_threads(threads)
 
 
-def _run_step(rule, net, bufs, profile, params, x_dev, t, lr, schedule, counters, rng, g_out, drop, sgd) -> None:
+def _step_arguments(rule, net, bufs, profile, params, x_dev, t, lr, g_out, drop, sgd) -> tuple:
+    """What every step kernel takes besides the network and buffers: (drop, opt, (mul, div, g_scale), g_out, t
+    as float64, FTP's label targets tq and y_hat workspace yq in the error format)."""
     n = x_dev.shape[0]
     drop = (np.zeros(0, dtype=np.uint8), 1.0, 0) if drop is None else drop
     vel = bufs.vel if bufs.vel is not None else net.w[:0]
     opt = (vel, momentum_multipliers(net, profile, rule, lr, n, *sgd) if vel.size else np.zeros((0, 8)))
-    mul, div, g_scale = update_scales(net, profile, rule, lr, n)
+    scales = update_scales(net, profile, rule, lr, n)
     g_out = np.zeros(0) if g_out is None else g_out
     t = np.ascontiguousarray(t, dtype=np.float64)
+    # only FTP's label targets read t in the error format; other steps get an empty array (no per-step work)
+    labels = params.ftp_label or params.ftp_diff
+    tq = np.rint(t * float(params.e_one)).astype(net.value_dtype) if labels and rule != "bp" else \
+        np.zeros((0, t.shape[1]), dtype=net.value_dtype)
+    yq = np.zeros_like(tq) if params.ftp_diff and rule != "bp" else tq[:0]
+    if params.quantized and params.ftp_diff:  # one-hot 1.0 saturates to the error format's largest value
+        np.minimum(tq, params.e_hi, out=tq)
+    return drop, opt, scales, g_out, t, tq, yq
+
+
+def _defined_step(rule, config, net, bufs, profile, params, x_dev, t, lr, schedule, counters, rng, g_out, drop,
+                  sgd) -> None:
+    """A forward-only step from the rule's one definition (rules.FORWARD_ONLY_UPDATES) over the device's passes
+    (rules.mlp_device_passes.MLPDevicePasses)."""
+    from . import FORWARD_ONLY_UPDATES
+    from .mlp_device_passes import MLPDevicePasses
+
+    drop, opt, scales, g_out, t, tq, yq = _step_arguments(rule, net, bufs, profile, params, x_dev, t, lr, g_out, drop,
+                                                          sgd)
+    passes = MLPDevicePasses(net, bufs, params, scales, _proj_div(profile), schedule == "store", counters, rng,
+                             g_out, drop, opt, tq, yq)
+    p_one = float(2 ** projection_format(profile).frac_bits) if net.quantized else 1.0
+    feedback = bufs.proj.T / p_one if rule == "ftp" else bufs.proj  # FTP's G (d_1, d_L), real; F as stored
+    FORWARD_ONLY_UPDATES[rule](passes, x_dev, t, config, feedback)
+    rescale_rows(net, params, counters)
+
+
+def _run_step(rule, net, bufs, profile, params, x_dev, t, lr, schedule, counters, rng, g_out, drop, sgd) -> None:
+    n = x_dev.shape[0]
+    drop, opt, (mul, div, g_scale), g_out, t, tq, yq = _step_arguments(rule, net, bufs, profile, params, x_dev, t, lr,
+                                                                       g_out, drop, sgd)
     if rule == "bp":
         bp_step_(net.w, net.dims, net.offs, net.w_one, net.row_shift, mul, div, g_scale, x_dev, t, params, bufs.c0,
                  bufs.c1, bufs.m0, bufs.m1, bufs.pre, bufs.tmp, bufs.store, bufs.e[:n], counters, rng, g_out,
                  bufs.cache, drop, opt, net.rescan)
         rescale_rows(net, params, counters)
         return
-    # only FTP's label targets read t in the error format; other steps get an empty array (no per-step work)
-    labels = params.ftp_label or params.ftp_diff
-    tq = np.rint(t * float(params.e_one)).astype(net.value_dtype) if labels else \
-        np.zeros((0, t.shape[1]), dtype=net.value_dtype)
-    yq = np.zeros_like(tq) if params.ftp_diff else tq[:0]
-    if params.quantized and params.ftp_diff:  # one-hot 1.0 saturates to the error format's largest value
-        np.minimum(tq, params.e_hi, out=tq)
     forward_only_step_(RULE_CODES[rule], schedule == "store", net.w, net.dims, net.offs, net.w_one, net.row_shift,
                        mul, div, g_scale, x_dev, t, tq, bufs.proj, _proj_div(profile), params, bufs.c0, bufs.c1,
                        bufs.m0, bufs.m1, bufs.pre, bufs.tmp, bufs.store, bufs.e[:n], bufs.xm[:n], counters, rng, g_out,
@@ -673,6 +711,6 @@ def compute_updates_numba(rule: str, config, weights: list[np.ndarray], x: np.nd
                          **ftp_kernel_options(config))
     x_dev = quantize_input(np.asarray(x, dtype=np.float64), profile, bufs.x, counters[FORWARD, net.n_layers], rng)
     g_out = np.zeros(net.w.size)
-    run_step(rule, net, bufs, profile, params, x_dev, target, 1.0, "stream", counters, rng, g_out)
+    run_step(rule, net, bufs, profile, params, x_dev, target, 1.0, "stream", counters, rng, g_out, config=config)
     return [g_out[net.offs[l]:net.offs[l + 1]].reshape(int(net.dims[l + 1]), int(net.dims[l]))
             for l in range(net.n_layers)]

@@ -2,8 +2,9 @@
 
 FTP (rules.ftp.ftp_updates), PEPITA (rules.pepita.pepita_updates) and FOTON (rules.foton.foton_updates) are
 each written once, against this interface. On torch, MLPs (rules.mlp_passes), spiking nets (rules.spiking_passes)
-and BCOP conv nets (rules.foton_conv.ConvTorchPasses) implement it; on Numba, the spiking device
-(rules.spiking_binding.DevicePasses) and the conv device (rules.conv_binding.ConvDevicePasses) do. With layers
+and BCOP conv nets (rules.foton_conv.ConvTorchPasses) implement it; on Numba, the MLP device
+(rules.mlp_device_passes.MLPDevicePasses), the spiking device (rules.spiking_binding.DevicePasses) and the conv
+device (rules.conv_binding.ConvDevicePasses) do. With layers
 l = 0 .. L-1 (L weight layers):
 
     clean(x)                          the clean pass: Pass(y (B, d_L), h = [h_0 = x's activity, h_1 .. h_{L-1}])

@@ -54,7 +54,8 @@ def pepita_updates(passes: Passes, x, target, config: PEPITAConfig, f) -> tuple[
     """PEPITA's per-layer updates for one batch over a model family's passes (rules.passes; the module
     docstring's steps 1 to 4): returns (g_l for every layer, the output error g_L correlates). F: (d_L, d_0).
     Nothing is changed. The one definition of PEPITA: MLPs on torch (:func:`pepita_update_torch`),
-    spiking nets on torch (engine.spiking_torch) and the spiking device on Numba (rules.spiking_binding) run it."""
+    spiking nets on torch (engine.spiking_torch), and the MLP and spiking devices on Numba (rules.mlp_device_passes,
+    rules.spiking_binding) run it."""
     clean = passes.clean(x)
     e = passes.error(clean, target)
     second = passes.from_input(x, e, f, 1.0)  # x + e F
