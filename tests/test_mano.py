@@ -167,6 +167,31 @@ def test_device_linears_run_mano_on_int_kernels():
         DeviceLinears(model, load_device("memristor-rram"))
 
 
+def test_device_linears_keep_blas_single_threaded_inside_the_kernels(tmp_path):
+    """The kernels call BLAS inside their OpenMP loops: DeviceLinears limits BLAS to one thread while it is
+    entered (else OpenBLAS warns "Detect OpenMP Loop and this application may hang") and gives the limit back on
+    exit. Run in a fresh process, where numpy's OpenBLAS starts multi-threaded."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import torch\nfrom threadpoolctl import threadpool_info\n"
+        "from fo_edge.device import load_device\nfrom fo_edge.models.mano import MANOClassifier\n"
+        "from fo_edge.rules.mano_binding import DeviceLinears\n"
+        "torch.manual_seed(0)\nm = MANOClassifier((1, 28, 28), 10, dim=32)\n"
+        "blas = lambda: [p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas']\n"
+        "before = blas()\n"
+        "with torch.no_grad(), DeviceLinears(m, load_device('mcu-int8')):\n"
+        "    inside = blas()\n    m(torch.rand(64, 784))\n"
+        "print(before == blas(), set(inside) == {1})\n")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "OPENBLAS_NUM_THREADS": "2"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "OpenMP Loop" not in proc.stderr
+    assert proc.stdout.split() == ["True", "True"]
+
+
 def _integer_linear(x: np.ndarray, net, profile) -> np.ndarray:
     """An independent integer reference of one linear map on the device: the input rounded to the activation
     format (nearest-even, saturating), the device's weight mantissas, exact sums in float64, each output row

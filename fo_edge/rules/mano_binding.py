@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from ..device.spec import DeviceProfile
 from ..errors import ConfigError
@@ -40,6 +41,7 @@ class DeviceLinears:
         self.counters = new_counters(len(self.linears))
         self.rng = new_state(0)
         self._hooks = []
+        self._limits = None
 
     def _run(self, index: int, x: torch.Tensor) -> torch.Tensor:
         net = self.nets[index]
@@ -57,6 +59,12 @@ class DeviceLinears:
         return torch.as_tensor(real, dtype=x.dtype).reshape(*x.shape[:-1], d_out)
 
     def __enter__(self) -> "DeviceLinears":
+        # The kernels call BLAS inside their OpenMP parallel loops: single-threaded there, or OpenBLAS's own
+        # threads start inside an OpenMP loop ("Detect OpenMP Loop and this application may hang"); as
+        # engine.threads.kernel_threads does for the training engines. scipy's BLAS (what Numba's np.dot calls) is
+        # loaded first so that it is limited too.
+        import scipy.linalg.cython_blas  # noqa: F401
+        self._limits = threadpool_limits(limits=1, user_api="blas")
         for i, module in enumerate(self.linears):
             self._hooks.append(module.register_forward_hook(lambda mod, args, out, i=i: self._run(i, args[0])))
         return self
@@ -65,3 +73,6 @@ class DeviceLinears:
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
+        if self._limits is not None:
+            self._limits.restore_original_limits()
+            self._limits = None
