@@ -192,6 +192,35 @@ def test_device_linears_keep_blas_single_threaded_inside_the_kernels(tmp_path):
     assert proc.stdout.split() == ["True", "True"]
 
 
+def test_calibrated_exponents_fit_each_maps_largest_value_in_the_formats_width():
+    """A calibrated map's format holds the largest value it reads or writes on the calibration inputs, and one more
+    fraction bit would not (within [0, MAX_FRAC_BITS]); without calibration every map keeps the profile's."""
+    from fo_edge.rules.mano_binding import MAX_FRAC_BITS
+
+    torch.manual_seed(2)
+    model = MANOClassifier((1, 8, 8), 10, dim=8, depth=1, heads=2, patch=2, window=2).eval()
+    calib = torch.rand(16, 64)
+    profile = load_device("mcu-int8")
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    peaks = [0.0] * len(linears)  # the V-cycle's shared maps run once per level: their largest over all calls
+
+    def record(i, a, o):
+        peaks[i] = max(peaks[i], float(a[0].abs().max()), float(o.abs().max()))
+
+    hooks = [m.register_forward_hook(lambda mod, a, o, i=i: record(i, a, o)) for i, m in enumerate(linears)]
+    with torch.no_grad():
+        model(calib)
+    for hook in hooks:
+        hook.remove()
+    dev = DeviceLinears(model, profile, calib)
+    assert len(dev.frac_bits) == len(peaks) and len(set(dev.frac_bits)) > 1
+    qmax = profile.activation.qmax
+    for f, peak in zip(dev.frac_bits, peaks):
+        assert 0 <= f <= MAX_FRAC_BITS
+        assert peak * 2 ** f <= qmax and (f == MAX_FRAC_BITS or peak * 2 ** (f + 1) > qmax)
+    assert DeviceLinears(model, profile).frac_bits == [profile.activation.frac_bits] * len(peaks)
+
+
 def _integer_linear(x: np.ndarray, net, profile) -> np.ndarray:
     """An independent integer reference of one linear map on the device: the input rounded to the activation
     format (nearest-even, saturating), the device's weight mantissas, exact sums in float64, each output row
@@ -208,16 +237,18 @@ def _integer_linear(x: np.ndarray, net, profile) -> np.ndarray:
 
 @pytest.mark.parametrize("profile_name", ["mcu-int8", "fpga-fixed16"])
 @pytest.mark.parametrize("batch", [1, 20])
-def test_device_linears_are_bit_exact_against_an_integer_reference(profile_name, batch):
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_device_linears_are_bit_exact_against_an_integer_reference(profile_name, batch, calibrated):
     """Every linear map of a MANO model on the device (embedding, q/k/v and output projections, the V-cycle's
     strided and transposed maps, the MLPs, the head) gives exactly the integer reference's outputs, on the small-
-    batch paths and on the int8 GEMM (batch 20 puts every map's rows above kernels.int8_gemm.INT8_BATCH)."""
+    batch paths and on the int8 GEMM (batch 20 puts every map's rows above kernels.int8_gemm.INT8_BATCH), in the
+    profile's activation format or in each map's calibrated one."""
     torch.manual_seed(5)
     profile = load_device(profile_name)
     model = MANOClassifier((1, 8, 8), 10, dim=8, depth=1, heads=2, patch=2, window=2).eval()
     x = torch.rand(batch, 64)
     seen = []
-    with torch.no_grad(), DeviceLinears(model, profile) as dev:
+    with torch.no_grad(), DeviceLinears(model, profile, torch.rand(16, 64) if calibrated else None) as dev:
         hooks = [m.register_forward_hook(lambda mod, args, out, i=i: seen.append((i, args[0], out)))
                  for i, m in enumerate(dev.linears)]
         model(x)
@@ -226,5 +257,5 @@ def test_device_linears_are_bit_exact_against_an_integer_reference(profile_name,
     assert {i for i, _, _ in seen} == set(range(len(dev.linears)))
     for i, given, out in seen:
         flat = given.double().reshape(-1, given.shape[-1]).numpy()
-        want = _integer_linear(flat, dev.nets[i], profile)
+        want = _integer_linear(flat, dev.nets[i], dev.profiles[i])
         np.testing.assert_array_equal(out.double().reshape(len(flat), -1).numpy(), want.astype(np.float32))

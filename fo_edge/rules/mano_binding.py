@@ -8,28 +8,65 @@ activation format (nearest-even, saturating; the saturations counted), int accum
 wrap, requantisation and saturation. LayerNorm, softmax, GELU, pooling and the residual sums stay in float on
 the host: the device runs the matrix products, where nearly all the MACs are. Counters are charged to the
 inference phase, one column per linear map.
+
+Activation format. By default every map reads and writes the profile's activation format (mcu-int8: Q3.4, LSB
+1/16). With ``calibration`` inputs, each map gets its own power-of-two activation exponent instead, as an int8
+deployment calibrates a scale per tensor (TFLite / CMSIS-NN post-training quantisation; here restricted to powers
+of two, the profile's width kept): f_i = floor(log2(qmax / p_i)), p_i the largest |value| map i reads or writes on
+the calibration inputs (the model run in float), so the largest fits. The residual stream MANO's first coarsening
+reads is small (mean |x| about 0.07 after the embedding), and in Q3.4 most of it rounds to zero (docs/MANO.md).
 """
 from __future__ import annotations
+
+import dataclasses
+import importlib
 
 import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from ..device.spec import DeviceProfile
+from ..device.spec import DeviceProfile, NumberFormat
 from ..errors import ConfigError
 from ..kernels.counters import INFERENCE, new_counters
 from ..kernels.linear import cached_layer_forward_, no_weight_cache
 from ..kernels.rng import new_state
 from .numba_binding import check_exact, make_params, quantize_input, to_device
 
-__all__ = ["DeviceLinears"]
+__all__ = ["DeviceLinears", "activation_exponents", "MAX_FRAC_BITS"]
+
+
+#: calibrated activation exponents stay within [0, MAX_FRAC_BITS]
+MAX_FRAC_BITS = 24
+
+
+def activation_exponents(model: torch.nn.Module, linears: list, calibration: torch.Tensor, fmt) -> list[int]:
+    """Per linear map, the activation fraction bits f_i = floor(log2(qmax / p_i)) (module docstring) of ``fmt``'s
+    width, from the float model run on ``calibration`` (N, ...) inputs; p_i: the largest |input| or |output| of
+    map i, within [0, MAX_FRAC_BITS]."""
+    peaks = [0.0] * len(linears)
+
+    def record(i: int, x: torch.Tensor, y: torch.Tensor) -> None:
+        peaks[i] = max(peaks[i], float(x.detach().abs().max()), float(y.detach().abs().max()))
+
+    hooks = [m.register_forward_hook(lambda mod, args, out, i=i: record(i, args[0], out))
+             for i, m in enumerate(linears)]
+    try:
+        with torch.no_grad():
+            model(calibration)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return [min(MAX_FRAC_BITS, max(0, int(np.floor(np.log2(fmt.qmax / p))))) if p > 0 else MAX_FRAC_BITS
+            for p in peaks]
 
 
 class DeviceLinears:
     """``with DeviceLinears(model, profile) as dev: y = model(x)`` runs ``model``'s linear maps on the device;
-    ``dev.counters`` (phases, n_linear + 1, names) counts them."""
+    ``dev.counters`` (phases, n_linear + 1, names) counts them. ``calibration``: inputs (N, ...) from which each
+    map's activation exponent is calibrated (module docstring; ``dev.frac_bits``); None: the profile's format for
+    every map."""
 
-    def __init__(self, model: torch.nn.Module, profile: DeviceProfile):
+    def __init__(self, model: torch.nn.Module, profile: DeviceProfile, calibration: torch.Tensor | None = None):
         if profile.analog is not None or profile.spiking is not None:
             raise ConfigError(f"device {profile.id}: MANO runs on digital non-spiking profiles")
         self.model, self.profile = model, profile
@@ -37,25 +74,30 @@ class DeviceLinears:
         if any(m.bias is not None for m in self.linears):
             raise ConfigError("DeviceLinears needs bias-free linear maps (MANO's are)")
         self.nets = [to_device([m.weight.detach().double().numpy()], profile) for m in self.linears]
-        self.params = make_params(profile, "identity", "mse")
+        fmt = profile.activation
+        self.frac_bits = [fmt.frac_bits] * len(self.linears) if calibration is None or profile.is_float else \
+            activation_exponents(model, self.linears, calibration, fmt)
+        self.profiles = [dataclasses.replace(profile, activation=NumberFormat(fmt.bits, f, fmt.float_format))
+                         for f in self.frac_bits]
+        self.params = [make_params(p, "identity", "mse") for p in self.profiles]
         self.counters = new_counters(len(self.linears))
         self.rng = new_state(0)
         self._hooks = []
         self._limits = None
 
     def _run(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        net = self.nets[index]
+        net, profile, params = self.nets[index], self.profiles[index], self.params[index]
         d_in, d_out = int(net.dims[0]), int(net.dims[1])
         flat = x.detach().double().reshape(-1, d_in).numpy()
-        check_exact(self.profile, [d_in, d_out], max(len(flat), 1))
+        check_exact(profile, [d_in, d_out], max(len(flat), 1))
         buf = np.zeros((len(flat), d_in), dtype=net.value_dtype)
         row = self.counters[INFERENCE, index]
-        x_dev = quantize_input(flat, self.profile, buf, row, self.rng)
+        x_dev = quantize_input(flat, profile, buf, row, self.rng)
         pre = np.zeros((len(flat), d_out), dtype=net.value_dtype)
         out = np.zeros_like(pre)
-        cached_layer_forward_(x_dev, net.w, 0, d_out, d_in, net.w_one[0], net.row_shift, True, self.params, pre, out,
+        cached_layer_forward_(x_dev, net.w, 0, d_out, d_in, net.w_one[0], net.row_shift, True, params, pre, out,
                               row, self.rng, *no_weight_cache())
-        real = out / float(self.params.a_one)
+        real = out / float(params.a_one)
         return torch.as_tensor(real, dtype=x.dtype).reshape(*x.shape[:-1], d_out)
 
     def __enter__(self) -> "DeviceLinears":
@@ -63,7 +105,7 @@ class DeviceLinears:
         # threads start inside an OpenMP loop ("Detect OpenMP Loop and this application may hang"); as
         # engine.threads.kernel_threads does for the training engines. scipy's BLAS (what Numba's np.dot calls) is
         # loaded first so that it is limited too.
-        import scipy.linalg.cython_blas  # noqa: F401
+        importlib.import_module("scipy.linalg.cython_blas")
         self._limits = threadpool_limits(limits=1, user_api="blas")
         for i, module in enumerate(self.linears):
             self._hooks.append(module.register_forward_hook(lambda mod, args, out, i=i: self._run(i, args[0])))
