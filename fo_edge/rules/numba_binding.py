@@ -33,7 +33,9 @@ from ..kernels.orth import bjorck_, projection_rows_
 from ..kernels.rng import new_state
 from ..kernels.steps import RULE_CODES, Params, bp_step_, forward_only_step_, predict_, swap_threads
 from ..kernels.update import rescale_network_
+from . import FORWARD_ONLY_UPDATES
 from .ftp import ftp_feedback
+from .mlp_device_passes import MLPDevicePasses
 from .pepita import pepita_feedback
 
 __all__ = ["DeviceNet", "mantissa_dtype", "step_scale",
@@ -627,9 +629,6 @@ def _defined_step(rule, config, net, bufs, profile, params, x_dev, t, lr, schedu
                   sgd) -> None:
     """A forward-only step from the rule's one definition (rules.FORWARD_ONLY_UPDATES) over the device's passes
     (rules.mlp_device_passes.MLPDevicePasses)."""
-    from . import FORWARD_ONLY_UPDATES
-    from .mlp_device_passes import MLPDevicePasses
-
     drop, opt, scales, g_out, t, tq, yq = _step_arguments(rule, net, bufs, profile, params, x_dev, t, lr, g_out, drop,
                                                           sgd)
     passes = MLPDevicePasses(net, bufs, params, scales, _proj_div(profile), schedule == "store", counters, rng,
