@@ -56,7 +56,7 @@ class MLPDevicePasses:
         self.n_layers = net.n_layers
         self.a_shift = log2_exact(P.a_one)
         self.batch, self.reuse, self.t = 0, False, None
-        self.e = self.out_err = self.x_dev = None
+        self.e = self.out_err = None
 
     def _args(self, l: int) -> tuple:
         """Layer l's weights as the layer kernels take them: (w, offset, d_out, d_in, w_one, rows)."""
@@ -88,7 +88,7 @@ class MLPDevicePasses:
     def clean(self, x_dev: np.ndarray) -> Pass:
         net, bufs, P, C = self.net, self.bufs, self.P, self.counters
         batch = x_dev.shape[0]
-        self.batch, self.x_dev = batch, x_dev
+        self.batch = batch
         bufs.cache[2][:] = False  # W may have changed since the last step
         kept_h, kept_pre, kept_counts = bufs.kept
         self.reuse = kept_h.size > 0 and bool(_reuses_pass1(P))
