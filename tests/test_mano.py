@@ -165,6 +165,13 @@ def test_device_linears_run_mano_on_int_kernels():
     assert dev.counters.sum() > 0
     with pytest.raises(ConfigError):
         DeviceLinears(model, load_device("memristor-rram"))
+    with torch.no_grad(), DeviceLinears(model, load_device("fpga-fixed16"), maps=[]) as none:
+        assert torch.equal(model(x), ref) and none.counters.sum() == 0  # no map on the device: the float model
+    with torch.no_grad(), DeviceLinears(model, load_device("fpga-fixed16"), maps=[0]) as first:
+        assert not torch.equal(model(x), ref)
+    assert first.counters[:, 0].sum() > 0 and first.counters[:, 1:].sum() == 0
+    with pytest.raises(ConfigError, match="maps must index"):
+        DeviceLinears(model, load_device("fpga-fixed16"), maps=[len(dev.linears)])
 
 
 def test_device_linears_keep_blas_single_threaded_inside_the_kernels(tmp_path):

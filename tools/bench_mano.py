@@ -113,6 +113,7 @@ def bench_training(args) -> None:
     print("\n| task | rule | block loss | epochs | test metric | int8 (mcu-int8 linears, Q3.4) | int8 (calibrated "
           "exponents) | seconds |\n|---|---|---|---|---|---|---|---|")
     int8 = load_device("mcu-int8")
+    maps = []  # (name, trained model) for --int8-maps
     for rule, block_loss in RULES if "mnist" in args.tasks else ():
         torch.manual_seed(0)
         model = MANOClassifier((1, 28, 28), 10, readouts=block_loss == "readout")
@@ -127,6 +128,10 @@ def bench_training(args) -> None:
         print(f"| MNIST ({len(data.x_train)} train) accuracy | {rule} | {block_loss or ''} | {args.mnist_epochs} | "
               f"{100 * history[-1]['test_metric']:.2f} % | {100 * fixed:.2f} % | {100 * calibrated:.2f} % | "
               f"{seconds:.0f} |", flush=True)
+        if args.int8_maps:
+            maps.append((f"{rule} {block_loss or ''}".strip(), model))
+    for name, model in maps:
+        int8_maps(name, model, int8, torch.as_tensor(data.x_train[:CALIBRATION]), accuracy, x_test[:1000])
     darcy = darcy_dataset(32, 1000, 200, seed=0)
     scale = float(darcy.u_train.std())
     a_test = torch.as_tensor((darcy.a_test - 7.5) / 4.5)
@@ -149,6 +154,38 @@ def bench_training(args) -> None:
             calibrated = error(model)
         print(f"| Darcy 32x32 relative L2 | {rule} | {block_loss or ''} | {args.darcy_epochs} | "
               f"{history[-1]['test_metric']:.4f} | {fixed:.4f} | {calibrated:.4f} | {seconds:.0f} |", flush=True)
+
+
+def int8_maps(name: str, model, profile, calibration, accuracy, x_probe) -> None:
+    """One row per linear map of a trained classifier (readouts left out: inference never runs them): the test
+    accuracy with that map alone on ``profile``'s integer kernels in the profile's activation format, the mean |x|
+    it reads on ``x_probe`` and the share of those inputs below half the format's LSB (rounded to zero), and the
+    exponent calibration gives it."""
+    import torch
+
+    from fo_edge.rules.mano_binding import DeviceLinears
+
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    seen: dict[int, list] = {}
+    hooks = [m.register_forward_hook(lambda mod, args, out, i=i: seen.setdefault(i, []).append(args[0].abs().ravel()))
+             for i, m in enumerate(m for m in model.modules() if isinstance(m, torch.nn.Linear))]
+    with torch.no_grad():
+        model(x_probe)
+    for hook in hooks:
+        hook.remove()
+    half_lsb = 0.5 * profile.activation.step
+    fracs = DeviceLinears(model, profile, calibration).frac_bits
+    print(f"\n{name}: each map alone on {profile.id} (activation format Q{profile.activation.bits - 1 - profile.activation.frac_bits}"
+          f".{profile.activation.frac_bits}), the others in fp32\n\n| map | accuracy | mean abs input | inputs below half an "
+          "LSB | calibrated fraction bits |\n|---|---|---|---|---|")
+    for i, map_name in enumerate(names):
+        if map_name.startswith("readouts"):
+            continue
+        with DeviceLinears(model, profile, maps=[i]):
+            acc = accuracy(model)
+        values = torch.cat(seen[i])
+        print(f"| {map_name} | {100 * acc:.2f} % | {float(values.mean()):.3f} | "
+              f"{100 * float((values < half_lsb).double().mean()):.1f} % | {fracs[i]} |", flush=True)
 
 
 #: training inputs that calibrate the int8 maps' activation exponents (rules.mano_binding.DeviceLinears)
@@ -190,10 +227,12 @@ def main() -> None:
     parser.add_argument("--darcy-epochs", type=int, default=10)
     parser.add_argument("--depths", default="", help="comma-separated depths for the training-memory table")
     parser.add_argument("--tasks", default="mnist,darcy", help="the --train rows: mnist, darcy or both")
+    parser.add_argument("--int8-maps", action="store_true", help="after the MNIST rows, each trained classifier's "
+                        "linear maps one at a time on mcu-int8 (where its int8 accuracy goes)")
     args = parser.parse_args()
     print(f"command: python tools/bench_mano.py --grids '{args.grids}'"
           + (f" --train --tasks {args.tasks} --mnist-limit {args.mnist_limit} --mnist-epochs {args.mnist_epochs} "
-             f"--darcy-epochs {args.darcy_epochs}" if args.train else "") + (f" --depths {args.depths}" if args.depths else "")
+             f"--darcy-epochs {args.darcy_epochs}" + (" --int8-maps" if args.int8_maps else "") if args.train else "") + (f" --depths {args.depths}" if args.depths else "")
           + "\n")
     grids = [int(g) for g in args.grids.split(",") if g]
     if grids:

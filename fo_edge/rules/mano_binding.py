@@ -64,9 +64,11 @@ class DeviceLinears:
     """``with DeviceLinears(model, profile) as dev: y = model(x)`` runs ``model``'s linear maps on the device;
     ``dev.counters`` (phases, n_linear + 1, names) counts them. ``calibration``: inputs (N, ...) from which each
     map's activation exponent is calibrated (module docstring; ``dev.frac_bits``); None: the profile's format for
-    every map."""
+    every map. ``maps``: the indices (into ``dev.linears``, the model's ``nn.Linear`` modules in module order) of
+    the maps to run on the device, the others staying in float; None: all of them."""
 
-    def __init__(self, model: torch.nn.Module, profile: DeviceProfile, calibration: torch.Tensor | None = None):
+    def __init__(self, model: torch.nn.Module, profile: DeviceProfile, calibration: torch.Tensor | None = None,
+                 maps=None):
         if profile.analog is not None or profile.spiking is not None:
             raise ConfigError(f"device {profile.id}: MANO runs on digital non-spiking profiles")
         self.model, self.profile = model, profile
@@ -84,6 +86,9 @@ class DeviceLinears:
         self.rng = new_state(0)
         self._hooks = []
         self._limits = None
+        self.maps = set(range(len(self.linears))) if maps is None else set(maps)
+        if not self.maps <= set(range(len(self.linears))):
+            raise ConfigError(f"maps must index the model's {len(self.linears)} linear maps, got {sorted(self.maps)}")
 
     def _run(self, index: int, x: torch.Tensor) -> torch.Tensor:
         net, profile, params = self.nets[index], self.profiles[index], self.params[index]
@@ -108,6 +113,8 @@ class DeviceLinears:
         importlib.import_module("scipy.linalg.cython_blas")
         self._limits = threadpool_limits(limits=1, user_api="blas")
         for i, module in enumerate(self.linears):
+            if i not in self.maps:
+                continue
             self._hooks.append(module.register_forward_hook(lambda mod, args, out, i=i: self._run(i, args[0])))
         return self
 
