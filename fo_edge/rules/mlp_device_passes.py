@@ -30,15 +30,11 @@ import numpy as np
 from ..kernels.counters import FORWARD, MODULATED, RECOMPUTE, UPDATE
 from ..kernels.fixed import log2_exact
 from ..kernels.linear import cached_layer_forward_, layer_rows, project_
-from ..kernels.steps import (Params, _difference_target_, _local_output_error_, _pass1_, _reuses_pass1, _y_hat_,
-                             activate_rows_, drop_, layer_cache, local_error_, mask_offset, output_error_, update_)
+from ..kernels.steps import (Params, _difference_target_, _local_output_error_, _pass1_, _reuses_pass1, _view,
+                             _y_hat_, activate_rows_, drop_, layer_cache, local_error_, mask_offset, output_error_, update_)
 from .passes import Pass
 
 __all__ = ["MLPDevicePasses"]
-
-
-def _view(buf: np.ndarray, batch: int, d: int) -> np.ndarray:
-    return buf[:batch * d].reshape((batch, d))
 
 
 class MLPDevicePasses:
