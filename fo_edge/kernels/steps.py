@@ -21,11 +21,11 @@ import numpy as np
 from numba import njit, prange
 
 from .activations import activate, activate_grad
-from .counters import (BACKWARD, FORWARD, INFERENCE, MACS_DENSE, MACS_EFF, MODULATED, RECOMPUTE, SATURATION,
-                       SRAM_READ, SRAM_WRITE, SYN_EVENTS, UPDATE)
+from .counters import (BACKWARD, FORWARD, INFERENCE, MODULATED, RECOMPUTE, SATURATION, SRAM_READ, SRAM_WRITE,
+                       UPDATE)
 from .fixed import ROUND_STOCHASTIC, log2_exact, round_div, saturate
-from .linear import (activation_table, cached_layer_forward_, effective_macs, exact_matmul, layer_rows, magnitude,
-                     project_)
+from .linear import activation_table, cached_layer_forward_, layer_rows, project_
+from .transpose import charge_transpose_, transpose_sums_
 from .update import int8_outer_update_, momentum_update_
 
 __all__ = ["Params", "RULE_CODES", "forward_only_step_", "bp_step_", "output_error_", "predict_", "swap_threads"]
@@ -466,17 +466,8 @@ def bp_step_(w, dims, offs, w_one, rs, upd_mul, upd_div, g_scale, x, t, P, buf_c
             cb = C[BACKWARD, l]
             w_shift = log2_exact(w_one[l])
             rows = layer_rows(rs, dims, l)
-            top = rows.max()  # per-channel: delta_i scaled by 2**(top - rs_i) puts every row at the finest LSB
-            bound = magnitude(P.e_lo, P.e_hi) * magnitude(P.w_lo, P.w_hi) * d_out * 2.0 ** top
-            aligned = delta
-            if top > 0:
-                aligned = np.empty_like(delta)
-                for b in range(batch):
-                    for i in range(d_out):
-                        aligned[b, i] = delta[b, i] * (np.int64(1) << (top - rows[i]))
-            w_shift += top
-            back = exact_matmul(aligned,
-                                np.ascontiguousarray(w[offs[l]:offs[l] + d_out * d_in].reshape((d_out, d_in)).T), bound)
+            back, top = transpose_sums_(delta, w, offs[l], d_out, d_in, rows, P)
+            w_shift += top  # per-channel: delta_i was scaled by 2**(top - rs_i), every row at the finest LSB
             keep, dmul, dshift = drop
             koff = mask_offset(dims, batch, l - 1)
             for b in range(batch):
@@ -493,13 +484,8 @@ def bp_step_(w, dims, offs, w_one, rs, upd_mul, upd_div, g_scale, x, t, P, buf_c
                         if keep.size > 0:
                             value = 0.0 if keep[koff + b * d_in + j] == 0 else value * dmul
                         prev[b, j] = value
-            effective = effective_macs(delta, np.ascontiguousarray(
-                w[offs[l]:offs[l] + d_out * d_in].reshape((d_out, d_in)).T).ravel(), 0, d_in, d_out)
-            cb[MACS_DENSE] += batch * d_in * d_out
-            cb[MACS_EFF] += effective
-            cb[SYN_EVENTS] += effective
-            cb[SRAM_READ] += batch * (d_in * d_out * P.w_bytes + d_out * P.e_bytes + d_in * P.a_bytes)
-            cb[SRAM_WRITE] += batch * d_in * P.e_bytes
+            charge_transpose_(delta, w, offs[l], d_out, d_in, P, cb)
+            cb[SRAM_READ] += batch * d_in * P.a_bytes  # h_{l-1}, for sigma'
         update_(w, dims, offs, rs, l, d_out, d_in, delta, hin, upd_mul, upd_div, g_scale, P, C[UPDATE, l], rng, g_out,
                 opt, rescan)
         if l > 0:
