@@ -29,6 +29,7 @@ CAPABILITIES: dict[tuple[str, str], dict[str, bool | str]] = {
     ("conv", "numba"): {**_ALL, "export": "onnx-int8"},
     ("conv", "torch"): {**_ALL, "export": "onnx"},
     ("mano", "torch"): {**_ALL, "export": "onnx"},
+    ("mano", "numba"): {**_ALL, "export": "onnx"},
 }
 
 

@@ -18,6 +18,7 @@ RUNS = {
     ("conv", "numba"): dict(rule="foton", device="mcu-int8", model="c2-10"),
     ("conv", "torch"): dict(rule="foton", device="gpu-fp32", model="c2-10"),
     ("mano", "torch"): dict(rule="ftp", device="gpu-fp32", model="mano:dim=8,depth=2,heads=2,window=2,patch=2"),
+    ("mano", "numba"): dict(rule="ftp", device="mcu-int8", model="mano:dim=8,depth=2,heads=2,window=2,patch=2"),
 }
 COMMON = dict(dataset="digits", limit=96, epochs=2, batch_size=16, checkpoint_every=3)
 #: what makes a cell's run unhealthy: a huge lr diverges (or saturates), except on the chip, whose integer weights
@@ -25,7 +26,8 @@ COMMON = dict(dataset="digits", limit=96, epochs=2, batch_size=16, checkpoint_ev
 #: classes with cross-entropy only
 DIVERGE = dict(lr=1e3, error="mse")
 HEALTH = {("spiking", "numba"): dict(lr=1e-6, stall_steps=2),
-          ("mano", "torch"): dict(lr=1e3, epochs=8)}  # Adam steps about lr: past max_weight within 10 steps
+          ("mano", "torch"): dict(lr=1e3, epochs=8),  # Adam steps about lr: past max_weight within 10 steps
+          ("mano", "numba"): dict(lr=1e3, epochs=8)}
 
 
 def test_every_cell_names_every_guarantee():
@@ -38,8 +40,13 @@ def test_every_cell_names_every_guarantee():
 
 
 def test_mano_runs_refuse_what_they_cannot_do():
-    with pytest.raises(ConfigError, match="float torch path"):
-        fo_edge.simulate(rule="ftp", device="mcu-int8", dataset="digits", model="mano")
+    with pytest.raises(ConfigError, match="digital non-spiking"):
+        fo_edge.simulate(rule="ftp", device="loihi-like", dataset="digits", model="mano")
+    with pytest.raises(ConfigError, match="--backend numba"):
+        fo_edge.simulate(rule="ftp", device="mcu-int8", dataset="digits", model="mano", backend="torch")
+    with pytest.raises(ConfigError, match="float torch path only"):
+        fo_edge.simulate(rule="ftp", device="mcu-int8", dataset="digits", model="mano",
+                         rule_options={"block_loss": "target"})
     with pytest.raises(ConfigError, match="bp or ftp"):
         fo_edge.simulate(rule="foton", device="gpu-fp32", dataset="digits", model="mano")
     with pytest.raises(ConfigError, match="dim"):

@@ -191,7 +191,7 @@ def test_bad_mano_specs_get_one_line(spec, message):
 
 @pytest.mark.parametrize("options, message", [(dict(momentum=0.9), "--momentum"), (dict(error="mse"), "--error"),
                                               (dict(rule_options={"beta": 1}), "g_scale"),
-                                              (dict(backend="numba"), "backend torch"),
+                                              (dict(device="loihi-like"), "digital non-spiking"),
                                               (dict(dataset="darcy32", normalize="standard"), "--normalize")])
 def test_mano_runs_refuse_options_they_do_not_use(tmp_path, options, message):
     with pytest.raises(ConfigError, match=message):

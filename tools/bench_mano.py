@@ -6,6 +6,7 @@ training memory each rule plans as the model deepens.
     python tools/bench_mano.py --grids 16,32,64,128
     python tools/bench_mano.py --grids '' --train --mnist-limit 10000 --mnist-epochs 3 --darcy-epochs 10
     python tools/bench_mano.py --grids '' --depths 1,2,4,8,16
+    python tools/bench_mano.py --grids '' --device-train --mnist-limit 10000 --mnist-epochs 3 --darcy-epochs 10
 
 Layer: B = 1, 32 channels, 2 heads, window 4; the authors' V-cycle (models.mano_vcycle: levels down to 2x2), the
 first pooled variant (models.mano.MultipoleAttention: levels to cover the grid) and full attention; forward
@@ -21,11 +22,16 @@ Training (the default, vcycle variant): MANOClassifier (2x2 patches -> 14x14 gri
 (Darcy 16); every trained model is also run with its linear maps on mcu-int8 (rules.mano_binding: inference),
 in the profile's activation format (Q3.4 for every map) and with each map's activation exponent calibrated on
 the first 256 training inputs (the two int8 columns). ``--tasks`` picks the MNIST rows, the Darcy rows or both.
+Device training (``--device-train``): the same models trained with their linear maps on the devices' kernels
+(rules.mano_device_training, SGD at --device-lr-mnist / --device-lr-darcy, one thread), on gpu-fp32 and on
+mcu-int8 from the same initial weights: BP and FTP's readout loss; with the memory each plans on mcu-int8 (the
+capacity lifted so that the plan is reported, not refused) and the energy per training sample.
 Depths: the training memory rules.mano_memory plans for the MNIST classifier (batch 32) on gpu-fp32, measured
 from what autograd keeps (torch.autograd.graph.saved_tensors_hooks), per depth and rule.
 """
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -156,6 +162,85 @@ def bench_training(args) -> None:
               f"{history[-1]['test_metric']:.4f} | {fixed:.4f} | {calibrated:.4f} | {seconds:.0f} |", flush=True)
 
 
+def device_training(args) -> None:
+    """MANO trained on a device's kernels (rules.mano_device_training: every linear map's forward, backward product
+    and update in the device's formats, SGD): each (task, rule) trained on gpu-fp32 (float64 through the same
+    kernels) and on mcu-int8 from the same initial weights with the same lr, the difference the cost of int8
+    training; with the memory the run plans on mcu-int8 (rules.mano_memory.plan_mano_device_memory, at the
+    batch and at batch 1) and its energy per training sample (system mode, from the kernels' and the host's
+    counters)."""
+    import dataclasses
+
+    import torch
+
+    from fo_edge.accounting.counters import counters_record
+    from fo_edge.accounting.energy import energy_of
+    from fo_edge.accounting.mano_counts import MANOMeter
+    from fo_edge.darcy import darcy_dataset, relative_l2
+    from fo_edge.data import load_dataset
+    from fo_edge.device import load_device
+    from fo_edge.engine.mano_loop import MANOTrainConfig, train_mano
+    from fo_edge.models.mano import MANOClassifier, MANOOperator
+    from fo_edge.rules.mano_device_training import DeviceTraining
+    from fo_edge.rules.mano_memory import plan_mano_device_memory
+
+    torch.set_num_threads(1)
+    int8 = load_device("mcu-int8")
+    roomy = dataclasses.replace(int8, capacity=dataclasses.replace(int8.capacity, sram_bytes=1 << 40))
+    tasks = []
+    if "mnist" in args.tasks:
+        data = load_dataset("mnist").limited(args.mnist_limit)
+        x_test = torch.as_tensor(data.x_test)
+        tasks.append(("MNIST accuracy", lambda ro: MANOClassifier((1, 28, 28), 10, readouts=ro), data.x_train,
+                      data.y_train, "classify", 10, args.mnist_epochs, 32, args.device_lr_mnist,
+                      lambda m: float((m(x_test).argmax(1).numpy() == data.y_test).mean()), (784,)))
+    if "darcy" in args.tasks:
+        darcy = darcy_dataset(32, 1000, 200, seed=0)
+        scale = float(darcy.u_train.std())
+        a_test = torch.as_tensor((darcy.a_test - 7.5) / 4.5)
+        tasks.append(("Darcy relative L2", lambda ro: MANOOperator(size=32, readouts=ro), (darcy.a_train - 7.5) / 4.5,
+                      darcy.u_train / scale, "field", 1, args.darcy_epochs, 16, args.device_lr_darcy,
+                      lambda m: relative_l2(m(a_test).numpy() * scale, darcy.u_test), (32, 32)))
+    print("\n| task | rule | epochs | lr | fp32 (gpu-fp32) | int8 (mcu-int8) | mcu-int8 plan, batch / 1 (KiB) | "
+          "energy / training sample (mcu-int8, system) | seconds fp32 / int8 |\n|---|---|---|---|---|---|---|---|---|")
+    for name, build, x, y, task, outputs, epochs, batch, lr, score, sample in tasks:
+        for rule, block_loss in (("bp", None), ("ftp", "readout")):
+            ro = block_loss == "readout"
+            cells, seconds = [], []
+            for profile in (load_device("gpu-fp32"), int8):
+                torch.manual_seed(0)
+                model = build(ro)
+                meter = MANOMeter(model, device_maps=True)
+                config = MANOTrainConfig(rule=rule, task=task, lr=lr, epochs=epochs, batch_size=batch,
+                                         block_loss=block_loss or "readout")
+                start = time.perf_counter()
+                with DeviceTraining(model, profile, lr, torch.as_tensor(x[:CALIBRATION]), counters=meter.counters,
+                                    columns=meter.map_columns(model)) as dev:
+                    history = train_mano(model, x, y, config, lambda m: evaluate(score, m), outputs, meter=meter,
+                                         device=dev)
+                seconds.append(time.perf_counter() - start)
+                meter.close()
+                cells.append(history[-1]["test_metric"])
+            energy = energy_of(counters_record(meter.counters, training_samples=meter.trained, inference_samples=0),
+                               int8.energy_pj)
+            per_sample = energy["modes"]["system"]["per_training_sample_pj"] / 1e6
+            plans = [plan_mano_device_memory(build(ro), sample, roomy, rule, b, readouts=ro).report()["peak_bytes"]
+                     for b in (batch, 1)]
+            fmt = (lambda v: f"{100 * v:.2f} %") if task == "classify" else (lambda v: f"{v:.4f}")
+            label = f"{rule} {block_loss or ''}".strip()
+            print(f"| {name} | {label} | {epochs} | {lr:g} | {fmt(cells[0])} | {fmt(cells[1])} | "
+                  f"{plans[0] / 1024:.0f} / {plans[1] / 1024:.0f} | {per_sample:.1f} uJ | "
+                  f"{seconds[0]:.0f} / {seconds[1]:.0f} |", flush=True)
+
+
+def evaluate(score, model) -> float:
+    """score(model) without a graph (on a device: its inference path)."""
+    import torch
+
+    with torch.no_grad():
+        return score(model)
+
+
 def int8_maps(name: str, model, profile, calibration, accuracy, x_probe) -> None:
     """One row per linear map of a trained classifier (readouts left out: inference never runs them): the test
     accuracy with that map alone on ``profile``'s integer kernels in the profile's activation format, the mean |x|
@@ -227,13 +312,14 @@ def main() -> None:
     parser.add_argument("--darcy-epochs", type=int, default=10)
     parser.add_argument("--depths", default="", help="comma-separated depths for the training-memory table")
     parser.add_argument("--tasks", default="mnist,darcy", help="the --train rows: mnist, darcy or both")
+    parser.add_argument("--device-train", action="store_true", help="train on the devices' kernels: gpu-fp32 "
+                        "against mcu-int8 (rules.mano_device_training), the --tasks rows")
+    parser.add_argument("--device-lr-mnist", type=float, default=0.3, help="SGD's lr for --device-train on MNIST")
+    parser.add_argument("--device-lr-darcy", type=float, default=1e-4, help="SGD's lr for --device-train on Darcy")
     parser.add_argument("--int8-maps", action="store_true", help="after the MNIST rows, each trained classifier's "
                         "linear maps one at a time on mcu-int8 (where its int8 accuracy goes)")
     args = parser.parse_args()
-    print(f"command: python tools/bench_mano.py --grids '{args.grids}'"
-          + (f" --train --tasks {args.tasks} --mnist-limit {args.mnist_limit} --mnist-epochs {args.mnist_epochs} "
-             f"--darcy-epochs {args.darcy_epochs}" + (" --int8-maps" if args.int8_maps else "") if args.train else "") + (f" --depths {args.depths}" if args.depths else "")
-          + "\n")
+    print("command: python tools/bench_mano.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]) + "\n")
     grids = [int(g) for g in args.grids.split(",") if g]
     if grids:
         bench_layers(grids)
@@ -241,6 +327,8 @@ def main() -> None:
         bench_depths([int(d) for d in args.depths.split(",") if d])
     if args.train:
         bench_training(args)
+    if args.device_train:
+        device_training(args)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,10 @@ parameter of a stage as a synaptic update (Adam reads parameter, gradient and tw
 28 bytes per parameter) and counts the parameters whose value changed as weight writes. LayerNorm, GELU,
 softmax, pooling and the residual sums are elementwise and are not charged (as the MLP path charges no
 activation function).
+
+``device_maps``: the linear maps run on a device's kernels (rules.mano_device_training), which count them into
+the same array (their columns: :meth:`map_columns`); the meter then counts the host's work alone: the attention
+products, and the host parameters' SGD step.
 """
 from __future__ import annotations
 
@@ -59,15 +63,18 @@ def _attention_windows(rows: int, cols: int, window: int, levels: int) -> list[i
 class MANOMeter:
     """Counts a MANO model's work into ``counters`` (phases, depth + 3, names); see the module docstring."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, device_maps: bool = False):
         self.depth = len(model.blocks)
         self.counters = new_counters(self.depth + 2)
         self._phase, self._graph, self._batch = INFERENCE, False, 1
         self.trained = self.inferred = 0
         self._hooks = []
+        self.device_maps = device_maps
         for name, module in model.named_modules():
             stage = stage_of(name, self.depth)
             if isinstance(module, torch.nn.Linear):
+                if device_maps:
+                    continue
                 self._hooks.append(module.register_forward_hook(
                     lambda mod, args, out, s=stage: self._linear(s, mod, args[0], out)))
             elif hasattr(module, "levels") and hasattr(module, "window") and hasattr(module, "qkv"):
@@ -76,7 +83,13 @@ class MANOMeter:
             elif hasattr(module, "tiling") and hasattr(module, "qkv"):  # one level's window attention (vcycle)
                 self._hooks.append(module.register_forward_hook(
                     lambda mod, args, out, s=stage: self._windows(s, mod, args[0])))
-        self._params = [(stage_of(n, self.depth), p) for n, p in model.named_parameters()]
+        mapped = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)} if device_maps else set()
+        self._params = [(stage_of(n, self.depth), p) for n, p in model.named_parameters() if id(p) not in mapped]
+
+    def map_columns(self, model: torch.nn.Module) -> list[int]:
+        """The stage column of each of ``model``'s ``nn.Linear`` maps, in module order (where a device counts
+        them: rules.mano_binding.DeviceLinears)."""
+        return [stage_of(n, self.depth) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
 
     @contextlib.contextmanager
     def phase(self, phase: int, batch: int, with_graph: bool = False):
@@ -162,14 +175,16 @@ class MANOMeter:
         return [p.detach().clone() for _, p in self._params]
 
     def stepped(self, before: list[torch.Tensor]) -> None:
-        """Charge an optimiser step (module docstring)."""
+        """Charge an optimiser step (module docstring; with ``device_maps``, SGD's on the host parameters: each
+        read with its gradient, 8 bytes, and written, 4)."""
+        read, written = (8, 4) if self.device_maps else (16, 12)
         for (stage, p), old in zip(self._params, before):
             row = self.counters[UPDATE, stage]
             n = p.numel()
             row[SYN_UPDATES] += n
             row[WEIGHT_WRITES] += int((p.detach() != old).sum())
-            row[SRAM_READ] += 16 * n
-            row[SRAM_WRITE] += 12 * n
+            row[SRAM_READ] += read * n
+            row[SRAM_WRITE] += written * n
 
     def restore(self, counters: np.ndarray, trained: int, inferred: int) -> None:
         """Continue from a checkpoint's counts."""

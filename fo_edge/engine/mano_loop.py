@@ -173,6 +173,8 @@ def _readout_step(model, x: torch.Tensor, target: torch.Tensor, config: MANOTrai
         for block, readout in zip(model.blocks, model.readouts):
             out = block(h)
             _task_loss(readout(out), target, config.task).backward()  # frees this block's graph
+            if hasattr(optimizer, "local_step"):  # a device's maps update once their block is done
+                optimizer.local_step()
             h = out.detach()
         loss = _task_loss(model.head(h), target, config.task)
         loss.backward()
@@ -272,15 +274,17 @@ def train_mano(model: torch.nn.Module, x_train: np.ndarray, y_train: np.ndarray,
                on_epoch: Callable[[dict], None] | None = None, *, meter=None,
                on_batch: Callable[[int], None] | None = None, health: HealthConfig | None = None,
                checkpoint_every: int = 0, on_checkpoint: Callable[[dict], None] | None = None,
-               resume: dict | None = None, metric: str = "test_metric") -> list[dict]:
+               resume: dict | None = None, metric: str = "test_metric", device=None) -> list[dict]:
     """Train ``model`` in place on (x_train, y_train) (labels (N,) or fields (N, n, n)); ``evaluate(model)`` gives
     the epoch's test metric, recorded under ``metric``; ``outputs`` is the classes or 1 (G's width). Returns
     per-epoch records; the lifecycle keywords are the module docstring's (a resumed epoch's train_loss averages
     the steps after the resume). A health stop raises TrainingStopped whose outcome is the history so far. The
     epochs, batches, health checks (``health`` None: the default thresholds) and checkpoints are engine.loop's;
-    :class:`MANOStepper` is the step."""
+    :class:`MANOStepper` is the step. ``device``: a rules.mano_device_training.DeviceTraining the model is entered
+    in (its linear maps on a device's kernels): its SGD replaces Adam, and its stores go into checkpoints."""
     config.validate()
-    stepper = MANOStepper(model, x_train, y_train, config, evaluate, outputs, meter=meter, metric=metric)
+    stepper = MANOStepper(model, x_train, y_train, config, evaluate, outputs, meter=meter, metric=metric,
+                          device=device)
     return run_epochs(stepper, epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
                       plan=config.plan, on_batch=on_batch, health=health or HealthConfig(),
                       checkpoint_every=checkpoint_every, on_checkpoint=on_checkpoint, resume=resume,
@@ -288,15 +292,17 @@ def train_mano(model: torch.nn.Module, x_train: np.ndarray, y_train: np.ndarray,
 
 
 class MANOStepper:
-    """A MANO model's step (engine.loop.Stepper): Adam's lr set per epoch from the plan, then BP's or FTP's step
-    on each batch; the health monitor sees every stage's parameters (stem, blocks, head)."""
+    """A MANO model's step (engine.loop.Stepper): Adam's lr (or the device's SGD's) set per epoch from the plan, then
+    BP's or FTP's step on each batch; the health monitor sees every stage's parameters (stem, blocks, head)."""
 
     def __init__(self, model: torch.nn.Module, x_train: np.ndarray, y_train: np.ndarray, config: MANOTrainConfig,
-                 evaluate: Callable[[torch.nn.Module], float], outputs: int, *, meter, metric: str):
+                 evaluate: Callable[[torch.nn.Module], float], outputs: int, *, meter, metric: str, device=None):
         torch.manual_seed(config.seed)
         self.model, self.x_train, self.y_train, self.config = model, x_train, y_train, config
         self.evaluate_model, self.meter, self.metric = evaluate, meter, metric
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        self.device = device
+        self.optimizer = device.optimizer() if device is not None else torch.optim.Adam(model.parameters(),
+                                                                                        lr=config.lr)
         self.g = feedback(model, outputs, config)
         self.depth = len(model.blocks)
         self.n_train, self.n_monitored = len(x_train), self.depth + 2
@@ -328,14 +334,17 @@ class MANOStepper:
     def state(self) -> dict:
         params = list(self.model.parameters())
         meter = self.meter
+        device = self.device.checkpoint_state() if self.device is not None else {}  # its rng replaces the zero
         return {"w": _flat(params), "proj": _adam_state(self.optimizer, params), "rng": np.zeros(1, np.uint64),
-                "counters": meter.counters.copy() if meter is not None else np.zeros(0, np.int64)}
+                "counters": meter.counters.copy() if meter is not None else np.zeros(0, np.int64), **device}
 
     def tallies(self) -> tuple[int, int]:
         return (self.meter.trained, self.meter.inferred) if self.meter is not None else (0, 0)
 
     def restore(self, resume: dict) -> None:
         _restore(self.model, self.optimizer, resume)
+        if self.device is not None:
+            self.device.restore(resume)
         if self.meter is not None and resume["counters"].size:
             self.meter.restore(resume["counters"].reshape(self.meter.counters.shape),
                                *(int(v) for v in resume["position"][3:5]))

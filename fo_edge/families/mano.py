@@ -6,8 +6,13 @@ patch grid, mean-pooled readout) learns the labels with cross-entropy; on a Darc
 fo_edge.darcy, generated and cached) a MANOOperator maps the coefficient a, scaled to (a - 7.5) / 4.5 in
 {-1, 1}, to the solution u over the training split's standard deviation, with MSE, and the run reports the
 relative L2 error of u on the test split (the paper's metric) instead of an accuracy. Both rules (BP, and FTP's
-block-local losses: engine.mano_loop) use Adam (its lr stepped down at --lr-milestones by --lr-gamma), on the
-float torch path (CPU) of a float device.
+block-local losses: engine.mano_loop) train on one of two backends, the lr stepped down at --lr-milestones by
+--lr-gamma:
+  torch (float devices; the default there): Adam on the float torch path (CPU).
+  numba (integer devices such as mcu-int8; the default there, or --backend numba on gpu-fp32): every linear map's
+    forward, backward product and update on the device's kernels, the rest on the host in float, SGD
+    (rules.mano_device_training; FTP with block_loss readout); each map's activation exponent calibrated on the
+    first CALIBRATION training inputs; memory planned in the device's formats (rules.mano_memory).
 
 The lifecycle (fo_edge.lifecycle) gives MANO runs what every run has: device memory planned before anything is
 written (rules.mano_memory; refused if it cannot fit), counters and energy (accounting.mano_counts), health stops,
@@ -15,6 +20,7 @@ checkpoints and --resume to the same weights. weights.npz: every parameter under
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 
@@ -33,12 +39,18 @@ from ..kernels.counters import INFERENCE
 from ..lifecycle import Training, skeleton
 from ..mano_run import MANOTask, build_mano, mano_task, task_score
 from ..models.mano import parse_mano_spec
+from ..rules.mano_device_training import DeviceTraining
 from ..run_config import SimulateConfig, check_pipeline, check_run_options, check_threads
 
-__all__ = ["MANOPrepared", "prepare", "MANO_DEFAULT_LR", "EVAL_CHUNK"]
+__all__ = ["MANOPrepared", "prepare", "MANO_DEFAULT_LR", "MANO_DEVICE_LR", "EVAL_CHUNK"]
 
 #: Adam's step size when --lr is not given
 MANO_DEFAULT_LR = 1e-3
+#: SGD's step size on the numba backend (rules.mano_device_training) when --lr is not given, per task: a field's
+#: loss sums over every grid point (0.5 |y - u|^2 / B), and SGD diverged on darcy32 at 1e-3 (tools/bench_mano.py)
+MANO_DEVICE_LR = {"classify": 0.3, "field": 1e-4}
+#: training inputs that calibrate the device maps' activation exponents (rules.mano_binding)
+CALIBRATION = 256
 #: test samples per evaluation forward
 EVAL_CHUNK = 500
 #: SimulateConfig fields a MANO run does not use, with the value that means "not given"
@@ -72,13 +84,23 @@ class MANOPrepared:
             return task_score(self.task, np.concatenate(outputs))
         return evaluate
 
+    def _device(self, meter: MANOMeter):
+        """The numba backend's DeviceTraining (its maps counted into the meter's stage columns; activation
+        exponents calibrated on the first CALIBRATION training inputs), or a null context on torch."""
+        if self.backend != "numba":
+            return contextlib.nullcontext()
+        return DeviceTraining(self.model, self.device, self.train_config.lr,
+                              torch.as_tensor(self.task.x_train[:CALIBRATION]), seed=self.train_config.seed,
+                              counters=meter.counters, columns=meter.map_columns(self.model))
+
     def train(self, training: Training):
-        meter = MANOMeter(self.model)
+        meter = MANOMeter(self.model, device_maps=self.backend == "numba")
         metric = "test_relative_l2" if self.task.field else "test_accuracy"
         try:
-            history = train_mano(self.model, self.task.x_train, self.task.y_train, self.train_config,
-                                 self._evaluate(meter), self.task.outputs, meter=meter, metric=metric,
-                                 **training.keywords())
+            with self._device(meter) as device:
+                history = train_mano(self.model, self.task.x_train, self.task.y_train, self.train_config,
+                                     self._evaluate(meter), self.task.outputs, meter=meter, metric=metric,
+                                     device=device, **training.keywords())
         except TrainingStopped as stop:  # a health stop: the history so far, with the meter
             stop.outcome = (stop.outcome, meter)
             raise
@@ -105,22 +127,29 @@ class MANOPrepared:
 
 
 def _check_options(config: SimulateConfig, device: DeviceProfile) -> str:
-    """The options a MANO run refuses; returns the backend (torch)."""
+    """The options a MANO run refuses; returns the backend: torch (float, Adam) or numba (the linear maps on the
+    device's kernels, SGD: rules.mano_device_training), by default torch on a float device and numba on an
+    integer one."""
     if config.rule not in MANO_RULES:
         raise ConfigError(f"MANO models train with {' or '.join(MANO_RULES)}, not {config.rule!r}")
-    if not device.is_float or device.spiking is not None or device.analog is not None:
-        raise ConfigError(f"MANO trains on the float torch path: use a float device such as gpu-fp32 ({device.id} "
-                          f"is {device.arithmetic.value})")
-    backend = config.backend or "torch"
-    if backend != "torch":
-        raise ConfigError(f"MANO runs on --backend torch only, not {backend}")
+    if device.spiking is not None or device.analog is not None:
+        raise ConfigError(f"MANO runs on digital non-spiking devices such as mcu-int8 or gpu-fp32, not {device.id}")
+    backend = config.backend or ("torch" if device.is_float else "numba")
+    if backend not in ("torch", "numba"):
+        raise ConfigError(f"MANO runs on --backend torch or numba, not {backend}")
+    if backend == "torch" and not device.is_float:
+        raise ConfigError(f"MANO on {device.id} ({device.arithmetic.value}) trains its linear maps on the device's "
+                          "kernels: use --backend numba (its default there); the float torch path needs a float "
+                          "device such as gpu-fp32")
+    if backend == "numba" and dict(config.rule_options).get("block_loss") == "target":
+        raise ConfigError("-o block_loss=target runs on the float torch path only (--backend torch, a float device)")
     if config.torch_device != "cpu":
         raise ConfigError(f"MANO runs on the CPU; --torch-device {config.torch_device} is not supported for it")
     for name, unused in _UNUSED.items():
         value = getattr(config, name)
         if (tuple(value) if isinstance(value, (list, tuple)) else value) != unused:
-            raise ConfigError(f"--{name.replace('_', '-')} does not apply to MANO models (Adam, cross-entropy for "
-                              f"classes and MSE for fields)")
+            raise ConfigError(f"--{name.replace('_', '-')} does not apply to MANO models (Adam or SGD, "
+                              f"cross-entropy for classes and MSE for fields)")
     train_options(config.rule, dict(config.rule_options))  # refuses what MANO's rules do not take
     return backend
 
@@ -139,19 +168,25 @@ def prepare(config: SimulateConfig) -> MANOPrepared:
     check_pipeline(config)
     # the options as given, which --resume reads back
     simulate = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("out", "overwrite")}
-    lr = MANO_DEFAULT_LR if config.lr is None else float(config.lr)
+    field = config.dataset in DARCY_DATASETS
+    lr = (MANO_DEFAULT_LR if backend == "torch" else MANO_DEVICE_LR["field" if field else "classify"]) \
+        if config.lr is None else float(config.lr)
     config = dataclasses.replace(config, lr=lr, backend=backend)
-    train_config = MANOTrainConfig(rule=config.rule, task="field" if config.dataset in DARCY_DATASETS else "classify",
+    train_config = MANOTrainConfig(rule=config.rule, task="field" if field else "classify",
                                    lr=lr, epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
                                    plan=config.plan(), **train_options(config.rule, dict(config.rule_options)))
     train_config.validate()
     task = mano_task(config)
     model = build_mano(config, task, sizes)
-    from ..rules.mano_memory import plan_mano_memory
+    from ..rules.mano_memory import plan_mano_device_memory, plan_mano_memory
 
     sample = task.x_train.shape[1:]
-    memory = plan_mano_memory(model, sample, device, config.rule, config.batch_size, task.outputs,
-                              task.field, readouts=train_config.readouts).report()
+    if backend == "numba":
+        memory = plan_mano_device_memory(model, sample, device, config.rule, config.batch_size,
+                                         readouts=train_config.readouts).report()
+    else:
+        memory = plan_mano_memory(model, sample, device, config.rule, config.batch_size, task.outputs,
+                                  task.field, readouts=train_config.readouts).report()
     record = skeleton({"rule": config.rule, "device": device.id, "model": config.model, "dataset": task.name,
                        "backend": backend, "lr": lr, "epochs": config.epochs, "batch_size": config.batch_size,
                        "seed": config.seed, "limit": config.limit, "data_dir": config.data_dir, "activation": None,

@@ -65,10 +65,12 @@ class DeviceLinears:
     ``dev.counters`` (phases, n_linear + 1, names) counts them. ``calibration``: inputs (N, ...) from which each
     map's activation exponent is calibrated (module docstring; ``dev.frac_bits``); None: the profile's format for
     every map. ``maps``: the indices (into ``dev.linears``, the model's ``nn.Linear`` modules in module order) of
-    the maps to run on the device, the others staying in float; None: all of them."""
+    the maps to run on the device, the others staying in float; None: all of them. ``counters``, ``columns``: an
+    array (phases, columns, names) to count into instead, map i into column ``columns[i]`` (a MANO run's stage
+    columns, accounting.mano_counts.stage_of), which must leave column ``columns[i] + 1`` in the array."""
 
     def __init__(self, model: torch.nn.Module, profile: DeviceProfile, calibration: torch.Tensor | None = None,
-                 maps=None):
+                 maps=None, counters: np.ndarray | None = None, columns=None):
         if profile.analog is not None or profile.spiking is not None:
             raise ConfigError(f"device {profile.id}: MANO runs on digital non-spiking profiles")
         self.model, self.profile = model, profile
@@ -77,12 +79,12 @@ class DeviceLinears:
             raise ConfigError("DeviceLinears needs bias-free linear maps (MANO's are)")
         self.nets = [to_device([m.weight.detach().double().numpy()], profile) for m in self.linears]
         fmt = profile.activation
-        self.frac_bits = [fmt.frac_bits] * len(self.linears) if calibration is None or profile.is_float else \
-            activation_exponents(model, self.linears, calibration, fmt)
-        self.profiles = [dataclasses.replace(profile, activation=NumberFormat(fmt.bits, f, fmt.float_format))
-                         for f in self.frac_bits]
-        self.params = [make_params(p, "identity", "mse") for p in self.profiles]
-        self.counters = new_counters(len(self.linears))
+        self.set_activation_exponents([fmt.frac_bits] * len(self.linears) if calibration is None or profile.is_float
+                                      else activation_exponents(model, self.linears, calibration, fmt))
+        self.counters = new_counters(len(self.linears)) if counters is None else counters
+        self.columns = list(range(len(self.linears))) if columns is None else [int(c) for c in columns]
+        if len(self.columns) != len(self.linears) or max(self.columns, default=0) + 1 >= self.counters.shape[1]:
+            raise ConfigError(f"columns must give each of the {len(self.linears)} maps a column of the counters")
         self.rng = new_state(0)
         self._hooks = []
         self._limits = None
@@ -90,20 +92,30 @@ class DeviceLinears:
         if not self.maps <= set(range(len(self.linears))):
             raise ConfigError(f"maps must index the model's {len(self.linears)} linear maps, got {sorted(self.maps)}")
 
-    def _run(self, index: int, x: torch.Tensor) -> torch.Tensor:
+    def set_activation_exponents(self, frac_bits: list[int]) -> None:
+        """Each map's activation fraction bits (``frac_bits``), with the per-map profiles and kernel parameters."""
+        fmt = self.profile.activation
+        self.frac_bits = list(frac_bits)
+        self.profiles = [dataclasses.replace(self.profile, activation=NumberFormat(fmt.bits, f, fmt.float_format))
+                         for f in self.frac_bits]
+        self.params = [make_params(p, "identity", "mse") for p in self.profiles]
+
+    def device_forward(self, index: int, x: torch.Tensor, phase: int = INFERENCE) -> tuple[torch.Tensor, np.ndarray]:
+        """Map ``index`` on the device, counted on ``phase``: (y (x's leading shape, d_out; x's dtype), x_q (n, d_in)
+        the input's activation mantissas (float64 values on a float profile))."""
         net, profile, params = self.nets[index], self.profiles[index], self.params[index]
         d_in, d_out = int(net.dims[0]), int(net.dims[1])
         flat = x.detach().double().reshape(-1, d_in).numpy()
         check_exact(profile, [d_in, d_out], max(len(flat), 1))
         buf = np.zeros((len(flat), d_in), dtype=net.value_dtype)
-        row = self.counters[INFERENCE, index]
+        row = self.counters[phase, self.columns[index]]
         x_dev = quantize_input(flat, profile, buf, row, self.rng)
         pre = np.zeros((len(flat), d_out), dtype=net.value_dtype)
         out = np.zeros_like(pre)
         cached_layer_forward_(x_dev, net.w, 0, d_out, d_in, net.w_one[0], net.row_shift, True, params, pre, out,
                               row, self.rng, *no_weight_cache())
         real = out / float(params.a_one)
-        return torch.as_tensor(real, dtype=x.dtype).reshape(*x.shape[:-1], d_out)
+        return torch.as_tensor(real, dtype=x.dtype).reshape(*x.shape[:-1], d_out), x_dev
 
     def __enter__(self) -> "DeviceLinears":
         # The kernels call BLAS inside their OpenMP parallel loops: single-threaded there, or OpenBLAS's own
@@ -112,16 +124,23 @@ class DeviceLinears:
         # loaded first so that it is limited too.
         importlib.import_module("scipy.linalg.cython_blas")
         self._limits = threadpool_limits(limits=1, user_api="blas")
-        for i, module in enumerate(self.linears):
-            if i not in self.maps:
-                continue
-            self._hooks.append(module.register_forward_hook(lambda mod, args, out, i=i: self._run(i, args[0])))
+        self._attach()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def _attach(self) -> None:
+        """Route the chosen maps' forwards to the device (a forward hook each: their outputs replaced)."""
+        for i, module in enumerate(self.linears):
+            if i in self.maps:
+                self._hooks.append(module.register_forward_hook(
+                    lambda mod, args, out, i=i: self.device_forward(i, args[0])[0]))
+
+    def _detach(self) -> None:
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
+
+    def __exit__(self, *exc) -> None:
+        self._detach()
         if self._limits is not None:
             self._limits.restore_original_limits()
             self._limits = None

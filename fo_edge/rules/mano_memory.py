@@ -19,6 +19,7 @@ bytes are affine in the batch, so B's are extrapolated exactly.
 """
 from __future__ import annotations
 
+import copy
 from typing import Callable
 
 import numpy as np
@@ -27,7 +28,7 @@ import torch
 from ..accounting.memory import MemoryArena
 from ..device.spec import DeviceProfile
 
-__all__ = ["plan_mano_memory", "saved_bytes"]
+__all__ = ["plan_mano_memory", "plan_mano_device_memory", "saved_bytes"]
 
 
 def saved_bytes(run: Callable[[], torch.Tensor], parameters) -> int:
@@ -101,4 +102,73 @@ def plan_mano_memory(model: torch.nn.Module, sample_shape: tuple[int, ...], prof
     finally:
         model.train(was_training)
     alloc("output_error", batch * (int(np.prod(sample_shape)) if field else outputs), "errors")
+    return arena
+
+
+def plan_mano_device_memory(model: torch.nn.Module, sample_shape: tuple[int, ...], profile: DeviceProfile, rule: str,
+                            batch: int, readouts: bool = False) -> MemoryArena:
+    """What training ``model`` holds when its linear maps train on ``profile``'s kernels
+    (rules.mano_device_training; ``rule`` bp, or ftp with ``readouts``):
+
+      weights             the maps' values in the weight format, a 4-byte exponent per row on a per-channel
+                          profile; the host's parameters (LayerNorms, position table) float32
+      gradients           the host parameters', float32 (SGD: no optimiser state)
+      input               B x the sample, in the activation format
+      stored_activations  what the backward keeps, measured as plan_mano_memory does with the maps on the device:
+                          each map keeps its input's mantissas (the activation format's bytes), the host's
+                          operations their float32 tensors; BP: the whole model's; FTP: the map handed from
+                          block to block (float32) and the largest block's graph with its readout's
+      pending_errors      the errors whose updates wait for the step, in the error format: BP every map's output
+                          error; FTP one block's (its maps update when its graph is done)
+
+    Measured on a copy of ``model`` (``model`` is left as it was). Raises DeviceMemoryError naming what did not
+    fit."""
+    from .mano_device_training import DeviceTraining
+
+    arena = MemoryArena(profile.capacity.sram_bytes, profile.capacity.flash_bytes)
+    probe = copy.deepcopy(model)
+    trainer = DeviceTraining(probe, profile, lr=0.0)
+    host = trainer.host_parameters()
+    n_host = sum(p.numel() for p in host)
+    arena.alloc("weights", (1,), np.int8, "weights",
+                sum(m.weight.numel() for m in trainer.linears) * profile.weight.bytes_per_value)
+    if profile.weight_scale.per_channel and not profile.is_float:
+        arena.alloc("weight scales", (1,), np.int8, "weights", 4 * sum(m.weight.shape[0] for m in trainer.linears))
+    arena.alloc("host_parameters", (1,), np.int8, "weights", 4 * n_host)
+    arena.alloc("gradients", (1,), np.int8, "gradients", 4 * n_host)
+    arena.alloc("input", (1,), np.int8, "input",
+                batch * int(np.prod(sample_shape)) * profile.activation.bytes_per_value)
+
+    def outputs_of(run: Callable[[], torch.Tensor]) -> int:
+        """(saved bytes, error values queued) of run()'s graph."""
+        trainer.graph_outputs = 0
+        saved = saved_bytes(run, host)
+        return saved, trainer.graph_outputs
+
+    probe.train()
+    with trainer:
+        if rule == "bp":
+            one, two = (outputs_of(lambda b=b: probe(torch.zeros((b, *sample_shape)))) for b in (1, 2))
+            stored = max(0, one[0] + (two[0] - one[0]) * (batch - 1))
+            errors = max(0, one[1] + (two[1] - one[1]) * (batch - 1))
+            arena.alloc("stored_activations", (1,), np.int8, "stored_activations", stored)
+        else:
+            def local(b: int) -> list:
+                x = torch.zeros((b, *sample_shape))
+                with torch.no_grad():
+                    h = probe.stem(x)
+                stages = [outputs_of(lambda: probe.readouts[0](probe.blocks[0](probe.stem(x))))]
+                stages += [outputs_of(lambda l=l: probe.readouts[l](probe.blocks[l](h)))
+                           for l in range(1, len(probe.blocks))]
+                stages.append(outputs_of(lambda: probe.head(h)))
+                return stages, h.numel()
+
+            (one, map_one), (two, _) = local(1), local(2)
+            per_stage = [(a[0] + (b[0] - a[0]) * (batch - 1), a[1] + (b[1] - a[1]) * (batch - 1))
+                         for a, b in zip(one, two)]
+            stored, errors = max(v[0] for v in per_stage), max(v[1] for v in per_stage)
+            arena.alloc("stage_output", (1,), np.int8, "stored_activations", 4 * batch * map_one)
+            arena.alloc("local_graph", (1,), np.int8, "activations", max(0, stored))
+        trainer.pending.clear()
+    arena.alloc("pending_errors", (1,), np.int8, "errors", max(0, errors) * profile.error.bytes_per_value)
     return arena

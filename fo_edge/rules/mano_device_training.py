@@ -1,0 +1,221 @@
+"""MANO training with its linear maps on a device's kernels: the forward pass, the backward product and the
+weight update of every map in the device's formats (the Numba path), SGD.
+
+``with DeviceTraining(model, profile, lr) as dev:`` makes each bias-free ``nn.Linear`` of the model a device map
+(rules.mano_binding.DeviceLinears: its weight quantised into the flat store, per-channel exponents on mcu-int8,
+each map's activation exponent calibrated from ``calibration`` inputs or the profile's) that autograd runs
+through. For map i, W_i: (d_out, d_in), at each use with input x (n, d_in) (every point of every sample; a map
+shared by the V-cycle's levels is used once per level):
+
+  forward   x_q = round(x 2**a_i) (activation format), y = the device's requantised W_i x_q (kernels.linear);
+            x_q is what the backward keeps (the activation format's bytes).
+  backward  given dL/dy (float, from the host's operations), delta = round(dL/dy 2**e) in the error format,
+            e = floor(log2(qmax / max|dL/dy|)) (one exponent per tensor, within [-MAX_ERROR_BITS, MAX_ERROR_BITS]);
+            dL/dx = delta W_i (kernels.transpose.error_through_: exact integer sums, requantised with a block
+            exponent) goes back to the host; the use's update (delta, e, x_q) waits for the step.
+  step      for every waiting use, W_i <- W_i - round(lr 2**(w_i + rs_r) (delta^T x_q) 2**-(e + a_i)) (row r;
+            kernels.update.outer_update_ in the profile's update rounding, stochastic on mcu-int8; saturating),
+            then the dynamic per-channel exponents follow the weights (kernels.update.rescale_network_).
+            Every backward product of a step reads the weights before any of its updates, as SGD's gradient does.
+
+LayerNorm, softmax, GELU, the residual sums, pooling, and their parameters (LayerNorm gains and biases, the
+position embedding: under 3 % of MANO's parameters) stay on the host in float; :meth:`DeviceTraining.optimizer`
+gives the SGD that steps those (torch.optim.SGD) and the device maps together. On a float profile (gpu-fp32)
+the same path runs in float64 through the same kernels, and a step equals autograd's SGD step (tests).
+Counters: the forward on the forward phase (inference under ``torch.no_grad``), the error quantisation and
+product on the backward phase, the updates and rescales on the update phase, one column per map.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..device.spec import DeviceProfile
+from ..errors import RunError
+from ..kernels.counters import BACKWARD, FORWARD, INFERENCE, SATURATION, UPDATE
+from ..kernels.fixed import quantize_array
+from ..kernels.transpose import error_through_
+from ..kernels.update import outer_update_, rescale_network_
+from .mano_binding import DeviceLinears
+from .numba_binding import from_device, mantissa_dtype, step_scale
+
+__all__ = ["DeviceTraining", "MAX_ERROR_BITS"]
+
+#: the error exponents a tensor may take, |e| <= MAX_ERROR_BITS
+MAX_ERROR_BITS = 40
+
+
+class _DeviceMap(torch.autograd.Function):
+    """y = map ``index`` of ``trainer`` applied to x on the device. ``weight`` (the module's parameter) is an
+    input only so that autograd runs the backward even when x needs no gradient (the first map reads the data);
+    its gradient is None: the device updates the weight itself."""
+
+    @staticmethod
+    def forward(ctx, x, weight, trainer, index):
+        y, x_dev = trainer.device_forward(index, x, FORWARD)
+        trainer.graph_outputs += y.numel()
+        ctx.trainer, ctx.index = trainer, index
+        ctx.save_for_backward(trainer.kept(x_dev))
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x_dev,) = ctx.saved_tensors
+        return ctx.trainer.device_backward(ctx.index, x_dev.numpy(), grad), None, None, None
+
+
+class DeviceTraining(DeviceLinears):
+    """DeviceLinears whose maps also train on the device (module docstring). ``lr``: SGD's step size (the
+    optimizer's, which sets it per epoch); ``seed``: the stream of the update rounding. ``dev.pending``: the uses
+    whose updates wait for the step. ``sync()`` writes the device weights (dequantised) into the modules."""
+
+    def __init__(self, model: torch.nn.Module, profile: DeviceProfile, lr: float,
+                 calibration: torch.Tensor | None = None, seed: int = 0, counters: np.ndarray | None = None,
+                 columns=None):
+        super().__init__(model, profile, calibration, counters=counters, columns=columns)
+        self.lr = float(lr)
+        self.rng[:] = np.random.SeedSequence(seed).generate_state(self.rng.size, dtype=np.uint64)
+        self.pending: list[tuple[int, np.ndarray, int, np.ndarray]] = []
+        #: outputs of the maps' uses with a graph so far: the error values their backward will queue
+        self.graph_outputs = 0
+        self._kept_dtype = mantissa_dtype(profile.activation) if not profile.is_float else np.float64
+
+    # -- the map's three operations -------------------------------------------------------------------------
+    def kept(self, x_dev: np.ndarray) -> torch.Tensor:
+        """x_q as the device keeps it for the backward: the activation format's integer width (or float64)."""
+        return torch.from_numpy(x_dev.astype(self._kept_dtype))
+
+    def device_backward(self, index: int, x_dev: np.ndarray, grad: torch.Tensor) -> torch.Tensor:
+        """dL/dx (x's shape, grad's dtype) from dL/dy on the device; the use's update is queued (``pending``)."""
+        net, params = self.nets[index], self.params[index]
+        d_in, d_out = int(net.dims[0]), int(net.dims[1])
+        flat = grad.detach().double().reshape(-1, d_out).numpy()
+        row = self.counters[BACKWARD, self.columns[index]]
+        delta = np.zeros(flat.shape, dtype=net.value_dtype)
+        exponent = 0
+        if net.quantized:
+            peak = float(np.abs(flat).max())
+            if peak == 0.0:
+                return torch.zeros((*grad.shape[:-1], d_in), dtype=grad.dtype)
+            fmt = self.profile.error
+            exponent = max(-MAX_ERROR_BITS, min(MAX_ERROR_BITS, math.floor(math.log2(fmt.qmax / peak))))
+            quantize_array(np.ascontiguousarray(flat).ravel(), 2.0 ** exponent, fmt.qmin, fmt.qmax, 0, self.rng,
+                           delta.reshape(-1), row, SATURATION)
+        else:
+            delta[:] = flat
+        out = np.zeros((len(flat), d_in), dtype=net.value_dtype)
+        change = error_through_(delta, net.w, 0, d_out, d_in, net.row_shift, net.w_one[0], params, out, row)
+        self.pending.append((index, delta, exponent, x_dev.reshape(-1, d_in).astype(net.value_dtype)))
+        real = out * 2.0 ** -(exponent + change) if net.quantized else out
+        return torch.as_tensor(real, dtype=grad.dtype).reshape(*grad.shape[:-1], d_in)
+
+    def apply_updates(self) -> None:
+        """Every pending use's weight step (module docstring), in the order the backward formed them, then the
+        dynamic exponents; ``pending`` is emptied."""
+        touched = set()
+        for index, delta, exponent, x_dev in self.pending:
+            net, params = self.nets[index], self.params[index]
+            d_in, d_out = int(net.dims[0]), int(net.dims[1])
+            if net.quantized:
+                mul, div = step_scale(self.lr * 2.0 ** (int(net.w_frac[0]) - exponent - self.frac_bits[index]))
+            else:
+                mul, div = self.lr * float(net.w_one[0]), 1.0
+            outer_update_(net.w, 0, d_out, d_in, delta, x_dev, mul, div, 1.0, net.row_shift, params,
+                          self.counters[UPDATE, self.columns[index]], self.rng, np.zeros(0))
+            touched.add(index)
+        self.pending.clear()
+        for index in sorted(touched):
+            net = self.nets[index]
+            if net.dynamic:
+                net.rescan[:] = 1
+                column = self.columns[index]
+                rescale_network_(net.w, net.dims, net.offs, net.row_shift, net.w_frac, net.w_one, self.params[index],
+                                 self.counters[UPDATE, column:column + 2], net.rescan)
+
+    # -- wiring -----------------------------------------------------------------------------------------------
+    def host_parameters(self) -> list[torch.nn.Parameter]:
+        """The parameters the host trains: every one but the device maps' weights."""
+        mapped = {id(m.weight) for m in self.linears}
+        return [p for p in self.model.parameters() if id(p) not in mapped]
+
+    def optimizer(self) -> "DeviceSGD":
+        """SGD at ``lr`` over the host parameters whose step also applies the device maps' updates."""
+        return DeviceSGD(self)
+
+    def checkpoint_state(self) -> dict[str, np.ndarray]:
+        """The device's part of a checkpoint: ``device_w`` every map's store (mantissas, or float64 values),
+        ``w_exp`` every map's row exponents, ``a_exp`` each map's activation exponent (``frac_bits``), ``rng`` the
+        update rounding's stream."""
+        return {"device_w": np.concatenate([net.w.astype(np.float64) for net in self.nets]),
+                "w_exp": np.concatenate([net.all_row_exponents() for net in self.nets]),
+                "a_exp": np.array(self.frac_bits, dtype=np.int64), "rng": self.rng.copy()}
+
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        """Put :meth:`checkpoint_state`'s arrays back (sizes checked; RunError), then ``sync``."""
+        sizes = [net.w.size for net in self.nets]
+        rows = [net.row_shift.size for net in self.nets]
+        if any(key not in state for key in ("device_w", "w_exp", "a_exp", "rng")) or \
+                state["device_w"].shape != (sum(sizes),) or state["w_exp"].shape != (sum(rows),) or \
+                state["a_exp"].shape != (len(self.nets),) or state["rng"].shape != self.rng.shape:
+            raise RunError("checkpoint does not hold this MANO model's device stores")
+        self.set_activation_exponents([int(f) for f in state["a_exp"]])
+        w_at, e_at = np.cumsum([0, *sizes]), np.cumsum([0, *rows])
+        for i, net in enumerate(self.nets):
+            net.w[:] = state["device_w"][w_at[i]:w_at[i + 1]].astype(net.w.dtype)
+            net.set_row_exponents(state["w_exp"][e_at[i]:e_at[i + 1]].astype(np.int64))
+        self.rng[:] = state["rng"]
+        self.sync()
+
+    def sync(self) -> None:
+        """The device weights, dequantised, into the modules' float weights (for evaluation off the device,
+        checkpoints and export)."""
+        with torch.no_grad():
+            for module, net in zip(self.linears, self.nets):
+                module.weight.copy_(torch.as_tensor(from_device(net)[0], dtype=module.weight.dtype))
+
+    def _attach(self) -> None:
+        """Every map's forward through :class:`_DeviceMap` (with a graph) or the device's inference (without)."""
+        for i, module in enumerate(self.linears):
+            module.forward = (lambda x, i=i, module=module:
+                              _DeviceMap.apply(x, module.weight, self, i) if torch.is_grad_enabled()
+                              else self.device_forward(i, x, INFERENCE)[0])
+
+    def _detach(self) -> None:
+        for module in self.linears:
+            module.__dict__.pop("forward", None)
+        self.pending.clear()
+        self.sync()
+
+
+class DeviceSGD:
+    """SGD for a DeviceTraining model, with the optimiser interface the training loop uses (``param_groups``,
+    ``zero_grad``, ``step``, ``state``): torch.optim.SGD over the host parameters (DeviceTraining.host_parameters;
+    none for a model of maps alone), then the device maps' waiting updates, at the group's lr (which the loop's
+    schedule sets per epoch)."""
+
+    def __init__(self, trainer: DeviceTraining):
+        self.trainer = trainer
+        host = trainer.host_parameters()
+        self.host = torch.optim.SGD(host, lr=trainer.lr) if host else None
+        self.param_groups = self.host.param_groups if self.host else [{"params": [], "lr": trainer.lr}]
+        self.state = self.host.state if self.host else {}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        if self.host is not None:
+            self.host.zero_grad(set_to_none=set_to_none)
+
+    def local_step(self) -> None:
+        """Apply the device maps' waiting updates now (a block-local rule, once a block's graph is done: no later
+        graph of the step reads that block's maps); the host parameters wait for ``step``."""
+        self.trainer.lr = float(self.param_groups[0]["lr"])
+        self.trainer.apply_updates()
+
+    def step(self) -> None:
+        """The host parameters' SGD step, the device maps' waiting updates, then the modules' weights synced
+        (the health checks and checkpoints read them)."""
+        if self.host is not None:
+            self.host.step()
+        self.local_step()
+        self.trainer.sync()
