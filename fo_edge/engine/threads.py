@@ -16,7 +16,8 @@ import os
 import sys
 
 import numba
-from threadpoolctl import threadpool_limits
+
+from ..kernels import single_threaded_blas
 
 __all__ = ["available_threads", "kernel_threads"]
 
@@ -35,14 +36,13 @@ def kernel_threads(threads: int | None = None):
     """Run the block with ``threads`` Numba threads (None: every available core) and single-threaded BLAS
     (numpy's and scipy's OpenBLAS, which Numba's ``np.dot`` calls); restores both after."""
     n = available_threads() if threads is None else max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
-    import scipy.linalg.cython_blas  # noqa: F401  (the BLAS Numba's np.dot calls: loaded now, so limited too)
 
     torch = sys.modules.get("torch")
     torch_before = torch.get_num_threads() if torch is not None else None
     before = numba.get_num_threads()
     numba.set_num_threads(n)
     try:
-        with threadpool_limits(limits=1, user_api="blas"):
+        with single_threaded_blas():
             yield n
     finally:
         numba.set_num_threads(before)

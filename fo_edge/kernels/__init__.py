@@ -13,11 +13,13 @@ runs; import alone starts nothing, so a torch-only run keeps torch's own OpenMP 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib
 import os
 from pathlib import Path
 
-__all__ = ["cache_name", "threads_ready"]
+__all__ = ["cache_name", "threads_ready", "single_threaded_blas"]
 
 
 def cache_name(folder: Path, numba_version: str) -> str:
@@ -34,6 +36,19 @@ def threads_ready() -> None:
     import numba
 
     numba.get_num_threads()  # launches the threading layer the first time
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """Hold BLAS (numpy's and scipy's OpenBLAS; scipy's is what Numba's ``np.dot`` calls, loaded first so that it
+    is limited too) to one thread for the block, and give it its threads back after. The kernels call BLAS inside
+    their parallel loops: BLAS's own threads would busy-wait beside them, and OpenBLAS started inside an OpenMP
+    loop warns "Detect OpenMP Loop and this application may hang"."""
+    from threadpoolctl import threadpool_limits
+
+    importlib.import_module("scipy.linalg.cython_blas")
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 def _use_source_keyed_cache() -> None:

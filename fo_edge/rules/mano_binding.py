@@ -19,14 +19,13 @@ reads is small (mean |x| about 0.07 after the embedding), and in Q3.4 most of it
 from __future__ import annotations
 
 import dataclasses
-import importlib
 
 import numpy as np
 import torch
-from threadpoolctl import threadpool_limits
 
 from ..device.spec import DeviceProfile, NumberFormat
 from ..errors import ConfigError
+from ..kernels import single_threaded_blas
 from ..kernels.counters import INFERENCE, new_counters
 from ..kernels.linear import cached_layer_forward_, no_weight_cache
 from ..kernels.rng import new_state
@@ -118,12 +117,10 @@ class DeviceLinears:
         return torch.as_tensor(real, dtype=x.dtype).reshape(*x.shape[:-1], d_out), x_dev
 
     def __enter__(self) -> "DeviceLinears":
-        # The kernels call BLAS inside their OpenMP parallel loops: single-threaded there, or OpenBLAS's own
-        # threads start inside an OpenMP loop ("Detect OpenMP Loop and this application may hang"); as
-        # engine.threads.kernel_threads does for the training engines. scipy's BLAS (what Numba's np.dot calls) is
-        # loaded first so that it is limited too.
-        importlib.import_module("scipy.linalg.cython_blas")
-        self._limits = threadpool_limits(limits=1, user_api="blas")
+        # BLAS single-threaded inside the kernels' parallel loops, as engine.threads.kernel_threads holds it for
+        # the training engines
+        self._limits = single_threaded_blas()
+        self._limits.__enter__()
         self._attach()
         return self
 
@@ -142,5 +139,5 @@ class DeviceLinears:
     def __exit__(self, *exc) -> None:
         self._detach()
         if self._limits is not None:
-            self._limits.restore_original_limits()
+            self._limits.__exit__(None, None, None)
             self._limits = None
