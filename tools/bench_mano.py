@@ -7,6 +7,7 @@ training memory each rule plans as the model deepens.
     python tools/bench_mano.py --grids '' --train --mnist-limit 10000 --mnist-epochs 3 --darcy-epochs 10
     python tools/bench_mano.py --grids '' --depths 1,2,4,8,16
     python tools/bench_mano.py --grids '' --device-train --mnist-limit 10000 --mnist-epochs 3 --darcy-epochs 10
+    python tools/bench_mano.py --grids '' --device-fit 'mano;mano:patch=4;mano:dim=16,patch=4'
 
 Layer: B = 1, 32 channels, 2 heads, window 4; the authors' V-cycle (models.mano_vcycle: levels down to 2x2), the
 first pooled variant (models.mano.MultipoleAttention: levels to cover the grid) and full attention; forward
@@ -25,7 +26,8 @@ the first 256 training inputs (the two int8 columns). ``--tasks`` picks the MNIS
 Device training (``--device-train``): the same models trained with their linear maps on the devices' kernels
 (rules.mano_device_training, SGD at --device-lr-mnist / --device-lr-darcy, one thread), on gpu-fp32 and on
 mcu-int8 from the same initial weights: BP and FTP's readout loss; with the memory each plans on mcu-int8 (the
-capacity lifted so that the plan is reported, not refused) and the energy per training sample.
+capacity lifted so that the plan is reported, not refused) and the energy per training sample. ``--device-fit``:
+the memory MNIST classifiers plan on mcu-int8 per batch, "(no)" where it exceeds the profile's 256 KiB.
 Depths: the training memory rules.mano_memory plans for the MNIST classifier (batch 32) on gpu-fp32, measured
 from what autograd keeps (torch.autograd.graph.saved_tensors_hooks), per depth and rule.
 """
@@ -233,6 +235,34 @@ def device_training(args) -> None:
                   f"{seconds[0]:.0f} / {seconds[1]:.0f} |", flush=True)
 
 
+def device_fit(specs: list[str], batches: list[int]) -> None:
+    """The training memory an MNIST MANOClassifier plans on mcu-int8 (rules.mano_memory.plan_mano_device_memory),
+    per model spec, rule and batch, against the profile's 256 KiB: which can train there."""
+    import dataclasses
+
+    import torch
+
+    from fo_edge.device import load_device
+    from fo_edge.models.mano import MANOClassifier, parse_mano_spec
+    from fo_edge.rules.mano_memory import plan_mano_device_memory
+
+    int8 = load_device("mcu-int8")
+    roomy = dataclasses.replace(int8, capacity=dataclasses.replace(int8.capacity, sram_bytes=1 << 40))
+    print("\n| model | parameters | rule | " + " | ".join(f"batch {b} (KiB)" for b in batches) +
+          " |\n|---|---|---|" + "---|" * len(batches))
+    for spec in specs:
+        sizes = parse_mano_spec(spec)
+        for rule, readouts in (("bp", False), ("ftp", True)):
+            torch.manual_seed(0)
+            model = MANOClassifier((1, 28, 28), 10, readouts=readouts, **sizes)
+            cells = []
+            for b in batches:
+                peak = plan_mano_device_memory(model, (784,), roomy, rule, b, readouts=readouts).report()["peak_bytes"]
+                cells.append(f"{peak / 1024:.0f}" + ("" if peak <= int8.capacity.sram_bytes else " (no)"))
+            params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("readouts."))
+            print(f"| {spec} | {params} | {rule} | " + " | ".join(cells) + " |", flush=True)
+
+
 def evaluate(score, model) -> float:
     """score(model) without a graph (on a device: its inference path)."""
     import torch
@@ -316,6 +346,9 @@ def main() -> None:
                         "against mcu-int8 (rules.mano_device_training), the --tasks rows")
     parser.add_argument("--device-lr-mnist", type=float, default=0.3, help="SGD's lr for --device-train on MNIST")
     parser.add_argument("--device-lr-darcy", type=float, default=1e-4, help="SGD's lr for --device-train on Darcy")
+    parser.add_argument("--device-fit", default="", help="semicolon-separated MANO specs: the training memory each "
+                        "plans on mcu-int8 at --fit-batches")
+    parser.add_argument("--fit-batches", default="1,2,3,4,8,32")
     parser.add_argument("--int8-maps", action="store_true", help="after the MNIST rows, each trained classifier's "
                         "linear maps one at a time on mcu-int8 (where its int8 accuracy goes)")
     args = parser.parse_args()
@@ -329,6 +362,8 @@ def main() -> None:
         bench_training(args)
     if args.device_train:
         device_training(args)
+    if args.device_fit:
+        device_fit(args.device_fit.split(";"), [int(b) for b in args.fit_batches.split(",")])
 
 
 if __name__ == "__main__":
