@@ -113,7 +113,6 @@ def validate_record(data: object, origin: str, error) -> None:
 CHECKPOINT_ARRAYS = {"w": ("fiu", 1), "rng": ("u", 1), "counters": ("i", None), "proj": ("fi", None),
                      "position": ("i", 1), "history": ("U", 0), "velocity": ("fi", 1), "w_exp": ("i", 1),
                      "device_w": ("fi", 1),  # a conv or MANO run's device store beside its host parameters (w)
-                     "a_exp": ("i", 1),  # a MANO device run's activation exponent per linear map
                      "run_id": ("U", 0),
                      "config_sha": ("U", 0), "w_sha": ("U", 0)}
 CHECKPOINT_REQUIRED = ("w", "rng", "counters", "proj", "position", "history")

@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -74,37 +73,47 @@ def _profile(per_channel: bool):
 @given(seed=st.integers(0, 2**16), n=st.integers(1, 9), d_in=st.integers(1, 7), d_out=st.integers(1, 7),
        per_channel=st.booleans(), grad_scale=st.sampled_from([1e-6, 1e-3, 1.0, 300.0]),
        lr=st.sampled_from([0.01, 0.3]))
-def test_one_integer_maps_backward_and_update_equal_the_integer_reference(seed, n, d_in, d_out, per_channel,
-                                                                            grad_scale, lr):
-    """mcu-int8 (per-layer or per-channel exponents): delta = round(g 2**e) with e = floor(log2(127 / max|g|));
-    the product sum_i delta_i 2**(top - rs_i) W_i shifted right by the least s that brings its peak into int8
-    (nearest-even), dL/dx = that 2**-(e + w_frac + top - s); W_i -= round(lr 2**(w_frac + rs_i - e - a) delta^T x_q)
-    (the kernels' multiplier, nearest-even), saturating to the weight format."""
+def test_one_integer_maps_forward_backward_and_update_equal_the_integer_reference(seed, n, d_in, d_out, per_channel,
+                                                                                    grad_scale, lr):
+    """mcu-int8 (per-layer or per-channel exponents). Forward: x_q = round(x 2**a), a = floor(log2(127 / max|x|))
+    within [0, 24]; each row's sum x_q W_i rounded to the exponent a (nearest-even), then the block shifted right
+    by the least s that brings its peak into int8: y = that 2**(s - a). Backward: delta = round(g 2**e) with
+    e = floor(log2(127 / max|g|)); the product sum_i delta_i 2**(top - rs_i) W_i shifted right by the least s'
+    that brings its peak into int8 (nearest-even), dL/dx = that 2**-(e + w_frac + top - s'). Update:
+    W_i -= round(lr 2**(w_frac + rs_i - e - a) delta^T x_q) (the kernels' multiplier, nearest-even), saturating
+    to the weight format."""
     rng = np.random.default_rng(seed)
     profile = _profile(per_channel)
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(d_in, d_out, bias=False))
     with torch.no_grad():
         model[0].weight.mul_(torch.as_tensor(2.0 ** rng.integers(-2, 3, (d_out, 1)), dtype=torch.float32))
-    x = torch.as_tensor(rng.uniform(-3, 3, (n, d_in)), dtype=torch.float32).requires_grad_()
+    x = torch.as_tensor(rng.uniform(-3, 3, (n, d_in)) * 2.0 ** rng.integers(-6, 3),
+                        dtype=torch.float32).requires_grad_()
     g = torch.as_tensor(rng.normal(0, grad_scale, (n, d_out)), dtype=torch.float32)
     with DeviceTraining(model, profile, lr=lr) as dev:
         net = dev.nets[0]
         w = net.w.astype(np.int64).reshape(d_out, d_in).copy()
-        rs, w_frac, a = net.row_shift.copy(), int(net.w_frac[0]), profile.activation.frac_bits
-        model(x).backward(g)
+        rs, w_frac = net.row_shift.copy(), int(net.w_frac[0])
+        y = model(x)
+        y.backward(g)
         dev.optimizer().step()
         w_after = net.w.astype(np.int64).reshape(d_out, d_in)
     act, err = profile.activation, profile.error
-    x_q = np.clip(np.rint(x.detach().double().numpy() * 2 ** a), act.qmin, act.qmax).astype(np.int64)
+    x64 = x.detach().double().numpy()
+    a = max(0, min(24, int(np.floor(np.log2(act.qmax / np.abs(x64).max())))))
+    x_q = np.clip(np.rint(x64 * 2 ** a), act.qmin, act.qmax).astype(np.int64)
+    acc = x_q @ w.T
+    y_a = np.stack([_round_shift(acc[:, i], w_frac + int(rs[i])) for i in range(d_out)], axis=1).astype(np.int64)
+    s_y = _least_shift(y_a, act.qmax)
+    expect_y = _round_shift(y_a, s_y).astype(np.int64) * 2.0 ** (s_y - a)
+    assert np.array_equal(y.detach().double().numpy(), expect_y.astype(np.float32).astype(np.float64))
     g64 = g.double().numpy()
     e = max(-MAX_ERROR_BITS, min(MAX_ERROR_BITS, int(np.floor(np.log2(err.qmax / np.abs(g64).max())))))
     delta = np.clip(np.rint(g64 * 2.0 ** e), err.qmin, err.qmax).astype(np.int64)
     top = int(rs.max())
     back = (delta * (1 << (top - rs))[None, :]) @ w
-    s = 0
-    while abs(_round_shift(np.array([np.abs(back).max()]), s)[0]) > err.qmax:
-        s += 1
+    s = _least_shift(back, err.qmax)
     out = np.clip(_round_shift(back, s).astype(np.int64), err.qmin, err.qmax)
     expect_dx = out * 2.0 ** -(e + w_frac + top - s)
     assert np.array_equal(x.grad.double().numpy(), expect_dx.astype(np.float32).astype(np.float64))
@@ -117,12 +126,20 @@ def test_one_integer_maps_backward_and_update_equal_the_integer_reference(seed, 
         assert np.array_equal(w_after[i], expect), (i, w_after[i], expect)
 
 
+def _least_shift(values: np.ndarray, qmax: int) -> int:
+    """The least s >= 0 with round(max|values| / 2**s) <= qmax (nearest-even)."""
+    s = 0
+    while abs(_round_shift(np.array([np.abs(values).max()]), s)[0]) > qmax:
+        s += 1
+    return s
+
+
 def test_training_charges_every_phase_and_keeps_int8_inputs():
     """mcu-int8: the forward, backward and update phases are counted per map; what the backward keeps of each map's
     input is its int8 mantissas (1 byte a value, for the memory plan's measurement)."""
     model = _classifier(0, readouts=False)
     x, t = torch.rand(3, 64), torch.tensor([1, 2, 3])
-    with DeviceTraining(model, load_device("mcu-int8"), lr=0.1, calibration=x) as dev:
+    with DeviceTraining(model, load_device("mcu-int8"), lr=0.1) as dev:
         kept = saved_bytes(lambda: dev.model.embed(torch.rand(3, 16, 4)), dev.host_parameters())
         assert kept == 3 * 16 * 4  # the embedding's input: int8 mantissas, nothing else
         bp_step(model, x, t, MANOTrainConfig(), dev.optimizer())

@@ -216,7 +216,7 @@ def device_training(args) -> None:
                 config = MANOTrainConfig(rule=rule, task=task, lr=lr, epochs=epochs, batch_size=batch,
                                          block_loss=block_loss or "readout")
                 start = time.perf_counter()
-                with DeviceTraining(model, profile, lr, torch.as_tensor(x[:CALIBRATION]), counters=meter.counters,
+                with DeviceTraining(model, profile, lr, counters=meter.counters,
                                     columns=meter.map_columns(model)) as dev:
                     history = train_mano(model, x, y, config, lambda m: evaluate(score, m), outputs, meter=meter,
                                          device=dev)

@@ -10,9 +10,9 @@ block-local losses: engine.mano_loop) train on one of two backends, the lr stepp
 --lr-gamma:
   torch (float devices; the default there): Adam on the float torch path (CPU).
   numba (integer devices such as mcu-int8; the default there, or --backend numba on gpu-fp32): every linear map's
-    forward, backward product and update on the device's kernels, the rest on the host in float, SGD
-    (rules.mano_device_training; FTP with block_loss readout); each map's activation exponent calibrated on the
-    first CALIBRATION training inputs; memory planned in the device's formats (rules.mano_memory).
+    forward, backward product and update on the device's kernels with an exponent per tensor, the rest on the
+    host in float, SGD (rules.mano_device_training; FTP with block_loss readout); memory planned in the
+    device's formats (rules.mano_memory).
 
 The lifecycle (fo_edge.lifecycle) gives MANO runs what every run has: device memory planned before anything is
 written (rules.mano_memory; refused if it cannot fit), counters and energy (accounting.mano_counts), health stops,
@@ -49,8 +49,6 @@ MANO_DEFAULT_LR = 1e-3
 #: SGD's step size on the numba backend (rules.mano_device_training) when --lr is not given, per task: a field's
 #: loss sums over every grid point (0.5 |y - u|^2 / B), and SGD diverged on darcy32 at 1e-3 (tools/bench_mano.py)
 MANO_DEVICE_LR = {"classify": 0.3, "field": 1e-4}
-#: training inputs that calibrate the device maps' activation exponents (rules.mano_binding)
-CALIBRATION = 256
 #: test samples per evaluation forward
 EVAL_CHUNK = 500
 #: SimulateConfig fields a MANO run does not use, with the value that means "not given"
@@ -85,12 +83,11 @@ class MANOPrepared:
         return evaluate
 
     def _device(self, meter: MANOMeter):
-        """The numba backend's DeviceTraining (its maps counted into the meter's stage columns; activation
-        exponents calibrated on the first CALIBRATION training inputs), or a null context on torch."""
+        """The numba backend's DeviceTraining (its maps counted into the meter's stage columns), or a null context
+        on torch."""
         if self.backend != "numba":
             return contextlib.nullcontext()
-        return DeviceTraining(self.model, self.device, self.train_config.lr,
-                              torch.as_tensor(self.task.x_train[:CALIBRATION]), seed=self.train_config.seed,
+        return DeviceTraining(self.model, self.device, self.train_config.lr, seed=self.train_config.seed,
                               counters=meter.counters, columns=meter.map_columns(self.model))
 
     def train(self, training: Training):

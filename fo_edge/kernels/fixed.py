@@ -174,6 +174,24 @@ def quantize_array(x, scale, lo, hi, mode, state, out, counters, slot):
     return out
 
 
+@njit(cache=True)
+def block_requantise_(acc, lo, hi, out, counters, slot):
+    """Block floating point, one exponent for a tensor: out = saturate(round(acc / 2**s)) (nearest-even), s >= 0
+    the least shift whose rounding brings max|acc| within [lo, hi]; returns s. acc: int64 or integral float64
+    (N,); out: int64 (N,); counters[slot] += the saturated values (none, as s is chosen; counted as every
+    requantisation counts them)."""
+    peak = np.int64(0)
+    for i in range(acc.size):
+        peak = max(peak, abs(np.int64(acc[i])))
+    shift = np.int64(0)
+    while shift < 62 and round_shift(peak, shift, ROUND_NEAREST_EVEN, np.uint64(0))[0] > min(hi, -lo):
+        shift += 1
+    for i in range(acc.size):
+        q, _ = round_shift(np.int64(acc[i]), shift, ROUND_NEAREST_EVEN, np.uint64(0))
+        out[i] = saturate(q, lo, hi, counters, slot)
+    return shift
+
+
 def affine_params(x_min: float, x_max: float, bits: int = 8, symmetric: bool = True) -> tuple[float, int]:
     """(scale, zero_point) for a signed ``bits``-bit affine format covering [x_min, x_max] (TFLite rules).
 

@@ -15,7 +15,7 @@ import numpy as np
 from numba import njit
 
 from .counters import MACS_DENSE, MACS_EFF, SATURATION, SRAM_READ, SRAM_WRITE, SYN_EVENTS
-from .fixed import ROUND_NEAREST_EVEN, log2_exact, round_shift, saturate
+from .fixed import block_requantise_, log2_exact
 from .linear import effective_macs, exact_matmul, magnitude
 
 __all__ = ["transpose_sums_", "charge_transpose_", "error_through_"]
@@ -57,9 +57,9 @@ def error_through_(delta, w, off, d_out, d_in, rs, w_one, P, out, cb):
     """out (B, d_in) = delta W in the error format, with a block exponent; returns the exponent change k:
     out is in LSBs of 2**-(e + k) when delta is in LSBs of 2**-e.
 
-    Integer: the exact sums (``transpose_sums_``, in LSBs of 2**-(e + log2(w_one) + top)) are shifted right by
-    the smallest s >= 0 whose nearest-even rounding brings their peak within the error format, then saturated
-    (never, but counted on cb[SATURATION] as every requantisation is); k = log2(w_one) + top - s. Float:
+    Integer: the exact sums (``transpose_sums_``, in LSBs of 2**-(e + log2(w_one) + top)) are requantised into
+    the error format with a block exponent (kernels.fixed.block_requantise_: shifted right by the least s >= 0
+    that brings their peak within the format, nearest-even); k = log2(w_one) + top - s. Float:
     out = delta (W / w_one) exactly, k = 0. Charges the product (``charge_transpose_``) to ``cb``.
     """
     back, top = transpose_sums_(delta, w, off, d_out, d_in, rs, P)
@@ -70,15 +70,5 @@ def error_through_(delta, w, off, d_out, d_in, rs, w_one, P, out, cb):
             for j in range(d_in):
                 out[b, j] = back[b, j] / w_one
         return 0
-    peak = np.int64(0)
-    for b in range(batch):
-        for j in range(d_in):
-            peak = max(peak, abs(np.int64(back[b, j])))
-    shift = np.int64(0)
-    while shift < 62 and round_shift(peak, shift, ROUND_NEAREST_EVEN, np.uint64(0))[0] > P.e_hi:
-        shift += 1
-    for b in range(batch):
-        for j in range(d_in):
-            q, _ = round_shift(np.int64(back[b, j]), shift, ROUND_NEAREST_EVEN, np.uint64(0))
-            out[b, j] = saturate(q, P.e_lo, P.e_hi, cb, SATURATION)
+    shift = block_requantise_(back.ravel(), P.e_lo, P.e_hi, out.reshape(-1), cb, SATURATION)
     return log2_exact(w_one) + top - shift
