@@ -139,7 +139,7 @@ def plan_mano_device_memory(model: torch.nn.Module, sample_shape: tuple[int, ...
     arena.alloc("input", (1,), np.int8, "input",
                 batch * int(np.prod(sample_shape)) * profile.activation.bytes_per_value)
 
-    def outputs_of(run: Callable[[], torch.Tensor]) -> int:
+    def outputs_of(run: Callable[[], torch.Tensor]) -> tuple[int, int]:
         """(saved bytes, error values queued) of run()'s graph."""
         trainer.graph_outputs = 0
         saved = saved_bytes(run, host)
@@ -153,7 +153,9 @@ def plan_mano_device_memory(model: torch.nn.Module, sample_shape: tuple[int, ...
             errors = max(0, one[1] + (two[1] - one[1]) * (batch - 1))
             arena.alloc("stored_activations", (1,), np.int8, "stored_activations", stored)
         else:
-            def local(b: int) -> list:
+            def local(b: int) -> tuple[list, int]:
+                """Per stage (stem with block 1, each block, the head), (saved bytes, error values) at batch b,
+                and the values of the map handed from block to block."""
                 x = torch.zeros((b, *sample_shape))
                 with torch.no_grad():
                     h = probe.stem(x)
