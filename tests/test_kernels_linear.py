@@ -9,7 +9,8 @@ from hypothesis.extra.numpy import arrays
 from fo_edge.device import load_device
 from fo_edge.kernels.counters import COUNTERS
 from fo_edge.kernels.fixed import ROUND_NEAREST_EVEN, ROUND_STOCHASTIC, ROUND_TOWARD_ZERO
-from fo_edge.kernels.linear import FLOAT32_EXACT, cached_layer_forward_, effective_macs, exact_matmul, layer_forward_
+from fo_edge.kernels.linear import (FLOAT32_EXACT, cached_layer_forward_, effective_macs, effective_macs_transposed,
+                                   exact_matmul, layer_forward_)
 from fo_edge.kernels.rng import new_state
 from fo_edge.kernels.update import _dense_update_, _integer_update_
 from fo_edge.models import init_weights
@@ -145,3 +146,17 @@ def test_cached_forward_reuses_the_layer_until_cleared():
     np.testing.assert_array_equal(run(True)[0], run(False)[0])
     np.testing.assert_array_equal(run(True)[1], run(False)[1])
     np.testing.assert_array_equal(cache[1], (net.w.reshape(12, 40) != 0).sum(axis=0))
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), batch=st.integers(1, 5), d_out=st.integers(1, 9), d_in=st.integers(1, 9), off=st.integers(0, 7))
+def test_effective_macs_of_the_transpose_count_nonzero_pairs(data, batch, d_out, d_in, off):
+    """delta (B, d_out) through W (d_out, d_in) at offset off: every (b, i, j) with delta[b, i] and W[i, j]
+    nonzero, counted by brute force, and as effective_macs of W's transpose (the copy the kernel no longer makes)."""
+    delta = data.draw(sparse_int8((batch, d_out)))
+    w = data.draw(sparse_int8((off + d_out * d_in,)))
+    mat = w[off:].reshape(d_out, d_in)
+    pairs = sum(int(delta[b, i] != 0 and mat[i, j] != 0)
+                for b in range(batch) for i in range(d_out) for j in range(d_in))
+    assert effective_macs_transposed(delta, w, off, d_out, d_in) == pairs
+    assert effective_macs(delta, mat.T.copy().ravel(), 0, d_in, d_out) == pairs

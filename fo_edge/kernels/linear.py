@@ -28,7 +28,8 @@ from .fixed import ROUND_STOCHASTIC, log2_exact, round_by, round_div_at, round_s
 from .int8_gemm import INT8_BATCH, MIN_TERMS, fits_int8, int8_matmul_
 
 __all__ = ["layer_forward_", "cached_layer_forward_", "no_weight_cache", "project_", "exact_matmul",
-           "effective_macs", "activation_table", "layer_rows", "no_row_shift", "SMALL_BATCH", "FUSED_BATCH"]
+           "effective_macs", "effective_macs_transposed", "activation_table", "layer_rows", "no_row_shift",
+           "SMALL_BATCH", "FUSED_BATCH"]
 
 #: below this many rows (or inner terms) exact_matmul sums directly instead of going through BLAS
 SMALL_BATCH = 4
@@ -124,6 +125,18 @@ def effective_macs(hin, w, off, d_out, d_in):
         for j in range(d_in):
             weights[j] += np.int32(w[base + j] != 0)
     return _effective_from_columns(hin, weights)
+
+
+@njit(cache=True)
+def effective_macs_transposed(delta, w, off, d_out, d_in):
+    """The effective MACs of delta (B, d_out) times W_l: sum_b sum_ij [delta[b, i] != 0][W[i, j] != 0], as
+    sum_i (nonzero delta in column i) x (nonzero weights in row i); reads W in place (no transposed copy)."""
+    rows = np.zeros(d_out, dtype=np.int32)  # simulator bookkeeping for the counter, not device memory
+    for i in range(d_out):
+        base = off + i * d_in
+        for j in range(d_in):
+            rows[i] += np.int32(w[base + j] != 0)
+    return _effective_from_columns(delta, rows)
 
 
 @njit(cache=True)

@@ -16,7 +16,7 @@ from numba import njit
 
 from .counters import MACS_DENSE, MACS_EFF, SATURATION, SRAM_READ, SRAM_WRITE, SYN_EVENTS
 from .fixed import block_requantise_, log2_exact
-from .linear import effective_macs, exact_matmul, magnitude
+from .linear import effective_macs_transposed, exact_matmul, magnitude
 
 __all__ = ["transpose_sums_", "charge_transpose_", "error_through_"]
 
@@ -43,8 +43,7 @@ def charge_transpose_(delta, w, off, d_out, d_in, P, cb):
     """A backward product's counters on row ``cb``: dense and effective MACs (nonzero delta x nonzero W),
     synaptic events, W read once per sample, delta read, the result written in the error format."""
     batch = delta.shape[0]
-    effective = effective_macs(delta, w[off:off + d_out * d_in].reshape((d_out, d_in)).T.copy().ravel(), 0, d_in,
-                               d_out)
+    effective = effective_macs_transposed(delta, w, off, d_out, d_in)
     cb[MACS_DENSE] += batch * d_in * d_out
     cb[MACS_EFF] += effective
     cb[SYN_EVENTS] += effective
