@@ -78,8 +78,12 @@ class DeviceLinears:
             raise ConfigError("DeviceLinears needs bias-free linear maps (MANO's are)")
         self.nets = [to_device([m.weight.detach().double().numpy()], profile) for m in self.linears]
         fmt = profile.activation
-        self.set_activation_exponents([fmt.frac_bits] * len(self.linears) if calibration is None or profile.is_float
-                                      else activation_exponents(model, self.linears, calibration, fmt))
+        #: each map's activation fraction bits, with its profile and kernel parameters
+        self.frac_bits = ([fmt.frac_bits] * len(self.linears) if calibration is None or profile.is_float
+                          else activation_exponents(model, self.linears, calibration, fmt))
+        self.profiles = [dataclasses.replace(profile, activation=NumberFormat(fmt.bits, f, fmt.float_format))
+                         for f in self.frac_bits]
+        self.params = [make_params(p, "identity", "mse") for p in self.profiles]
         self.counters = new_counters(len(self.linears)) if counters is None else counters
         self.columns = list(range(len(self.linears))) if columns is None else [int(c) for c in columns]
         if len(self.columns) != len(self.linears) or max(self.columns, default=0) + 1 >= self.counters.shape[1]:
@@ -90,14 +94,6 @@ class DeviceLinears:
         self.maps = set(range(len(self.linears))) if maps is None else set(maps)
         if not self.maps <= set(range(len(self.linears))):
             raise ConfigError(f"maps must index the model's {len(self.linears)} linear maps, got {sorted(self.maps)}")
-
-    def set_activation_exponents(self, frac_bits: list[int]) -> None:
-        """Each map's activation fraction bits (``frac_bits``), with the per-map profiles and kernel parameters."""
-        fmt = self.profile.activation
-        self.frac_bits = list(frac_bits)
-        self.profiles = [dataclasses.replace(self.profile, activation=NumberFormat(fmt.bits, f, fmt.float_format))
-                         for f in self.frac_bits]
-        self.params = [make_params(p, "identity", "mse") for p in self.profiles]
 
     def device_forward(self, index: int, x: torch.Tensor, phase: int = INFERENCE) -> tuple[torch.Tensor, np.ndarray]:
         """Map ``index`` on the device, counted on ``phase``: (y (x's leading shape, d_out; x's dtype), x_q (n, d_in)

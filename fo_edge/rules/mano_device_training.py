@@ -94,6 +94,9 @@ class DeviceTraining(DeviceLinears):
         self.graph_outputs = 0
         self._kept_dtype = mantissa_dtype(profile.activation) if not profile.is_float else np.float64
         self._wide: dict[int, object] = {}  # kernel parameters per activation exponent (training_forward)
+        #: the kernel parameters of the backward product and the update (the error, weight and update formats;
+        #: the activation's exponent is per tensor, not DeviceLinears' calibrated one)
+        self._train_params = make_params(profile, "identity", "mse")
 
     # -- the map's three operations -------------------------------------------------------------------------
     def training_forward(self, index: int, x: torch.Tensor, phase: int) -> tuple[torch.Tensor, np.ndarray, int]:
@@ -136,7 +139,7 @@ class DeviceTraining(DeviceLinears):
 
     def device_backward(self, index: int, x_dev: np.ndarray, x_exp: int, grad: torch.Tensor) -> torch.Tensor:
         """dL/dx (x's shape, grad's dtype) from dL/dy on the device; the use's update is queued (``pending``)."""
-        net, params = self.nets[index], self.params[index]
+        net, params = self.nets[index], self._train_params
         d_in, d_out = int(net.dims[0]), int(net.dims[1])
         flat = grad.detach().double().reshape(-1, d_out).numpy()
         row = self.counters[BACKWARD, self.columns[index]]
@@ -163,7 +166,7 @@ class DeviceTraining(DeviceLinears):
         dynamic exponents; ``pending`` is emptied."""
         touched = set()
         for index, delta, exponent, x_dev, x_exp in self.pending:
-            net, params = self.nets[index], self.params[index]
+            net, params = self.nets[index], self._train_params
             d_in, d_out = int(net.dims[0]), int(net.dims[1])
             if net.quantized:
                 mul, div = step_scale(self.lr * 2.0 ** (int(net.w_frac[0]) - exponent - x_exp))
@@ -178,7 +181,7 @@ class DeviceTraining(DeviceLinears):
             if net.dynamic:
                 net.rescan[:] = 1
                 column = self.columns[index]
-                rescale_network_(net.w, net.dims, net.offs, net.row_shift, net.w_frac, net.w_one, self.params[index],
+                rescale_network_(net.w, net.dims, net.offs, net.row_shift, net.w_frac, net.w_one, self._train_params,
                                  self.counters[UPDATE, column:column + 2], net.rescan)
 
     # -- wiring -----------------------------------------------------------------------------------------------
