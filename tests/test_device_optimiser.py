@@ -25,7 +25,7 @@ def test_numba_float_with_dropout_trains_the_torch_paths_weights(tmp_path, rule)
               on_unhealthy="warn", rule_options={"temperature": 0.25} if rule == "foton" else {})
     torch_run = fo_edge.simulate(backend="torch", out=str(tmp_path / "t"), **kw)
     numba_run = fo_edge.simulate(backend="numba", out=str(tmp_path / "n"), **kw)
-    plain = fo_edge.simulate(backend="numba", out=str(tmp_path / "p"), **{**kw, "dropout": 0.0})
+    fo_edge.simulate(backend="numba", out=str(tmp_path / "p"), **{**kw, "dropout": 0.0})
     a, b, c = (load_weights(tmp_path / d, DIMS) for d in ("t", "n", "p"))
     for name in ("W0", "W1", "W2"):
         np.testing.assert_allclose(b[name], a[name], atol=1e-5)

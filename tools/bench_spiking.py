@@ -103,7 +103,7 @@ def main() -> None:
     args = parser.parse_args()
     import subprocess
     cpu = subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True, text=True).stdout.strip()
-    print(f"command: python tools/bench_spiking.py " + (f"--ideas --model {args.model}" if args.ideas else
+    print("command: python tools/bench_spiking.py " + (f"--ideas --model {args.model}" if args.ideas else
           f"--setting {args.setting} --rules {args.rules}") + (f" --limit {args.limit}" if args.limit else "")
           + f"\nCPU: {cpu}\n")
     if args.ideas:
