@@ -306,7 +306,7 @@ def test_the_darcy_recipe_runs_mano_with_its_schedule_and_reproduce_paper_leaves
     recipe = load_recipe("bp-darcy32-mano")
     assert (recipe.run["dataset"], recipe.run["model"], tuple(recipe.run["lr_milestones"])) == ("darcy32",
                                                                                                "mano:dim=64",
-                                                                                               (40, 70, 90))
+                                                                                               (96, 168, 216))
     settings = recipe_settings("bp-darcy32-mano", epochs=1, limit=24, lr_milestones=(), out=str(tmp_path / "d"))
     result = fo_edge.simulate(fo_edge.SimulateConfig(**settings))
     assert result.record["config"]["task"] == "field" and result.record["final"]["relative_l2"] > 0
