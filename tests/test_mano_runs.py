@@ -291,3 +291,24 @@ def test_fo_edge_diagnose_reports_a_mano_run_per_stage(tmp_path):
         table = CliRunner().invoke(cli, ["diagnose", str(out)])
         assert table.exit_code == 0 and "block2" in table.output and "n/a" in table.output
         assert (tmp_path / f"{rule}.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("dataset", ["darcy32", "digits"])
+def test_mano_fit_tool_reports_both_splits_and_the_recorded_test_metric(tmp_path, dataset):
+    """tools/mano_fit.py reads a finished run back: its test line equals run.json's final metric (the same
+    weights, data and metric), its train line is a metric in range; a directory without a run is one line, exit 1."""
+    run = fo_edge.simulate(rule="bp", device="gpu-fp32", dataset=dataset, limit=32, batch_size=8,
+                           model="mano:dim=8,depth=1,heads=2,window=2", out=str(tmp_path / "r"))
+    tool = Path(__file__).resolve().parents[1] / "tools" / "mano_fit.py"
+    proc = subprocess.run([sys.executable, str(tool), str(tmp_path / "r"), "--threads", "1"], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = dict(line.split(None, 1) for line in proc.stdout.splitlines()[1:])
+    train, test = float(lines["train"].split()[-1]), float(lines["test"].split()[-3])
+    final = run.record["final"]
+    recorded = final["relative_l2"] if dataset == "darcy32" else final["test_accuracy"]
+    assert test == pytest.approx(recorded, abs=1e-4)
+    assert (0 < train < 2) if dataset == "darcy32" else (0 <= train <= 1)
+    bad = subprocess.run([sys.executable, str(tool), str(tmp_path / "missing")], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "run.json" in bad.stderr
